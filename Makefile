@@ -1,0 +1,48 @@
+# The project's commands. `make help` lists them.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+STORAGE_DIR ?= ./data
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-fast lint typecheck proto check-proto bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the project with its dev tools
+
+run: $(STAMP) ## Run a node on the local default sink (data under ./data)
+	$(BIN)/ingestor wal demo --storage-dir $(STORAGE_DIR)
+
+test: $(STAMP) ## Run the whole test suite, slow tests included
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP) ## Run the tests without the slow ones
+	$(BIN)/pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff
+	$(BIN)/ruff check node cluster tests proto
+
+typecheck: $(STAMP) ## mypy --strict
+	$(BIN)/mypy
+
+proto: $(STAMP) ## Regenerate node/gen from proto/
+	$(BIN)/python proto/generate.py
+
+check-proto: $(STAMP) ## Fail when node/gen is stale
+	$(BIN)/python proto/generate.py --check
+
+bench: $(STAMP) ## Benchmarks: throughput and peak memory of the hot paths
+	$(BIN)/python -m tests.bench
+
+clean: ## Remove the venv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

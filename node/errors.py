@@ -1,0 +1,105 @@
+"""The project's exceptions, and the one place where they become gRPC and HTTP statuses.
+
+    IngestorError
+    ├── InvalidInputError            the caller sent something we refuse (never retried)
+    │   ├── InvalidNameError         a database/table/segment name that fails validation
+    │   ├── DecodeError              a body that does not decode (protobuf, snappy, JSON, gzip)
+    │   ├── RequestTooLargeError     a body over --max-request-bytes
+    │   └── UnsupportedMediaError    an unknown content type or encoding
+    ├── OverLimitsError              disk or segment limits reached: backpressure, retry later
+    ├── UnavailableError             the node is starting or draining: retry elsewhere/later
+    ├── CorruptionError              a segment is damaged at (path, offset), with a reason
+    └── UnauthenticatedError         a caller that is not a peer
+
+Foreign exceptions (OSError from a full disk, protobuf's DecodeError, ...) are translated into
+these at the boundary where they happen, never further up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+
+class IngestorError(Exception):
+    """Base of every error the node raises on purpose."""
+
+
+class InvalidInputError(IngestorError):
+    """The caller sent something that will never be accepted; it must not retry it."""
+
+
+class InvalidNameError(InvalidInputError):
+    """A name from outside (database, table, segment file) fails validation."""
+
+
+class DecodeError(InvalidInputError):
+    """A request body that does not decode."""
+
+
+class RequestTooLargeError(InvalidInputError):
+    """A request body over the configured maximum."""
+
+
+class UnsupportedMediaError(InvalidInputError):
+    """An unknown content type or content encoding."""
+
+
+class OverLimitsError(IngestorError):
+    """Disk usage or segment count over the configured limit; the write was not done."""
+
+    def __init__(self, message: str, retry_after_seconds: float = 5.0) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class UnavailableError(IngestorError):
+    """The node is not ready (starting) or is draining."""
+
+    def __init__(self, message: str, retry_after_seconds: float = 5.0) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class UnauthenticatedError(IngestorError):
+    """A caller without the peer credentials."""
+
+
+class CorruptionError(IngestorError):
+    """A segment is damaged: everything from `offset` on is not trusted."""
+
+    def __init__(self, path: Path | str, offset: int, reason: str) -> None:
+        super().__init__(f"{path}: corrupt at offset {offset}: {reason}")
+        self.path = Path(path)
+        self.offset = offset
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Status:
+    """How an error is reported: gRPC code, HTTP status and an optional retry hint."""
+
+    grpc_code: grpc.StatusCode
+    http_status: int
+    retry_after_seconds: float | None = None
+
+
+def status_of(err: BaseException) -> Status:
+    """Map an exception to the status it is reported with. Unknown errors are internal (retried)."""
+    if isinstance(err, RequestTooLargeError):
+        return Status(grpc.StatusCode.RESOURCE_EXHAUSTED, 413)
+    if isinstance(err, UnsupportedMediaError):
+        return Status(grpc.StatusCode.INVALID_ARGUMENT, 415)
+    if isinstance(err, InvalidInputError):
+        return Status(grpc.StatusCode.INVALID_ARGUMENT, 400)
+    if isinstance(err, OverLimitsError):
+        return Status(grpc.StatusCode.RESOURCE_EXHAUSTED, 429, err.retry_after_seconds)
+    if isinstance(err, UnavailableError):
+        return Status(grpc.StatusCode.UNAVAILABLE, 503, err.retry_after_seconds)
+    if isinstance(err, UnauthenticatedError):
+        return Status(grpc.StatusCode.UNAUTHENTICATED, 401)
+    if isinstance(err, CorruptionError):
+        return Status(grpc.StatusCode.INVALID_ARGUMENT, 400)
+    return Status(grpc.StatusCode.INTERNAL, 500)
