@@ -1,0 +1,332 @@
+"""All tables' WALs in one directory: writes, the index of closed segments, disk accounting.
+
+At start the directory is scanned: stale `*.tmp` files are deleted, every segment is checked and
+a torn or corrupt tail truncated at the last good block, header-only segments are deleted, and
+every remaining segment goes back into the index as closed (a segment that was active when the
+process died is closed now; new writes go to new segments).
+
+Limits: a write that would take disk usage over `max_disk_usage`, or that needs a new segment
+while `max_segment_count` segments exist, fails with OverLimitsError and writes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import zlib
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from node.errors import InvalidInputError, InvalidNameError, OverLimitsError
+from node.wal import format as fmt
+from node.wal.names import (
+    FlakeIds,
+    Schema,
+    SegmentName,
+    host_id,
+    parse_filename,
+    schema_hash,
+    schema_line,
+    validate_name,
+    validate_prefix,
+)
+from node.wal.segment import FsyncPolicy, fsync_dir, repair, scan
+from node.wal.table import SegmentInfo, TableWal
+
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class WalConfig:
+    """Configuration of the WAL repository (defaults follow adx-mon)."""
+
+    directory: Path
+    """Where segment files live; created if missing."""
+    node_name: str = "node"
+    """Feeds the host bits of segment ids."""
+    worker: int = 0
+    """Index of the writing process among a node's workers (distinct segment ids)."""
+    fsync: FsyncPolicy = FsyncPolicy.ON_ROTATE
+    """Durability policy; see FsyncPolicy."""
+    max_segment_size: int = 1024 * MiB
+    """A segment is closed once it reaches this size."""
+    max_segment_age: float = 300.0
+    """A segment is closed once it has been open this many seconds."""
+    max_disk_usage: int = 0
+    """Bytes of segments (active and closed) past which writes fail; 0 means no limit."""
+    max_segment_count: int = 10000
+    """Segments (active and closed) past which new segments are refused; 0 means no limit."""
+
+
+@dataclass
+class RecoveryReport:
+    """What the start-up scan did."""
+
+    segments: int = 0
+    repaired: int = 0
+    truncated_bytes: int = 0
+    deleted_empty: int = 0
+    deleted_tmp: int = 0
+    ignored: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class WalStats:
+    disk_usage: int
+    segment_count: int
+    closed: dict[str, tuple[int, int]]
+    """prefix -> (closed segment count, closed bytes)"""
+    active: dict[str, int]
+    """prefix -> bytes in the active segment"""
+
+
+class Repository:
+    """Owns the per-table WALs of one directory. Thread-safe."""
+
+    def __init__(self, config: WalConfig, on_repair: Callable[[int], None] | None = None) -> None:
+        self.config = config
+        self.directory = Path(config.directory)
+        self._ids = FlakeIds(host_id(config.node_name, config.worker))
+        self._lock = threading.Lock()
+        self._wals: dict[tuple[str, str, str | None], TableWal] = {}
+        self._closed: dict[str, dict[str, SegmentInfo]] = defaultdict(dict)  # prefix -> id -> info
+        self._usage = 0
+        self._usage_by_db: dict[str, int] = defaultdict(int)
+        self._segments = 0
+        self._on_repair = on_repair
+        self._listeners: list[Callable[[SegmentInfo], None]] = []
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> RecoveryReport:
+        """Scan, repair and index the directory. Call once, before any write."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        report = RecoveryReport()
+        for entry in sorted(os.scandir(self.directory), key=lambda e: e.name):
+            if not entry.is_file():
+                continue
+            path = Path(entry.path)
+            if entry.name.endswith(".tmp"):
+                path.unlink()
+                report.deleted_tmp += 1
+                continue
+            if not entry.name.endswith(".wal"):
+                continue
+            try:
+                name = parse_filename(entry.name)
+            except InvalidNameError:
+                report.ignored.append(entry.name)
+                log.warning("ignoring %s: not a segment file name", path)
+                continue
+            result = scan(path)
+            if result.error is not None:
+                if result.good_end == 0:  # not even a whole magic: nothing to keep
+                    log.warning("deleting %s: %s", path, result.error.reason)
+                    path.unlink()
+                    report.deleted_empty += 1
+                    continue
+                report.truncated_bytes += repair(result.error)
+                report.repaired += 1
+                if self._on_repair is not None:
+                    self._on_repair(result.size - result.good_end)
+            if result.good_end <= len(fmt.MAGIC):
+                path.unlink()
+                report.deleted_empty += 1
+                continue
+            self._index(SegmentInfo(path, name, result.good_end, result.blocks, result.rows))
+            report.segments += 1
+        fsync_dir(self.directory)
+        log.info("WAL %s: %d segments, %d repaired (%d bytes cut), %d empty and %d temporary deleted",
+                 self.directory, report.segments, report.repaired, report.truncated_bytes,
+                 report.deleted_empty, report.deleted_tmp)
+        return report
+
+    def stop(self) -> list[SegmentInfo]:
+        """Close every active segment (they become closed segments in the index)."""
+        return self.rotate_all()
+
+    def add_listener(self, fn: Callable[[SegmentInfo], None]) -> None:
+        """Call `fn` with every segment that gets closed or imported."""
+        self._listeners.append(fn)
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def write(self, database: str, table: str, kind: int, value: bytes | bytearray, count: int,
+              schema: Schema | None = None) -> None:
+        """Append one block of rows (CSV text) to the table's active segment.
+
+        Returns once the block is in the file. Raises InvalidNameError for a bad name and
+        OverLimitsError when over limits (nothing is written then).
+        """
+        validate_name("database", database)
+        validate_name("table", table)
+        sid = schema_hash(schema) if schema else None
+        if schema:
+            value = schema_line(schema) + bytes(value)
+        header, payload = fmt.encode_block(kind, count, value)
+        wal = self._wal(database, table, sid)
+        self._reserve(database, len(header) + len(payload))
+        try:
+            grown = wal.append(header, payload, count, new_segment=self._count_segment)
+        except BaseException:
+            self._account(database, -(len(header) + len(payload)), 0)
+            raise
+        self._account(database, grown - len(header) - len(payload), 0)
+
+    def _wal(self, database: str, table: str, sid: str | None) -> TableWal:
+        key = (database, table, sid)
+        wal = self._wals.get(key)
+        if wal is None:
+            with self._lock:
+                wal = self._wals.get(key)
+                if wal is None:
+                    c = self.config
+                    wal = TableWal(self.directory, database, table, sid, self._ids, c.fsync,
+                                   c.max_segment_size, c.max_segment_age, self._index_new)
+                    self._wals[key] = wal
+        return wal
+
+    def _reserve(self, database: str, nbytes: int) -> None:
+        limit = self.config.max_disk_usage
+        with self._lock:
+            if limit and self._usage + nbytes > limit:
+                raise OverLimitsError(f"disk usage {self._usage} + {nbytes} bytes over max-disk-usage {limit}")
+            self._usage += nbytes
+            self._usage_by_db[database] += nbytes
+
+    def _count_segment(self, delta: int) -> None:
+        limit = self.config.max_segment_count
+        with self._lock:
+            if delta > 0 and limit and self._segments >= limit:
+                raise OverLimitsError(f"{self._segments} segments at max-segment-count {limit}")
+            self._segments += delta
+
+    def _account(self, database: str, nbytes: int, segments: int) -> None:
+        with self._lock:
+            self._usage += nbytes
+            self._usage_by_db[database] += nbytes
+            self._segments += segments
+
+    # -- closed segments --------------------------------------------------------------------
+
+    def _index(self, info: SegmentInfo) -> None:
+        """Index a segment found at start (it is not yet counted)."""
+        with self._lock:
+            self._closed[info.prefix][info.name.segment_id] = info
+            self._usage += info.size
+            self._usage_by_db[info.database] += info.size
+            self._segments += 1
+
+    def _index_new(self, info: SegmentInfo) -> None:
+        """Index a segment this process just closed (already counted while active)."""
+        with self._lock:
+            self._closed[info.prefix][info.name.segment_id] = info
+        for fn in self._listeners:
+            fn(info)
+
+    def rotate_all(self) -> list[SegmentInfo]:
+        with self._lock:
+            wals = list(self._wals.values())
+        return [i for w in wals if (i := w.rotate()) is not None]
+
+    def rotate_expired(self) -> list[SegmentInfo]:
+        """Close the active segments older than max-segment-age; call it periodically."""
+        with self._lock:
+            wals = list(self._wals.values())
+        return [i for w in wals if (i := w.rotate_if_expired()) is not None]
+
+    def closed_segments(self, prefix: str | None = None) -> list[SegmentInfo]:
+        """Closed segments, oldest first (per prefix when given)."""
+        with self._lock:
+            if prefix is not None:
+                return sorted(self._closed.get(prefix, {}).values(), key=lambda i: i.name.segment_id)
+            every = [i for d in self._closed.values() for i in d.values()]
+        return sorted(every, key=lambda i: (i.prefix, i.name.segment_id))
+
+    def prefixes(self) -> list[str]:
+        with self._lock:
+            return sorted(p for p, d in self._closed.items() if d)
+
+    def remove(self, segments: Iterable[SegmentInfo]) -> None:
+        """Delete closed segments (after a sink or peer confirmed them)."""
+        for info in segments:
+            with self._lock:
+                known = self._closed.get(info.prefix, {}).pop(info.name.segment_id, None)
+            if known is None:
+                continue
+            info.path.unlink(missing_ok=True)
+            self._account(info.database, -info.size, -1)
+
+    def import_segment(self, prefix: str, data: bytes | bytearray | memoryview) -> SegmentInfo:
+        """Publish transferred bytes (magic, then blocks of `prefix`) as a new closed segment.
+
+        Every block's framing, CRC and compression is verified before anything is written; the
+        file appears atomically (temporary name, fsync, rename, fsync of the directory).
+        """
+        validate_prefix(prefix)
+        parts = prefix.split("_")
+        database, table = parts[0], parts[1]
+        schema = parts[2] if len(parts) > 2 else None
+        blocks = rows = 0
+        try:
+            fmt.check_magic(data)
+            for raw in fmt.iter_raw_blocks(data):
+                rows += fmt.decode_payload(raw).count
+                blocks += 1
+        except fmt.FormatError as e:
+            raise InvalidInputError(f"transferred segment {prefix}: {e}") from e
+        if blocks == 0:
+            raise InvalidInputError(f"transferred segment {prefix}: no blocks")
+        size = len(data)
+        self._reserve(database, size)
+        try:
+            self._count_segment(1)
+        except OverLimitsError:
+            self._account(database, -size, 0)
+            raise
+        name = SegmentName(database, table, schema, self._ids.next())
+        final = self.directory / name.filename
+        tmp = final.with_name(final.name + ".tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, final)
+            fsync_dir(self.directory)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            self._account(database, -size, -1)
+            if e.errno in (28, 122):
+                raise OverLimitsError(f"disk full importing {prefix}: {e.strerror}") from e
+            raise
+        info = SegmentInfo(final, name, size, blocks, rows)
+        self._index_new(info)
+        return info
+
+    # -- accounting -------------------------------------------------------------------------
+
+    def disk_usage(self, database: str | None = None) -> int:
+        with self._lock:
+            return self._usage if database is None else self._usage_by_db.get(database, 0)
+
+    def stats(self) -> WalStats:
+        with self._lock:
+            closed = {p: (len(d), sum(i.size for i in d.values())) for p, d in self._closed.items() if d}
+            wals = list(self._wals.items())
+            usage, count = self._usage, self._segments
+        active = {}
+        for (db, table, sid), w in wals:
+            if w.active_size:
+                active[f"{db}_{table}_{sid}" if sid else f"{db}_{table}"] = w.active_size
+        return WalStats(usage, count, closed, active)
+
+
+def checksum(data: bytes | bytearray | memoryview) -> int:
+    """CRC-32 of a whole transferred segment, as the transfer metadata carries it."""
+    return zlib.crc32(data)

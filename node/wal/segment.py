@@ -1,0 +1,205 @@
+"""One segment file: appending blocks, scanning, reading back, repairing.
+
+Invariants:
+- A block is written with one `writev` of its header and payload. If that write fails (a full
+  disk), the file is truncated back to the end of the previous block, so a failed write leaves no
+  partial block behind while the process lives. A crash mid-write leaves a torn tail, which
+  `repair` truncates at startup: torn writes never corrupt anything but the last block.
+- Nothing after a bad block is trusted: scanning stops at the first error, and repair truncates
+  there. A corrupt block in the middle is never skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import mmap
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from node.errors import CorruptionError, OverLimitsError
+from node.wal import format as fmt
+
+log = logging.getLogger(__name__)
+
+
+class FsyncPolicy(enum.StrEnum):
+    """When segment data is forced to stable storage.
+
+    - `never`: written blocks survive a crash of the process (kill -9: they are in the page
+      cache), not a crash of the machine; the kernel flushes them within seconds.
+    - `on-rotate` (default): as `never`, and a segment is fsynced, with its directory, when it is
+      closed; a machine crash can lose at most the unsynced tail of active segments.
+    - `always`: every block is fsynced before the write returns: acknowledged rows survive a
+      machine crash, at the cost of one fsync per request and table.
+    """
+
+    NEVER = "never"
+    ON_ROTATE = "on-rotate"
+    ALWAYS = "always"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class SegmentWriter:
+    """An open segment: appends blocks. Not thread-safe; its WAL serialises calls."""
+
+    def __init__(self, path: Path, fsync: FsyncPolicy) -> None:
+        self.path = path
+        self._fsync = fsync
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        self.size = 0
+        self.blocks = 0
+        self.rows = 0
+        try:
+            self._write([fmt.MAGIC])
+        except BaseException:
+            os.close(self._fd)
+            path.unlink(missing_ok=True)
+            raise
+
+    def _write(self, parts: list[bytes]) -> None:
+        total = sum(len(p) for p in parts)
+        try:
+            written = os.writev(self._fd, parts)
+            while written < total:  # short writes are rare on files, but legal
+                rest = b"".join(parts)[written:]
+                n = os.write(self._fd, rest)
+                if n == 0:
+                    raise OSError("short write")
+                written += n
+        except OSError as e:
+            os.ftruncate(self._fd, self.size)
+            os.lseek(self._fd, self.size, os.SEEK_SET)
+            if e.errno in (28, 122):  # ENOSPC, EDQUOT
+                raise OverLimitsError(f"disk full writing {self.path.name}: {e.strerror}") from e
+            raise
+        self.size += total
+
+    def append(self, header: bytes, payload: bytes, rows: int) -> None:
+        """Append one framed block; returns once it is written (and fsynced under `always`)."""
+        self._write([header, payload])
+        self.blocks += 1
+        self.rows += rows
+        if self._fsync is FsyncPolicy.ALWAYS:
+            os.fsync(self._fd)
+
+    def close(self) -> None:
+        """Close the file, fsyncing it first unless the policy is `never`."""
+        if self._fd < 0:
+            return
+        try:
+            if self._fsync is not FsyncPolicy.NEVER:
+                os.fsync(self._fd)
+        finally:
+            os.close(self._fd)
+            self._fd = -1
+        if self._fsync is not FsyncPolicy.NEVER:
+            fsync_dir(self.path.parent)
+
+
+@dataclass(frozen=True, slots=True)
+class ScanResult:
+    """What a scan found: the good prefix of the file, and the error that ended it, if any."""
+
+    path: Path
+    good_end: int
+    size: int
+    blocks: int
+    rows: int
+    error: CorruptionError | None
+
+
+@contextlib.contextmanager
+def mapped(path: Path) -> Iterator[memoryview]:
+    """The file's bytes, memory-mapped so that a 1 GB segment does not cost 1 GB of memory."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            yield memoryview(b"")
+            return
+        m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        view = memoryview(m)
+        try:
+            yield view
+        finally:
+            view.release()
+            # BufferError: a caller still holds a slice; the GC unmaps it later.
+            with contextlib.suppress(BufferError):
+                m.close()
+
+
+def scan(path: Path, *, decompress: bool = True) -> ScanResult:
+    """Check every block of a segment; stop at the first bad one."""
+    blocks = rows = 0
+    good_end = 0
+    with mapped(path) as data:
+        size = len(data)
+        try:
+            fmt.check_magic(data)
+            good_end = len(fmt.MAGIC)
+            for block in fmt.iter_raw_blocks(data):
+                if decompress:
+                    rows += fmt.decode_payload(block).count
+                blocks += 1
+                good_end = block.end
+                del block
+        except fmt.FormatError as e:
+            return ScanResult(path, good_end, size, blocks, rows, CorruptionError(path, e.offset, e.reason))
+    return ScanResult(path, good_end, size, blocks, rows, None)
+
+
+def repair(err: CorruptionError) -> int:
+    """Truncate the segment of `err` at the end of its last good block, fsync; return bytes cut.
+
+    Accepts only the CorruptionError of a scan: the offset is where the last good block ended.
+    """
+    path = err.path
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.truncate(err.offset)
+        f.flush()
+        os.fsync(f.fileno())
+    log.warning("repaired segment %s: truncated %d bytes at offset %d (%s)", path, size - err.offset,
+                err.offset, err.reason)
+    return size - err.offset
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    offset: int
+    kind: int
+    count: int
+    value: bytes
+
+
+def iter_blocks(path: Path) -> Iterator[Block]:
+    """Yield the decompressed blocks of a segment; CorruptionError where it goes bad."""
+    with mapped(path) as data:
+        try:
+            fmt.check_magic(data)
+            for raw in fmt.iter_raw_blocks(data):
+                sample = fmt.decode_payload(raw)
+                offset = raw.offset
+                del raw
+                yield Block(offset, sample.kind, sample.count, sample.value)
+        except fmt.FormatError as e:
+            raise CorruptionError(path, e.offset, e.reason) from e
+
+
+def iter_rows(path: Path, *, with_headers: bool = False) -> Iterator[bytes]:
+    """Yield each block's CSV value, schema header lines stripped unless `with_headers`."""
+    for block in iter_blocks(path):
+        if with_headers:
+            yield block.value
+        else:
+            yield fmt.strip_schema_line(block.value)[1]

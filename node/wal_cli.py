@@ -1,0 +1,79 @@
+"""`ingestor wal ...`: look inside segment files, repair them, list a WAL directory."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from node.errors import CorruptionError, InvalidNameError
+from node.wal.names import parse_filename
+from node.wal.segment import iter_rows, repair, scan
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    wal = sub.add_parser("wal", help="inspect and repair WAL segment files")
+    wsub = wal.add_subparsers(dest="wal_command", required=True)
+    dump = wsub.add_parser("dump", help="print the rows of a segment as CSV")
+    dump.add_argument("path", type=Path)
+    dump.add_argument("--with-headers", action="store_true", help="keep the schema header lines")
+    dump.set_defaults(func=cmd_dump)
+    rep = wsub.add_parser("repair", help="truncate a torn or corrupt tail at the last good block")
+    rep.add_argument("path", type=Path)
+    rep.set_defaults(func=cmd_repair)
+    ls = wsub.add_parser("ls", help="list the segments of a WAL directory")
+    ls.add_argument("dir", type=Path)
+    ls.set_defaults(func=cmd_ls)
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    out = sys.stdout.buffer
+    try:
+        for value in iter_rows(args.path, with_headers=args.with_headers):
+            out.write(value)
+    except CorruptionError as e:
+        out.flush()
+        print(f"ingestor: {e.path}: segment ends at offset {e.offset}: {e.reason}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"ingestor: {e}", file=sys.stderr)
+        return 1
+    out.flush()
+    return 0
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    result = scan(args.path)
+    if result.error is None:
+        print(f"{args.path}: ok, {result.blocks} blocks, {result.rows} rows")
+        return 0
+    if result.good_end == 0:
+        print(f"{args.path}: not a segment ({result.error.reason}); left as is", file=sys.stderr)
+        return 1
+    cut = repair(result.error)
+    print(f"{args.path}: truncated {cut} bytes at offset {result.error.offset} ({result.error.reason}); "
+          f"kept {result.blocks} blocks, {result.rows} rows")
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    rows = []
+    now = time.time()
+    for path in sorted(args.dir.glob("*.wal")):
+        try:
+            name = parse_filename(path.name)
+        except InvalidNameError:
+            continue
+        result = scan(path)
+        age = now - name.created_ms / 1000
+        state = "ok" if result.error is None else f"corrupt@{result.error.offset}"
+        rows.append((name.database, name.table, name.schema or "-", name.segment_id, str(result.size),
+                     f"{age:.0f}s", str(result.blocks), str(result.rows), state))
+    header = ("DATABASE", "TABLE", "SCHEMA", "SEGMENT", "BYTES", "AGE", "BLOCKS", "ROWS", "STATE")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return 0
+
+

@@ -1,0 +1,54 @@
+"""The bytes on disk are the documented format, read by an independent decoder and by ours."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cramjam
+
+from node.wal import format as fmt
+from node.wal.names import parse_filename
+from node.wal.repository import Repository, WalConfig
+from node.wal.segment import iter_blocks, iter_rows
+from tests.wal import independent_decoder
+from tests.wal.helpers import rows_for
+
+SCHEMA = (("Timestamp", "datetime"), ("SeriesId", "long"), ("Labels", "dynamic"), ("Value", "real"))
+
+
+def test_segment_is_read_by_an_independent_decoder(tmp_path: Path) -> None:
+    repo = Repository(WalConfig(tmp_path))
+    repo.start()
+    values = [rows_for(i, n=i + 1) for i in range(5)]
+    for v in values:
+        repo.write("Metrics", "CpuUsage", fmt.KIND_METRIC, v, v.count(b"\n"), SCHEMA)
+    [info] = repo.rotate_all()
+    blocks = independent_decoder.read_segment(info.path.read_bytes())
+    header = b"Timestamp:datetime,SeriesId:long,Labels:dynamic,Value:real\n"
+    assert blocks == [(1, v.count(b"\n"), header + v) for v in values]
+    name = parse_filename(info.path.name)
+    assert (name.database, name.table) == ("Metrics", "CpuUsage")
+    assert name.schema is not None
+    assert b"".join(iter_rows(info.path)) == b"".join(values)
+
+
+def test_header_is_optional_on_read(tmp_path: Path) -> None:
+    # An older writer: payload without the AA AA sample header.
+    value = b"a,1\nb,2\n"
+    payload = bytes(cramjam.snappy.compress_raw(value))
+    import struct
+    import zlib
+    path = tmp_path / "Db_T_0000000000000001.wal"
+    path.write_bytes(fmt.MAGIC + struct.pack(">II", len(payload), zlib.crc32(payload)) + payload)
+    [block] = list(iter_blocks(path))
+    assert block.value == value
+    assert block.kind == fmt.KIND_UNKNOWN
+    assert block.count == 2
+
+
+def test_schema_line_is_stripped_only_when_it_looks_like_one() -> None:
+    header, rest = fmt.strip_schema_line(b"Timestamp:datetime,Value:real\n2026-01-01T00:00:00Z,1\n")
+    assert header == b"Timestamp:datetime,Value:real\n"
+    assert rest == b"2026-01-01T00:00:00Z,1\n"
+    assert fmt.strip_schema_line(b"2026-01-01T00:00:00Z,1\n") == (None, b"2026-01-01T00:00:00Z,1\n")
+    assert fmt.strip_schema_line(b"0af3,00ff,x\n") == (None, b"0af3,00ff,x\n")

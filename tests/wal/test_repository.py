@@ -1,0 +1,174 @@
+"""The repository: rotation, limits, restart, import of transferred segments."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from node.errors import InvalidInputError, InvalidNameError, OverLimitsError
+from node.wal import format as fmt
+from node.wal.repository import Repository, WalConfig
+from node.wal.segment import FsyncPolicy, iter_rows
+from node.wal.table import SegmentInfo
+from tests.wal.helpers import make_segment, rows_for
+
+
+def _repo(path: Path, **kw: object) -> Repository:
+    repo = Repository(WalConfig(path, **kw))  # type: ignore[arg-type]
+    repo.start()
+    return repo
+
+
+def _all_rows(repo: Repository) -> bytes:
+    return b"".join(b"".join(iter_rows(i.path)) for i in repo.closed_segments())
+
+
+def test_rotation_at_max_size(tmp_path: Path) -> None:
+    closed: list[SegmentInfo] = []
+    repo = _repo(tmp_path, max_segment_size=4096)
+    repo.add_listener(closed.append)
+    written = []
+    for i in range(200):
+        v = rows_for(i)
+        repo.write("Db", "T", fmt.KIND_METRIC, v, 3)
+        written.append(v)
+    repo.rotate_all()
+    assert len(closed) > 3
+    assert all(c.size >= 4096 for c in closed[:-1])
+    assert all(c.size < 4096 + 1024 for c in closed)
+    assert _all_rows(repo) == b"".join(written)
+    ids = [c.name.segment_id for c in closed]
+    assert ids == sorted(ids)
+
+
+def test_rotation_at_max_age(tmp_path: Path) -> None:
+    repo = _repo(tmp_path, max_segment_age=0.2)
+    repo.write("Db", "T", fmt.KIND_METRIC, b"a\n", 1)
+    assert repo.rotate_expired() == []
+    time.sleep(0.25)
+    [info] = repo.rotate_expired()
+    assert info.rows == 1 and repo.closed_segments() == [info]
+
+
+def test_one_active_segment_per_table_and_schema(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    s1 = (("A", "string"),)
+    s2 = (("A", "string"), ("B", "long"))
+    for schema in (None, s1, s2, s1):
+        repo.write("Db", "T", fmt.KIND_LOG, b"x\n", 1, schema)
+    repo.write("Db", "U", fmt.KIND_LOG, b"x\n", 1)
+    closed = repo.rotate_all()
+    assert sorted(c.prefix for c in closed) == sorted(
+        ["Db_T", f"Db_T_{closed[1].name.schema}", f"Db_T_{closed[2].name.schema}", "Db_U"])
+    assert len({c.prefix for c in closed}) == 4
+
+
+def test_max_disk_usage_refuses_writes_without_loss(tmp_path: Path) -> None:
+    repo = _repo(tmp_path, max_disk_usage=20_000)
+    accepted = []
+    with pytest.raises(OverLimitsError):
+        for i in range(10_000):
+            v = rows_for(i, 5)
+            repo.write("Db", "T", fmt.KIND_METRIC, v, 5)
+            accepted.append(v)
+    assert repo.disk_usage() <= 20_000
+    assert repo.disk_usage() == sum(p.stat().st_size for p in tmp_path.iterdir())
+    repo.rotate_all()
+    assert _all_rows(repo) == b"".join(accepted)
+    repo.remove(repo.closed_segments())
+    assert repo.disk_usage() == 0
+    repo.write("Db", "T", fmt.KIND_METRIC, b"again\n", 1)  # room again
+
+
+def test_max_segment_count(tmp_path: Path) -> None:
+    repo = _repo(tmp_path, max_segment_count=2)
+    repo.write("Db", "A", fmt.KIND_METRIC, b"a\n", 1)
+    repo.write("Db", "B", fmt.KIND_METRIC, b"b\n", 1)
+    repo.write("Db", "A", fmt.KIND_METRIC, b"a\n", 1)  # the active segment has room
+    with pytest.raises(OverLimitsError):
+        repo.write("Db", "C", fmt.KIND_METRIC, b"c\n", 1)
+    assert repo.stats().segment_count == 2
+    repo.remove(repo.rotate_all()[:1])
+    repo.write("Db", "C", fmt.KIND_METRIC, b"c\n", 1)
+
+
+def test_restart_recovers_active_and_closed_segments(tmp_path: Path) -> None:
+    repo = _repo(tmp_path, max_segment_size=2048)
+    written = []
+    for i in range(50):
+        v = rows_for(i)
+        repo.write("Db", "T", fmt.KIND_METRIC, v, 3)
+        written.append(v)
+    usage = repo.disk_usage()
+    # no stop(): the active segment is left open, as after kill -9
+    again = _repo(tmp_path, max_segment_size=2048)
+    assert again.disk_usage() == usage
+    assert _all_rows(again) == b"".join(written)
+    assert sum(i.rows for i in again.closed_segments()) == 150
+
+
+def test_import_segment_verifies_every_block_first(tmp_path: Path) -> None:
+    src = tmp_path / "src.wal"
+    ends = make_segment(src, [rows_for(i) for i in range(3)])
+    data = src.read_bytes()
+    repo = _repo(tmp_path / "wal")
+    bad = bytearray(data)
+    bad[ends[1] + 9] ^= 1  # third block's payload
+    with pytest.raises(InvalidInputError, match="CRC"):
+        repo.import_segment("Db_T", bytes(bad))
+    with pytest.raises(InvalidInputError):
+        repo.import_segment("Db_T", data[:-3])
+    with pytest.raises(InvalidInputError):
+        repo.import_segment("Db_T", fmt.MAGIC)
+    with pytest.raises(InvalidNameError):
+        repo.import_segment("../Db_T", data)
+    assert list((tmp_path / "wal").iterdir()) == []
+    info = repo.import_segment("Db_T", data)
+    assert info.blocks == 3 and info.rows == 9
+    assert b"".join(iter_rows(info.path)) == b"".join(rows_for(i) for i in range(3))
+    assert repo.closed_segments("Db_T") == [info]
+    assert repo.disk_usage("Db") == len(data)
+
+
+@pytest.mark.parametrize("policy", list(FsyncPolicy))
+def test_fsync_policies_write_the_same_bytes(tmp_path: Path, policy: FsyncPolicy) -> None:
+    repo = _repo(tmp_path, fsync=policy)
+    for i in range(5):
+        repo.write("Db", "T", fmt.KIND_METRIC, rows_for(i), 3)
+    [info] = repo.stop()
+    assert b"".join(iter_rows(info.path)) == b"".join(rows_for(i) for i in range(5))
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root; the full-disk test cannot run here")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_disk_is_over_limits_and_loses_nothing(tiny_fs: Path) -> None:
+    repo = _repo(tiny_fs / "wal", max_segment_size=64 * 1024)
+    accepted = []
+    incompressible = os.urandom(3000).hex().encode()
+    with pytest.raises(OverLimitsError, match="disk full"):
+        for i in range(1000):
+            v = rows_for(i) + incompressible + b"\n"
+            repo.write("Db", "T", fmt.KIND_METRIC, v, 4)
+            accepted.append(v)
+    assert len(accepted) > 10
+    assert repo.disk_usage() == sum(p.stat().st_size for p in (tiny_fs / "wal").iterdir())
+    again = _repo(tiny_fs / "wal")
+    assert _all_rows(again) == b"".join(accepted)
