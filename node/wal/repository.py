@@ -34,7 +34,7 @@ from node.wal.names import (
     validate_prefix,
 )
 from node.wal.segment import FsyncPolicy, fsync_dir, repair, scan
-from node.wal.table import SegmentInfo, TableWal
+from node.wal.table import ACTIVE_DIR, SegmentInfo, TableWal
 
 log = logging.getLogger(__name__)
 
@@ -100,51 +100,92 @@ class Repository:
         self._segments = 0
         self._on_repair = on_repair
         self._listeners: list[Callable[[SegmentInfo], None]] = []
+        self._indexing = True
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def start(self) -> RecoveryReport:
-        """Scan, repair and index the directory. Call once, before any write."""
+    def start(self, *, recover: bool = True) -> RecoveryReport:
+        """Scan, repair and index the directory. Call once, before any write.
+
+        `recover=False` is for a writer process of a node whose supervisor already recovered
+        the directory: it only writes, and keeps no index of closed segments.
+        """
         self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / ACTIVE_DIR).mkdir(exist_ok=True)
+        self._indexing = recover
         report = RecoveryReport()
-        for entry in sorted(os.scandir(self.directory), key=lambda e: e.name):
-            if not entry.is_file():
-                continue
+        if not recover:
+            return report
+        # Segments left active by a previous run are closed now: repaired, then published.
+        for entry in sorted(os.scandir(self.directory / ACTIVE_DIR), key=lambda e: e.name):
             path = Path(entry.path)
-            if entry.name.endswith(".tmp"):
-                path.unlink()
-                report.deleted_tmp += 1
-                continue
-            if not entry.name.endswith(".wal"):
-                continue
-            try:
-                name = parse_filename(entry.name)
-            except InvalidNameError:
-                report.ignored.append(entry.name)
-                log.warning("ignoring %s: not a segment file name", path)
-                continue
-            result = scan(path)
-            if result.error is not None:
-                if result.good_end == 0:  # not even a whole magic: nothing to keep
-                    log.warning("deleting %s: %s", path, result.error.reason)
-                    path.unlink()
-                    report.deleted_empty += 1
-                    continue
-                report.truncated_bytes += repair(result.error)
-                report.repaired += 1
-                if self._on_repair is not None:
-                    self._on_repair(result.size - result.good_end)
-            if result.good_end <= len(fmt.MAGIC):
-                path.unlink()
-                report.deleted_empty += 1
-                continue
-            self._index(SegmentInfo(path, name, result.good_end, result.blocks, result.rows))
-            report.segments += 1
+            if entry.is_file() and self._recover_file(path, report) is not None:
+                os.rename(path, self.directory / entry.name)
+        for entry in sorted(os.scandir(self.directory), key=lambda e: e.name):
+            if entry.is_file():
+                info = self._recover_file(Path(entry.path), report)
+                if info is not None:
+                    self._index(info)
+                    report.segments += 1
+        fsync_dir(self.directory / ACTIVE_DIR)
         fsync_dir(self.directory)
         log.info("WAL %s: %d segments, %d repaired (%d bytes cut), %d empty and %d temporary deleted",
                  self.directory, report.segments, report.repaired, report.truncated_bytes,
                  report.deleted_empty, report.deleted_tmp)
         return report
+
+    def _recover_file(self, path: Path, report: RecoveryReport) -> SegmentInfo | None:
+        """Check one file found at start; return it as a segment, or None when it was dropped."""
+        if path.name.endswith(".tmp"):
+            path.unlink()
+            report.deleted_tmp += 1
+            return None
+        if not path.name.endswith(".wal"):
+            return None
+        try:
+            name = parse_filename(path.name)
+        except InvalidNameError:
+            report.ignored.append(path.name)
+            log.warning("ignoring %s: not a segment file name", path)
+            return None
+        result = scan(path)
+        if result.error is not None:
+            if result.good_end == 0:  # not even a whole magic: nothing to keep
+                log.warning("deleting %s: %s", path, result.error.reason)
+                path.unlink()
+                report.deleted_empty += 1
+                return None
+            report.truncated_bytes += repair(result.error)
+            report.repaired += 1
+            if self._on_repair is not None:
+                self._on_repair(result.size - result.good_end)
+        if result.good_end <= len(fmt.MAGIC):
+            path.unlink()
+            report.deleted_empty += 1
+            return None
+        return SegmentInfo(path, name, result.good_end, result.blocks, result.rows)
+
+    def refresh(self) -> list[SegmentInfo]:
+        """Index closed segments that other processes published; return the new ones.
+
+        Files published by rename are whole, so they are indexed without a scan; their block
+        and row counts are then unknown (0).
+        """
+        found = []
+        with self._lock:
+            known = {i.path.name for d in self._closed.values() for i in d.values()}
+        for entry in os.scandir(self.directory):
+            if entry.name in known or not entry.name.endswith(".wal") or not entry.is_file():
+                continue
+            try:
+                name = parse_filename(entry.name)
+                size = entry.stat().st_size
+            except (InvalidNameError, FileNotFoundError):
+                continue
+            info = SegmentInfo(Path(entry.path), name, size, 0, 0)
+            self._index(info)
+            found.append(info)
+        return found
 
     def stop(self) -> list[SegmentInfo]:
         """Close every active segment (they become closed segments in the index)."""
@@ -225,7 +266,12 @@ class Repository:
     def _index_new(self, info: SegmentInfo) -> None:
         """Index a segment this process just closed (already counted while active)."""
         with self._lock:
-            self._closed[info.prefix][info.name.segment_id] = info
+            if self._indexing:
+                self._closed[info.prefix][info.name.segment_id] = info
+            else:  # a writer process: the supervisor indexes and accounts closed segments
+                self._usage -= info.size
+                self._usage_by_db[info.database] -= info.size
+                self._segments -= 1
         for fn in self._listeners:
             fn(info)
 

@@ -1,7 +1,12 @@
-"""The WAL of one table prefix: one active segment at a time, rotated by size or age."""
+"""The WAL of one table prefix: one active segment at a time, rotated by size or age.
+
+The active segment lives in `<wal dir>/active/`; closing it renames it into the WAL directory, so
+every `*.wal` file directly in the WAL directory is a closed segment, for any process to see.
+"""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -9,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.wal.names import FlakeIds, SegmentName
-from node.wal.segment import FsyncPolicy, SegmentWriter
+from node.wal.segment import FsyncPolicy, SegmentWriter, fsync_dir
+
+ACTIVE_DIR = "active"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +55,7 @@ class TableWal:
     ) -> None:
         self.database, self.table, self.schema = database, table, schema
         self._dir = directory
+        self._active_dir = directory / ACTIVE_DIR
         self._ids = ids
         self._fsync = fsync
         self._max_size = max_segment_size
@@ -74,7 +82,7 @@ class TableWal:
                 new_segment(1)
                 name = SegmentName(self.database, self.table, self.schema, self._ids.next())
                 try:
-                    self._active = SegmentWriter(self._dir / name.filename, self._fsync)
+                    self._active = SegmentWriter(self._active_dir / name.filename, self._fsync)
                 except BaseException:
                     new_segment(-1)
                     raise
@@ -107,6 +115,10 @@ class TableWal:
         assert active is not None and name is not None
         self._active = self._active_name = None
         active.close()
-        info = SegmentInfo(active.path, name, active.size, active.blocks, active.rows)
+        closed = self._dir / name.filename
+        os.rename(active.path, closed)
+        if self._fsync is not FsyncPolicy.NEVER:
+            fsync_dir(self._dir)
+        info = SegmentInfo(closed, name, active.size, active.blocks, active.rows)
         self._on_close(info)
         return info

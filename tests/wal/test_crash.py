@@ -56,4 +56,4 @@ def test_sigkill_loses_no_written_block(tmp_path: Path) -> None:
         missing = run_acked - _recovered(tmp_path)
         assert not missing, f"seed {seed}, run {run}: lost {sorted(missing)[:5]}"
     assert len(acked) > 500
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.rglob("*.wal")) == []

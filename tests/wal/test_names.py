@@ -27,7 +27,7 @@ def test_hostile_names_are_refused(tmp_path: Path, name: str) -> None:
         repo.write("Db", name, fmt.KIND_METRIC, b"x\n", 1)
     with pytest.raises(InvalidNameError):
         validate_prefix(f"{name}_T")
-    assert list((tmp_path / "wal").iterdir()) == []
+    assert list((tmp_path / "wal").rglob("*")) == [tmp_path / "wal" / "active"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["wal"]
 
 

@@ -116,7 +116,7 @@ def test_header_only_segment_and_tmp_files_are_deleted_at_start(tmp_path: Path) 
     repo = Repository(WalConfig(tmp_path))
     report = repo.start()
     assert (report.deleted_empty, report.deleted_tmp, report.segments) == (1, 1, 0)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["active", "notes.txt"]
 
 
 def test_mid_file_corruption_never_skips_ahead(tmp_path: Path) -> None:

@@ -77,7 +77,7 @@ def test_max_disk_usage_refuses_writes_without_loss(tmp_path: Path) -> None:
             repo.write("Db", "T", fmt.KIND_METRIC, v, 5)
             accepted.append(v)
     assert repo.disk_usage() <= 20_000
-    assert repo.disk_usage() == sum(p.stat().st_size for p in tmp_path.iterdir())
+    assert repo.disk_usage() == sum(p.stat().st_size for p in tmp_path.rglob("*.wal"))
     repo.rotate_all()
     assert _all_rows(repo) == b"".join(accepted)
     repo.remove(repo.closed_segments())
@@ -127,7 +127,7 @@ def test_import_segment_verifies_every_block_first(tmp_path: Path) -> None:
         repo.import_segment("Db_T", fmt.MAGIC)
     with pytest.raises(InvalidNameError):
         repo.import_segment("../Db_T", data)
-    assert list((tmp_path / "wal").iterdir()) == []
+    assert list((tmp_path / "wal").rglob("*")) == [tmp_path / "wal" / "active"]
     info = repo.import_segment("Db_T", data)
     assert info.blocks == 3 and info.rows == 9
     assert b"".join(iter_rows(info.path)) == b"".join(rows_for(i) for i in range(3))
@@ -169,6 +169,29 @@ def test_full_disk_is_over_limits_and_loses_nothing(tiny_fs: Path) -> None:
             repo.write("Db", "T", fmt.KIND_METRIC, v, 4)
             accepted.append(v)
     assert len(accepted) > 10
-    assert repo.disk_usage() == sum(p.stat().st_size for p in (tiny_fs / "wal").iterdir())
+    assert repo.disk_usage() == sum(p.stat().st_size for p in (tiny_fs / "wal").rglob("*.wal"))
     again = _repo(tiny_fs / "wal")
     assert _all_rows(again) == b"".join(accepted)
+
+
+def test_active_segments_live_apart_until_closed(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    repo.write("Db", "T", fmt.KIND_METRIC, b"a\n", 1)
+    assert [p.parent.name for p in tmp_path.rglob("*.wal")] == ["active"]
+    [info] = repo.rotate_all()
+    assert info.path.parent == tmp_path
+    assert [p.parent for p in tmp_path.rglob("*.wal")] == [tmp_path]
+
+
+def test_writer_process_and_supervisor_share_a_directory(tmp_path: Path) -> None:
+    supervisor = _repo(tmp_path)
+    writer = Repository(WalConfig(tmp_path, worker=1))
+    writer.start(recover=False)
+    writer.write("Db", "T", fmt.KIND_METRIC, b"a\n", 1)
+    assert supervisor.refresh() == []  # active segments are not for upload
+    writer.rotate_all()
+    assert writer.closed_segments() == [] and writer.disk_usage() == 0
+    [found] = supervisor.refresh()
+    assert found.prefix == "Db_T" and supervisor.disk_usage() == found.size
+    assert supervisor.refresh() == []
+    assert b"".join(iter_rows(found.path)) == b"a\n"

@@ -1,0 +1,55 @@
+"""`ingestor wal dump|repair|ls` through the real console script."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from node.wal import format as fmt
+from node.wal.repository import Repository, WalConfig
+from tests.wal.helpers import make_segment, rows_for
+
+SCHEMA = (("Timestamp", "datetime"), ("Value", "real"))
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "node.cli", *args], capture_output=True, timeout=60)
+
+
+def test_dump_prints_rows_and_strips_headers(tmp_path: Path) -> None:
+    repo = Repository(WalConfig(tmp_path))
+    repo.start()
+    repo.write("Db", "T", fmt.KIND_METRIC, b"2026-01-01T00:00:00Z,1\n", 1, SCHEMA)
+    repo.write("Db", "T", fmt.KIND_METRIC, b"2026-01-01T00:00:01Z,2\n", 1, SCHEMA)
+    [info] = repo.rotate_all()
+    r = _run("wal", "dump", str(info.path))
+    assert r.returncode == 0
+    assert r.stdout == b"2026-01-01T00:00:00Z,1\n2026-01-01T00:00:01Z,2\n"
+    r = _run("wal", "dump", "--with-headers", str(info.path))
+    assert r.stdout.count(b"Timestamp:datetime,Value:real\n") == 2
+
+
+def test_dump_of_corrupt_segment_says_where_and_exits_1(tmp_path: Path) -> None:
+    path = tmp_path / "Db_T_0000000000000001.wal"
+    ends = make_segment(path, [rows_for(0), rows_for(1)])
+    path.write_bytes(path.read_bytes() + b"\x00\x00\x00\x09\x01\x02")
+    r = _run("wal", "dump", str(path))
+    assert r.returncode == 1
+    assert r.stdout == rows_for(0) + rows_for(1)
+    assert f"segment ends at offset {ends[1]}: torn block header".encode() in r.stderr
+
+
+def test_repair_then_ls(tmp_path: Path) -> None:
+    path = tmp_path / "Db_T_0000000000000001.wal"
+    ends = make_segment(path, [rows_for(0), rows_for(1)])
+    path.write_bytes(path.read_bytes() + b"garbage!")
+    r = _run("wal", "repair", str(path))
+    assert r.returncode == 0 and f"truncated 8 bytes at offset {ends[1]}".encode() in r.stdout
+    assert path.stat().st_size == ends[1]
+    r = _run("wal", "ls", str(tmp_path))
+    lines = r.stdout.decode().splitlines()
+    assert lines[0].split() == ["DATABASE", "TABLE", "SCHEMA", "SEGMENT", "BYTES", "AGE", "BLOCKS", "ROWS", "STATE"]
+    cols = lines[1].split()
+    assert cols[:5] == ["Db", "T", "-", "0000000000000001", str(ends[1])]
+    assert cols[6:] == ["2", "6", "ok"]
