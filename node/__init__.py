@@ -1,0 +1,3 @@
+"""The telemetry ingestor node."""
+
+__version__ = "0.1.0"

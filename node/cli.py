@@ -6,12 +6,14 @@ import argparse
 import logging
 import sys
 
-from node import wal_cli
+from node import serve_cli, status_cli, wal_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ingestor", description="Telemetry ingestor node and tools")
     sub = parser.add_subparsers(dest="command", required=True)
+    serve_cli.add_parser(sub)
+    status_cli.add_parser(sub)
     wal_cli.add_parser(sub)
     return parser
 

@@ -117,6 +117,11 @@ def host_id(node_name: str, worker: int = 0) -> int:
     return (xxhash.xxh64_intdigest(node_name.encode()) + worker) % (1 << _HOST_BITS)
 
 
+def segment_host(segment_id: str) -> int:
+    """The host id bits of a segment id."""
+    return (int(segment_id, 16) >> _SEQ_BITS) & ((1 << _HOST_BITS) - 1)
+
+
 class FlakeIds:
     """Time-ordered, unique-per-host segment ids. Thread-safe."""
 

@@ -14,11 +14,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from node.errors import InvalidInputError, InvalidNameError, OverLimitsError
 from node.wal import format as fmt
@@ -30,6 +32,7 @@ from node.wal.names import (
     parse_filename,
     schema_hash,
     schema_line,
+    segment_host,
     validate_name,
     validate_prefix,
 )
@@ -39,6 +42,7 @@ from node.wal.table import ACTIVE_DIR, SegmentInfo, TableWal
 log = logging.getLogger(__name__)
 
 MiB = 1 << 20
+OVER_LIMITS_HOLD_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,8 @@ class WalStats:
 class Repository:
     """Owns the per-table WALs of one directory. Thread-safe."""
 
-    def __init__(self, config: WalConfig, on_repair: Callable[[int], None] | None = None) -> None:
+    def __init__(self, config: WalConfig, on_repair: Callable[[int], None] | None = None,
+                 shared: SharedUsage | None = None) -> None:
         self.config = config
         self.directory = Path(config.directory)
         self._ids = FlakeIds(host_id(config.node_name, config.worker))
@@ -101,6 +106,8 @@ class Repository:
         self._on_repair = on_repair
         self._listeners: list[Callable[[SegmentInfo], None]] = []
         self._indexing = True
+        self._refused_at = 0.0  # monotonic time of the last write refused for limits
+        self._shared = shared
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -165,6 +172,28 @@ class Repository:
             return None
         return SegmentInfo(path, name, result.good_end, result.blocks, result.rows)
 
+    def recover_active(self, host: int) -> list[SegmentInfo]:
+        """Repair and publish the active segments of a writer process that died (by host id)."""
+        report = RecoveryReport()
+        found = []
+        for entry in sorted(os.scandir(self.directory / ACTIVE_DIR), key=lambda e: e.name):
+            try:
+                name = parse_filename(entry.name)
+            except InvalidNameError:
+                continue
+            if segment_host(name.segment_id) != host:
+                continue
+            path = Path(entry.path)
+            info = self._recover_file(path, report)
+            if info is not None:
+                final = self.directory / entry.name
+                os.rename(path, final)
+                info = SegmentInfo(final, info.name, info.size, info.blocks, info.rows)
+                self._index(info)
+                found.append(info)
+        fsync_dir(self.directory)
+        return found
+
     def refresh(self) -> list[SegmentInfo]:
         """Index closed segments that other processes published; return the new ones.
 
@@ -214,8 +243,10 @@ class Repository:
         self._reserve(database, len(header) + len(payload))
         try:
             grown = wal.append(header, payload, count, new_segment=self._count_segment)
-        except BaseException:
+        except BaseException as e:
             self._account(database, -(len(header) + len(payload)), 0)
+            if isinstance(e, OverLimitsError):
+                self._refused_at = time.monotonic()
             raise
         self._account(database, grown - len(header) - len(payload), 0)
 
@@ -232,26 +263,42 @@ class Repository:
                     self._wals[key] = wal
         return wal
 
+    def _others(self) -> tuple[int, int]:
+        return self._shared.others() if self._shared is not None else (0, 0)
+
+    def _publish(self) -> None:
+        """Called with the lock held after every change of this process's accounting."""
+        if self._shared is not None:
+            self._shared.publish(self._usage, self._segments)
+
     def _reserve(self, database: str, nbytes: int) -> None:
         limit = self.config.max_disk_usage
+        other_bytes = self._others()[0] if limit else 0
         with self._lock:
-            if limit and self._usage + nbytes > limit:
-                raise OverLimitsError(f"disk usage {self._usage} + {nbytes} bytes over max-disk-usage {limit}")
+            if limit and self._usage + other_bytes + nbytes > limit:
+                self._refused_at = time.monotonic()
+                raise OverLimitsError(f"disk usage {self._usage + other_bytes} + {nbytes} bytes over "
+                                      f"max-disk-usage {limit}")
             self._usage += nbytes
             self._usage_by_db[database] += nbytes
+            self._publish()
 
     def _count_segment(self, delta: int) -> None:
         limit = self.config.max_segment_count
+        other_segments = self._others()[1] if limit else 0
         with self._lock:
-            if delta > 0 and limit and self._segments >= limit:
-                raise OverLimitsError(f"{self._segments} segments at max-segment-count {limit}")
+            if delta > 0 and limit and self._segments + other_segments >= limit:
+                self._refused_at = time.monotonic()
+                raise OverLimitsError(f"{self._segments + other_segments} segments at max-segment-count {limit}")
             self._segments += delta
+            self._publish()
 
     def _account(self, database: str, nbytes: int, segments: int) -> None:
         with self._lock:
             self._usage += nbytes
             self._usage_by_db[database] += nbytes
             self._segments += segments
+            self._publish()
 
     # -- closed segments --------------------------------------------------------------------
 
@@ -262,6 +309,7 @@ class Repository:
             self._usage += info.size
             self._usage_by_db[info.database] += info.size
             self._segments += 1
+            self._publish()
 
     def _index_new(self, info: SegmentInfo) -> None:
         """Index a segment this process just closed (already counted while active)."""
@@ -272,6 +320,7 @@ class Repository:
                 self._usage -= info.size
                 self._usage_by_db[info.database] -= info.size
                 self._segments -= 1
+                self._publish()
         for fn in self._listeners:
             fn(info)
 
@@ -357,6 +406,21 @@ class Repository:
 
     # -- accounting -------------------------------------------------------------------------
 
+    def over_limits(self) -> str:
+        """Why writes are being refused ("" when they are not): a limit reached, or a write
+        refused in the last few seconds."""
+        c = self.config
+        other_bytes, other_segments = self._others()
+        with self._lock:
+            usage, segments, refused = self._usage + other_bytes, self._segments + other_segments, self._refused_at
+        if c.max_disk_usage and usage >= c.max_disk_usage * 0.99:
+            return f"disk usage {usage} of max {c.max_disk_usage} bytes"
+        if c.max_segment_count and segments >= c.max_segment_count:
+            return f"{segments} segments of max {c.max_segment_count}"
+        if refused and time.monotonic() - refused < OVER_LIMITS_HOLD_SECONDS:
+            return f"a write was refused {time.monotonic() - refused:.1f}s ago (disk usage {usage} bytes)"
+        return ""
+
     def disk_usage(self, database: str | None = None) -> int:
         with self._lock:
             return self._usage if database is None else self._usage_by_db.get(database, 0)
@@ -371,6 +435,44 @@ class Repository:
             if w.active_size:
                 active[f"{db}_{table}_{sid}" if sid else f"{db}_{table}"] = w.active_size
         return WalStats(usage, count, closed, active)
+
+
+def directory_stats(directory: Path) -> WalStats:
+    """Segments as the directory shows them, whichever process wrote them."""
+    closed: dict[str, tuple[int, int]] = {}
+    active: dict[str, int] = {}
+    usage = count = 0
+    for sub, is_active in ((directory, False), (directory / ACTIVE_DIR, True)):
+        try:
+            entries = list(os.scandir(sub))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            if not entry.name.endswith(".wal"):
+                continue
+            try:
+                prefix = parse_filename(entry.name).prefix
+                size = entry.stat().st_size
+            except (InvalidNameError, FileNotFoundError):
+                continue
+            usage += size
+            count += 1
+            if is_active:
+                active[prefix] = active.get(prefix, 0) + size
+            else:
+                n, b = closed.get(prefix, (0, 0))
+                closed[prefix] = (n + 1, b + size)
+    return WalStats(usage, count, closed, active)
+
+
+class SharedUsage(Protocol):
+    """Accounting shared by the processes that write one WAL directory."""
+
+    def publish(self, usage: int, segments: int) -> None:
+        """Set this process's bytes and segments."""
+
+    def others(self) -> tuple[int, int]:
+        """Bytes and segments of every other process."""
 
 
 def checksum(data: bytes | bytearray | memoryview) -> int:

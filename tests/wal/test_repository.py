@@ -195,3 +195,23 @@ def test_writer_process_and_supervisor_share_a_directory(tmp_path: Path) -> None
     assert found.prefix == "Db_T" and supervisor.disk_usage() == found.size
     assert supervisor.refresh() == []
     assert b"".join(iter_rows(found.path)) == b"a\n"
+
+
+def test_supervisor_adopts_the_active_segments_of_a_dead_writer(tmp_path: Path) -> None:
+    from node.wal.names import host_id, segment_host
+    supervisor = _repo(tmp_path)
+    writers = []
+    for worker in (1, 2):
+        w = Repository(WalConfig(tmp_path, worker=worker))
+        w.start(recover=False)
+        w.write("Db", "T", fmt.KIND_METRIC, f"w{worker}\n".encode(), 1)
+        writers.append(w)
+    # writer 1 "dies" with a torn tail in its active segment
+    [active1] = [p for p in (tmp_path / "active").iterdir()
+                 if segment_host(p.name.rsplit("_", 1)[1][:16]) == host_id("node", 1)]
+    with open(active1, "ab") as f:
+        f.write(b"\x00\x00\x01")
+    [adopted] = supervisor.recover_active(host_id("node", 1))
+    assert adopted.path.parent == tmp_path and adopted.rows == 1
+    assert b"".join(iter_rows(adopted.path)) == b"w1\n"
+    assert len(list((tmp_path / "active").iterdir())) == 1  # writer 2's is left alone

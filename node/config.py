@@ -1,0 +1,177 @@
+"""The node's configuration: one frozen dataclass, parsed at the edge from flags and environment.
+
+Every flag `--some-flag` can also be given as the environment variable `INGESTOR_SOME_FLAG`; a
+flag on the command line wins over the environment. Defaults follow adx-mon where the design
+notes say nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from node.errors import InvalidNameError
+from node.units import parse_duration, parse_size
+from node.wal.names import validate_name
+from node.wal.segment import FsyncPolicy
+
+ENV_PREFIX = "INGESTOR_"
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything `ingestor serve` is told. Each field is documented by its flag's help text."""
+
+    storage_dir: Path
+    node_name: str = field(default_factory=socket.gethostname)
+    grpc_addr: str = "0.0.0.0:4317"
+    http_addr: str = "0.0.0.0:4318"
+    default_metrics_database: str = "Metrics"
+    default_logs_database: str | None = None
+    default_logs_table: str | None = None
+    default_traces_database: str = "Traces"
+    default_traces_table: str = "Traces"
+    lift_labels: tuple[str, ...] = ()
+    max_segment_size: int = 1024 * MiB
+    max_segment_age: float = 300.0
+    max_disk_usage: int = 0
+    max_segment_count: int = 10000
+    wal_fsync: FsyncPolicy = FsyncPolicy.ON_ROTATE
+    max_request_bytes: int = 64 * MiB
+    receivers: int = 1
+    shutdown_grace: float = 60.0
+    log_level: str = "info"
+
+    @property
+    def wal_dir(self) -> Path:
+        return self.storage_dir / "wal"
+
+
+def _addr(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"not HOST:PORT: {text!r}")
+    return text
+
+
+def _name(text: str) -> str:
+    try:
+        return validate_name("database or table", text)
+    except InvalidNameError as e:
+        raise ValueError(str(e)) from e
+
+
+def _labels(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def _flag(kind: str) -> Callable[[str], object]:
+    def parse(text: str) -> object:
+        try:
+            return {"size": parse_size, "duration": parse_duration, "addr": _addr, "name": _name,
+                    "labels": _labels}[kind](text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from e
+    parse.__name__ = kind
+    return parse
+
+
+def add_serve_flags(p: argparse.ArgumentParser) -> None:
+    d = NodeConfig(storage_dir=Path("."))
+    a = p.add_argument
+    a("--storage-dir", type=Path, help="directory of the WAL and the local sink (required)")
+    a("--node-name", default=None, help="this node's name, as peers know it (default: host name)")
+    a("--grpc-addr", type=_flag("addr"), default=d.grpc_addr,
+      help="OTLP/gRPC, transfer, health, reflection and admin (default %(default)s)")
+    a("--http-addr", type=_flag("addr"), default=d.http_addr,
+      help="remote write, OTLP/HTTP, /metrics, /healthz, /readyz (default %(default)s)")
+    a("--default-metrics-database", type=_flag("name"), default=d.default_metrics_database,
+      help="database of series without an adxmon_database label (default %(default)s)")
+    a("--default-logs-database", type=_flag("name"), default=None,
+      help="database of log records without kusto.database (default: none, such records are refused)")
+    a("--default-logs-table", type=_flag("name"), default=None,
+      help="table of log records without kusto.table (default: none, such records are refused)")
+    a("--default-traces-database", type=_flag("name"), default=d.default_traces_database,
+      help="database of spans without kusto.database (default %(default)s)")
+    a("--default-traces-table", type=_flag("name"), default=d.default_traces_table,
+      help="table of spans without kusto.table (default %(default)s)")
+    a("--lift-labels", type=_flag("labels"), action="append", default=[],
+      help="labels written as their own columns, comma separated, repeatable")
+    a("--max-segment-size", type=_flag("size"), default=d.max_segment_size,
+      help="close a segment at this size (default 1GiB)")
+    a("--max-segment-age", type=_flag("duration"), default=d.max_segment_age,
+      help="close a segment at this age (default 5m)")
+    a("--max-disk-usage", type=_flag("size"), default=d.max_disk_usage,
+      help="refuse writes (429 / RESOURCE_EXHAUSTED) past this many bytes of segments (default 0: no limit)")
+    a("--max-segment-count", type=int, default=d.max_segment_count,
+      help="refuse writes past this many segments (default %(default)s; 0: no limit)")
+    a("--wal-fsync", choices=[x.value for x in FsyncPolicy], default=d.wal_fsync.value,
+      help="never | on-rotate | always (default %(default)s; see docs/wal.md for the durability each gives)")
+    a("--max-request-bytes", type=_flag("size"), default=d.max_request_bytes,
+      help="largest request body, after decompression (default 64MiB)")
+    a("--receivers", type=int, default=d.receivers,
+      help="receiver processes sharing the ports with SO_REUSEPORT (default %(default)s; 0: one per CPU)")
+    a("--shutdown-grace", type=_flag("duration"), default=d.shutdown_grace,
+      help="how long a SIGTERM may take to finish in-flight work (default 60s)")
+    a("--log-level", choices=["debug", "info", "warning", "error"], default=d.log_level)
+
+
+def env_defaults(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    """Make `INGESTOR_<FLAG>` the default of each flag (the command line still wins)."""
+    for action in p._actions:
+        flag = next((o for o in action.option_strings if o.startswith("--")), None)
+        if flag is None or flag == "--help":
+            continue
+        key = ENV_PREFIX + flag[2:].upper().replace("-", "_")
+        if key in env:
+            text = env[key]
+            if action.type is not None and callable(action.type):
+                try:
+                    value = action.type(text)
+                except (argparse.ArgumentTypeError, ValueError) as e:
+                    p.error(f"{key}={text!r}: {e}")
+            else:
+                value = text
+            # An appending flag keeps the environment's value apart: the command line replaces it.
+            p.set_defaults(**{("env_" + action.dest) if action.default == [] else action.dest: value})
+
+
+def from_args(args: argparse.Namespace) -> NodeConfig:
+    if args.storage_dir is None:
+        raise SystemExit("ingestor serve: --storage-dir (or INGESTOR_STORAGE_DIR) is required")
+    receivers = args.receivers if args.receivers > 0 else (os.cpu_count() or 1)
+    return NodeConfig(
+        storage_dir=args.storage_dir,
+        node_name=args.node_name or socket.gethostname(),
+        grpc_addr=args.grpc_addr,
+        http_addr=args.http_addr,
+        default_metrics_database=args.default_metrics_database,
+        default_logs_database=args.default_logs_database,
+        default_logs_table=args.default_logs_table,
+        default_traces_database=args.default_traces_database,
+        default_traces_table=args.default_traces_table,
+        lift_labels=tuple(x for group in (args.lift_labels or [getattr(args, "env_lift_labels", ())])
+                          for x in group),
+        max_segment_size=args.max_segment_size,
+        max_segment_age=args.max_segment_age,
+        max_disk_usage=args.max_disk_usage,
+        max_segment_count=args.max_segment_count,
+        wal_fsync=FsyncPolicy(args.wal_fsync),
+        max_request_bytes=args.max_request_bytes,
+        receivers=receivers,
+        shutdown_grace=args.shutdown_grace,
+        log_level=args.log_level,
+    )
+
+
+def parse(argv: Sequence[str], env: Mapping[str, str] | None = None) -> NodeConfig:
+    """Parse `serve` flags alone (for tests and tools)."""
+    p = argparse.ArgumentParser(prog="ingestor serve")
+    add_serve_flags(p)
+    env_defaults(p, os.environ if env is None else env)
+    return from_args(p.parse_args(list(argv)))

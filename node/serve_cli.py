@@ -1,0 +1,80 @@
+"""`ingestor serve`: run a node until SIGTERM or SIGINT (a second signal exits at once)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+
+from node import config as node_config
+
+log = logging.getLogger("node")
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("serve", help="run a node",
+                       description="Run a node. Every flag is also the environment variable INGESTOR_<FLAG>.")
+    node_config.add_serve_flags(p)
+    node_config.env_defaults(p, os.environ)
+    p.set_defaults(func=cmd_serve)
+
+
+async def run(config: node_config.NodeConfig) -> None:
+    from node.server import Node
+
+    receivers = None
+    if config.receivers > 1:
+        import multiprocessing
+
+        from node.workers import Receivers, SlotUsage
+
+        array = multiprocessing.get_context("spawn").Array("q", 2 * config.receivers, lock=False)
+        node = Node(config, shared=SlotUsage(array, 0, config.receivers))
+        receivers = Receivers(config, array, node.wal.recover_active)
+    else:
+        node = Node(config)
+    stop = asyncio.Event()
+    signals = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            # Every acknowledged row is already in a segment file: exiting now loses none of it.
+            log.warning("second %s: exiting at once", signal.Signals(signum).name)
+            os._exit(1)
+        log.info("%s: shutting down (a second signal exits at once)", signal.Signals(signum).name)
+        stop.set()
+
+    loop = asyncio.get_running_loop()
+    for s in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(s, on_signal, s)
+    await node.start_wal()
+    if receivers is not None:
+        await receivers.start()
+    await node.start_servers()
+    await stop.wait()
+    if receivers is not None:
+        await asyncio.gather(node.stop(), receivers.stop(config.shutdown_grace))
+    else:
+        await node.stop()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = node_config.from_args(args)
+    logging.getLogger().setLevel(config.log_level.upper())
+    if config.receivers > 1:
+        # Before prometheus_client is imported, here and in every receiver process.
+        metrics_dir = config.storage_dir / "metrics"
+        import shutil
+
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    from node.server import tune_malloc  # after the config: importing the node is not free
+
+    tune_malloc()
+    asyncio.run(run(config))
+    return 0

@@ -1,0 +1,99 @@
+"""Real `ingestor serve` processes for the tests: free ports, readiness, stop, rows read back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from node.wal.segment import iter_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class NodeProcess:
+    """One node as a child process, on loopback ports of its own."""
+
+    def __init__(self, storage_dir: Path, *args: str, name: str = "node-0", env: dict[str, str] | None = None) -> None:
+        self.storage_dir = storage_dir
+        self.name = name
+        self.grpc_port = free_port()
+        self.http_port = free_port()
+        self.args = list(args)
+        self.env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = storage_dir.parent / f"{name}.log"
+
+    @property
+    def grpc_addr(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self, timeout: float = 30.0) -> NodeProcess:
+        cmd = [sys.executable, "-m", "node.cli", "serve", "--storage-dir", str(self.storage_dir),
+               "--node-name", self.name, "--grpc-addr", self.grpc_addr,
+               "--http-addr", f"127.0.0.1:{self.http_port}", *self.args]
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.log()}")
+            if self.ready():
+                return self
+            time.sleep(0.05)
+        raise TimeoutError(f"node not ready within {timeout}s:\n{self.log()}")
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.http_url + "/readyz", timeout=1) as r:
+                return bool(r.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def rows(self, database: str | None = None, table: str | None = None) -> list[bytes]:
+        """Every row in the node's WAL (closed and active segments), in file order."""
+        out: list[bytes] = []
+        wal = self.storage_dir / "wal"
+        for path in sorted([*wal.glob("*.wal"), *wal.glob("active/*.wal")], key=lambda p: p.name.rsplit("_", 1)[1]):
+            db, tbl = path.name.split("_")[:2]
+            if (database is None or db == database) and (table is None or tbl == table):
+                for value in iter_rows(path):
+                    out.extend(value.splitlines())
+        return out
+
+    def tables(self) -> set[tuple[str, str]]:
+        wal = self.storage_dir / "wal"
+        return {tuple(p.name.split("_")[:2]) for p in [*wal.glob("*.wal"), *wal.glob("active/*.wal")]}  # type: ignore[misc]
