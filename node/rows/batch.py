@@ -1,0 +1,84 @@
+"""What a conversion produces: CSV rows grouped by (database, table), with counts and reasons.
+
+    ConvertResult
+    ├── tables: {(database, table): TableBatch(kind, schema, data=b"row\\nrow\\n", count=2)}
+    ├── accepted   rows written into `tables`
+    ├── rejected   points / records / spans refused (never silently dropped)
+    └── reasons    distinct human-readable causes of the refusals, at most MAX_REASONS
+
+A reason reads "<kind of refusal>: <detail>" (or just the kind); the part before the first ":"
+never contains request data, so it can be used as a metric label.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+Schema = tuple[tuple[str, str], ...]
+"""((column, type), ...) in row order; types are ADX scalar type names."""
+
+KIND_METRIC, KIND_TRACE, KIND_LOG = 1, 2, 3
+"""WAL sample types."""
+
+MAX_REASONS = 10
+
+
+@dataclass
+class TableBatch:
+    """The rows for one table: CSV, each row ending in "\\n", no header line."""
+
+    database: str
+    table: str
+    kind: int
+    schema: Schema
+    data: bytearray
+    count: int
+
+
+@dataclass
+class ConvertResult:
+    """The outcome of converting one request."""
+
+    tables: dict[tuple[str, str], TableBatch] = field(default_factory=dict)
+    accepted: int = 0
+    rejected: int = 0
+    reasons: list[str] = field(default_factory=list)
+
+
+class ResultBuilder:
+    """Collects rows (one `str` per row, ending in "\\n") per destination, and refusals.
+
+    Converters append to the list that `rows(dest)` returns; `result()` joins them once.
+    """
+
+    def __init__(self, kind: int, schema: Schema) -> None:
+        self._kind = kind
+        self._schema = schema
+        self._rows: dict[tuple[str, str], list[str]] = {}
+        self._reasons: dict[str, None] = {}
+        self.rejected = 0
+
+    def rows(self, dest: tuple[str, str]) -> list[str]:
+        """The row list of (database, table), created on first use."""
+        rows = self._rows.get(dest)
+        if rows is None:
+            rows = self._rows[dest] = []
+        return rows
+
+    def reject(self, reason: str, n: int = 1) -> None:
+        """Count `n` refused items; keep `reason` if it is new and there is room."""
+        self.rejected += n
+        if len(self._reasons) < MAX_REASONS:
+            self._reasons[reason] = None
+
+    def result(self) -> ConvertResult:
+        tables: dict[tuple[str, str], TableBatch] = {}
+        accepted = 0
+        for dest, rows in self._rows.items():
+            if not rows:
+                continue
+            tables[dest] = TableBatch(
+                dest[0], dest[1], self._kind, self._schema, bytearray("".join(rows), "utf-8"), len(rows)
+            )
+            accepted += len(rows)
+        return ConvertResult(tables, accepted, self.rejected, list(self._reasons))

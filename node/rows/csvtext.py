@@ -1,0 +1,100 @@
+"""The text of one CSV field: quoting, RFC 3339 timestamps and floats, as ADX and ClickHouse read them.
+
+A row is RFC 4180: fields separated by ",", a field that needs it is enclosed in `"` with `"`
+doubled, the row ends in "\\n". ADX and ClickHouse agree on this; the choices below are the ones
+where they could disagree:
+
+* `real` -- non-finite values are written `NaN`, `Infinity`, `-Infinity`: the spellings ADX's
+  `real` parser takes (the .NET ones; ADX itself cannot be run in tests), and ClickHouse's float
+  parser takes them too (it matches `nan`/`inf`/`infinity` case-insensitively, optionally signed;
+  checked with chdb in tests/rows/test_csvtext.py). Finite values are Python's shortest round-trip `repr`
+  (`0.1`, `1e+300`), which both parse exactly.
+* `field` -- strings are quoted when they contain `,` `"` CR or LF, and also when they start or end
+  with a space or tab (ClickHouse trims unquoted whitespace) or start with a backslash (ClickHouse
+  reads an unquoted `\\N` as NULL).
+* `Timestamps` -- UTC, `YYYY-MM-DDTHH:MM:SS.fffZ` for milliseconds (remote write) and
+  `YYYY-MM-DDTHH:MM:SS.fffffffffZ` for nanoseconds (OTLP): all nine digits are kept, so nothing the
+  sender measured is lost; ADX rounds to its 100 ns tick, ClickHouse DateTime64(9) keeps them all.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+_NEEDS_QUOTES = re.compile(r'[",\r\n]|^[ \t\\]|[ \t]$')
+_EPOCH = datetime(1970, 1, 1)
+
+
+def field(s: str) -> str:
+    """`s` as a CSV field: unchanged when that is unambiguous, else quoted."""
+    if _NEEDS_QUOTES.search(s) is None:
+        return s
+    return '"' + s.replace('"', '""') + '"'
+
+
+def quoted(s: str) -> str:
+    """`s` always quoted (used for JSON columns, which nearly always contain `"` and `,`)."""
+    return '"' + s.replace('"', '""') + '"'
+
+
+def real(v: float) -> str:
+    """A float for a `real` column; NaN and infinities spelled so ADX and ClickHouse both parse them."""
+    if v - v == 0.0:  # finite; inf - inf and nan - nan are nan
+        return repr(v)
+    if v != v:
+        return "NaN"
+    return "Infinity" if v > 0 else "-Infinity"
+
+
+def label_float(v: float) -> str:
+    """A float as Prometheus writes it in a label (`le`, `quantile`, a double attribute): Go's
+    `strconv.FormatFloat(v, 'f', -1, 64)` -- shortest round-trip digits, never an exponent,
+    `1` not `1.0`; `+Inf`, `-Inf`, `NaN`."""
+    if v != v:
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    r = repr(v)
+    if "e" in r:
+        r = format(Decimal(r), "f")
+    if r.endswith(".0"):
+        r = r[:-2]
+    return r
+
+
+class Timestamps:
+    """Formats integer timestamps since the Unix epoch (`digits` = 3: milliseconds, 9: nanoseconds)
+    as UTC RFC 3339 with exactly `digits` fractional digits.
+
+    Hot loops call `cache.get(t) or format(t)`: a request's points mostly share a handful of
+    timestamps, so the full text is cached per value; the date part is cached per second. Both
+    caches are cleared when they reach `max_entries`.
+    """
+
+    def __init__(self, digits: int, max_entries: int = 8192) -> None:
+        self.digits = digits
+        self.cache: dict[int, str] = {}
+        self._unit = 10**digits
+        self._seconds: dict[int, str] = {}
+        self._max = max_entries
+
+    def format(self, t: int) -> str:
+        """Text of `t`; raises ValueError when it is outside years 1..9999."""
+        sec, frac = divmod(t, self._unit)
+        prefix = self._seconds.get(sec)
+        if prefix is None:
+            try:
+                prefix = (_EPOCH + timedelta(seconds=sec)).isoformat()
+            except OverflowError:
+                raise ValueError(f"timestamp outside years 1..9999: {t}") from None
+            if len(self._seconds) >= self._max:
+                self._seconds.clear()
+            self._seconds[sec] = prefix
+        text = f"{prefix}.{frac:0{self.digits}d}Z"
+        if len(self.cache) >= self._max:
+            self.cache.clear()
+        self.cache[t] = text
+        return text

@@ -1,0 +1,146 @@
+"""Prometheus remote write 1.0 and OTLP metrics requests as metric rows (rows.md, "Metrics").
+
+One table per metric (`normalize_name` of `__name__`), in the database named by the
+`adxmon_database` label (normalised) or the configured default. Columns:
+
+    Timestamp:datetime, SeriesId:long, Labels:dynamic, Value:real[, <lifted>:string ...]
+
+    2026-11-24T04:00:00.123Z,-3331289320299047180,"{""pod"":""a""}",0.5\\n      up{pod="a"} = 0.5
+
+Remote write timestamps have 3 fractional digits (milliseconds), OTLP ones 9 (nanoseconds). See
+series.py for the series id and labels, csvtext.py for values, otlpmetrics.py for how OTLP types
+and resources become series. `ConvertResult.accepted` counts rows; `rejected` counts samples or
+data points.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+
+from node.gen.prometheus.remote_pb2 import WriteRequest
+from node.rows.batch import KIND_METRIC, ConvertResult, ResultBuilder, Schema
+from node.rows.csvtext import Timestamps, real
+from node.rows.otlpmetrics import OtlpMetrics
+from node.rows.series import Entry, SeriesEncoder
+
+_LABEL_TAG = 0x0A  # TimeSeries field 1 (labels), length-delimited
+_SAMPLE_TAG = 0x12  # TimeSeries field 2 (samples), length-delimited
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """How metric series are routed and laid out."""
+
+    default_database: str = "Metrics"
+    """Database of a series without an `adxmon_database` label."""
+    lift_labels: tuple[str, ...] = ()
+    """Labels written as their own string columns (matched case-insensitively, ordered by
+    lower-cased name) instead of inside `Labels`."""
+    allowed_databases: frozenset[str] | None = None
+    """Databases that have a sink; a series routed elsewhere is rejected. None: all are allowed."""
+    promote_resource_attributes: tuple[str, ...] = ()
+    """OTLP resource attributes copied as labels onto every series of the resource."""
+    max_cached_series: int = 200_000
+    """Series entries kept per cache before the cache is cleared."""
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _labels_end(b: bytes) -> int:
+    """End of the leading run of label fields of a serialized TimeSeries."""
+    i = 0
+    n = len(b)
+    while i < n and b[i] == _LABEL_TAG:
+        length = b[i + 1]
+        if length < 0x80:
+            i += 2 + length
+            continue
+        i += 1
+        length = shift = 0
+        while True:
+            byte = b[i]
+            i += 1
+            length |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                break
+            shift += 7
+        i += length
+    return i
+
+
+class MetricsConverter:
+    """Converts metric requests to rows, caching one `Entry` per series between requests."""
+
+    def __init__(self, cfg: MetricsConfig | None = None) -> None:
+        self.cfg = cfg = cfg or MetricsConfig()
+        self._series = SeriesEncoder(cfg.default_database, cfg.lift_labels, cfg.allowed_databases)
+        self.schema: Schema = self._series.schema
+        self._remote: dict[bytes, Entry] = {}
+        self._ms = Timestamps(3)
+        self._otlp = OtlpMetrics(self._series, cfg.promote_resource_attributes, cfg.max_cached_series)
+
+    def convert_remote_write(self, req: WriteRequest) -> ConvertResult:
+        """Rows of a decoded `prometheus.WriteRequest`.
+
+        The cache key of a series is its serialization up to its samples. Labels (field 1) come
+        first on the wire and samples (field 2, tag 0x12) right after them, so cutting the sample
+        bytes off the end leaves the labels -- plus, when exemplars or unknown fields follow,
+        some bytes that start with a tag other than 0x0A. Such a key still determines the label
+        set (the labels are its maximal run of 0x0A fields); it only caches less well, so then
+        the labels are measured field by field instead.
+        """
+        out = ResultBuilder(KIND_METRIC, self.schema)
+        cache = self._remote
+        if len(cache) > self.cfg.max_cached_series:
+            cache.clear()
+        tget = self._ms.cache.get
+        tformat = self._ms.format
+        last_dest: tuple[str, str] | None = None
+        rows: list[str] = []
+        for ts in req.timeseries:
+            samples = ts.samples
+            if not samples:
+                continue
+            b = ts.SerializeToString()
+            cut = len(b)
+            for s in samples:
+                size = s.ByteSize()  # a Sample is at most 20 bytes, unless it carries unknown fields
+                cut -= 2 + size if size < 0x80 else 1 + len(_varint(size)) + size
+            if b[cut] != _SAMPLE_TAG:
+                cut = _labels_end(b)
+            key = b[:cut]
+            entry = cache.get(key)
+            if entry is None:
+                entry = cache[key] = self._series.encode([(label.name, label.value) for label in ts.labels])
+            dest, mid, tail = entry
+            if dest is None:
+                out.reject(mid, len(samples))
+                continue
+            if dest is not last_dest:
+                rows = out.rows(dest)
+                last_dest = dest
+            for s in samples:
+                t = s.timestamp
+                try:
+                    stamp = tget(t) or tformat(t)
+                except ValueError as err:
+                    out.reject(str(err))
+                    continue
+                v = s.value
+                rows.append(f"{stamp}{mid}{repr(v) if v - v == 0.0 else real(v)}{tail}")
+        return out.result()
+
+    def convert_otlp(self, req: ExportMetricsServiceRequest) -> ConvertResult:
+        """Rows of a decoded `ExportMetricsServiceRequest`."""
+        out = ResultBuilder(KIND_METRIC, self.schema)
+        self._otlp.convert(req, out)
+        return out.result()

@@ -1,0 +1,342 @@
+"""OTLP metrics to metric rows, the way Prometheus's OTLP translation names things.
+
+* Metric names: `prometheus_metric_name` (characters outside [A-Za-z0-9_:] become "_"; no unit
+  or `_total` suffixes are added), then `normalize_name` for the table.
+* Data-point attributes become labels (`prometheus_label_name`; keys that collide after that are
+  joined with ";" in key order, as Prometheus does).
+* Resource: `service.name` -> `job` (`service.namespace/service.name` when a namespace is set),
+  `service.instance.id` -> `instance`; both override data-point attributes of the same name. The
+  attributes listed in `promote_resource_attributes`, and `adxmon_database` (also spelled
+  `adxmon.database`) if present, become labels of every series unless a data point sets them.
+  Every other resource attribute is kept the way Prometheus keeps it: one `target_info` series per
+  resource (table `TargetInfo`, value 1, at the latest timestamp of the resource's points in the
+  request) whose labels are `job`, `instance` and all the other resource attributes. Join on
+  `Labels.job`/`Labels.instance` to get them. Scope names and versions are not kept.
+* gauge, sum -> one row per data point (delta sums are written as they come).
+  histogram -> `<name>_count`, `<name>_sum` (when set), `<name>_bucket` with cumulative counts per
+  `le`, the last one `+Inf` = count. exponential histogram -> the same, its buckets turned into
+  explicit `le` bounds (see exphist.py). summary -> `<name>_count`, `<name>_sum`, and `<name>` with
+  a `quantile` label per quantile.
+* A data point flagged "no recorded value" is skipped: neither accepted nor rejected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+
+from node.rows.anyvalue import to_label
+from node.rows.batch import ResultBuilder
+from node.rows.csvtext import Timestamps, label_float, real
+from node.rows.exphist import cumulative_buckets
+from node.rows.names import prometheus_label_name, prometheus_metric_name
+from node.rows.series import DATABASE_LABEL, NAME_LABEL, SKIP, Entry, SeriesEncoder
+
+_NO_RECORDED_VALUE = 1
+_FIXED64_TAGS = b"\x11\x19\x21\x31"  # NumberDataPoint fields 2, 3, 4, 6: tag + 8 bytes
+_EXEMPLARS_TAG = 0x2A  # NumberDataPoint field 5 (length-delimited)
+_RESOURCE_SERVICE_KEYS = ("service.name", "service.namespace", "service.instance.id")
+
+Labels = Iterable[tuple[str, str]]
+_Series = tuple[str, tuple[str, str] | None, str]  # (metric name, extra label, value text)
+
+
+def _skip_length_delimited(b: bytes, i: int) -> int:
+    """Index after the length-delimited field whose one-byte tag is at `i`."""
+    i += 1
+    length = shift = 0
+    while True:
+        byte = b[i]
+        i += 1
+        length |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return i + length
+        shift += 7
+
+
+class _Resource:
+    """What one OTLP resource contributes. Hashed by identity: the converter keeps one per
+    distinct serialized resource, so it can key the series cache."""
+
+    __slots__ = ("defaults", "info", "info_entry", "overrides")
+
+    def __init__(self, defaults: dict[str, str], overrides: dict[str, str], info: dict[str, str] | None):
+        self.defaults = defaults
+        self.overrides = overrides
+        self.info = info
+        self.info_entry: Entry | None = None
+
+
+class OtlpMetrics:
+    """Holds the caches of OTLP metric conversion: resources, label names, series entries."""
+
+    def __init__(self, series: SeriesEncoder, promote: tuple[str, ...], max_series: int) -> None:
+        self._series = series
+        self._promote = promote
+        self._max_series = max_series
+        self._ts = Timestamps(9)
+        self._resources: dict[bytes, _Resource] = {}
+        self._entries: dict[tuple[_Resource, str], dict[Any, Entry]] = {}
+        self._names: dict[str, str] = {}
+        self._label_names: dict[str, str] = {}
+        self._size = 0
+
+    def convert(self, req: ExportMetricsServiceRequest, out: ResultBuilder) -> None:
+        if max(self._size, len(self._entries), len(self._resources), len(self._names)) > self._max_series:
+            self._resources.clear()
+            self._entries.clear()
+            self._names.clear()
+            self._label_names.clear()
+            self._size = 0
+        for rm in req.resource_metrics:
+            res = self._resource(rm.resource)
+            latest = -1
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    name = self._names.get(m.name)
+                    if name is None:
+                        name = self._names[m.name] = prometheus_metric_name(m.name)
+                    kind = m.WhichOneof("data")
+                    if kind == "gauge":
+                        t = self._numbers(m.gauge.data_points, name, res, out)
+                    elif kind == "sum":
+                        t = self._numbers(m.sum.data_points, name, res, out)
+                    elif kind == "histogram":
+                        t = self._points(m.histogram.data_points, name, res, out, self._histogram)
+                    elif kind == "exponential_histogram":
+                        t = self._points(m.exponential_histogram.data_points, name, res, out, self._exponential)
+                    elif kind == "summary":
+                        t = self._points(m.summary.data_points, name, res, out, self._summary)
+                    else:
+                        continue
+                    latest = max(latest, t)
+            if res.info is not None and latest >= 0:
+                self._target_info(res, latest, out)
+
+    # -- resources and labels -------------------------------------------------------------
+
+    def _resource(self, resource: Resource) -> _Resource:
+        key = resource.SerializeToString()
+        res = self._resources.get(key)
+        if res is None:
+            res = self._resources[key] = self._new_resource(resource.attributes)
+        return res
+
+    def _new_resource(self, attributes: Iterable[KeyValue]) -> _Resource:
+        attrs = {kv.key: to_label(kv.value) for kv in attributes if kv.key}
+        overrides: dict[str, str] = {}
+        job = attrs.get("service.name")
+        if job is not None:
+            namespace = attrs.get("service.namespace")
+            overrides["job"] = f"{namespace}/{job}" if namespace else job
+        if "service.instance.id" in attrs:
+            overrides["instance"] = attrs["service.instance.id"]
+        defaults: dict[str, str] = {}
+        for key in self._promote:
+            if key in attrs:
+                defaults[self._label_name(key)] = attrs[key]
+        for key, value in attrs.items():
+            if self._label_name(key) == DATABASE_LABEL:
+                defaults[DATABASE_LABEL] = value
+        rest = {k: v for k, v in attrs.items() if k not in _RESOURCE_SERVICE_KEYS}
+        info = None
+        if rest:
+            info = self._join_collisions(rest.items())
+            info.update(overrides)
+            info[NAME_LABEL] = "target_info"
+        return _Resource(defaults, overrides, info)
+
+    def _label_name(self, key: str) -> str:
+        name = self._label_names.get(key)
+        if name is None:
+            name = self._label_names[key] = prometheus_label_name(key)
+        return name
+
+    def _join_collisions(self, pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+        """Label dict of (attribute key, value) pairs; keys equal after sanitising are joined by ";"."""
+        grouped: dict[str, dict[str, str]] = {}
+        for key, value in pairs:
+            grouped.setdefault(self._label_name(key), {})[key] = value
+        return {
+            name: next(iter(vals.values())) if len(vals) == 1 else ";".join(vals[k] for k in sorted(vals))
+            for name, vals in grouped.items()
+        }
+
+    def _labels(
+        self, attributes: Iterable[KeyValue], res: _Resource, name: str, extra: tuple[str, str] | None
+    ) -> Labels:
+        labels = dict(res.defaults)
+        labels.update(self._join_collisions((kv.key, to_label(kv.value)) for kv in attributes if kv.key))
+        labels.update(res.overrides)
+        labels[NAME_LABEL] = name
+        if extra is not None:
+            labels[extra[0]] = extra[1]
+        return labels.items()
+
+    def _target_info(self, res: _Resource, latest: int, out: ResultBuilder) -> None:
+        if res.info_entry is None:
+            assert res.info is not None
+            res.info_entry = self._series.encode(res.info.items())
+        dest, mid, tail = res.info_entry
+        if dest is not None:
+            stamp = self._ts.cache.get(latest) or self._ts.format(latest)
+            out.rows(dest).append(f"{stamp}{mid}1{tail}")
+
+    def _inner(self, res: _Resource, name: str) -> dict[Any, Entry]:
+        inner = self._entries.get((res, name))
+        if inner is None:
+            inner = self._entries[(res, name)] = {}
+        return inner
+
+    # -- gauge and sum: the hot path --------------------------------------------------------
+
+    def _numbers(self, points: Any, name: str, res: _Resource, out: ResultBuilder) -> int:
+        """Rows of NumberDataPoints; returns the latest accepted timestamp (-1 if none).
+
+        The series cache is keyed by the data point's serialized bytes from its attributes on:
+        fields 2-6 (times, value, exemplars) come first on the wire, so the key is attributes +
+        flags (+ unknown fields), without reading a single attribute when the series is known.
+        """
+        inner = self._inner(res, name)
+        tget = self._ts.cache.get
+        tformat = self._ts.format
+        latest = -1
+        last_dest: tuple[str, str] | None = None
+        rows: list[str] = []
+        for dp in points:
+            b = dp.SerializeToString()
+            i = 0
+            n = len(b)
+            while i < n:
+                tag = b[i]
+                if tag in _FIXED64_TAGS:
+                    i += 9
+                elif tag == _EXEMPLARS_TAG:
+                    i = _skip_length_delimited(b, i)
+                else:
+                    break
+            key = b[i:]
+            entry = inner.get(key)
+            if entry is None:
+                if dp.flags & _NO_RECORDED_VALUE:
+                    entry = SKIP
+                else:
+                    entry = self._series.encode(self._labels(dp.attributes, res, name, None))
+                inner[key] = entry
+                self._size += 1
+            dest, mid, tail = entry
+            if dest is None:
+                if mid:
+                    out.reject(mid)
+                continue
+            t = dp.time_unix_nano
+            try:
+                stamp = tget(t) or tformat(t)
+            except ValueError as err:
+                out.reject(str(err))
+                continue
+            kind = dp.WhichOneof("value")
+            if kind == "as_double":
+                v = dp.as_double
+                text = repr(v) if v - v == 0.0 else real(v)
+            elif kind == "as_int":
+                text = str(dp.as_int)
+            else:
+                out.reject("number data point without a value")
+                continue
+            if dest is not last_dest:
+                rows = out.rows(dest)
+                last_dest = dest
+            rows.append(f"{stamp}{mid}{text}{tail}")
+            if t > latest:
+                latest = t
+        return latest
+
+    # -- histograms and summaries: several series per data point ----------------------------
+
+    def _points(self, points: Any, name: str, res: _Resource, out: ResultBuilder, series: Any) -> int:
+        latest = -1
+        for dp in points:
+            if dp.flags & _NO_RECORDED_VALUE:
+                continue
+            t = dp.time_unix_nano
+            try:
+                stamp = self._ts.cache.get(t) or self._ts.format(t)
+                rows: list[_Series] = series(dp, name)
+            except ValueError as err:
+                out.reject(str(err))
+                continue
+            if self._emit(out, res, dp.attributes, stamp, rows) and t > latest:
+                latest = t
+        return latest
+
+    def _emit(
+        self, out: ResultBuilder, res: _Resource, attrs: Sequence[KeyValue], stamp: str, rows: list[_Series]
+    ) -> bool:
+        """Append the rows of one data point; False (and one rejection) if its series are refused."""
+        akey = tuple([kv.SerializeToString() for kv in attrs])
+        entries: list[Entry] = []
+        for name, extra, _ in rows:
+            inner = self._inner(res, name)
+            key = (akey, extra)
+            entry = inner.get(key)
+            if entry is None:
+                entry = inner[key] = self._series.encode(self._labels(attrs, res, name, extra))
+                self._size += 1
+            entries.append(entry)
+        dest, reason, _ = entries[0]
+        if dest is None:
+            out.reject(reason)
+            return False
+        for (dest, mid, tail), (_, _, text) in zip(entries, rows, strict=True):
+            if dest is not None:
+                out.rows(dest).append(f"{stamp}{mid}{text}{tail}")
+        return True
+
+    @staticmethod
+    def _histogram(dp: Any, name: str) -> list[_Series]:
+        counts = dp.bucket_counts
+        bounds = dp.explicit_bounds
+        if counts and len(counts) != len(bounds) + 1:
+            raise ValueError(
+                f"histogram bucket counts do not match its bounds: {len(counts)} counts, {len(bounds)} bounds"
+            )
+        rows: list[_Series] = [(name + "_count", None, str(dp.count))]
+        if dp.HasField("sum"):
+            rows.append((name + "_sum", None, real(dp.sum)))
+        bucket = name + "_bucket"
+        total = 0
+        for k, bound in enumerate(bounds):
+            total += counts[k] if counts else 0
+            rows.append((bucket, ("le", label_float(bound)), str(total)))
+        rows.append((bucket, ("le", "+Inf"), str(dp.count)))
+        return rows
+
+    @staticmethod
+    def _exponential(dp: Any, name: str) -> list[_Series]:
+        rows: list[_Series] = [(name + "_count", None, str(dp.count))]
+        if dp.HasField("sum"):
+            rows.append((name + "_sum", None, real(dp.sum)))
+        bucket = name + "_bucket"
+        buckets = cumulative_buckets(
+            dp.scale,
+            dp.zero_count,
+            dp.zero_threshold,
+            dp.positive.offset,
+            dp.positive.bucket_counts,
+            dp.negative.offset,
+            dp.negative.bucket_counts,
+        )
+        rows.extend((bucket, ("le", label_float(bound)), str(total)) for bound, total in buckets)
+        rows.append((bucket, ("le", "+Inf"), str(dp.count)))
+        return rows
+
+    @staticmethod
+    def _summary(dp: Any, name: str) -> list[_Series]:
+        rows: list[_Series] = [(name + "_count", None, str(dp.count)), (name + "_sum", None, real(dp.sum))]
+        rows.extend((name, ("quantile", label_float(q.quantile)), real(q.value)) for q in dp.quantile_values)
+        return rows

@@ -1,0 +1,125 @@
+"""One metric series (a label set) as the constant part of its CSV rows, and where those rows go.
+
+A metrics row is `Timestamp,SeriesId,"Labels",Value[,Lifted...]\\n`. Everything but the timestamp
+and the value depends only on the label set, so it is computed once per series and cached by the
+converters as an `Entry`:
+
+    Entry = (dest, mid, tail)
+      dest  (database, table), or None when the series is refused or skipped; one tuple object
+            per destination, so hot loops can compare destinations with `is`
+      mid   ',<SeriesId>,"<Labels JSON>",'  -- or, when dest is None, the refusal reason
+                                                ("" = skip silently)
+      tail  '[,<lifted value>...]\\n'
+
+    row = timestamp + mid + value + tail
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import xxhash
+
+from node.rows.anyvalue import encode_json
+from node.rows.batch import Schema
+from node.rows.csvtext import field, quoted
+from node.rows.names import is_valid_name, normalize_name, show
+
+Entry = tuple[tuple[str, str] | None, str, str]
+
+SKIP: Entry = (None, "", "")
+"""A series whose points are dropped without being counted (OTLP 'no recorded value')."""
+
+NAME_LABEL = "__name__"
+DATABASE_LABEL = "adxmon_database"
+RESERVED_PREFIX = "adxmon_"
+
+BASE_SCHEMA: Schema = (("Timestamp", "datetime"), ("SeriesId", "long"), ("Labels", "dynamic"), ("Value", "real"))
+
+_TOP_BIT = 1 << 63
+_WRAP = 1 << 64
+
+
+def series_id(labels: Iterable[tuple[str, str]]) -> int:
+    """xxhash64 of name+value of every label, concatenated in the given order, as a signed int64.
+    Callers pass labels sorted by name."""
+    h: int = xxhash.xxh64_intdigest("".join([n + v for n, v in labels]).encode("utf-8"))
+    return h - _WRAP if h >= _TOP_BIT else h
+
+
+class SeriesEncoder:
+    """Builds `Entry`s for label sets, per the node's routing and lifting configuration.
+
+    `lift_labels` are matched case-insensitively; their columns are ordered by lower-cased label
+    name and named with `normalize_name`. A series that lacks a lifted label gets "" there.
+    """
+
+    def __init__(
+        self, default_database: str, lift_labels: tuple[str, ...], allowed_databases: frozenset[str] | None
+    ) -> None:
+        """Raises ValueError for a configuration that cannot produce valid tables."""
+        if not is_valid_name(default_database):
+            raise ValueError(f"invalid default metrics database: {show(default_database)}")
+        self._default_database = default_database
+        self._allowed = allowed_databases
+        configured = {name.lower(): name for name in reversed(lift_labels)}  # first spelling wins
+        lifted = sorted(configured)
+        self._lift = {name: i for i, name in enumerate(lifted)}
+        self.schema: Schema = BASE_SCHEMA + tuple((normalize_name(configured[name]), "string") for name in lifted)
+        columns = [column for column, _ in self.schema]
+        for name, column in zip(lifted, columns[len(BASE_SCHEMA) :], strict=True):
+            if not column or columns.count(column) > 1:
+                raise ValueError(f"lift label {name!r} makes column {column!r}, which is empty or not unique")
+        self._tables: dict[str, str] = {}
+        self._dests: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def table_of(self, metric: str) -> str:
+        """Table name of a metric name (cached; "" if it has no [A-Za-z0-9] character)."""
+        table = self._tables.get(metric)
+        if table is None:
+            if len(self._tables) >= 65536:
+                self._tables.clear()
+            table = self._tables[metric] = normalize_name(metric)
+        return table
+
+    def encode(self, labels: Iterable[tuple[str, str]]) -> Entry:
+        """The `Entry` of a label set (any order; `__name__` included)."""
+        pairs = sorted(labels, key=lambda kv: kv[0])
+        metric: str | None = None
+        database_raw: str | None = None
+        lifted = [""] * len(self._lift)
+        seen = [False] * len(self._lift)
+        shown: dict[str, str] = {}
+        for name, value in pairs:
+            if name == NAME_LABEL:
+                metric = value
+                continue
+            if name.startswith(RESERVED_PREFIX):
+                if name == DATABASE_LABEL:
+                    database_raw = value
+                continue
+            i = self._lift.get(name.lower())
+            if i is not None and not seen[i]:
+                seen[i] = True
+                lifted[i] = value
+                continue
+            shown[name] = value
+        if metric is None:
+            return None, "series without a __name__ label", ""
+        table = self.table_of(metric)
+        if not table:
+            return None, f"metric name without [A-Za-z0-9] characters: {show(metric)}", ""
+        database = self._default_database
+        if database_raw is not None:
+            database = normalize_name(database_raw)
+            if not database:
+                return None, f"adxmon_database without [A-Za-z0-9] characters: {show(database_raw)}", ""
+        if self._allowed is not None and database not in self._allowed:
+            return None, f"database has no configured sink: {show(database)}", ""
+        sid = series_id(pairs)
+        mid = f",{sid},{quoted(encode_json(shown))},"
+        tail = "".join(["," + field(v) for v in lifted]) + "\n"
+        dest = self._dests.setdefault((database, table), (database, table))
+        if len(self._dests) > 65536:
+            self._dests.clear()
+        return dest, mid, tail
