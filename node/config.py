@@ -53,7 +53,7 @@ class NodeConfig:
 
 
 def _addr(text: str) -> str:
-    host, sep, port = text.rpartition(":")
+    _host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError(f"not HOST:PORT: {text!r}")
     return text

@@ -8,20 +8,21 @@ Errors leave through `abort()`, which takes the status from `node.errors.status_
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import DecodeError as ProtobufDecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
-from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
-from node.errors import IngestorError, status_of
+from node.errors import DecodeError, IngestorError, status_of
 from node.gen.ingestor.v1 import admin_pb2, admin_pb2_grpc
 from node.ingest import Ingest
 from node.metrics import NodeMetrics
@@ -59,58 +60,73 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], err: BaseException,
     raise AssertionError("unreachable: abort() raises")
 
 
-class _Otlp:
+class OtlpHandlers:
+    """Export handlers of the three OTLP services.
+
+    They take the raw request bytes and parse them here, so that a malformed protobuf is
+    INVALID_ARGUMENT with the parser's message (grpc's own deserializer would report INTERNAL).
+    """
+
     def __init__(self, ingest: Ingest, metrics: NodeMetrics) -> None:
         self._ingest = ingest
         self._metrics = metrics
 
-    async def _export(self, signal: str, fn: Callable[[Any], Any], request: Any,
-                      context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        self._metrics.request_bytes.labels(signal, "grpc").inc(request.ByteSize())
-        try:
-            result = await fn(request)
-        except Exception as e:
-            self._metrics.requests.labels(signal, "grpc", status_of(e).grpc_code.name).inc()
-            await abort(context, e, f"{signal} export")
-        self._metrics.requests.labels(signal, "grpc", "OK").inc()
-        return result
+    def _handler(self, signal: str, request_cls: Any, response_cls: Any, fill: Callable[[Any, Any], None],
+                 export: Callable[[Any], Awaitable[Any]]) -> grpc.RpcMethodHandler[Any, Any]:
+        metrics = self._metrics
 
+        async def handle(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+            metrics.request_bytes.labels(signal, "grpc").inc(len(raw))
+            try:
+                try:
+                    request = request_cls.FromString(raw)
+                except ProtobufDecodeError as e:
+                    raise DecodeError(f"malformed {request_cls.DESCRIPTOR.full_name}: {e}") from e
+                result = await export(request)
+            except Exception as e:
+                metrics.requests.labels(signal, "grpc", status_of(e).grpc_code.name).inc()
+                await abort(context, e, f"{signal} export")
+            metrics.requests.labels(signal, "grpc", "OK").inc()
+            response = response_cls()
+            if result.rejected:
+                fill(response.partial_success, result)
+            data: bytes = response.SerializeToString()
+            return data
 
-class MetricsService(_Otlp, metrics_service_pb2_grpc.MetricsServiceServicer):
-    async def Export(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:  # noqa: N802
-        r = await self._export("metrics", self._ingest.otlp_metrics, request, context)
-        resp = metrics_service_pb2.ExportMetricsServiceResponse()
-        if r.rejected:
-            resp.partial_success.rejected_data_points = r.rejected
-            resp.partial_success.error_message = "; ".join(r.reasons)
-        return resp
+        return grpc.unary_unary_rpc_method_handler(handle)
 
+    def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
+        def points(ps: Any, r: Any) -> None:
+            ps.rejected_data_points = r.rejected
+            ps.error_message = "; ".join(r.reasons)
 
-class LogsService(_Otlp, logs_service_pb2_grpc.LogsServiceServicer):
-    async def Export(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:  # noqa: N802
-        r = await self._export("logs", self._ingest.otlp_logs, request, context)
-        resp = logs_service_pb2.ExportLogsServiceResponse()
-        if r.rejected:
-            resp.partial_success.rejected_log_records = r.rejected
-            resp.partial_success.error_message = "; ".join(r.reasons)
-        return resp
+        def records(ps: Any, r: Any) -> None:
+            ps.rejected_log_records = r.rejected
+            ps.error_message = "; ".join(r.reasons)
 
+        def spans(ps: Any, r: Any) -> None:
+            ps.rejected_spans = r.rejected
+            ps.error_message = "; ".join(r.reasons)
 
-class TraceService(_Otlp, trace_service_pb2_grpc.TraceServiceServicer):
-    async def Export(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:  # noqa: N802
-        r = await self._export("traces", self._ingest.otlp_traces, request, context)
-        resp = trace_service_pb2.ExportTraceServiceResponse()
-        if r.rejected:
-            resp.partial_success.rejected_spans = r.rejected
-            resp.partial_success.error_message = "; ".join(r.reasons)
-        return resp
+        services = (
+            (OTLP_SERVICES[0], "metrics", metrics_service_pb2.ExportMetricsServiceRequest,
+             metrics_service_pb2.ExportMetricsServiceResponse, points, self._ingest.otlp_metrics),
+            (OTLP_SERVICES[1], "logs", logs_service_pb2.ExportLogsServiceRequest,
+             logs_service_pb2.ExportLogsServiceResponse, records, self._ingest.otlp_logs),
+            (OTLP_SERVICES[2], "traces", trace_service_pb2.ExportTraceServiceRequest,
+             trace_service_pb2.ExportTraceServiceResponse, spans, self._ingest.otlp_traces),
+        )
+        return [
+            grpc.method_handlers_generic_handler(name, {"Export": self._handler(sig, req, resp, fill, fn)})
+            for name, sig, req, resp, fill, fn in services
+        ]
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):
     def __init__(self, status: Callable[[], admin_pb2.NodeStatus]) -> None:
         self._status = status
 
-    async def GetStatus(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:  # noqa: N802
+    async def GetStatus(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         return self._status()
 
 
@@ -134,16 +150,15 @@ class GrpcServer:
 
     def __init__(self, addr: str, ingest: Ingest, state: NodeState, metrics: NodeMetrics,
                  status: Callable[[], admin_pb2.NodeStatus], max_request_bytes: int,
-                 reuse_port: bool = False, extra: Sequence[tuple[Callable[[Any, grpc.aio.Server], None], Any, str]] = (),
+                 reuse_port: bool = False,
+                 extra: Sequence[tuple[Callable[[Any, grpc.aio.Server], None], Any, str]] = (),
                  credentials: grpc.ServerCredentials | None = None) -> None:
         options = [
             ("grpc.max_receive_message_length", max_request_bytes),
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ]
         self.server = grpc.aio.server(options=options)
-        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(MetricsService(ingest, metrics), self.server)
-        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(LogsService(ingest, metrics), self.server)
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(ingest, metrics), self.server)
+        self.server.add_generic_rpc_handlers(OtlpHandlers(ingest, metrics).generic_handlers())
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(status), self.server)
         names = [*OTLP_SERVICES, ADMIN_SERVICE]
         for add, servicer, name in extra:
