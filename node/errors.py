@@ -9,7 +9,9 @@
     ├── OverLimitsError              disk or segment limits reached: backpressure, retry later
     ├── UnavailableError             the node is starting or draining: retry elsewhere/later
     ├── CorruptionError              a segment is damaged at (path, offset), with a reason
-    └── UnauthenticatedError         a caller that is not a peer
+    ├── UnauthenticatedError         a caller that is not a peer
+    └── SinkError                    a sink refused or failed a batch
+        └── PermanentSinkError       it will never take this batch (bad schema): quarantine it
 
 Foreign exceptions (OSError from a full disk, protobuf's DecodeError, ...) are translated into
 these at the boundary where they happen, never further up.
@@ -75,6 +77,14 @@ class CorruptionError(IngestorError):
         self.path = Path(path)
         self.offset = offset
         self.reason = reason
+
+
+class SinkError(IngestorError):
+    """A sink failed a batch; the batch is released and retried later with backoff."""
+
+
+class PermanentSinkError(SinkError):
+    """A sink will never accept this batch as it is (e.g. a schema it rejects): quarantine it."""
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,17 @@ class NodeMetrics:
                                multiprocess_mode="max")
         self.ready = Gauge(f"{NS}_ready", "1 when the node is ready to take data", registry=registry,
                            multiprocess_mode="livemin")
+        self.uploads = Counter(f"{NS}_uploads", "Batches handed to a sink, by result (ok, failed, quarantined)",
+                               ["sink", "result"], registry=registry)
+        self.upload_bytes = Counter(f"{NS}_upload_bytes", "Uncompressed bytes of rows a sink confirmed", ["sink"],
+                                    registry=registry)
+        self.upload_rows = Counter(f"{NS}_upload_rows", "Rows a sink confirmed", ["sink"], registry=registry)
+        self.upload_seconds = Histogram(f"{NS}_upload_seconds", "Time to deliver one batch", registry=registry,
+                                        buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
+        self.batch_bytes = Histogram(f"{NS}_batch_bytes", "Uncompressed bytes per delivered batch", registry=registry,
+                                     buckets=(1e5, 1e6, 1e7, 5e7, 1e8, 2.5e8, 5e8, 1e9, 2e9))
+        self.quarantined_bytes = Counter(f"{NS}_quarantined_bytes", "Segment bytes moved to quarantine",
+                                         registry=registry)
 
     def exposition(self) -> CollectorRegistry:
         """The registry `/metrics` renders: this process's, or every receiver process's."""
