@@ -46,6 +46,28 @@ class NodeConfig:
     receivers: int = 1
     shutdown_grace: float = 60.0
     log_level: str = "info"
+    storage_backend: str = "local"
+    metrics_kusto_endpoints: tuple[str, ...] = ()
+    logs_kusto_endpoints: tuple[str, ...] = ()
+    traces_kusto_endpoints: tuple[str, ...] = ()
+    max_batch_size: int = 1000 * 1000 * 1000
+    min_batch_size: int = 100 * 1000 * 1000
+    max_batch_segments: int = 10000
+    uploads: int = 2
+    upload_interval: float = 5.0
+    max_disk_usage_per_database: int = 0
+    adx_auth: str = "default"
+    adx_token_file: Path | None = None
+    adx_ingest_by_tags: bool = False
+    clickhouse_ca_file: Path | None = None
+    clickhouse_client_cert: Path | None = None
+    clickhouse_client_key: Path | None = None
+    clickhouse_insecure_skip_verify: bool = False
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """Every `DB=URL` given, whatever the signal."""
+        return self.metrics_kusto_endpoints + self.logs_kusto_endpoints + self.traces_kusto_endpoints
 
     @property
     def wal_dir(self) -> Path:
@@ -119,6 +141,37 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     a("--shutdown-grace", type=_flag("duration"), default=d.shutdown_grace,
       help="how long a SIGTERM may take to finish in-flight work (default 60s)")
     a("--log-level", choices=["debug", "info", "warning", "error"], default=d.log_level)
+    u = p.add_argument_group("upload")
+    b = u.add_argument
+    b("--storage-backend", choices=["local", "adx", "clickhouse"], default=d.storage_backend,
+      help="where batches go: local (embedded ClickHouse under <storage-dir>/local), adx, clickhouse "
+           "(default %(default)s)")
+    b("--metrics-kusto-endpoints", action="append", default=[], metavar="DB=URL",
+      help="sink endpoint of a metrics database (ADX URL or ClickHouse DSN), repeatable")
+    b("--logs-kusto-endpoints", action="append", default=[], metavar="DB=URL",
+      help="sink endpoint of a logs database, repeatable")
+    b("--traces-kusto-endpoints", action="append", default=[], metavar="DB=URL",
+      help="sink endpoint of a traces database, repeatable")
+    b("--max-batch-size", type=_flag("size"), default=d.max_batch_size,
+      help="largest batch, in uncompressed bytes of rows (default 1GB)")
+    b("--min-batch-size", type=_flag("size"), default=d.min_batch_size,
+      help="a batch this large goes out at once; smaller ones wait up to max-segment-age (default 100MB)")
+    b("--max-batch-segments", type=int, default=d.max_batch_segments,
+      help="most segments in one batch (default %(default)s)")
+    b("--uploads", type=int, default=d.uploads, help="batches uploaded at once (default %(default)s)")
+    b("--upload-interval", type=_flag("duration"), default=d.upload_interval,
+      help="how often closed segments are batched (default 5s)")
+    b("--max-disk-usage-per-database", type=_flag("size"), default=d.max_disk_usage_per_database,
+      help="refuse writes for a database past this many bytes of its segments, so that one sink that is "
+           "down fills only its own share (default 0: no limit)")
+    b("--adx-auth", choices=["default", "token", "none"], default=d.adx_auth,
+      help="ADX authentication: default (azure-identity DefaultAzureCredential), token, none")
+    b("--adx-token-file", type=Path, default=None, help="file holding the bearer token of --adx-auth token")
+    b("--adx-ingest-by-tags", action="store_true", help="tag ADX ingestions with ingest-by:<batch id>")
+    b("--clickhouse-ca-file", type=Path, default=None, help="CA bundle for ClickHouse TLS")
+    b("--clickhouse-client-cert", type=Path, default=None, help="client certificate for ClickHouse TLS")
+    b("--clickhouse-client-key", type=Path, default=None, help="client key for ClickHouse TLS")
+    b("--clickhouse-insecure-skip-verify", action="store_true", help="do not verify the ClickHouse certificate")
 
 
 def env_defaults(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
@@ -166,7 +219,33 @@ def from_args(args: argparse.Namespace) -> NodeConfig:
         receivers=receivers,
         shutdown_grace=args.shutdown_grace,
         log_level=args.log_level,
+        storage_backend=args.storage_backend,
+        metrics_kusto_endpoints=_appended(args, "metrics_kusto_endpoints"),
+        logs_kusto_endpoints=_appended(args, "logs_kusto_endpoints"),
+        traces_kusto_endpoints=_appended(args, "traces_kusto_endpoints"),
+        max_batch_size=args.max_batch_size,
+        min_batch_size=args.min_batch_size,
+        max_batch_segments=args.max_batch_segments,
+        uploads=args.uploads,
+        upload_interval=args.upload_interval,
+        max_disk_usage_per_database=args.max_disk_usage_per_database,
+        adx_auth=args.adx_auth,
+        adx_token_file=args.adx_token_file,
+        adx_ingest_by_tags=args.adx_ingest_by_tags,
+        clickhouse_ca_file=args.clickhouse_ca_file,
+        clickhouse_client_cert=args.clickhouse_client_cert,
+        clickhouse_client_key=args.clickhouse_client_key,
+        clickhouse_insecure_skip_verify=args.clickhouse_insecure_skip_verify,
     )
+
+
+def _appended(args: argparse.Namespace, dest: str) -> tuple[str, ...]:
+    """An appending flag: the command line's values, else the environment's (comma separated)."""
+    given = getattr(args, dest)
+    if given:
+        return tuple(given)
+    env = getattr(args, "env_" + dest, "")
+    return tuple(x.strip() for x in str(env).split(",") if x.strip())
 
 
 def parse(argv: Sequence[str], env: Mapping[str, str] | None = None) -> NodeConfig:

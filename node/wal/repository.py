@@ -65,6 +65,8 @@ class WalConfig:
     """Bytes of segments (active and closed) past which writes fail; 0 means no limit."""
     max_segment_count: int = 10000
     """Segments (active and closed) past which new segments are refused; 0 means no limit."""
+    max_disk_usage_per_database: int = 0
+    """Bytes of one database's segments past which its writes fail; 0 means no limit."""
 
 
 @dataclass
@@ -107,7 +109,10 @@ class Repository:
         self._listeners: list[Callable[[SegmentInfo], None]] = []
         self._indexing = True
         self._refused_at = 0.0  # monotonic time of the last write refused for limits
+        self._refused_at_db: dict[str, float] = {}
         self._shared = shared
+        self.blocked_databases: frozenset[str] = frozenset()
+        """Databases over their share as another process (the supervisor) measured it."""
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -274,7 +279,12 @@ class Repository:
     def _reserve(self, database: str, nbytes: int) -> None:
         limit = self.config.max_disk_usage
         other_bytes = self._others()[0] if limit else 0
+        db_limit = self.config.max_disk_usage_per_database
         with self._lock:
+            if db_limit and (database in self.blocked_databases or self._usage_by_db[database] + nbytes > db_limit):
+                self._refused_at_db[database] = time.monotonic()
+                raise OverLimitsError(f"database {database}: {self._usage_by_db[database]} + {nbytes} bytes over "
+                                      f"max-disk-usage-per-database {db_limit} (its sink is behind)")
             if limit and self._usage + other_bytes + nbytes > limit:
                 self._refused_at = time.monotonic()
                 raise OverLimitsError(f"disk usage {self._usage + other_bytes} + {nbytes} bytes over "
@@ -420,6 +430,14 @@ class Repository:
         if refused and time.monotonic() - refused < OVER_LIMITS_HOLD_SECONDS:
             return f"a write was refused {time.monotonic() - refused:.1f}s ago (disk usage {usage} bytes)"
         return ""
+
+    def databases_over_share(self) -> dict[str, int]:
+        """Databases at or over max-disk-usage-per-database, with their bytes."""
+        db_limit = self.config.max_disk_usage_per_database
+        if not db_limit:
+            return {}
+        with self._lock:
+            return {db: n for db, n in self._usage_by_db.items() if n >= db_limit * 0.99}
 
     def disk_usage(self, database: str | None = None) -> int:
         with self._lock:

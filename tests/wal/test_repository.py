@@ -215,3 +215,17 @@ def test_supervisor_adopts_the_active_segments_of_a_dead_writer(tmp_path: Path) 
     assert adopted.path.parent == tmp_path and adopted.rows == 1
     assert b"".join(iter_rows(adopted.path)) == b"w1\n"
     assert len(list((tmp_path / "active").iterdir())) == 1  # writer 2's is left alone
+
+
+def test_per_database_share_blocks_only_that_database(tmp_path: Path) -> None:
+    repo = _repo(tmp_path, max_disk_usage_per_database=8000)
+    with pytest.raises(OverLimitsError, match="database Slow"):
+        for i in range(1000):
+            repo.write("Slow", "T", fmt.KIND_METRIC, rows_for(i, 5), 5)
+    assert repo.disk_usage("Slow") <= 8000
+    for i in range(50):  # another database is not affected
+        repo.write("Fast", "T", fmt.KIND_METRIC, rows_for(i, 1), 1)
+    assert repo.disk_usage("Fast") > 0
+    repo.blocked_databases = frozenset({"Fast"})
+    with pytest.raises(OverLimitsError, match="database Fast"):
+        repo.write("Fast", "T", fmt.KIND_METRIC, b"x\n", 1)
