@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## Create .venv and install the project with its dev tools
 
 run: $(STAMP) ## Run a node on the local default sink (data under ./data)
-	$(BIN)/ingestor wal demo --storage-dir $(STORAGE_DIR)
+	$(BIN)/ingestor serve --storage-dir $(STORAGE_DIR) --node-name local-0 --receivers 0 --max-segment-age 10s
 
 test: $(STAMP) ## Run the whole test suite, slow tests included
 	$(BIN)/pytest -q $(PYTEST_ARGS)

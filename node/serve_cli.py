@@ -57,7 +57,11 @@ async def run(config: node_config.NodeConfig) -> None:
     await node.start_servers()
     await stop.wait()
     if receivers is not None:
-        await asyncio.gather(node.stop(), receivers.stop(config.shutdown_grace))
+        async def stop_receivers() -> None:
+            await receivers.stop(config.shutdown_grace)
+            node.receivers_stopped.set()
+
+        await asyncio.gather(node.stop(), stop_receivers())
     else:
         await node.stop()
 

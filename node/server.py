@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -28,11 +29,18 @@ from node.rows.logs import LogsConfig, LogsConverter
 from node.rows.metrics import MetricsConfig, MetricsConverter
 from node.rows.traces import TracesConfig, TracesConverter
 from node.state import NodeState, Phase
-from node.wal.repository import Repository, SharedUsage, WalConfig, directory_stats
+from node.sinks.factory import allowed_databases, make_sink
+from node.upload.batcher import BatchPolicy
+from node.upload.uploader import UploadConfig, Uploader
+from node.wal.repository import Repository, SharedUsage, WalConfig, WalStats, directory_stats
 
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 1.0
+BATCH_GRACE_SECONDS = 30.0
+"""A batch smaller than min-batch-size waits at most max-segment-age plus this (or plus
+max-segment-age again, when that is shorter)."""
+BLOCKED_FILE = "blocked-databases"
 
 
 def tune_malloc() -> None:
@@ -76,24 +84,38 @@ class Node:
                 max_segment_age=config.max_segment_age,
                 max_disk_usage=config.max_disk_usage,
                 max_segment_count=config.max_segment_count,
+                max_disk_usage_per_database=config.max_disk_usage_per_database,
             ),
             on_repair=self.metrics.wal_repairs.inc,
             shared=shared,
         )
         self.state = NodeState(over_limits=self.wal.over_limits)
+        allowed = allowed_databases(config)
         converters = Converters(
             MetricsConverter(MetricsConfig(default_database=config.default_metrics_database,
-                                           lift_labels=config.lift_labels)),
+                                           lift_labels=config.lift_labels, allowed_databases=allowed)),
             LogsConverter(LogsConfig(default_database=config.default_logs_database,
-                                     default_table=config.default_logs_table)),
+                                     default_table=config.default_logs_table, allowed_databases=allowed)),
             TracesConverter(TracesConfig(default_database=config.default_traces_database,
-                                         default_table=config.default_traces_table)),
+                                         default_table=config.default_traces_table, allowed_databases=allowed)),
         )
+        self.uploader: Uploader | None = None
+        if worker == 0:
+            policy = BatchPolicy(min_batch_bytes=config.min_batch_size, max_batch_bytes=config.max_batch_size,
+                                 max_batch_segments=config.max_batch_segments,
+                                 max_wait=config.max_segment_age + min(BATCH_GRACE_SECONDS, config.max_segment_age))
+            self.uploader = Uploader(self.wal, make_sink(config),
+                                     UploadConfig(interval=config.upload_interval, uploads=config.uploads,
+                                                  policy=policy),
+                                     self.metrics, refresh=config.receivers > 1)
         self.ingest = Ingest(self.wal, converters, self.state, self.metrics)
         self.grpc: GrpcServer | None = None
         self.http: HttpServer | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._started = time.time()
+        self._stop_started = 0.0
+        self.receivers_stopped = asyncio.Event()
+        """Set by the supervisor once the other receiver processes have exited."""
 
     async def start(self) -> None:
         await self.start_wal()
@@ -107,6 +129,8 @@ class Node:
         if recover:
             log.info("node %s: WAL recovered %d segments (%d repaired)", self.config.node_name, report.segments,
                      report.repaired)
+        if self.uploader is not None:
+            await self.uploader.start()
 
     async def start_servers(self) -> None:
         """Bind the ports, start serving, then turn ready."""
@@ -129,11 +153,13 @@ class Node:
         while True:
             await asyncio.to_thread(self.wal.rotate_expired)
             if self.worker == 0:
-                if self.config.receivers > 1:
-                    await asyncio.to_thread(self.wal.refresh)
-                stats = self.wal.stats()
+                stats = await asyncio.to_thread(directory_stats, self.wal.directory)
                 self.metrics.wal_bytes.set(stats.disk_usage)
                 self.metrics.wal_segments.set(stats.segment_count)
+                if self.config.max_disk_usage_per_database and self.config.receivers > 1:
+                    await asyncio.to_thread(self._publish_blocked, stats)
+            elif self.config.max_disk_usage_per_database:
+                await asyncio.to_thread(self._read_blocked)
             ready = not self.state.not_ready_reason()
             self.metrics.ready.set(1 if ready else 0)
             if ready != was_ready and self.grpc is not None:
@@ -143,6 +169,7 @@ class Node:
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.config.shutdown_grace if grace is None else grace
+        self._stop_started = time.monotonic()
         log.info("node %s stopping: no longer ready, finishing in-flight requests (grace %.0fs)",
                  self.config.node_name, grace)
         self.state.set_phase(Phase.DRAINING)
@@ -158,8 +185,51 @@ class Node:
             self.http.stop(grace) if self.http is not None else asyncio.sleep(0),
         )
         closed = await asyncio.to_thread(self.wal.stop)
+        log.info("node %s: receivers stopped, %d active segments closed", self.config.node_name, len(closed))
+        if self.uploader is not None:
+            await self.drain(self._stop_started + grace)
+            await self.uploader.stop()
         self.state.set_phase(Phase.STOPPED)
-        log.info("node %s stopped: %d active segments closed", self.config.node_name, len(closed))
+        log.info("node %s stopped", self.config.node_name)
+
+    async def drain(self, deadline: float) -> bool:
+        """Upload everything closed before `deadline` (monotonic); what is left stays on disk."""
+        assert self.uploader is not None
+        if self.config.receivers > 1:
+            await self.receivers_stopped.wait()
+        done = await self.uploader.drain(deadline)
+        left = self.wal.closed_segments()
+        if done:
+            log.info("node %s: everything uploaded", self.config.node_name)
+        else:
+            log.warning("node %s: grace period over with %d segments (%d bytes) not uploaded; they stay on disk "
+                        "and are uploaded after the next start", self.config.node_name, len(left),
+                        sum(s.size for s in left))
+        return done
+
+    def _publish_blocked(self, stats: WalStats) -> None:
+        """Supervisor: tell the other receivers which databases are over their share."""
+        per_db: dict[str, int] = {}
+        for prefix, (_, nbytes) in stats.closed.items():
+            per_db[prefix.split("_")[0]] = per_db.get(prefix.split("_")[0], 0) + nbytes
+        for prefix, nbytes in stats.active.items():
+            per_db[prefix.split("_")[0]] = per_db.get(prefix.split("_")[0], 0) + nbytes
+        limit = self.config.max_disk_usage_per_database
+        blocked = sorted(db for db, n in per_db.items() if n >= limit * 0.99)
+        self.wal.blocked_databases = frozenset(blocked)
+        path = self.wal.directory / BLOCKED_FILE
+        text = "\n".join(blocked)
+        if not path.exists() or path.read_text() != text:
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, path)
+
+    def _read_blocked(self) -> None:
+        try:
+            text = (self.wal.directory / BLOCKED_FILE).read_text()
+        except FileNotFoundError:
+            text = ""
+        self.wal.blocked_databases = frozenset(x for x in text.split("\n") if x)
 
     def status(self) -> admin_pb2.NodeStatus:
         stats = directory_stats(self.wal.directory)

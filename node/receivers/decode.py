@@ -1,0 +1,152 @@
+"""Request bodies of the HTTP port to protobuf messages: pure functions, no I/O.
+
+Every failure is a typed error from node.errors: DecodeError (400: the sender must not retry),
+RequestTooLargeError (413), UnsupportedMediaError (415). Decompression is bounded before it
+happens (snappy's declared length) or while it happens (gzip), so a compression bomb is refused
+without the memory it asks for.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import zlib
+from typing import Any, TypeVar
+
+import cramjam
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError as ProtobufDecodeError
+from google.protobuf.message import Message
+
+from node.errors import DecodeError, RequestTooLargeError, UnsupportedMediaError
+from node.gen.prometheus import remote_pb2
+
+M = TypeVar("M", bound=Message)
+
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+RW2_PROTO = "io.prometheus.write.v2.request"
+
+
+def media_type(content_type: str | None) -> tuple[str, dict[str, str]]:
+    """`application/x-protobuf; proto=X` -> ("application/x-protobuf", {"proto": "X"})."""
+    if not content_type:
+        return "", {}
+    main, *params = content_type.split(";")
+    out = {}
+    for p in params:
+        k, _, v = p.strip().partition("=")
+        out[k.strip().lower()] = v.strip().strip('"')
+    return main.strip().lower(), out
+
+
+def _uvarint(data: bytes) -> int:
+    n = shift = 0
+    for i, b in enumerate(data[:10]):
+        n |= (b & 0x7F) << shift
+        if b < 0x80:
+            return n
+        shift += 7
+        if i == 9:
+            break
+    raise DecodeError("snappy: bad length header")
+
+
+def snappy_block(body: bytes, max_bytes: int) -> bytes:
+    """Decompress a raw snappy block, refusing a declared length over `max_bytes` first."""
+    if not body:
+        raise DecodeError("empty body")
+    declared = _uvarint(body)
+    if declared > max_bytes:
+        raise RequestTooLargeError(f"snappy body declares {declared} bytes, over the {max_bytes}-byte limit")
+    try:
+        return bytes(cramjam.snappy.decompress_raw(body))
+    except Exception as e:  # cramjam's DecompressionError
+        raise DecodeError(f"body is not a snappy block: {e}") from e
+
+
+def gunzip(body: bytes, max_bytes: int) -> bytes:
+    """Gzip (or zlib) decompression of at most `max_bytes` output."""
+    d = zlib.decompressobj(wbits=47)  # gzip or zlib header, detected
+    try:
+        out = d.decompress(body, max_bytes + 1)
+    except zlib.error as e:
+        raise DecodeError(f"body is not valid gzip: {e}") from e
+    if len(out) > max_bytes or d.unconsumed_tail:
+        raise RequestTooLargeError(f"gzip body inflates past the {max_bytes}-byte limit")
+    if not d.eof:
+        raise DecodeError("gzip body is truncated")
+    return out
+
+
+def decode_remote_write(body: bytes, content_encoding: str | None, content_type: str | None,
+                        max_bytes: int) -> remote_pb2.WriteRequest:
+    """Prometheus remote write 1.0: a snappy block of a `prometheus.WriteRequest`."""
+    mt, params = media_type(content_type)
+    if mt not in ("", PROTOBUF):
+        raise UnsupportedMediaError(f"remote write needs {PROTOBUF}, not {mt!r}")
+    proto = params.get("proto", "").lower()
+    if proto == RW2_PROTO:
+        raise UnsupportedMediaError("remote write 2.0 is not supported; send protocol 1.0 "
+                                    "(prometheus.WriteRequest)")
+    if proto not in ("", "prometheus.writerequest"):
+        raise UnsupportedMediaError(f"unknown remote write message {proto!r}")
+    enc = (content_encoding or "snappy").strip().lower()
+    if enc != "snappy":
+        raise UnsupportedMediaError(f"remote write needs Content-Encoding snappy, not {enc!r}")
+    raw = snappy_block(body, max_bytes)
+    try:
+        return remote_pb2.WriteRequest.FromString(raw)
+    except ProtobufDecodeError as e:
+        raise DecodeError(f"malformed prometheus.WriteRequest: {e}") from e
+
+
+_HEX_ID_FIELDS = {"traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id"}
+
+
+def _hex_ids_to_base64(node: Any) -> Any:
+    """OTLP/JSON writes trace and span ids as hex; protobuf's JSON mapping wants base64."""
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            if k in _HEX_ID_FIELDS and isinstance(v, str):
+                try:
+                    out[k] = base64.b64encode(bytes.fromhex(v)).decode()
+                except ValueError as e:
+                    raise DecodeError(f"{k} {v[:40]!r} is not hex") from e
+            else:
+                out[k] = _hex_ids_to_base64(v)
+        return out
+    if isinstance(node, list):
+        return [_hex_ids_to_base64(x) for x in node]
+    return node
+
+
+def decode_otlp(body: bytes, content_type: str | None, content_encoding: str | None, message_cls: type[M],
+                max_bytes: int) -> M:
+    """OTLP/HTTP: protobuf or JSON, identity or gzip."""
+    enc = (content_encoding or "identity").strip().lower()
+    if enc == "gzip":
+        body = gunzip(body, max_bytes)
+    elif enc != "identity":
+        raise UnsupportedMediaError(f"unsupported Content-Encoding {enc!r}: use gzip or none")
+    mt, _ = media_type(content_type)
+    name = message_cls.DESCRIPTOR.full_name
+    if mt == PROTOBUF:
+        try:
+            return message_cls.FromString(body)
+        except ProtobufDecodeError as e:
+            raise DecodeError(f"malformed {name}: {e}") from e
+    if mt == JSON:
+        try:
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise DecodeError(f"body is not JSON: {e}") from e
+        if not isinstance(doc, dict):
+            raise DecodeError(f"{name} in JSON must be an object")
+        try:
+            return json_format.ParseDict(_hex_ids_to_base64(doc), message_cls(), ignore_unknown_fields=True)
+        except (json_format.ParseError, binascii.Error, ValueError, TypeError, RecursionError) as e:
+            raise DecodeError(f"malformed {name} JSON: {e}") from e
+    raise UnsupportedMediaError(f"unsupported Content-Type {mt or '(none)'!r}: use {PROTOBUF} or {JSON}")
