@@ -28,8 +28,8 @@ from node.receivers.http import HttpServer, build_app
 from node.rows.logs import LogsConfig, LogsConverter
 from node.rows.metrics import MetricsConfig, MetricsConverter
 from node.rows.traces import TracesConfig, TracesConverter
-from node.state import NodeState, Phase
 from node.sinks.factory import allowed_databases, make_sink
+from node.state import NodeState, Phase
 from node.upload.batcher import BatchPolicy
 from node.upload.uploader import UploadConfig, Uploader
 from node.wal.repository import Repository, SharedUsage, WalConfig, WalStats, directory_stats

@@ -10,6 +10,7 @@ records/s, and the node's peak RSS (all its processes).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -121,11 +122,9 @@ def wait_port(port: int) -> None:
 def tree_rss_mb(pid: int) -> float:
     """Peak RSS (VmHWM) summed over a process and its children."""
     pids = [pid]
-    try:
+    with contextlib.suppress(OSError):
         pids += [int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True,
                                                  text=True).stdout.split()]
-    except OSError:
-        pass
     total = 0
     for p in pids:
         try:

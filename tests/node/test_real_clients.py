@@ -142,7 +142,7 @@ def _logs_sdk(exporter: object) -> None:
 
 def _check_log_rows(node: NodeProcess) -> None:
     [ev] = parse(node.rows("AppLogs", "Events"))
-    ts, observed, trace_id, span_id, sev_text, sev_num, body, resource, attrs = ev
+    ts, observed, _trace_id, _span_id, sev_text, sev_num, body, resource, attrs = ev
     assert ts.endswith("Z") and observed.endswith("Z")
     assert sev_text == "WARN" and int(sev_num) == 13
     assert json.loads(body) == "disk sda is full"
