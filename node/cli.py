@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from node import serve_cli, status_cli, wal_cli
+from node import query_cli, serve_cli, status_cli, wal_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,6 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve_cli.add_parser(sub)
     status_cli.add_parser(sub)
+    query_cli.add_parser(sub)
     wal_cli.add_parser(sub)
     return parser
 

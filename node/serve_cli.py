@@ -33,6 +33,7 @@ async def run(config: node_config.NodeConfig) -> None:
         array = multiprocessing.get_context("spawn").Array("q", 2 * config.receivers, lock=False)
         node = Node(config, shared=SlotUsage(array, 0, config.receivers))
         receivers = Receivers(config, array, node.wal.recover_active)
+        node.state.add_check(receivers.not_ready_reason)
     else:
         node = Node(config)
     stop = asyncio.Event()

@@ -28,6 +28,11 @@ class NodeState:
         self._lock = threading.Lock()
         self._over_limits = over_limits
         self._listeners: list[Callable[[], None]] = []
+        self._checks: list[Callable[[], str]] = []
+
+    def add_check(self, check: Callable[[], str]) -> None:
+        """Another reason not to be ready (it returns "" when there is none)."""
+        self._checks.append(check)
 
     @property
     def phase(self) -> Phase:
@@ -47,7 +52,13 @@ class NodeState:
         if self._phase is not Phase.SERVING:
             return self._phase.value
         over = self._over_limits()
-        return f"over limits: {over}" if over else ""
+        if over:
+            return f"over limits: {over}"
+        for check in self._checks:
+            reason = check()
+            if reason:
+                return reason
+        return ""
 
     def check_accepting(self) -> None:
         """Raise UnavailableError unless requests may be taken (over limits is the WAL's call)."""

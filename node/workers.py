@@ -63,7 +63,7 @@ def _die_with_parent() -> None:
             ctypes.CDLL(name).prctl(1, signal.SIGTERM)
 
 
-def child_main(config: NodeConfig, index: int, array: Any) -> None:
+def child_main(config: NodeConfig, index: int, array: Any, ready: Any) -> None:
     """Entry point of receiver process `index` (spawned, so it imports everything afresh)."""
     _die_with_parent()
     logging.basicConfig(level=config.log_level.upper(),
@@ -79,7 +79,9 @@ def child_main(config: NodeConfig, index: int, array: Any) -> None:
         for s in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(s, stop.set)
         await node.start()
+        ready[index] = 1
         await stop.wait()
+        ready[index] = 0
         await node.stop()
 
     asyncio.run(run())
@@ -93,15 +95,23 @@ class Receivers:
         self._array = array
         self._adopt = adopt  # callable(host id) -> list of segments recovered
         self._ctx = multiprocessing.get_context("spawn")
+        self._ready = self._ctx.Array("b", config.receivers, lock=False)
         self._procs: dict[int, multiprocessing.context.SpawnProcess] = {}
         self._stopping = False
         self._watch: asyncio.Task[None] | None = None
 
     def _spawn(self, index: int) -> None:
-        p = self._ctx.Process(target=child_main, args=(self._config, index, self._array),
+        self._ready[index] = 0
+        p = self._ctx.Process(target=child_main, args=(self._config, index, self._array, self._ready),
                               name=f"receiver-{index}", daemon=False)
         p.start()
         self._procs[index] = p
+
+    def not_ready_reason(self) -> str:
+        """The node is ready only once every receiver serves: clients keep their HTTP/2
+        connections, so one opened before a receiver listens never reaches it."""
+        waiting = [i for i in range(1, self._config.receivers) if not self._ready[i]]
+        return f"receivers {waiting} starting" if waiting else ""
 
     async def start(self) -> None:
         for index in range(1, self._config.receivers):

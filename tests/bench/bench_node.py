@@ -30,7 +30,7 @@ from tests.harness import NodeProcess, free_port
 
 POINTS, METRICS, ATTRS = 1000, 50, 8
 SECONDS = float(os.environ.get("BENCH_SECONDS", "8"))
-CLIENTS, STREAMS = 4, 16
+CLIENTS, STREAMS = 16, 8
 METRICS_PATH = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
 LOGS_PATH = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
 

@@ -1,0 +1,467 @@
+"""The ClickHouse sink: batches go to one or more ClickHouse servers per database.
+
+Endpoints are `DB=DSN` strings, DB being the node's database:
+
+    Metrics=clickhouse://user:pass@host:9000/metrics?secure=true   native protocol (TLS with secure)
+    Logs=http://user:pass@host:8123/logs                           HTTP
+    Logs=https://host:8443                                         HTTPS; database defaults to DB
+
+Several DSNs for one database fan out: a batch is confirmed only when every one of them confirmed
+it (one that already did is not sent it again by this process). Over HTTP the CSV rows go as they
+are (`INSERT ... FORMAT CSV`, gzip, chunked); the native protocol needs Python values, so the rows
+are parsed here, typed by the table's columns. Tables, types and deduplication are chschema.py's.
+Errors: network, timeouts and server trouble are SinkError (retried), data or schema that will
+never be taken are PermanentSinkError.
+"""
+
+from __future__ import annotations
+
+import base64
+import calendar
+import contextlib
+import csv
+import http.client
+import io
+import logging
+import os
+import re
+import ssl
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+
+from clickhouse_driver import Client  # type: ignore[import-untyped]
+from clickhouse_driver import errors as ch_errors
+
+from node.errors import PermanentSinkError, SinkError
+from node.sinks import chschema
+from node.sinks.base import Batch
+from node.sinks.chschema import Conn, TableCache, base_type, error_from, quote
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORTS = {("clickhouse", False): 9000, ("clickhouse", True): 9440, ("http", False): 8123, ("https", True): 8443}
+_HOST_RE = re.compile(r"[A-Za-z0-9.-]{1,253}|[0-9A-Fa-f:.]{2,45}")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One parsed `DB=DSN`."""
+
+    database: str
+    """The node's database whose batches go here."""
+    scheme: str
+    """`clickhouse` (native protocol), `http` or `https`."""
+    host: str
+    port: int
+    target_database: str
+    """The ClickHouse database the tables are created in (the DSN's path; default: `database`)."""
+    user: str = "default"
+    password: str = field(default="", repr=False)
+    secure: bool = False
+    """TLS: `https`, or `secure=true` on a native DSN."""
+
+    @property
+    def native(self) -> bool:
+        return self.scheme == "clickhouse"
+
+    def __str__(self) -> str:
+        tls = "?secure=true" if self.native and self.secure else ""
+        return f"{self.scheme}://{self.user}@{self.host}:{self.port}/{self.target_database}{tls}"
+
+
+def _redact(text: str) -> str:
+    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", text)
+
+
+def parse_endpoint(text: str, env: Mapping[str, str] | None = None) -> Endpoint:
+    """Parse `DB=DSN`; raise ValueError saying what is wrong (the password is never echoed).
+
+    User and password missing from the DSN come from CLICKHOUSE_USER / CLICKHOUSE_PASSWORD in
+    `env` (default: the process environment)."""
+    env = os.environ if env is None else env
+    shown = _redact(text)
+    database, sep, dsn = text.partition("=")
+    if not sep:
+        raise ValueError(f"ClickHouse endpoint {shown!r}: expected DB=DSN")
+    if chschema.NAME_RE.fullmatch(database) is None:
+        raise ValueError(f"ClickHouse endpoint {shown!r}: database {database[:64]!r} must be 1-1024 of [A-Za-z0-9]")
+    if any(c.isspace() or ord(c) < 32 for c in dsn):
+        raise ValueError(f"ClickHouse endpoint {shown!r}: whitespace or control characters in the DSN")
+    try:
+        url = urlsplit(dsn)
+        port = url.port
+    except ValueError as e:
+        raise ValueError(f"ClickHouse endpoint {shown!r}: {e}") from None
+    scheme = url.scheme.lower()
+    if scheme not in ("clickhouse", "http", "https"):
+        raise ValueError(f"ClickHouse endpoint {shown!r}: scheme must be clickhouse://, http:// or https://")
+    host = url.hostname or ""
+    if _HOST_RE.fullmatch(host) is None:
+        raise ValueError(f"ClickHouse endpoint {shown!r}: missing or invalid host")
+    if url.fragment:
+        raise ValueError(f"ClickHouse endpoint {shown!r}: unexpected #fragment")
+    target = unquote(url.path.removeprefix("/")) or database
+    if chschema.NAME_RE.fullmatch(target) is None:
+        raise ValueError(f"ClickHouse endpoint {shown!r}: ClickHouse database {target[:64]!r} must be 1-1024 of "
+                         "[A-Za-z0-9]")
+    secure = scheme == "https"
+    try:
+        params = parse_qsl(url.query, keep_blank_values=True, strict_parsing=bool(url.query))
+    except ValueError:
+        raise ValueError(f"ClickHouse endpoint {shown!r}: malformed query string") from None
+    for key, value in params:
+        if key != "secure":
+            raise ValueError(f"ClickHouse endpoint {shown!r}: unknown parameter {key!r} (only secure is known)")
+        if scheme != "clickhouse":
+            raise ValueError(f"ClickHouse endpoint {shown!r}: secure= is for clickhouse:// DSNs; use https://")
+        if value.lower() not in _TRUE + _FALSE:
+            raise ValueError(f"ClickHouse endpoint {shown!r}: secure={value!r} is not true or false")
+        secure = value.lower() in _TRUE
+    if port is None:
+        port = DEFAULT_PORTS.get((scheme, secure), 9440 if secure else 9000)
+    user = unquote(url.username) if url.username else env.get("CLICKHOUSE_USER", "default")
+    password = unquote(url.password) if url.password is not None else env.get("CLICKHOUSE_PASSWORD", "")
+    return Endpoint(database, scheme, host, port, target, user, password, secure)
+
+
+def parse_dsns(texts: Iterable[str], env: Mapping[str, str] | None = None) -> tuple[Endpoint, ...]:
+    """Parse every `DB=DSN` (`parse_endpoint`)."""
+    return tuple(parse_endpoint(t, env) for t in texts)
+
+
+@dataclass(frozen=True)
+class ClickHouseConfig:
+    """How the ClickHouse sink reaches its servers."""
+
+    endpoints: tuple[Endpoint, ...]
+    """Parsed `DB=DSN`s (`parse_dsns`); several for one database fan out to each."""
+    ca_file: Path | None = None
+    """CA bundle to verify the servers' TLS certificates (default: the system's)."""
+    client_cert: Path | None = None
+    """Client certificate (PEM) presented over TLS."""
+    client_key: Path | None = None
+    """Key of `client_cert` (default: in the certificate file)."""
+    insecure_skip_verify: bool = False
+    """Do not verify the server's certificate or host name (testing only)."""
+    connect_timeout: float = 10.0
+    """Seconds to establish a connection."""
+    timeout: float = 300.0
+    """Seconds any one send or receive may take before the upload is failed (and retried)."""
+    dedup_window: int = chschema.DEFAULT_DEDUP_WINDOW
+    """`non_replicated_deduplication_window` of the tables the sink creates (insert blocks remembered)."""
+    http_compression: bool = True
+    """gzip the CSV sent over HTTP."""
+    insert_block_rows: int = 100_000
+    """Rows per block over the native protocol (bounds the memory of the parsed rows)."""
+
+
+# -- HTTP ---------------------------------------------------------------------------------------
+
+def _gzip(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    z = zlib.compressobj(1, zlib.DEFLATED, 31)
+    for chunk in chunks:
+        out = z.compress(chunk)
+        if out:
+            yield out
+    yield z.flush()
+
+
+class HttpConn:
+    """Statements over ClickHouse's HTTP interface, one HTTP request each."""
+
+    def __init__(self, ep: Endpoint, config: ClickHouseConfig, context: ssl.SSLContext | None) -> None:
+        self._ep, self._config, self._context = ep, config, context
+        token = base64.b64encode(f"{ep.user}:{ep.password}".encode()).decode()
+        self._auth = f"Basic {token}"
+
+    def _post(self, params: Mapping[str, str], body: bytes | Iterable[bytes], where: str) -> str:
+        ep, cfg = self._ep, self._config
+        headers = {"Authorization": self._auth, "Content-Type": "text/plain; charset=UTF-8"}
+        chunked = not isinstance(body, bytes)
+        if not isinstance(body, bytes) and cfg.http_compression:
+            body = _gzip(body)
+            headers["Content-Encoding"] = "gzip"
+        conn: http.client.HTTPConnection
+        if ep.secure:
+            conn = http.client.HTTPSConnection(ep.host, ep.port, timeout=cfg.connect_timeout, context=self._context)
+        else:
+            conn = http.client.HTTPConnection(ep.host, ep.port, timeout=cfg.connect_timeout)
+        try:
+            try:
+                conn.connect()
+                assert conn.sock is not None
+                conn.sock.settimeout(cfg.timeout)
+                conn.request("POST", "/?" + urlencode(params), body=body, headers=headers, encode_chunked=chunked)
+            except (OSError, http.client.HTTPException) as e:
+                # The server may have answered (an error) and closed before taking the whole body.
+                try:
+                    resp = conn.getresponse()
+                except (OSError, http.client.HTTPException):
+                    raise SinkError(f"{where}: {ep}: {e}") from None
+            else:
+                resp = conn.getresponse()
+            data = resp.read().decode("utf-8", "replace")
+        except (OSError, http.client.HTTPException) as e:
+            raise SinkError(f"{where}: {ep}: {e}") from None
+        finally:
+            conn.close()
+        if resp.status != 200:
+            code = resp.getheader("X-ClickHouse-Exception-Code")
+            return_code = int(code) if code and code.isdigit() else None
+            raise error_from(return_code, f"HTTP {resp.status}: {data}", f"{where}: {ep}")
+        return data
+
+    def query(self, sql: str) -> list[list[str]]:
+        return chschema.parse_tsv(self._post({}, (sql + " FORMAT TabSeparated").encode(), "query"))
+
+    def command(self, sql: str) -> None:
+        self._post({}, sql.encode(), "statement")
+
+    def insert(self, database: str, table: str, columns: Sequence[tuple[str, str]], chunks: Iterable[bytes],
+               settings: Mapping[str, str]) -> None:
+        cols = ", ".join(quote(c) for c, _ in columns)
+        params = {"query": f"INSERT INTO {quote(database)}.{quote(table)} ({cols}) FORMAT CSV", **settings}
+        self._post(params, (c for c in chunks if c), f"insert into {database}.{table}")
+
+
+# -- native protocol ----------------------------------------------------------------------------
+
+_RFC3339 = re.compile(r"(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d):(\d\d)(?:\.(\d+))?(Z|[+-]\d\d:?\d\d)?")
+
+
+class EpochNanos:
+    """RFC 3339 text -> integer nanoseconds since the epoch; the whole-second part is cached."""
+
+    def __init__(self, max_entries: int = 65536) -> None:
+        self._seconds: dict[str, int] = {}
+        self._max = max_entries
+
+    def __call__(self, text: str) -> int:
+        head = text[:19]
+        sec = self._seconds.get(head)
+        tail = text[19:]
+        if sec is not None and (tail == "Z" or (tail[:1] == "." and tail[-1:] == "Z" and tail[1:-1].isdigit())):
+            return sec * 1_000_000_000 + (int(tail[1:-1][:9].ljust(9, "0")) if len(tail) > 1 else 0)
+        m = _RFC3339.fullmatch(text.strip())
+        if m is None:
+            raise ValueError(f"not an RFC 3339 time: {text[:40]!r}")
+        y, mo, d, h, mi, s = (int(g) for g in m.groups()[:6])
+        whole = calendar.timegm((y, mo, d, h, mi, s, 0, 0, 0))
+        datetime(y, mo, d, h, mi, s)  # range check: raises ValueError for month 13 and such
+        zone = m.group(8) or "Z"
+        if zone == "Z":
+            if len(self._seconds) >= self._max:
+                self._seconds.clear()
+            self._seconds[head] = whole
+        else:
+            sign = -1 if zone[0] == "+" else 1
+            digits = zone[1:].replace(":", "")
+            whole += sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
+        return whole * 1_000_000_000 + int((m.group(7) or "0")[:9].ljust(9, "0"))
+
+
+def _ticks(epoch: EpochNanos, div: int) -> Callable[[str], int]:
+    return lambda s: epoch(s) // div
+
+
+def converters(columns: Sequence[tuple[str, str]]) -> list[Callable[[str], Any]]:
+    """For each (name, ClickHouse type): CSV field text -> the Python value clickhouse-driver sends."""
+    out: list[Callable[[str], Any]] = []
+    epoch = EpochNanos()
+    for _, ch_type in columns:
+        b = base_type(ch_type)
+        if b.startswith("DateTime64"):
+            out.append(_ticks(epoch, 10 ** (9 - int(b[len("DateTime64("):].split(",")[0].rstrip(")")))))
+        elif b.startswith("DateTime"):
+            out.append(lambda s: epoch(s) // 1_000_000_000)
+        elif b.startswith(("Int", "UInt")):
+            out.append(lambda s: int(s) if s else 0)
+        elif b.startswith("Float"):
+            out.append(lambda s: float(s) if s else 0.0)
+        elif b == "Bool":
+            out.append(lambda s: s.strip().lower() in ("true", "1"))
+        else:
+            out.append(str)
+    return out
+
+
+def csv_rows(chunks: Iterable[bytes], columns: Sequence[tuple[str, str]]) -> Iterator[tuple[Any, ...]]:
+    """Typed rows of CSV `chunks` (whole rows each); a row that does not fit is a PermanentSinkError."""
+    convs = converters(columns)
+    width = len(convs)
+    n = 0
+    for chunk in chunks:
+        try:
+            text = chunk.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise PermanentSinkError(f"rows after row {n}: not UTF-8: {e}") from None
+        for fields in csv.reader(io.StringIO(text, newline="")):
+            n += 1
+            if len(fields) != width:
+                raise PermanentSinkError(f"row {n}: {len(fields)} fields, the table has {width} columns")
+            try:
+                yield tuple([f(v) for f, v in zip(convs, fields, strict=True)])
+            except (ValueError, OverflowError) as e:
+                raise PermanentSinkError(f"row {n}: {e}") from None
+
+
+class NativeConn:
+    """Statements over the native protocol through one clickhouse-driver Client (not thread-safe)."""
+
+    def __init__(self, ep: Endpoint, client: Any) -> None:
+        self._ep, self.client = ep, client
+
+    def _call(self, where: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except SinkError:
+            raise
+        except ch_errors.ServerException as e:
+            raise error_from(e.code, e.message, f"{where}: {self._ep}") from None
+        except (ch_errors.NetworkError, ch_errors.SocketTimeoutError, OSError, EOFError) as e:
+            raise SinkError(f"{where}: {self._ep}: {e}") from None
+        except ch_errors.Error as e:
+            raise error_from(getattr(e, "code", None), str(e), f"{where}: {self._ep}") from None
+        except (ValueError, TypeError, OverflowError, struct.error) as e:
+            raise PermanentSinkError(f"{where}: {self._ep}: a value does not fit its column: {e}") from None
+
+    def query(self, sql: str) -> list[list[str]]:
+        rows = self._call("query", lambda: self.client.execute(sql))
+        return [[str(v) for v in row] for row in rows]
+
+    def command(self, sql: str) -> None:
+        self._call("statement", lambda: self.client.execute(sql))
+
+    def insert(self, database: str, table: str, columns: Sequence[tuple[str, str]], chunks: Iterable[bytes],
+               settings: Mapping[str, str]) -> None:
+        cols = ", ".join(quote(c) for c, _ in columns)
+        sql = f"INSERT INTO {quote(database)}.{quote(table)} ({cols}) VALUES"
+        # Values go typed: the text format settings mean nothing here (and an old server's
+        # binary settings encoding knows no new settings).
+        typed = {k: int(v) if v.isdigit() else v for k, v in settings.items() if k != "date_time_input_format"}
+        self._call(f"insert into {database}.{table}",
+                   lambda: self.client.execute(sql, csv_rows(chunks, columns), settings=typed, types_check=False))
+
+
+# -- the sink -----------------------------------------------------------------------------------
+
+def tls_context(config: ClickHouseConfig) -> ssl.SSLContext:
+    """The TLS context of HTTPS endpoints (native ones give the same options to clickhouse-driver)."""
+    try:
+        ctx = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
+        if config.client_cert:
+            ctx.load_cert_chain(str(config.client_cert), str(config.client_key) if config.client_key else None)
+    except (OSError, ssl.SSLError) as e:
+        raise SinkError(f"ClickHouse TLS configuration: {e}") from None
+    if config.insecure_skip_verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class _Target:
+    """One endpoint and its table cache. Native connections last one upload: an idle connection
+    would only hold up the server's restarts (it waits for open connections when it shuts down)."""
+
+    def __init__(self, ep: Endpoint, config: ClickHouseConfig, context: ssl.SSLContext | None) -> None:
+        self.endpoint, self._config = ep, config
+        self.cache = TableCache()
+        self._http = None if ep.native else HttpConn(ep, config, context)
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[Conn]:
+        if self._http is not None:
+            yield self._http
+            return
+        ep, c = self.endpoint, self._config
+        client = Client(ep.host, port=ep.port, database="default", user=ep.user, password=ep.password,
+                        secure=ep.secure, verify=not c.insecure_skip_verify, check_hostname=not c.insecure_skip_verify,
+                        ca_certs=str(c.ca_file) if c.ca_file else None,
+                        certfile=str(c.client_cert) if c.client_cert else None,
+                        keyfile=str(c.client_key) if c.client_key else None,
+                        connect_timeout=c.connect_timeout, send_receive_timeout=c.timeout,
+                        sync_request_timeout=c.connect_timeout, client_name="telemetry-ingestor",
+                        settings={"insert_block_size": c.insert_block_rows})
+        try:
+            yield NativeConn(ep, client)
+        finally:
+            client.disconnect()
+
+
+class ClickHouseSink:
+    """Delivers batches to the ClickHouse servers configured for their database. Thread-safe."""
+
+    name = "clickhouse"
+
+    def __init__(self, config: ClickHouseConfig) -> None:
+        self.config = config
+        self._databases = frozenset(e.database for e in config.endpoints)
+        self._targets: dict[str, list[_Target]] = {}
+        self._lock = threading.Lock()
+        self._confirmed: dict[str, set[int]] = {}
+        """batch id -> indexes of the endpoints that confirmed it, while others have not."""
+
+    def start(self) -> None:
+        """Check the TLS files; servers are not contacted (one that is down only delays its uploads)."""
+        context = tls_context(self.config) if any(e.secure for e in self.config.endpoints) else None
+        targets: dict[str, list[_Target]] = {}
+        for ep in self.config.endpoints:
+            targets.setdefault(ep.database, []).append(_Target(ep, self.config, context))
+            log.info("ClickHouse sink: database %s -> %s", ep.database, ep)
+        self._targets = targets
+
+    def stop(self) -> None:
+        """Nothing stays open between uploads."""
+
+    def accepts(self, database: str) -> bool:
+        return database in self._databases
+
+    def upload(self, batch: Batch) -> None:
+        targets = self._targets.get(batch.database)
+        if not targets:
+            raise PermanentSinkError(f"no ClickHouse endpoint for database {batch.database}")
+        with self._lock:
+            done = set(self._confirmed.get(batch.id, ()))
+        errors: list[SinkError] = []
+        for i, target in enumerate(targets):
+            if i in done:
+                continue
+            try:
+                self._upload_to(target, batch)
+            except SinkError as e:
+                errors.append(e)
+            else:
+                done.add(i)
+        permanent = [e for e in errors if isinstance(e, PermanentSinkError)]
+        with self._lock:
+            if errors and not permanent:
+                self._confirmed[batch.id] = done
+                if len(self._confirmed) > 10_000:  # ids of batches that were never retried as they were
+                    self._confirmed.pop(next(iter(self._confirmed)))
+            else:
+                self._confirmed.pop(batch.id, None)
+        if errors:
+            text = "; ".join(str(e) for e in errors)
+            if len(targets) > 1:
+                text = f"{len(errors)} of {len(targets)} endpoints failed: {text}"
+            raise (PermanentSinkError if permanent else SinkError)(text)
+
+    def _upload_to(self, target: _Target, batch: Batch) -> None:
+        ep = target.endpoint
+        t0 = time.perf_counter()
+        with target.connect() as conn:
+            inserted = chschema.deliver(conn, target.cache, ep.target_database, batch, self.config.dedup_window)
+        elapsed = time.perf_counter() - t0
+        if inserted:
+            mb = batch.uncompressed_bytes / 1e6
+            log.info("uploaded %s.%s to %s: %d rows, %.1f MB in %.2fs (%.1f MB/s)", batch.database, batch.table, ep,
+                     batch.rows, mb, elapsed, mb / elapsed if elapsed > 0 else 0.0)
