@@ -97,3 +97,48 @@ class NodeProcess:
     def tables(self) -> set[tuple[str, str]]:
         wal = self.storage_dir / "wal"
         return {tuple(p.name.split("_")[:2]) for p in [*wal.glob("*.wal"), *wal.glob("active/*.wal")]}  # type: ignore[misc]
+
+
+class Prometheus:
+    """A real Prometheus server (Debian package) scraping itself and remote-writing to `url`."""
+
+    def __init__(self, workdir: Path, remote_write_url: str, labels: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        extra = ", ".join(f'{k}: "{v}"' for k, v in (labels or {}).items())
+        (workdir / "prometheus.yml").write_text(f"""
+global:
+  scrape_interval: 1s
+scrape_configs:
+  - job_name: prom
+    static_configs: [{{targets: ["127.0.0.1:{self.port}"], labels: {{{extra}}}}}]
+remote_write:
+  - url: {remote_write_url}
+    queue_config: {{batch_send_deadline: 1s, max_shards: 1}}
+""")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Prometheus:
+        self.proc = subprocess.Popen(
+            ["prometheus", f"--config.file={self.workdir / 'prometheus.yml'}",
+             f"--web.listen-address=127.0.0.1:{self.port}", f"--storage.tsdb.path={self.workdir / 'tsdb'}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def scrape(url: str) -> dict[str, float]:
+    """A Prometheus text exposition as {'name{labels}': value}."""
+    with urllib.request.urlopen(url, timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out

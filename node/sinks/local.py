@@ -3,12 +3,12 @@
 
 Sharing the store with `ingestor query`: chdb runs an embedded server that holds an exclusive lock
 on its data directory for as long as a connection is open, and refuses a second process even in
-read-only mode. So nobody keeps it open: the sink opens the store for one batch (create the table
-if needed, insert, close: ~20 ms of opening for a few tables, ~0.2 s for hundreds) and the query
-command for one query. Both take `<storage-dir>/local/ingestor.lock` (flock) first, so they take
-turns instead of failing on chdb's lock: the query command waits up to `--wait` seconds for an
-upload in progress; the sink waits up to `lock_wait` seconds for a query, then fails the batch with
-SinkError (retried with backoff). chdb allows one store per process at a time, so every use of chdb
+read-only mode. Both the sink and the query command take `<storage-dir>/local/ingestor.lock`
+(flock) first, so they take turns instead of failing on chdb's lock. Opening the store costs ~20 ms
+with a few tables and ~0.2 s with hundreds, so the sink keeps it open while batches keep coming and
+closes it after `idle_close` seconds without one, or at once when a query announces itself by
+creating `query.wanted` next to the lock. The query command waits up to `--wait` seconds; the sink
+waits up to `lock_wait` seconds for a query, then fails the batch with SinkError (retried). chdb allows one store per process at a time, so every use of chdb
 in this process goes through one lock as well. Background merges still happen: ClickHouse merges
 while a batch is inserted and when the store is opened.
 
@@ -37,6 +37,8 @@ from node.sinks.chschema import TableCache, error_from, quote
 log = logging.getLogger(__name__)
 
 LOCK_FILE = "ingestor.lock"
+WANTED_FILE = "query.wanted"
+STALE_WANTED_SECONDS = 60.0
 _ENGINE = threading.Lock()
 """chdb runs one embedded server per process, on one directory at a time."""
 
@@ -54,6 +56,8 @@ class LocalConfig:
     """Seconds an upload waits for an `ingestor query` holding the store, before failing (retried)."""
     dedup_window: int = chschema.DEFAULT_DEDUP_WINDOW
     """`non_replicated_deduplication_window` of the tables created."""
+    idle_close: float = 0.5
+    """Seconds without a batch after which the store is closed (and its lock released)."""
 
 
 class StoreBusyError(SinkError):
@@ -66,10 +70,19 @@ def open_store(directory: Path, wait: float, read_only: bool = False,
     """Lock the store (waiting up to `wait` seconds), open a chdb connection to it (with session
     `settings`), close it at the end. Raises StoreBusyError when the lock is not had in time."""
     directory.mkdir(parents=True, exist_ok=True)
-    with _ENGINE:
+    if not _ENGINE.acquire(timeout=wait):
+        raise StoreBusyError(f"the local store {directory} is held in this process for over {wait:g}s")
+    try:
         fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        wanted = directory / WANTED_FILE
         try:
-            _flock(fd, wait, directory)
+            if read_only:  # ask a node that holds the store to let go
+                wanted.touch()
+            try:
+                _flock(fd, wait, directory)
+            finally:
+                if read_only:
+                    wanted.unlink(missing_ok=True)
             import chdb
 
             try:
@@ -84,6 +97,8 @@ def open_store(directory: Path, wait: float, read_only: bool = False,
                 conn.close()
         finally:
             os.close(fd)  # releases the flock
+    finally:
+        _ENGINE.release()
 
 
 def _flock(fd: int, wait: float, directory: Path) -> None:
@@ -143,6 +158,12 @@ class LocalSink:
         self.directory = Path(directory)
         self.config = config or LocalConfig()
         self._cache = TableCache()
+        self._held = threading.Lock()
+        self._store: contextlib.AbstractContextManager[Any] | None = None
+        self._conn: Any = None
+        self._last_used = 0.0
+        self._stopping = threading.Event()
+        self._closer_thread: threading.Thread | None = None
 
     def start(self) -> None:
         try:
@@ -150,11 +171,19 @@ class LocalSink:
         except ImportError as e:
             raise SinkError(f"the local sink needs chdb: {e}") from None
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._stopping.clear()
+        self._closer_thread = threading.Thread(target=self._closer, name="local-store-closer", daemon=True)
+        self._closer_thread.start()
         log.info("local sink: embedded ClickHouse store in %s (query it with `ingestor query --storage-dir %s`)",
                  self.directory, self.directory.parent)
 
     def stop(self) -> None:
-        """Nothing stays open between batches."""
+        self._stopping.set()
+        if self._closer_thread is not None:
+            self._closer_thread.join()
+            self._closer_thread = None
+        with self._held:
+            self._close_locked()
 
     def accepts(self, database: str) -> bool:
         return True
@@ -162,9 +191,51 @@ class LocalSink:
     def upload(self, batch: Batch) -> None:
         t0 = time.perf_counter()
         where = f"local store {self.directory}"
-        with open_store(self.directory, self.config.lock_wait) as conn:
-            chschema.deliver(ChdbConn(conn, where), self._cache, batch.database, batch, self.config.dedup_window)
+        with self._held:
+            if self._store is None:
+                self._wait_for_queries()
+                store = open_store(self.directory, self.config.lock_wait)
+                self._conn = store.__enter__()  # StoreBusyError leaves nothing held
+                self._store = store
+            try:
+                chschema.deliver(ChdbConn(self._conn, where), self._cache, batch.database, batch,
+                                 self.config.dedup_window)
+            except BaseException:
+                self._close_locked()
+                raise
+            self._last_used = time.monotonic()
+            if self._closer_thread is None:  # not started: nothing would close it later
+                self._close_locked()
         elapsed = time.perf_counter() - t0
         mb = batch.uncompressed_bytes / 1e6
         log.info("stored %s.%s locally: %d rows, %.1f MB in %.2fs (%.1f MB/s)", batch.database, batch.table,
                  batch.rows, mb, elapsed, mb / elapsed if elapsed > 0 else 0.0)
+
+    def _query_waiting(self) -> bool:
+        try:
+            age = time.time() - (self.directory / WANTED_FILE).stat().st_mtime
+        except FileNotFoundError:
+            return False
+        return age < STALE_WANTED_SECONDS  # older: left by a query that was killed
+
+    def _wait_for_queries(self) -> None:
+        """Let a waiting `ingestor query` have the store first (it takes the lock, then removes
+        its marker), so that a busy node cannot starve it."""
+        deadline = time.monotonic() + self.config.lock_wait
+        while self._query_waiting():
+            if time.monotonic() >= deadline:
+                raise StoreBusyError(f"an `ingestor query` is waiting for the local store {self.directory}")
+            time.sleep(0.05)
+
+    def _close_locked(self) -> None:
+        store, self._store, self._conn = self._store, None, None
+        if store is not None:
+            store.__exit__(None, None, None)
+
+    def _closer(self) -> None:
+        """Close the store when idle or when a query wants it."""
+        while not self._stopping.wait(0.1):
+            with self._held:
+                if self._store is not None and (time.monotonic() - self._last_used > self.config.idle_close
+                                                or self._query_waiting()):
+                    self._close_locked()

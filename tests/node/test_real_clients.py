@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import NodeProcess, free_port
+from tests.harness import NodeProcess, Prometheus
 
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")
 
@@ -186,30 +186,13 @@ def _check_trace_rows(node: NodeProcess) -> None:
 
 @pytest.mark.skipif(shutil.which("prometheus") is None, reason="Debian package prometheus not installed")
 def test_real_prometheus_remote_writes_to_the_node(node: NodeProcess, tmp_path: Path) -> None:
-    port = free_port()
-    cfg = tmp_path / "prometheus.yml"
-    cfg.write_text(f"""
-global:
-  scrape_interval: 1s
-scrape_configs:
-  - job_name: prom
-    static_configs: [{{targets: ["127.0.0.1:{port}"], labels: {{host: "prom-host"}}}}]
-remote_write:
-  - url: {node.http_url}/api/v1/write
-    queue_config: {{batch_send_deadline: 1s, max_shards: 1}}
-""")
-    prom = subprocess.Popen(["prometheus", f"--config.file={cfg}", f"--web.listen-address=127.0.0.1:{port}",
-                             f"--storage.tsdb.path={tmp_path / 'tsdb'}"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
+    with Prometheus(tmp_path / "prom", node.http_url + "/api/v1/write", {"host": "prom-host"}) as prom:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if ("Metrics", "Up") in node.tables() and len(node.rows("Metrics", "Up")) >= 2:
                 break
             time.sleep(0.5)
-    finally:
-        prom.terminate()
-        prom.wait(30)
+    port = prom.port
     assert node.stop() == 0
     ups = parse(node.rows("Metrics", "Up"))
     assert len(ups) >= 2
