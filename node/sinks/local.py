@@ -8,8 +8,9 @@ read-only mode. Both the sink and the query command take `<storage-dir>/local/in
 with a few tables and ~0.2 s with hundreds, so the sink keeps it open while batches keep coming and
 closes it after `idle_close` seconds without one, or at once when a query announces itself by
 creating `query.wanted` next to the lock. The query command waits up to `--wait` seconds; the sink
-waits up to `lock_wait` seconds for a query, then fails the batch with SinkError (retried). chdb allows one store per process at a time, so every use of chdb
-in this process goes through one lock as well. Background merges still happen: ClickHouse merges
+waits up to `lock_wait` seconds for a query, then fails the batch with SinkError (retried). chdb
+allows one store per process at a time, so every use of chdb in this process goes through one lock
+as well. Background merges still happen: ClickHouse merges
 while a batch is inserted and when the store is opened.
 
 Deduplication: chdb is a modern ClickHouse, so inserts carry `insert_deduplication_token`.
