@@ -25,8 +25,11 @@ from pathlib import Path
 from node.errors import PermanentSinkError
 from node.metrics import NodeMetrics
 from node.sinks.base import Batch, Sink
-from node.upload.batcher import BatchPolicy, PlannedBatch, plan
+from node.upload.batcher import DEFAULT_RATIO, BatchPolicy, PlannedBatch, plan
+from node.wal import format as fmt
 from node.wal.repository import Repository
+from node.wal.segment import mapped
+from node.wal.table import SegmentInfo
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,22 @@ class UploadConfig:
     backoff_max: float = 60.0
     quarantine_dir: Path | None = None
     """Where batches a sink will never take are moved (default: `<wal dir>/../quarantine`)."""
+
+
+def sample_ratio(segment: SegmentInfo, max_blocks: int = 4) -> float:
+    """Uncompressed bytes of rows per segment byte, measured on the segment's first blocks."""
+    raw_bytes = framed = 0
+    try:
+        with mapped(segment.path) as data:
+            for i, block in enumerate(fmt.iter_raw_blocks(data)):
+                if i >= max_blocks:
+                    break
+                raw_bytes += len(fmt.decode_payload(block).value)
+                framed += block.end - block.offset
+                del block
+    except (fmt.FormatError, OSError):
+        pass
+    return raw_bytes / framed if framed else DEFAULT_RATIO
 
 
 class Uploader:
@@ -96,8 +115,12 @@ class Uploader:
     async def _round(self, policy: BatchPolicy) -> int:
         if self._refresh:
             await asyncio.to_thread(self._wal.refresh)
-        batches = plan(self._wal.closed_segments(), int(time.time() * 1000), policy, self._busy,
-                       self._ratios, self._not_before, self._clock())
+        segments = self._wal.closed_segments()
+        for s in segments:
+            if s.prefix not in self._ratios:
+                self._ratios[s.prefix] = await asyncio.to_thread(sample_ratio, s)
+        batches = plan(segments, int(time.time() * 1000), policy, self._busy, self._ratios, self._not_before,
+                       self._clock())
         for b in batches:
             self._busy.add(b.prefix)
             task = asyncio.create_task(self._deliver(b), name=f"upload-{b.prefix}")

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from tests.bench import bench_wal
+import logging
+
+from tests.bench import bench_node, bench_rows, bench_upload, bench_wal
 
 
 def main() -> None:
+    logging.basicConfig(level=logging.WARNING)
     print("== WAL ==")
     bench_wal.main()
+    print("== rows: parse + convert, one core ==")
+    bench_rows.main()
+    print("== node under gRPC load ==")
+    bench_node.main()
+    print("== upload ==")
+    bench_upload.main()
 
 
 if __name__ == "__main__":
