@@ -31,6 +31,7 @@ from node.wal.names import host_id
 log = logging.getLogger(__name__)
 
 RESTART_DELAY_SECONDS = 1.0
+MIN_STOP_SECONDS = 10.0
 
 
 class SlotUsage:
@@ -142,7 +143,9 @@ class Receivers:
             if p.is_alive() and p.pid is not None:
                 os.kill(p.pid, signal.SIGTERM)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
+        # Receivers finish their in-flight requests within `grace` themselves; the floor leaves them
+        # time to close their segments even with no grace at all.
+        deadline = loop.time() + max(grace, MIN_STOP_SECONDS)
         for p in self._procs.values():
             await asyncio.to_thread(p.join, max(0.0, deadline - loop.time()))
             if p.is_alive():
