@@ -8,7 +8,7 @@ Errors leave through `abort()`, which takes the status from `node.errors.status_
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 import grpc
@@ -18,23 +18,17 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
-from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from node.errors import DecodeError, IngestorError, status_of
 from node.gen.ingestor.v1 import admin_pb2, admin_pb2_grpc
 from node.ingest import Ingest
 from node.metrics import NodeMetrics
+from node.receivers.otlp import SIGNALS, OtlpSignal
 from node.state import NodeState
 
 log = logging.getLogger(__name__)
 
-OTLP_SERVICES = (
-    metrics_service_pb2.DESCRIPTOR.services_by_name["MetricsService"].full_name,
-    logs_service_pb2.DESCRIPTOR.services_by_name["LogsService"].full_name,
-    trace_service_pb2.DESCRIPTOR.services_by_name["TraceService"].full_name,
-)
+OTLP_SERVICES = tuple(sig.service for sig in SIGNALS)
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
 
 
@@ -71,55 +65,28 @@ class OtlpHandlers:
         self._ingest = ingest
         self._metrics = metrics
 
-    def _handler(self, signal: str, request_cls: Any, response_cls: Any, fill: Callable[[Any, Any], None],
-                 export: Callable[[Any], Awaitable[Any]]) -> grpc.RpcMethodHandler[Any, Any]:
-        metrics = self._metrics
+    def _handler(self, sig: OtlpSignal) -> grpc.RpcMethodHandler[Any, Any]:
+        metrics, signal, export = self._metrics, sig.signal, sig.export(self._ingest)
 
         async def handle(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
             metrics.request_bytes.labels(signal, "grpc").inc(len(raw))
             try:
                 try:
-                    request = request_cls.FromString(raw)
+                    request = sig.request_cls.FromString(raw)
                 except ProtobufDecodeError as e:
-                    raise DecodeError(f"malformed {request_cls.DESCRIPTOR.full_name}: {e}") from e
+                    raise DecodeError(f"malformed {sig.request_cls.DESCRIPTOR.full_name}: {e}") from e
                 result = await export(request)
             except Exception as e:
                 metrics.requests.labels(signal, "grpc", status_of(e).grpc_code.name).inc()
                 await abort(context, e, f"{signal} export")
             metrics.requests.labels(signal, "grpc", "OK").inc()
-            response = response_cls()
-            if result.rejected:
-                fill(response.partial_success, result)
-            data: bytes = response.SerializeToString()
+            data: bytes = sig.response(result).SerializeToString()
             return data
 
         return grpc.unary_unary_rpc_method_handler(handle)
 
     def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
-        def points(ps: Any, r: Any) -> None:
-            ps.rejected_data_points = r.rejected
-            ps.error_message = "; ".join(r.reasons)
-
-        def records(ps: Any, r: Any) -> None:
-            ps.rejected_log_records = r.rejected
-            ps.error_message = "; ".join(r.reasons)
-
-        def spans(ps: Any, r: Any) -> None:
-            ps.rejected_spans = r.rejected
-            ps.error_message = "; ".join(r.reasons)
-
-        services = (
-            (OTLP_SERVICES[0], "metrics", metrics_service_pb2.ExportMetricsServiceRequest,
-             metrics_service_pb2.ExportMetricsServiceResponse, points, self._ingest.otlp_metrics),
-            (OTLP_SERVICES[1], "logs", logs_service_pb2.ExportLogsServiceRequest,
-             logs_service_pb2.ExportLogsServiceResponse, records, self._ingest.otlp_logs),
-            (OTLP_SERVICES[2], "traces", trace_service_pb2.ExportTraceServiceRequest,
-             trace_service_pb2.ExportTraceServiceResponse, spans, self._ingest.otlp_traces),
-        )
-        return [
-            grpc.method_handlers_generic_handler(name, {"Export": self._handler(sig, req, resp, fill, fn)})
-            for name, sig, req, resp, fill, fn in services
-        ]
+        return [grpc.method_handlers_generic_handler(sig.service, {"Export": self._handler(sig)}) for sig in SIGNALS]
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):
