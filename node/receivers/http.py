@@ -14,21 +14,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
 from google.protobuf import json_format
 from google.rpc import status_pb2
-from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
-from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from node.errors import DecodeError, IngestorError, RequestTooLargeError, status_of
 from node.ingest import Ingest
 from node.metrics import NodeMetrics
 from node.receivers.decode import JSON, PROTOBUF, decode_otlp, decode_remote_write, media_type
-from node.rows.batch import ConvertResult
+from node.receivers.otlp import SIGNALS, OtlpSignal
 from node.state import NodeState
 
 log = logging.getLogger(__name__)
@@ -86,41 +82,28 @@ def build_app(ingest: Ingest, state: NodeState, metrics: NodeMetrics, max_reques
         metrics.requests.labels("metrics", "http", "204").inc()
         return web.Response(status=204)
 
-    def otlp(signal: str, request_cls: Any, response_cls: Any, export: Callable[[Any], Awaitable[ConvertResult]],
-             fill: Callable[[Any, ConvertResult], None]) -> Callable[[web.Request], Awaitable[web.Response]]:
+    def otlp(sig: OtlpSignal) -> Callable[[web.Request], Awaitable[web.Response]]:
+        signal, export = sig.signal, sig.export(ingest)
+
         async def handle(request: web.Request) -> web.Response:
             is_json = media_type(request.headers.get("Content-Type"))[0] == JSON
             try:
                 body = await _body(request, max_request_bytes)
                 metrics.request_bytes.labels(signal, "http").inc(len(body))
                 req = decode_otlp(body, request.headers.get("Content-Type"), request.headers.get("Content-Encoding"),
-                                  request_cls, max_request_bytes)
+                                  sig.request_cls, max_request_bytes)
                 result = await export(req)
             except Exception as e:
                 resp = _error_response(e, f"{signal} export", is_json)
                 metrics.requests.labels(signal, "http", str(resp.status)).inc()
                 return resp
-            response = response_cls()
-            if result.rejected:
-                fill(response.partial_success, result)
+            response = sig.response(result)
             metrics.requests.labels(signal, "http", "200").inc()
             if is_json:
                 return web.Response(content_type=JSON, text=json_format.MessageToJson(response))
             return web.Response(content_type=PROTOBUF, body=response.SerializeToString())
 
         return handle
-
-    def points(ps: Any, r: ConvertResult) -> None:
-        ps.rejected_data_points = r.rejected
-        ps.error_message = "; ".join(r.reasons)
-
-    def records(ps: Any, r: ConvertResult) -> None:
-        ps.rejected_log_records = r.rejected
-        ps.error_message = "; ".join(r.reasons)
-
-    def spans(ps: Any, r: ConvertResult) -> None:
-        ps.rejected_spans = r.rejected
-        ps.error_message = "; ".join(r.reasons)
 
     async def prometheus_metrics(request: web.Request) -> web.Response:
         data = generate_latest(metrics.exposition())
@@ -137,13 +120,8 @@ def build_app(ingest: Ingest, state: NodeState, metrics: NodeMetrics, max_reques
 
     app.router.add_post("/api/v1/write", remote_write)
     app.router.add_post("/receive", remote_write)
-    app.router.add_post("/v1/metrics", otlp("metrics", metrics_service_pb2.ExportMetricsServiceRequest,
-                                            metrics_service_pb2.ExportMetricsServiceResponse, ingest.otlp_metrics,
-                                            points))
-    app.router.add_post("/v1/logs", otlp("logs", logs_service_pb2.ExportLogsServiceRequest,
-                                         logs_service_pb2.ExportLogsServiceResponse, ingest.otlp_logs, records))
-    app.router.add_post("/v1/traces", otlp("traces", trace_service_pb2.ExportTraceServiceRequest,
-                                           trace_service_pb2.ExportTraceServiceResponse, ingest.otlp_traces, spans))
+    for sig in SIGNALS:
+        app.router.add_post(sig.path, otlp(sig))
     app.router.add_get("/metrics", prometheus_metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
