@@ -132,7 +132,9 @@ class HttpServer:
     """Binds the HTTP port; `stop(grace)` stops accepting and lets in-flight requests finish."""
 
     def __init__(self, app: web.Application, host: str, port: int, reuse_port: bool = False) -> None:
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=60.0)
+        # auto_decompress off: decode.py inflates bodies itself, bounded by --max-request-bytes
+        # (aiohttp would gunzip first, then our gzip handling would see plain bytes).
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=60.0, auto_decompress=False)
         self._host = host
         self._port = port
         self._reuse_port = reuse_port

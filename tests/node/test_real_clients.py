@@ -109,12 +109,13 @@ def test_otel_sdk_grpc_exporters(node: NodeProcess) -> None:
 
 
 def test_otel_sdk_http_exporters(node: NodeProcess) -> None:
+    from opentelemetry.exporter.otlp.proto.http import Compression
     from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-    _metrics_sdk(OTLPMetricExporter(endpoint=node.http_url + "/v1/metrics"))
-    _logs_sdk(OTLPLogExporter(endpoint=node.http_url + "/v1/logs"))
+    _metrics_sdk(OTLPMetricExporter(endpoint=node.http_url + "/v1/metrics", compression=Compression.Gzip))
+    _logs_sdk(OTLPLogExporter(endpoint=node.http_url + "/v1/logs", compression=Compression.Gzip))
     _traces_sdk(OTLPSpanExporter(endpoint=node.http_url + "/v1/traces"))
     assert node.stop() == 0
     _check_metric_rows(node)
