@@ -111,6 +111,7 @@ class Repository:
         self._refused_at = 0.0  # monotonic time of the last write refused for limits
         self._refused_at_db: dict[str, float] = {}
         self._shared = shared
+        self._schemas: dict[Schema, tuple[str, bytes]] = {}  # a handful: one per table layout
         self.blocked_databases: frozenset[str] = frozenset()
         """Databases over their share as another process (the supervisor) measured it."""
 
@@ -240,9 +241,13 @@ class Repository:
         """
         validate_name("database", database)
         validate_name("table", table)
-        sid = schema_hash(schema) if schema else None
+        sid = None
         if schema:
-            value = schema_line(schema) + bytes(value)
+            known = self._schemas.get(schema)
+            if known is None:
+                known = self._schemas[schema] = (schema_hash(schema), schema_line(schema))
+            sid = known[0]
+            value = known[1] + bytes(value)
         header, payload = fmt.encode_block(kind, count, value)
         wal = self._wal(database, table, sid)
         self._reserve(database, len(header) + len(payload))
