@@ -24,6 +24,7 @@ from node.rows.batch import KIND_METRIC, ConvertResult, ResultBuilder, Schema
 from node.rows.csvtext import Timestamps, real
 from node.rows.otlpmetrics import OtlpMetrics
 from node.rows.series import Entry, SeriesEncoder
+from node.rows.wire import skip_length_delimited
 
 _LABEL_TAG = 0x0A  # TimeSeries field 1 (labels), length-delimited
 _SAMPLE_TAG = 0x12  # TimeSeries field 2 (samples), length-delimited
@@ -57,23 +58,9 @@ def _varint(n: int) -> bytes:
 
 def _labels_end(b: bytes) -> int:
     """End of the leading run of label fields of a serialized TimeSeries."""
-    i = 0
-    n = len(b)
+    i, n = 0, len(b)
     while i < n and b[i] == _LABEL_TAG:
-        length = b[i + 1]
-        if length < 0x80:
-            i += 2 + length
-            continue
-        i += 1
-        length = shift = 0
-        while True:
-            byte = b[i]
-            i += 1
-            length |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                break
-            shift += 7
-        i += length
+        i = skip_length_delimited(b, i)
     return i
 
 

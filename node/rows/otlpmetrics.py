@@ -35,6 +35,7 @@ from node.rows.csvtext import Timestamps, label_float, real
 from node.rows.exphist import cumulative_buckets
 from node.rows.names import prometheus_label_name, prometheus_metric_name
 from node.rows.series import DATABASE_LABEL, NAME_LABEL, SKIP, Entry, SeriesEncoder
+from node.rows.wire import skip_length_delimited
 
 _NO_RECORDED_VALUE = 1
 _FIXED64_TAGS = b"\x11\x19\x21\x31"  # NumberDataPoint fields 2, 3, 4, 6: tag + 8 bytes
@@ -43,19 +44,6 @@ _RESOURCE_SERVICE_KEYS = ("service.name", "service.namespace", "service.instance
 
 Labels = Iterable[tuple[str, str]]
 _Series = tuple[str, tuple[str, str] | None, str]  # (metric name, extra label, value text)
-
-
-def _skip_length_delimited(b: bytes, i: int) -> int:
-    """Index after the length-delimited field whose one-byte tag is at `i`."""
-    i += 1
-    length = shift = 0
-    while True:
-        byte = b[i]
-        i += 1
-        length |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return i + length
-        shift += 7
 
 
 class _Resource:
@@ -216,7 +204,7 @@ class OtlpMetrics:
                 if tag in _FIXED64_TAGS:
                     i += 9
                 elif tag == _EXEMPLARS_TAG:
-                    i = _skip_length_delimited(b, i)
+                    i = skip_length_delimited(b, i)
                 else:
                     break
             key = b[i:]

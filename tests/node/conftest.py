@@ -30,11 +30,17 @@ class GrpcNode:
     server: GrpcServer
 
 
-@pytest_asyncio.fixture
-async def grpc_node(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[GrpcNode]:
+@pytest.fixture
+def wal(tmp_path: Path, request: pytest.FixtureRequest) -> Repository:
+    """A started WAL; `@pytest.mark.wal(**WalConfig fields)` configures it."""
     marker = request.node.get_closest_marker("wal")
-    wal = Repository(WalConfig(tmp_path / "wal", **(marker.kwargs if marker else {})))
-    wal.start()
+    repo = Repository(WalConfig(tmp_path / "wal", **(marker.kwargs if marker else {})))
+    repo.start()
+    return repo
+
+
+@pytest_asyncio.fixture
+async def grpc_node(wal: Repository) -> AsyncIterator[GrpcNode]:
     state = NodeState(over_limits=wal.over_limits)
     metrics = NodeMetrics(CollectorRegistry())
     conv = Converters(MetricsConverter(MetricsConfig()),

@@ -9,7 +9,6 @@ import io
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import aiohttp
 import cramjam
@@ -33,7 +32,7 @@ from node.rows.logs import LogsConfig, LogsConverter
 from node.rows.metrics import MetricsConfig, MetricsConverter
 from node.rows.traces import TracesConfig, TracesConverter
 from node.state import NodeState, Phase
-from node.wal.repository import Repository, WalConfig
+from node.wal.repository import Repository
 from node.wal.segment import iter_rows
 from tests.node.test_grpc import gauge_request, log_request
 
@@ -59,10 +58,7 @@ class HttpNode:
 
 
 @pytest_asyncio.fixture
-async def node(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[HttpNode]:
-    marker = request.node.get_closest_marker("wal")
-    wal = Repository(WalConfig(tmp_path / "wal", **(marker.kwargs if marker else {})))
-    wal.start()
+async def node(wal: Repository) -> AsyncIterator[HttpNode]:
     state = NodeState(over_limits=wal.over_limits)
     state.set_phase(Phase.SERVING)
     conv = Converters(MetricsConverter(MetricsConfig()), LogsConverter(LogsConfig(default_database="Logs",
