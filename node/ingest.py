@@ -21,6 +21,8 @@ from node.state import NodeState
 from node.wal.repository import Repository
 from node.wal.segment import FsyncPolicy
 
+MAX_CACHED_COUNTERS = 100_000
+
 
 @dataclass(frozen=True)
 class Converters:
@@ -39,6 +41,7 @@ class Ingest:
         self._metrics = metrics
         # Under `always` each block is fsynced: keep that off the event loop.
         self._offload = wal.config.fsync is FsyncPolicy.ALWAYS
+        self._counters: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     async def remote_write(self, req: Any) -> ConvertResult:
         return await self._ingest("metrics", self._conv.metrics.convert_remote_write, req)
@@ -67,8 +70,16 @@ class Ingest:
 
     def _write(self, signal: str, result: ConvertResult) -> None:
         t0 = time.perf_counter()
+        counters = self._counters
         for batch in result.tables.values():
             self._wal.write(batch.database, batch.table, batch.kind, batch.data, batch.count, batch.schema)
-            self._metrics.rows.labels(signal, batch.database).inc(batch.count)
-            self._metrics.table_rows.labels(batch.database, batch.table).inc(batch.count)
+            key = (signal, batch.database, batch.table)
+            pair = counters.get(key)
+            if pair is None:  # labels() costs a lock and a lookup: keep the children
+                if len(counters) > MAX_CACHED_COUNTERS:
+                    counters.clear()
+                pair = counters[key] = (self._metrics.rows.labels(signal, batch.database),
+                                        self._metrics.table_rows.labels(batch.database, batch.table))
+            pair[0].inc(batch.count)
+            pair[1].inc(batch.count)
         self._metrics.wal_write_seconds.observe(time.perf_counter() - t0)

@@ -25,6 +25,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,7 +160,7 @@ class LocalSink:
         self.directory = Path(directory)
         self.config = config or LocalConfig()
         self._cache = TableCache()
-        self._held = threading.Lock()
+        self._owner = ThreadPoolExecutor(1, thread_name_prefix="local-store")
         self._store: contextlib.AbstractContextManager[Any] | None = None
         self._conn: Any = None
         self._last_used = 0.0
@@ -183,30 +184,32 @@ class LocalSink:
         if self._closer_thread is not None:
             self._closer_thread.join()
             self._closer_thread = None
-        with self._held:
-            self._close_locked()
+        self._owner.submit(self._close).result()
 
     def accepts(self, database: str) -> bool:
         return True
 
     def upload(self, batch: Batch) -> None:
+        # chdb's connection is opened, used and closed on one thread: the sink's own.
+        self._owner.submit(self._upload, batch).result()
+
+    def _upload(self, batch: Batch) -> None:
         t0 = time.perf_counter()
         where = f"local store {self.directory}"
-        with self._held:
-            if self._store is None:
-                self._wait_for_queries()
-                store = open_store(self.directory, self.config.lock_wait)
-                self._conn = store.__enter__()  # StoreBusyError leaves nothing held
-                self._store = store
-            try:
-                chschema.deliver(ChdbConn(self._conn, where), self._cache, batch.database, batch,
-                                 self.config.dedup_window)
-            except BaseException:
-                self._close_locked()
-                raise
-            self._last_used = time.monotonic()
-            if self._closer_thread is None:  # not started: nothing would close it later
-                self._close_locked()
+        if self._store is None:
+            self._wait_for_queries()
+            store = open_store(self.directory, self.config.lock_wait)
+            self._conn = store.__enter__()  # StoreBusyError leaves nothing held
+            self._store = store
+        try:
+            chschema.deliver(ChdbConn(self._conn, where), self._cache, batch.database, batch,
+                             self.config.dedup_window)
+        except BaseException:
+            self._close()
+            raise
+        self._last_used = time.monotonic()
+        if self._closer_thread is None:  # not started: nothing would close it later
+            self._close()
         elapsed = time.perf_counter() - t0
         mb = batch.uncompressed_bytes / 1e6
         log.info("stored %s.%s locally: %d rows, %.1f MB in %.2fs (%.1f MB/s)", batch.database, batch.table,
@@ -228,15 +231,19 @@ class LocalSink:
                 raise StoreBusyError(f"an `ingestor query` is waiting for the local store {self.directory}")
             time.sleep(0.05)
 
-    def _close_locked(self) -> None:
+    def _close(self) -> None:
+        """On the owner thread: close the store and release its lock."""
         store, self._store, self._conn = self._store, None, None
         if store is not None:
             store.__exit__(None, None, None)
 
+    def _close_if_idle(self) -> None:
+        if self._store is not None and (time.monotonic() - self._last_used > self.config.idle_close
+                                        or self._query_waiting()):
+            self._close()
+
     def _closer(self) -> None:
         """Close the store when idle or when a query wants it."""
         while not self._stopping.wait(0.1):
-            with self._held:
-                if self._store is not None and (time.monotonic() - self._last_used > self.config.idle_close
-                                                or self._query_waiting()):
-                    self._close_locked()
+            if self._store is not None:
+                self._owner.submit(self._close_if_idle).result()

@@ -70,9 +70,9 @@ class Sample:
     has_header: bool = True
 
 
-def encode_sample(kind: int, count: int, value: bytes | bytearray | memoryview) -> bytes:
-    """Sample header followed by the value, ready to be compressed."""
-    return SAMPLE_HEADER.pack(SAMPLE_MAGIC, SAMPLE_VERSION, kind, count) + bytes(value)
+def encode_sample(kind: int, count: int, value: bytes | bytearray | memoryview, prefix: bytes = b"") -> bytes:
+    """Sample header, then `prefix` (a schema line), then the value: ready to be compressed."""
+    return b"".join((SAMPLE_HEADER.pack(SAMPLE_MAGIC, SAMPLE_VERSION, kind, count), prefix, value))
 
 
 def decode_sample(raw: bytes) -> Sample:
@@ -83,9 +83,10 @@ def decode_sample(raw: bytes) -> Sample:
     return Sample(KIND_UNKNOWN, raw.count(b"\n"), raw, has_header=False)
 
 
-def encode_block(kind: int, count: int, value: bytes | bytearray | memoryview) -> tuple[bytes, bytes]:
+def encode_block(kind: int, count: int, value: bytes | bytearray | memoryview,
+                 prefix: bytes = b"") -> tuple[bytes, bytes]:
     """One block as (8-byte block header, compressed payload); written back to back."""
-    payload = codec.compress(encode_sample(kind, count, value))
+    payload = codec.compress(encode_sample(kind, count, value, prefix))
     return BLOCK_HEADER.pack(len(payload), zlib.crc32(payload)), payload
 
 

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 MiB = 1 << 20
 OVER_LIMITS_HOLD_SECONDS = 5.0
+MAX_CACHED_NAMES = 100_000
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ class Repository:
         self._refused_at_db: dict[str, float] = {}
         self._shared = shared
         self._schemas: dict[Schema, tuple[str, bytes]] = {}  # a handful: one per table layout
+        self._valid_names: set[tuple[str, str]] = set()
         self.blocked_databases: frozenset[str] = frozenset()
         """Databases over their share as another process (the supervisor) measured it."""
 
@@ -239,16 +241,19 @@ class Repository:
         Returns once the block is in the file. Raises InvalidNameError for a bad name and
         OverLimitsError when over limits (nothing is written then).
         """
-        validate_name("database", database)
-        validate_name("table", table)
+        if (database, table) not in self._valid_names:
+            validate_name("database", database)
+            validate_name("table", table)
+            if len(self._valid_names) < MAX_CACHED_NAMES:
+                self._valid_names.add((database, table))
         sid = None
+        line = b""
         if schema:
             known = self._schemas.get(schema)
             if known is None:
                 known = self._schemas[schema] = (schema_hash(schema), schema_line(schema))
-            sid = known[0]
-            value = known[1] + bytes(value)
-        header, payload = fmt.encode_block(kind, count, value)
+            sid, line = known
+        header, payload = fmt.encode_block(kind, count, value, line)
         wal = self._wal(database, table, sid)
         self._reserve(database, len(header) + len(payload))
         try:

@@ -148,7 +148,11 @@ def bench_node(receivers: int, body: bytes, logs: bytes, tmp: Path) -> tuple[flo
         lrps, lfailed = h2load(node.grpc_port, LOGS_PATH, logs, SECONDS / 2)
         rss = tree_rss_mb(node.proc.pid)
     finally:
-        node.stop(signal.SIGTERM, timeout=120)
+        try:
+            node.stop(signal.SIGTERM, timeout=120)
+        except subprocess.TimeoutExpired:
+            print("node did not stop in time; its log ends with:\n" + node.log()[-4000:])
+            raise
     if failed or lfailed:
         print(f"  ({failed} metrics and {lfailed} logs requests failed)")
     return rps * POINTS, lrps * 1000, rss
