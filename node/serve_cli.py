@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 
 from node import config as node_config
 
@@ -69,6 +70,13 @@ async def run(config: node_config.NodeConfig) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = node_config.from_args(args)
+    try:
+        from node.sinks.factory import make_sink
+
+        make_sink(config)  # a bad endpoint or DSN is a usage error, said before anything starts
+    except ValueError as e:
+        print(f"ingestor serve: {e}", file=sys.stderr)
+        return 2
     logging.getLogger().setLevel(config.log_level.upper())
     if config.receivers > 1:
         # Before prometheus_client is imported, here and in every receiver process.

@@ -123,3 +123,14 @@ def test_two_receivers_share_the_ports_and_survive_a_killed_receiver(tmp_path: P
     assert got == sent
     assert len(node.rows("Metrics", "AfterKill")) == 5
     assert list((node.storage_dir / "wal" / "active").iterdir()) == []
+
+
+def test_bad_sink_configuration_is_a_clear_usage_error(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    for endpoint in ("Metrics", "Me/trics=clickhouse://h:9000/x", "Metrics=ftp://h/x"):
+        r = subprocess.run([sys.executable, "-m", "node.cli", "serve", "--storage-dir", str(tmp_path),
+                            "--storage-backend", "clickhouse", "--metrics-kusto-endpoints", endpoint],
+                           capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[2])
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.startswith("ingestor serve: ") and "Traceback" not in r.stderr
