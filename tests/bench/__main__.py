@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from tests.bench import bench_node, bench_rows, bench_upload, bench_wal
+from tests.bench import bench_node, bench_ring, bench_rows, bench_upload, bench_wal
 
 
 def main() -> None:
@@ -17,6 +17,8 @@ def main() -> None:
     bench_node.main()
     print("== upload ==")
     bench_upload.main()
+    print("== ownership ring ==")
+    bench_ring.main()
 
 
 if __name__ == "__main__":
