@@ -18,7 +18,7 @@ from node.rows.logs import LogsConverter
 from node.rows.metrics import MetricsConverter
 from node.rows.traces import TracesConverter
 from node.state import NodeState
-from node.wal.repository import Repository
+from node.wal.repository import Block, Repository
 from node.wal.segment import FsyncPolicy
 
 MAX_CACHED_COUNTERS = 100_000
@@ -71,8 +71,9 @@ class Ingest:
     def _write(self, signal: str, result: ConvertResult) -> None:
         t0 = time.perf_counter()
         counters = self._counters
-        for batch in result.tables.values():
-            self._wal.write(batch.database, batch.table, batch.kind, batch.data, batch.count, batch.schema)
+        batches = result.tables.values()
+        self._wal.write_many([Block(b.database, b.table, b.kind, b.data, b.count, b.schema) for b in batches])
+        for batch in batches:
             key = (signal, batch.database, batch.table)
             pair = counters.get(key)
             if pair is None:  # labels() costs a lock and a lookup: keep the children

@@ -67,17 +67,23 @@ def snappy_block(body: bytes, max_bytes: int) -> bytes:
 
 
 def gunzip(body: bytes, max_bytes: int) -> bytes:
-    """Gzip (or zlib) decompression of at most `max_bytes` output."""
-    d = zlib.decompressobj(wbits=47)  # gzip or zlib header, detected
-    try:
-        out = d.decompress(body, max_bytes + 1)
-    except zlib.error as e:
-        raise DecodeError(f"body is not valid gzip: {e}") from e
-    if len(out) > max_bytes or d.unconsumed_tail:
-        raise RequestTooLargeError(f"gzip body inflates past the {max_bytes}-byte limit")
-    if not d.eof:
-        raise DecodeError("gzip body is truncated")
-    return out
+    """Gzip (or zlib) decompression of at most `max_bytes` output. A gzip body may be several
+    members one after the other (RFC 1952, as Go's gzip reader and `pigz` read and write them):
+    every member is inflated, and bytes after the last one that are not a member are an error."""
+    out = bytearray()
+    while True:
+        d = zlib.decompressobj(wbits=47)  # gzip or zlib header, detected
+        try:
+            out += d.decompress(body, max_bytes + 1 - len(out))
+        except zlib.error as e:
+            raise DecodeError(f"body is not valid gzip: {e}") from e
+        if len(out) > max_bytes or d.unconsumed_tail:
+            raise RequestTooLargeError(f"gzip body inflates past the {max_bytes}-byte limit")
+        if not d.eof:
+            raise DecodeError("gzip body is truncated")
+        body = d.unused_data
+        if not body:
+            return bytes(out)
 
 
 def decode_remote_write(body: bytes, content_encoding: str | None, content_type: str | None,
@@ -141,7 +147,7 @@ def decode_otlp(body: bytes, content_type: str | None, content_encoding: str | N
     if mt == JSON:
         try:
             doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nested too deep
             raise DecodeError(f"body is not JSON: {e}") from e
         if not isinstance(doc, dict):
             raise DecodeError(f"{name} in JSON must be an object")

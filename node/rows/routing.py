@@ -2,7 +2,7 @@
 
 A value found on a log record wins over one on its resource (spans use only the resource), which
 wins over the configured default; database and table are resolved independently. A value that is
-not a string matching [A-Za-z0-9]{1,1024} refuses the item that would use it -- it is never
+not a string matching [A-Za-z0-9]{1,64} (database) or {1,150} (table) refuses the item that would use it -- it is never
 cleaned into a name. `kusto.*` attributes are left out of the JSON of the attributes they were read from.
 """
 
@@ -14,7 +14,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from node.errors import InvalidNameError
 from node.rows.anyvalue import JsonValue, to_json
-from node.rows.names import is_valid_name, show, validate_name
+from node.rows.names import MAX_DATABASE_LEN, MAX_TABLE_LEN, is_valid_name, show, validate_name
 
 DATABASE_KEY = "kusto.database"
 TABLE_KEY = "kusto.table"
@@ -30,7 +30,7 @@ def routing_value(key: str, value: AnyValue, where: str) -> Choice:
     if value.WhichOneof("value") != "string_value":
         return InvalidNameError(f"invalid {what}: {show(str(to_json(value)))} is not a string")
     try:
-        return validate_name(value.string_value, what)
+        return validate_name(value.string_value, what, MAX_DATABASE_LEN if key == DATABASE_KEY else MAX_TABLE_LEN)
     except InvalidNameError as err:
         return err
 
@@ -63,7 +63,7 @@ class Router:
     ) -> None:
         """Raises ValueError for an invalid default name."""
         for what, name in (("database", default_database), ("table", default_table)):
-            if name is not None and not is_valid_name(name):
+            if name is not None and not is_valid_name(name, MAX_DATABASE_LEN if what == "database" else MAX_TABLE_LEN):
                 raise ValueError(f"invalid default {what}: {show(name)}")
         self._default_database = default_database
         self._default_table = default_table

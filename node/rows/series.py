@@ -23,7 +23,7 @@ import xxhash
 from node.rows.anyvalue import encode_json
 from node.rows.batch import Schema
 from node.rows.csvtext import field, quoted
-from node.rows.names import is_valid_name, normalize_name, show
+from node.rows.names import MAX_DATABASE_LEN, MAX_TABLE_LEN, is_valid_name, normalize_name, show
 
 Entry = tuple[tuple[str, str] | None, str, str]
 
@@ -58,7 +58,7 @@ class SeriesEncoder:
         self, default_database: str, lift_labels: tuple[str, ...], allowed_databases: frozenset[str] | None
     ) -> None:
         """Raises ValueError for a configuration that cannot produce valid tables."""
-        if not is_valid_name(default_database):
+        if not is_valid_name(default_database, MAX_DATABASE_LEN):
             raise ValueError(f"invalid default metrics database: {show(default_database)}")
         self._default_database = default_database
         self._allowed = allowed_databases
@@ -79,7 +79,7 @@ class SeriesEncoder:
         if table is None:
             if len(self._tables) >= 65536:
                 self._tables.clear()
-            table = self._tables[metric] = normalize_name(metric)
+            table = self._tables[metric] = normalize_name(metric, MAX_TABLE_LEN)
         return table
 
     def encode(self, labels: Iterable[tuple[str, str]]) -> Entry:
@@ -114,6 +114,8 @@ class SeriesEncoder:
             database = normalize_name(database_raw)
             if not database:
                 return None, f"adxmon_database without [A-Za-z0-9] characters: {show(database_raw)}", ""
+            if len(database) > MAX_DATABASE_LEN:
+                return None, f"adxmon_database longer than {MAX_DATABASE_LEN} characters: {show(database_raw)}", ""
         if self._allowed is not None and database not in self._allowed:
             return None, f"database has no configured sink: {show(database)}", ""
         sid = series_id(pairs)

@@ -24,6 +24,10 @@ import xxhash
 from node.errors import InvalidNameError
 
 MAX_NAME_LEN = 1024
+# A segment file name must fit in 255 bytes (NAME_MAX): database + table + 36 bytes of separators,
+# schema hash, id and suffix. So a database name is at most 64 characters and a table 150.
+MAX_DATABASE_LEN = 64
+MAX_TABLE_LEN = 150
 _NAME_RE = re.compile(r"[A-Za-z0-9]{1,1024}")
 _FILE_RE = re.compile(
     r"(?P<db>[A-Za-z0-9]{1,1024})_(?P<table>[A-Za-z0-9]{1,1024})"
@@ -35,11 +39,19 @@ FLAKE_EPOCH_MS = 1388534400000  # 2014-01-01T00:00:00Z
 _SEQ_BITS, _HOST_BITS = 13, 10
 
 
+def max_len(kind: str) -> int:
+    """The longest valid name of `kind` ("database", "table", anything else: a column)."""
+    if "table" in kind:
+        return MAX_TABLE_LEN if "database" not in kind else MAX_DATABASE_LEN
+    return MAX_DATABASE_LEN if "database" in kind else MAX_NAME_LEN
+
+
 def validate_name(kind: str, value: str) -> str:
     """Return `value` if it is a valid database or table name, else raise InvalidNameError."""
-    if not isinstance(value, str) or _NAME_RE.fullmatch(value) is None:
+    limit = max_len(kind)
+    if not isinstance(value, str) or _NAME_RE.fullmatch(value) is None or len(value) > limit:
         shown = repr(value[:64]) + ("..." if isinstance(value, str) and len(value) > 64 else "")
-        raise InvalidNameError(f"invalid {kind} name {shown}: must be 1-{MAX_NAME_LEN} of [A-Za-z0-9]")
+        raise InvalidNameError(f"invalid {kind} name {shown}: must be 1-{limit} of [A-Za-z0-9]")
     return value
 
 

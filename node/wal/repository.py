@@ -17,7 +17,7 @@ import threading
 import time
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -44,6 +44,18 @@ log = logging.getLogger(__name__)
 MiB = 1 << 20
 OVER_LIMITS_HOLD_SECONDS = 5.0
 MAX_CACHED_NAMES = 100_000
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block of rows (CSV text, each row ending in "\\n") for a table."""
+
+    database: str
+    table: str
+    kind: int
+    value: bytes | bytearray
+    count: int
+    schema: Schema | None = None
 
 
 @dataclass(frozen=True)
@@ -241,29 +253,64 @@ class Repository:
         Returns once the block is in the file. Raises InvalidNameError for a bad name and
         OverLimitsError when over limits (nothing is written then).
         """
-        if (database, table) not in self._valid_names:
-            validate_name("database", database)
-            validate_name("table", table)
-            if len(self._valid_names) < MAX_CACHED_NAMES:
-                self._valid_names.add((database, table))
-        sid = None
-        line = b""
-        if schema:
-            known = self._schemas.get(schema)
-            if known is None:
-                known = self._schemas[schema] = (schema_hash(schema), schema_line(schema))
-            sid, line = known
-        header, payload = fmt.encode_block(kind, count, value, line)
-        wal = self._wal(database, table, sid)
-        self._reserve(database, len(header) + len(payload))
+        self.write_many([Block(database, table, kind, value, count, schema)])
+
+    def write_many(self, blocks: Sequence[Block]) -> None:
+        """Append each block to its table's active segment: all of them or, when a name is bad or
+        the repository is over a limit, none (the refusal is decided before the first append, so
+        a sender that retries a refused request never duplicates part of it).
+
+        Returns once every block is in its file. Raises InvalidNameError or OverLimitsError.
+        """
+        encoded: list[tuple[TableWal, str, bytes, bytes, int]] = []
+        need: dict[str, int] = defaultdict(int)
+        for b in blocks:
+            if (b.database, b.table) not in self._valid_names:
+                validate_name("database", b.database)
+                validate_name("table", b.table)
+                if len(self._valid_names) < MAX_CACHED_NAMES:
+                    self._valid_names.add((b.database, b.table))
+            sid = None
+            line = b""
+            if b.schema:
+                known = self._schemas.get(b.schema)
+                if known is None:
+                    known = self._schemas[b.schema] = (schema_hash(b.schema), schema_line(b.schema))
+                sid, line = known
+            header, payload = fmt.encode_block(b.kind, b.count, b.value, line)
+            encoded.append((self._wal(b.database, b.table, sid), b.database, header, payload, b.count))
+            need[b.database] += len(header) + len(payload)
+        new_segments = len({id(e[0]) for e in encoded if not e[0].is_open})
+        self._reserve(need, new_segments)
+        credits = [new_segments]
+
+        def new_segment(delta: int) -> None:
+            if delta > 0 and credits[0] > 0:
+                credits[0] -= 1  # counted by _reserve already
+            else:
+                self._count_segment(delta)
+
+        done = 0
         try:
-            grown = wal.append(header, payload, count, new_segment=self._count_segment)
+            for wal, database, header, payload, count in encoded:
+                grown = wal.append(header, payload, count, new_segment=new_segment)
+                size = len(header) + len(payload)
+                need[database] -= size
+                self._account(database, grown - size, 0)
+                done += 1
         except BaseException as e:
-            self._account(database, -(len(header) + len(payload)), 0)
             if isinstance(e, OverLimitsError):
                 self._refused_at = time.monotonic()
+            if done:
+                log.error("write of a request failed after %d of its %d blocks were appended: %s",
+                          done, len(encoded), e)
             raise
-        self._account(database, grown - len(header) - len(payload), 0)
+        finally:
+            for database, nbytes in need.items():  # what was reserved and not written
+                if nbytes:
+                    self._account(database, -nbytes, 0)
+            if credits[0]:
+                self._account(next(iter(need), ""), 0, -credits[0])
 
     def _wal(self, database: str, table: str, sid: str | None) -> TableWal:
         key = (database, table, sid)
@@ -286,21 +333,33 @@ class Repository:
         if self._shared is not None:
             self._shared.publish(self._usage, self._segments)
 
-    def _reserve(self, database: str, nbytes: int) -> None:
+    def _reserve(self, need: dict[str, int], new_segments: int = 0) -> None:
+        """Count `need` bytes per database and `new_segments` segments, or raise OverLimitsError and
+        count nothing."""
         limit = self.config.max_disk_usage
-        other_bytes = self._others()[0] if limit else 0
+        seg_limit = self.config.max_segment_count
+        other_bytes, other_segments = self._others() if (limit or seg_limit) else (0, 0)
         db_limit = self.config.max_disk_usage_per_database
+        nbytes = sum(need.values())
         with self._lock:
-            if db_limit and (database in self.blocked_databases or self._usage_by_db[database] + nbytes > db_limit):
-                self._refused_at_db[database] = time.monotonic()
-                raise OverLimitsError(f"database {database}: {self._usage_by_db[database]} + {nbytes} bytes over "
-                                      f"max-disk-usage-per-database {db_limit} (its sink is behind)")
+            if db_limit:
+                for database, n in need.items():
+                    if database in self.blocked_databases or self._usage_by_db[database] + n > db_limit:
+                        self._refused_at_db[database] = time.monotonic()
+                        raise OverLimitsError(f"database {database}: {self._usage_by_db[database]} + {n} bytes "
+                                              f"over max-disk-usage-per-database {db_limit} (its sink is behind)")
             if limit and self._usage + other_bytes + nbytes > limit:
                 self._refused_at = time.monotonic()
                 raise OverLimitsError(f"disk usage {self._usage + other_bytes} + {nbytes} bytes over "
                                       f"max-disk-usage {limit}")
-            self._usage += nbytes
-            self._usage_by_db[database] += nbytes
+            if new_segments and seg_limit and self._segments + other_segments + new_segments > seg_limit:
+                self._refused_at = time.monotonic()
+                raise OverLimitsError(f"{self._segments + other_segments} segments + {new_segments} new over "
+                                      f"max-segment-count {seg_limit}")
+            for database, n in need.items():
+                self._usage += n
+                self._usage_by_db[database] += n
+            self._segments += new_segments
             self._publish()
 
     def _count_segment(self, delta: int) -> None:
@@ -398,12 +457,7 @@ class Repository:
         if blocks == 0:
             raise InvalidInputError(f"transferred segment {prefix}: no blocks")
         size = len(data)
-        self._reserve(database, size)
-        try:
-            self._count_segment(1)
-        except OverLimitsError:
-            self._account(database, -size, 0)
-            raise
+        self._reserve({database: size}, 1)
         name = SegmentName(database, table, schema, self._ids.next())
         final = self.directory / name.filename
         tmp = final.with_name(final.name + ".tmp")

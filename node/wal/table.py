@@ -67,6 +67,11 @@ class TableWal:
         self._opened = 0.0
 
     @property
+    def is_open(self) -> bool:
+        """True while an active segment is open (the next append does not create a file)."""
+        return self._active is not None
+
+    @property
     def active_size(self) -> int:
         active = self._active
         return active.size if active is not None else 0

@@ -55,6 +55,18 @@ def test_invalid_names(name: str) -> None:
         validate_name(name, "kusto.table")
 
 
+def test_table_and_database_limits_keep_a_segment_file_name_under_255_bytes() -> None:
+    from node.rows.names import MAX_DATABASE_LEN, MAX_TABLE_LEN
+    from node.wal.names import SegmentName
+
+    longest = SegmentName("D" * MAX_DATABASE_LEN, "T" * MAX_TABLE_LEN, "z" * 13, "f" * 16).filename
+    assert len(longest.encode()) <= 255
+    assert normalize_name("a" * 2000, MAX_TABLE_LEN) == "A" + "a" * (MAX_TABLE_LEN - 1)
+    assert validate_name("T" * MAX_TABLE_LEN, "kusto.table", MAX_TABLE_LEN)
+    with pytest.raises(InvalidNameError, match=r"\{1,150\}$"):
+        validate_name("T" * (MAX_TABLE_LEN + 1), "kusto.table", MAX_TABLE_LEN)
+
+
 def test_invalid_name_message_is_short_for_huge_values() -> None:
     with pytest.raises(InvalidNameError) as err:
         validate_name("x" * 10240, "kusto.table")

@@ -12,7 +12,7 @@ import pytest
 
 from node.errors import InvalidInputError, InvalidNameError, OverLimitsError
 from node.wal import format as fmt
-from node.wal.repository import Repository, WalConfig
+from node.wal.repository import Block, Repository, WalConfig
 from node.wal.segment import FsyncPolicy, iter_rows
 from node.wal.table import SegmentInfo
 from tests.wal.helpers import make_segment, rows_for
@@ -95,6 +95,29 @@ def test_max_segment_count(tmp_path: Path) -> None:
     assert repo.stats().segment_count == 2
     repo.remove(repo.rotate_all()[:1])
     repo.write("Db", "C", fmt.KIND_METRIC, b"c\n", 1)
+
+
+def test_write_many_is_all_or_nothing(tmp_path: Path) -> None:
+    """A request whose tables would need more segments (or bytes) than are left writes none of
+    them: a sender that retries the refused request then duplicates nothing."""
+    repo = _repo(tmp_path, max_segment_count=2, max_disk_usage=64 * 1024)
+    repo.write("Db", "A", fmt.KIND_METRIC, b"a\n", 1)
+    usage = repo.disk_usage()
+    with pytest.raises(OverLimitsError, match="segments"):
+        repo.write_many([Block("Db", "A", fmt.KIND_METRIC, b"a2\n", 1), Block("Db", "B", fmt.KIND_METRIC, b"b\n", 1),
+                         Block("Db", "C", fmt.KIND_METRIC, b"c\n", 1)])
+    with pytest.raises(OverLimitsError, match="max-disk-usage"):
+        repo.write_many([Block("Db", "A", fmt.KIND_METRIC, b"a3\n", 1),
+                         Block("Db", "B", fmt.KIND_METRIC, os.urandom(70 * 1024), 1)])
+    assert (repo.disk_usage(), repo.stats().segment_count) == (usage, 1)
+    repo.write_many([Block("Db", "A", fmt.KIND_METRIC, b"a4\n", 1), Block("Db", "B", fmt.KIND_METRIC, b"b\n", 1)])
+    assert repo.stats().segment_count == 2
+    assert _rows_of(repo) == {"A": b"a\na4\n", "B": b"b\n"}
+
+
+def _rows_of(repo: Repository) -> dict[str, bytes]:
+    repo.rotate_all()
+    return {i.name.table: b"".join(iter_rows(i.path)) for i in repo.closed_segments()}
 
 
 def test_restart_recovers_active_and_closed_segments(tmp_path: Path) -> None:
