@@ -63,6 +63,21 @@ class NodeConfig:
     clickhouse_client_cert: Path | None = None
     clickhouse_client_key: Path | None = None
     clickhouse_insecure_skip_verify: bool = False
+    peers: tuple[str, ...] = ()
+    statefulset: str | None = None
+    service: str | None = None
+    replicas: int = 0
+    namespace: str | None = None
+    kubernetes_peers: bool = False
+    kubeconfig: Path | None = None
+    peer_unhealthy_timeout: float = 60.0
+    max_transfer_size: int = 100 * 1000 * 1000
+    max_transfer_age: float = 90.0
+    transfers: int = 4
+    peer_token: str | None = field(default=None, repr=False)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
 
     @property
     def endpoints(self) -> tuple[str, ...]:
@@ -174,6 +189,37 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     b("--clickhouse-insecure-skip-verify", action="store_true", help="do not verify the ClickHouse certificate")
 
 
+    c = p.add_argument_group("cluster")
+    k = c.add_argument
+    k("--peers", action="append", default=[], metavar="NAME=HOST:PORT,...",
+      help="static peer list (this node included, by --node-name), repeatable")
+    k("--statefulset", default=None,
+      help="peers are the pods <statefulset>-<i> (default: from this host's name <set>-<ordinal> when --service "
+           "is given)")
+    k("--service", default=None, help="the StatefulSet's headless Service: peers at <set>-<i>.<service>")
+    k("--replicas", type=int, default=0, help="peers <set>-0..N-1 (default 0: probe names until they stop resolving)")
+    k("--namespace", default=None, help="Kubernetes namespace (DNS names and the API watch)")
+    k("--kubernetes-peers", action="store_true",
+      help="peers are the Ready pods of --statefulset, watched in the Kubernetes API (in-cluster or --kubeconfig)")
+    k("--kubeconfig", type=Path, default=None, help="kubeconfig for --kubernetes-peers outside a cluster")
+    k("--peer-unhealthy-timeout", type=_flag("duration"), default=d.peer_unhealthy_timeout,
+      help="a peer that fails a transfer owns nothing for this long (default 1m)")
+    k("--max-transfer-size", type=_flag("size"), default=d.max_transfer_size,
+      help="a table with this many segment bytes here is uploaded here, not transferred (default 100MB)")
+    k("--max-transfer-age", type=_flag("duration"), default=d.max_transfer_age,
+      help="a segment closed longer ago than this is uploaded here, not transferred (default 90s)")
+    k("--transfers", type=int, default=d.transfers, help="transfers to peers at once (default %(default)s)")
+    k("--peer-token", default=None,
+      help="shared secret peers present to the transfer service (prefer the environment INGESTOR_PEER_TOKEN "
+           "or --peer-token-file)")
+    k("--peer-token-file", type=Path, default=None, help="file holding the peer token")
+    k("--tls-cert", type=Path, default=None, help="TLS certificate of the gRPC port (and of this node as a client)")
+    k("--tls-key", type=Path, default=None, help="TLS key of --tls-cert")
+    k("--tls-ca", type=Path, default=None,
+      help="CA of the cluster: with it, the gRPC port requires client certificates (mutual TLS, which also "
+           "authenticates peers) and peers' certificates are verified against it")
+
+
 def env_defaults(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
     """Make `INGESTOR_<FLAG>` the default of each flag (the command line still wins)."""
     for action in p._actions:
@@ -236,7 +282,35 @@ def from_args(args: argparse.Namespace) -> NodeConfig:
         clickhouse_client_cert=args.clickhouse_client_cert,
         clickhouse_client_key=args.clickhouse_client_key,
         clickhouse_insecure_skip_verify=args.clickhouse_insecure_skip_verify,
+        peers=_appended(args, "peers"),
+        statefulset=args.statefulset,
+        service=args.service,
+        replicas=args.replicas,
+        namespace=args.namespace,
+        kubernetes_peers=args.kubernetes_peers,
+        kubeconfig=args.kubeconfig,
+        peer_unhealthy_timeout=args.peer_unhealthy_timeout,
+        max_transfer_size=args.max_transfer_size,
+        max_transfer_age=args.max_transfer_age,
+        transfers=args.transfers,
+        peer_token=_token(args),
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_ca=args.tls_ca,
     )
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if args.peer_token_file is not None:
+        try:
+            text = Path(args.peer_token_file).read_text().strip()
+        except OSError as e:
+            raise SystemExit(f"ingestor serve: --peer-token-file: {e}") from e
+        if not text:
+            raise SystemExit(f"ingestor serve: --peer-token-file {args.peer_token_file} is empty")
+        return text
+    token: str | None = args.peer_token
+    return token.strip() if token and token.strip() else None
 
 
 def _appended(args: argparse.Namespace, dest: str) -> tuple[str, ...]:

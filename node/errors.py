@@ -10,6 +10,7 @@
     ├── UnavailableError             the node is starting or draining: retry elsewhere/later
     ├── CorruptionError              a segment is damaged at (path, offset), with a reason
     ├── UnauthenticatedError         a caller that is not a peer
+    ├── AlreadyExistsError           a transferred segment that was accepted before
     └── SinkError                    a sink refused or failed a batch
         └── PermanentSinkError       it will never take this batch (bad schema): quarantine it
 
@@ -69,6 +70,10 @@ class UnauthenticatedError(IngestorError):
     """A caller without the peer credentials."""
 
 
+class AlreadyExistsError(IngestorError):
+    """A transferred segment that this node accepted before (the transfer is idempotent)."""
+
+
 class CorruptionError(IngestorError):
     """A segment is damaged: everything from `offset` on is not trusted."""
 
@@ -110,6 +115,8 @@ def status_of(err: BaseException) -> Status:
         return Status(grpc.StatusCode.UNAVAILABLE, 503, err.retry_after_seconds)
     if isinstance(err, UnauthenticatedError):
         return Status(grpc.StatusCode.UNAUTHENTICATED, 401)
+    if isinstance(err, AlreadyExistsError):
+        return Status(grpc.StatusCode.ALREADY_EXISTS, 409)
     if isinstance(err, CorruptionError):
         return Status(grpc.StatusCode.INVALID_ARGUMENT, 400)
     return Status(grpc.StatusCode.INTERNAL, 500)

@@ -53,6 +53,19 @@ class NodeMetrics:
         self.quarantined_bytes = Counter(f"{NS}_quarantined_bytes", "Segment bytes moved to quarantine",
                                          registry=registry)
 
+        self.transfers_received = Counter(f"{NS}_transfers_received", "Segment transfers from peers, by status",
+                                          ["code"], registry=registry)
+        self.transfer_received_bytes = Counter(f"{NS}_transfer_received_bytes", "Segment bytes accepted from peers",
+                                               registry=registry)
+        self.transfers_sent = Counter(f"{NS}_transfers_sent", "Segment transfers to peers, by result",
+                                      ["result"], registry=registry)
+        self.transfer_sent_bytes = Counter(f"{NS}_transfer_sent_bytes", "Segment bytes peers accepted",
+                                           registry=registry)
+        self.peers = Gauge(f"{NS}_peers", "Peers known, by health", ["health"], registry=registry,
+                           multiprocess_mode="max")
+        self.owned_tables = Gauge(f"{NS}_owned_tables", "Table prefixes with segments here that this node owns",
+                                  registry=registry, multiprocess_mode="max")
+
     def exposition(self) -> CollectorRegistry:
         """The registry `/metrics` renders: this process's, or every receiver process's."""
         path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")

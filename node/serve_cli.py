@@ -73,7 +73,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         from node.sinks.factory import make_sink
 
+        from node.peers import check
+
         make_sink(config)  # a bad endpoint or DSN is a usage error, said before anything starts
+        check(config)  # so is a peer source without credentials, or half a TLS set
     except ValueError as e:
         print(f"ingestor serve: {e}", file=sys.stderr)
         return 2

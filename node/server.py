@@ -11,18 +11,21 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import json
 import logging
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from node import __version__
 from node.config import NodeConfig
-from node.gen.ingestor.v1 import admin_pb2
+from node.gen.ingestor.v1 import admin_pb2, transfer_pb2_grpc
 from node.ingest import Converters, Ingest
 from node.metrics import NodeMetrics
+from node.peers import ClusterParts, cluster_of, peer_auth, server_credentials
 from node.receivers.grpc import GrpcServer
 from node.receivers.http import HttpServer, build_app
 from node.rows.logs import LogsConfig, LogsConverter
@@ -30,6 +33,8 @@ from node.rows.metrics import MetricsConfig, MetricsConverter
 from node.rows.traces import TracesConfig, TracesConverter
 from node.sinks.factory import allowed_databases, make_sink
 from node.state import NodeState, Phase
+from node.transfer.ledger import LEDGER_FILE, TransferLedger
+from node.transfer.service import TRANSFER_SERVICE, TransferService
 from node.upload.batcher import BatchPolicy
 from node.upload.uploader import UploadConfig, Uploader
 from node.wal.repository import Repository, SharedUsage, WalConfig, WalStats, directory_stats
@@ -41,6 +46,8 @@ BATCH_GRACE_SECONDS = 30.0
 """A batch smaller than min-batch-size waits at most max-segment-age plus this (or plus
 max-segment-age again, when that is shorter)."""
 BLOCKED_FILE = "blocked-databases"
+CLUSTER_FILE = "cluster.json"
+"""Written by worker 0 every tick: the ring as it sees it, for the status other receivers serve."""
 
 
 def tune_malloc() -> None:
@@ -100,14 +107,19 @@ class Node:
                                          default_table=config.default_traces_table, allowed_databases=allowed)),
         )
         self.uploader: Uploader | None = None
+        self.cluster: ClusterParts | None = None
         if worker == 0:
+            self.cluster = cluster_of(config, self.metrics)
             policy = BatchPolicy(min_batch_bytes=config.min_batch_size, max_batch_bytes=config.max_batch_size,
                                  max_batch_segments=config.max_batch_segments,
                                  max_wait=config.max_segment_age + min(BATCH_GRACE_SECONDS, config.max_segment_age))
             self.uploader = Uploader(self.wal, make_sink(config),
                                      UploadConfig(interval=config.upload_interval, uploads=config.uploads,
                                                   policy=policy),
-                                     self.metrics, refresh=config.receivers > 1)
+                                     self.metrics, refresh=config.receivers > 1,
+                                     router=self.cluster.router if self.cluster is not None else None)
+        self.ledger = TransferLedger(config.storage_dir / LEDGER_FILE)
+        self.transfer = TransferService(self.wal, self.state, self.ledger, peer_auth(config), self.metrics)
         self.ingest = Ingest(self.wal, converters, self.state, self.metrics)
         self.grpc: GrpcServer | None = None
         self.http: HttpServer | None = None
@@ -126,16 +138,24 @@ class Node:
         Path(self.config.storage_dir).mkdir(parents=True, exist_ok=True)
         recover = self.worker == 0
         report = await asyncio.to_thread(self.wal.start, recover=recover)
+        await asyncio.to_thread(self.ledger.open)
+        if recover:
+            await asyncio.to_thread(self.ledger.compact)
         if recover:
             log.info("node %s: WAL recovered %d segments (%d repaired)", self.config.node_name, report.segments,
                      report.repaired)
+        if self.cluster is not None:
+            await self.cluster.membership.start()
         if self.uploader is not None:
             await self.uploader.start()
 
     async def start_servers(self) -> None:
         """Bind the ports, start serving, then turn ready."""
         self.grpc = GrpcServer(self.config.grpc_addr, self.ingest, self.state, self.metrics, self.status,
-                               self.config.max_request_bytes, reuse_port=self.config.receivers > 1)
+                               self.config.max_request_bytes, reuse_port=self.config.receivers > 1,
+                               extra=[(transfer_pb2_grpc.add_TransferServicer_to_server, self.transfer,
+                                       TRANSFER_SERVICE)],
+                               credentials=server_credentials(self.config))
         host, port = split_addr(self.config.http_addr)
         self.http = HttpServer(build_app(self.ingest, self.state, self.metrics, self.config.max_request_bytes),
                                host, port, reuse_port=self.config.receivers > 1)
@@ -158,6 +178,8 @@ class Node:
                 self.metrics.wal_segments.set(stats.segment_count)
                 if self.config.max_disk_usage_per_database and self.config.receivers > 1:
                     await asyncio.to_thread(self._publish_blocked, stats)
+                if self.cluster is not None:
+                    await asyncio.to_thread(self._publish_cluster, stats)
             elif self.config.max_disk_usage_per_database:
                 await asyncio.to_thread(self._read_blocked)
             ready = not self.state.not_ready_reason()
@@ -189,6 +211,9 @@ class Node:
         if self.uploader is not None:
             await self.drain(self._stop_started + grace)
             await self.uploader.stop()
+        if self.cluster is not None:
+            await self.cluster.membership.stop()
+        await asyncio.to_thread(self.ledger.close)
         self.state.set_phase(Phase.STOPPED)
         log.info("node %s stopped", self.config.node_name)
 
@@ -245,9 +270,49 @@ class Node:
                                     max_segment_age_seconds=c.max_segment_age),
             version=__version__,
         )
+        ring = self._cluster_status(stats) if self.worker == 0 else self._read_cluster()
+        owners: dict[str, str] = ring.get("owners", {})
         for prefix in sorted(set(stats.closed) | set(stats.active)):
             db, table = prefix.split("_")[:2]
             n, closed_bytes = stats.closed.get(prefix, (0, 0))
             st.tables.add(database=db, table=table, closed_segments=n, closed_bytes=closed_bytes,
-                          active_bytes=stats.active.get(prefix, 0))
+                          active_bytes=stats.active.get(prefix, 0), owner=owners.get(prefix, c.node_name))
+        for p in ring.get("peers", []):
+            st.peers.add(name=p["name"], address=p["address"], healthy=p["healthy"], self=p["name"] == c.node_name,
+                         unhealthy_reason=p.get("reason", ""))
+        st.owned_prefixes.extend(sorted(p for p, o in owners.items() if o == c.node_name))
+        st.transfer_queue = ring.get("queue", 0)
         return st
+
+    def _cluster_status(self, stats: WalStats) -> dict[str, Any]:
+        """The ring as this node sees it: peers with health, the owner of each prefix held here."""
+        if self.cluster is None:
+            return {}
+        view = self.cluster.view
+        bad = view.health.unhealthy()
+        peers = [{"name": p.name, "address": p.address, "healthy": p.name not in bad,
+                  "reason": bad[p.name].reason if p.name in bad else ""}
+                 for p in sorted(view.members().values())]
+        ring = view.ring()
+        owners = {prefix: ring.owner(prefix) for prefix in set(stats.closed) | set(stats.active)}
+        return {"peers": peers, "owners": owners, "queue": self.cluster.router.queued}
+
+    def _publish_cluster(self, stats: WalStats) -> None:
+        """Worker 0: the ring for the other receivers' status, and the cluster gauges."""
+        ring = self._cluster_status(stats)
+        healthy = sum(1 for p in ring["peers"] if p["healthy"])
+        self.metrics.peers.labels("healthy").set(healthy)
+        self.metrics.peers.labels("unhealthy").set(len(ring["peers"]) - healthy)
+        self.metrics.owned_tables.set(sum(1 for o in ring["owners"].values() if o == self.config.node_name))
+        if self.config.receivers > 1:
+            path = self.config.storage_dir / CLUSTER_FILE
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps(ring))
+            os.replace(tmp, path)
+
+    def _read_cluster(self) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads((self.config.storage_dir / CLUSTER_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+        return data

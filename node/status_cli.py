@@ -41,13 +41,15 @@ def render(st: admin_pb2.NodeStatus) -> str:
         lines.append("peers")
         for p in st.peers:
             flag = " (this node)" if p.self else ""
-            lines.append(f"  {p.name:<24} {p.address:<24} {'healthy' if p.healthy else 'UNHEALTHY'}{flag}")
+            health = "healthy" if p.healthy else f"UNHEALTHY ({p.unhealthy_reason})"
+            lines.append(f"  {p.name:<24} {p.address:<24} {health}{flag}")
         lines.append(f"owns       {len(st.owned_prefixes)} tables; transfer queue {st.transfer_queue}")
     if st.tables:
-        lines.append(f"{'DATABASE':<16} {'TABLE':<40} {'CLOSED':>6} {'CLOSED BYTES':>14} {'ACTIVE BYTES':>14}")
+        lines.append(f"{'DATABASE':<16} {'TABLE':<40} {'CLOSED':>6} {'CLOSED BYTES':>14} {'ACTIVE BYTES':>14} "
+                     f"OWNER")
         for t in st.tables:
             lines.append(f"{t.database:<16} {t.table:<40} {t.closed_segments:>6} {_size(t.closed_bytes):>14} "
-                         f"{_size(t.active_bytes):>14}")
+                         f"{_size(t.active_bytes):>14} {t.owner}")
     return "\n".join(lines)
 
 

@@ -25,7 +25,8 @@ from pathlib import Path
 from node.errors import PermanentSinkError
 from node.metrics import NodeMetrics
 from node.sinks.base import Batch, Sink
-from node.upload.batcher import DEFAULT_RATIO, BatchPolicy, PlannedBatch, plan
+from node.upload.batcher import DEFAULT_RATIO, BatchPolicy, PlannedBatch, PlannedTransfer, plan
+from node.upload.router import Router
 from node.wal import format as fmt
 from node.wal.repository import Repository
 from node.wal.segment import mapped
@@ -67,8 +68,14 @@ class Uploader:
     """Owns the delivery of the closed segments of one repository to one sink."""
 
     def __init__(self, wal: Repository, sink: Sink, config: UploadConfig, metrics: NodeMetrics,
-                 refresh: bool = False, clock: Callable[[], float] = time.monotonic) -> None:
+                 refresh: bool = False, clock: Callable[[], float] = time.monotonic,
+                 router: Router | None = None) -> None:
+        """`router`: send the segments of tables other peers own to them (None: upload everything here)."""
         self._wal = wal
+        self.router = router
+        self.transfers_enabled = router is not None
+        """Cleared by a drain that must not hand data to peers (the node is leaving the cluster)."""
+        self._transfer_sem = asyncio.Semaphore(router.config.concurrency if router is not None else 1)
         self._sink = sink
         self._config = config
         self._metrics = metrics
@@ -97,6 +104,8 @@ class Uploader:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.to_thread(self._sink.stop)
+        if self.router is not None:
+            await self.router.client.close()
 
     def kick(self) -> None:
         """Plan now instead of at the next interval."""
@@ -116,6 +125,13 @@ class Uploader:
         if self._refresh:
             await asyncio.to_thread(self._wal.refresh)
         segments = self._wal.closed_segments()
+        if self.router is not None and self.transfers_enabled:
+            transfers, segments = await asyncio.to_thread(self.router.plan, segments, self._busy)
+            for t in transfers:
+                self._busy.add(t.prefix)
+                task = asyncio.create_task(self._transfer(t), name=f"transfer-{t.prefix}")
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
         for s in segments:
             if s.prefix not in self._ratios:
                 self._ratios[s.prefix] = await asyncio.to_thread(sample_ratio, s)
@@ -147,6 +163,19 @@ class Uploader:
             await self._round(policy)
             await asyncio.sleep(0.1)
         return not self._wal.closed_segments()
+
+    async def _transfer(self, t: PlannedTransfer) -> None:
+        assert self.router is not None
+        try:
+            async with self._transfer_sem:
+                result = await self.router.deliver(t)
+            if result.outcome.delivered:
+                self._wal.remove(t.segments)
+        except Exception:
+            log.exception("transfer of %s to %s failed", t.prefix, t.owner)
+        finally:
+            self._busy.discard(t.prefix)
+            self._wake.set()
 
     async def _deliver(self, planned: PlannedBatch) -> None:
         name = planned.segments[0].name

@@ -24,6 +24,7 @@ from typing import Protocol
 
 from node.errors import InvalidInputError, InvalidNameError, OverLimitsError
 from node.wal import format as fmt
+from node.wal.importer import SegmentImport
 from node.wal.names import (
     FlakeIds,
     Schema,
@@ -436,47 +437,33 @@ class Repository:
             info.path.unlink(missing_ok=True)
             self._account(info.database, -info.size, -1)
 
-    def import_segment(self, prefix: str, data: bytes | bytearray | memoryview) -> SegmentInfo:
-        """Publish transferred bytes (magic, then blocks of `prefix`) as a new closed segment.
+    def begin_import(self, prefix: str, size: int) -> SegmentImport:
+        """Start receiving a segment of `prefix` of `size` bytes from a peer (see `SegmentImport`).
 
-        Every block's framing, CRC and compression is verified before anything is written; the
-        file appears atomically (temporary name, fsync, rename, fsync of the directory).
+        The space is reserved now: InvalidNameError for a bad prefix, OverLimitsError when the
+        segment would not fit the limits (nothing is written then).
         """
         validate_prefix(prefix)
         parts = prefix.split("_")
         database, table = parts[0], parts[1]
         schema = parts[2] if len(parts) > 2 else None
-        blocks = rows = 0
-        try:
-            fmt.check_magic(data)
-            for raw in fmt.iter_raw_blocks(data):
-                rows += fmt.decode_payload(raw).count
-                blocks += 1
-        except fmt.FormatError as e:
-            raise InvalidInputError(f"transferred segment {prefix}: {e}") from e
-        if blocks == 0:
-            raise InvalidInputError(f"transferred segment {prefix}: no blocks")
-        size = len(data)
+        if size <= len(fmt.MAGIC):
+            raise InvalidInputError(f"transferred segment {prefix}: declared size {size} holds no block")
         self._reserve({database: size}, 1)
         name = SegmentName(database, table, schema, self._ids.next())
-        final = self.directory / name.filename
-        tmp = final.with_name(final.name + ".tmp")
+        return SegmentImport(self.directory, name, size, lambda: self._account(database, -size, -1),
+                             self._index_new)
+
+    def import_segment(self, prefix: str, data: bytes | bytearray | memoryview) -> SegmentInfo:
+        """Publish transferred bytes (magic, then blocks of `prefix`) as a new closed segment:
+        verified, then published atomically (see `SegmentImport`)."""
+        imp = self.begin_import(prefix, len(data))
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.rename(tmp, final)
-            fsync_dir(self.directory)
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            self._account(database, -size, -1)
-            if e.errno in (28, 122):
-                raise OverLimitsError(f"disk full importing {prefix}: {e.strerror}") from e
+            imp.feed(data)
+        except BaseException:
+            imp.abort()
             raise
-        info = SegmentInfo(final, name, size, blocks, rows)
-        self._index_new(info)
-        return info
+        return imp.commit(zlib.crc32(data))
 
     # -- accounting -------------------------------------------------------------------------
 

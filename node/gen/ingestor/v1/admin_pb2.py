@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17ingestor/v1/admin.proto\x12\x0bingestor.v1\"\x12\n\x10GetStatusRequest\"s\n\x0bTableStatus\x12\x10\n\x08\x64\x61tabase\x18\x01 \x01(\t\x12\r\n\x05table\x18\x02 \x01(\t\x12\x17\n\x0f\x63losed_segments\x18\x03 \x01(\r\x12\x14\n\x0c\x63losed_bytes\x18\x04 \x01(\x04\x12\x14\n\x0c\x61\x63tive_bytes\x18\x05 \x01(\x04\"v\n\x06Limits\x12\x16\n\x0emax_disk_usage\x18\x01 \x01(\x04\x12\x19\n\x11max_segment_count\x18\x02 \x01(\r\x12\x18\n\x10max_segment_size\x18\x03 \x01(\x04\x12\x1f\n\x17max_segment_age_seconds\x18\x04 \x01(\x01\"J\n\nPeerStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0f\n\x07healthy\x18\x03 \x01(\x08\x12\x0c\n\x04self\x18\x04 \x01(\x08\"\xb1\x02\n\nNodeStatus\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\r\n\x05ready\x18\x02 \x01(\x08\x12\x18\n\x10readiness_reason\x18\x03 \x01(\t\x12(\n\x06tables\x18\x04 \x03(\x0b\x32\x18.ingestor.v1.TableStatus\x12\x18\n\x10\x64isk_usage_bytes\x18\x05 \x01(\x04\x12\x15\n\rsegment_count\x18\x06 \x01(\r\x12#\n\x06limits\x18\x07 \x01(\x0b\x32\x13.ingestor.v1.Limits\x12&\n\x05peers\x18\x08 \x03(\x0b\x32\x17.ingestor.v1.PeerStatus\x12\x16\n\x0eowned_prefixes\x18\t \x03(\t\x12\x16\n\x0etransfer_queue\x18\n \x01(\r\x12\x0f\n\x07version\x18\x0b \x01(\t2L\n\x05\x41\x64min\x12\x43\n\tGetStatus\x12\x1d.ingestor.v1.GetStatusRequest\x1a\x17.ingestor.v1.NodeStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17ingestor/v1/admin.proto\x12\x0bingestor.v1\"\x12\n\x10GetStatusRequest\"\x82\x01\n\x0bTableStatus\x12\x10\n\x08\x64\x61tabase\x18\x01 \x01(\t\x12\r\n\x05table\x18\x02 \x01(\t\x12\x17\n\x0f\x63losed_segments\x18\x03 \x01(\r\x12\x14\n\x0c\x63losed_bytes\x18\x04 \x01(\x04\x12\x14\n\x0c\x61\x63tive_bytes\x18\x05 \x01(\x04\x12\r\n\x05owner\x18\x06 \x01(\t\"v\n\x06Limits\x12\x16\n\x0emax_disk_usage\x18\x01 \x01(\x04\x12\x19\n\x11max_segment_count\x18\x02 \x01(\r\x12\x18\n\x10max_segment_size\x18\x03 \x01(\x04\x12\x1f\n\x17max_segment_age_seconds\x18\x04 \x01(\x01\"d\n\nPeerStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0f\n\x07healthy\x18\x03 \x01(\x08\x12\x0c\n\x04self\x18\x04 \x01(\x08\x12\x18\n\x10unhealthy_reason\x18\x05 \x01(\t\"\xb1\x02\n\nNodeStatus\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\r\n\x05ready\x18\x02 \x01(\x08\x12\x18\n\x10readiness_reason\x18\x03 \x01(\t\x12(\n\x06tables\x18\x04 \x03(\x0b\x32\x18.ingestor.v1.TableStatus\x12\x18\n\x10\x64isk_usage_bytes\x18\x05 \x01(\x04\x12\x15\n\rsegment_count\x18\x06 \x01(\r\x12#\n\x06limits\x18\x07 \x01(\x0b\x32\x13.ingestor.v1.Limits\x12&\n\x05peers\x18\x08 \x03(\x0b\x32\x17.ingestor.v1.PeerStatus\x12\x16\n\x0eowned_prefixes\x18\t \x03(\t\x12\x16\n\x0etransfer_queue\x18\n \x01(\r\x12\x0f\n\x07version\x18\x0b \x01(\t2L\n\x05\x41\x64min\x12\x43\n\tGetStatus\x12\x1d.ingestor.v1.GetStatusRequest\x1a\x17.ingestor.v1.NodeStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,14 +33,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GETSTATUSREQUEST']._serialized_start=40
   _globals['_GETSTATUSREQUEST']._serialized_end=58
-  _globals['_TABLESTATUS']._serialized_start=60
-  _globals['_TABLESTATUS']._serialized_end=175
-  _globals['_LIMITS']._serialized_start=177
-  _globals['_LIMITS']._serialized_end=295
-  _globals['_PEERSTATUS']._serialized_start=297
-  _globals['_PEERSTATUS']._serialized_end=371
-  _globals['_NODESTATUS']._serialized_start=374
-  _globals['_NODESTATUS']._serialized_end=679
-  _globals['_ADMIN']._serialized_start=681
-  _globals['_ADMIN']._serialized_end=757
+  _globals['_TABLESTATUS']._serialized_start=61
+  _globals['_TABLESTATUS']._serialized_end=191
+  _globals['_LIMITS']._serialized_start=193
+  _globals['_LIMITS']._serialized_end=311
+  _globals['_PEERSTATUS']._serialized_start=313
+  _globals['_PEERSTATUS']._serialized_end=413
+  _globals['_NODESTATUS']._serialized_start=416
+  _globals['_NODESTATUS']._serialized_end=721
+  _globals['_ADMIN']._serialized_start=723
+  _globals['_ADMIN']._serialized_end=799
 # @@protoc_insertion_point(module_scope)

@@ -11,18 +11,20 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class TableStatus(_message.Message):
-    __slots__ = ("database", "table", "closed_segments", "closed_bytes", "active_bytes")
+    __slots__ = ("database", "table", "closed_segments", "closed_bytes", "active_bytes", "owner")
     DATABASE_FIELD_NUMBER: _ClassVar[int]
     TABLE_FIELD_NUMBER: _ClassVar[int]
     CLOSED_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     CLOSED_BYTES_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     database: str
     table: str
     closed_segments: int
     closed_bytes: int
     active_bytes: int
-    def __init__(self, database: _Optional[str] = ..., table: _Optional[str] = ..., closed_segments: _Optional[int] = ..., closed_bytes: _Optional[int] = ..., active_bytes: _Optional[int] = ...) -> None: ...
+    owner: str
+    def __init__(self, database: _Optional[str] = ..., table: _Optional[str] = ..., closed_segments: _Optional[int] = ..., closed_bytes: _Optional[int] = ..., active_bytes: _Optional[int] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_disk_usage", "max_segment_count", "max_segment_size", "max_segment_age_seconds")
@@ -37,16 +39,18 @@ class Limits(_message.Message):
     def __init__(self, max_disk_usage: _Optional[int] = ..., max_segment_count: _Optional[int] = ..., max_segment_size: _Optional[int] = ..., max_segment_age_seconds: _Optional[float] = ...) -> None: ...
 
 class PeerStatus(_message.Message):
-    __slots__ = ("name", "address", "healthy", "self")
+    __slots__ = ("name", "address", "healthy", "self", "unhealthy_reason")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     HEALTHY_FIELD_NUMBER: _ClassVar[int]
     SELF_FIELD_NUMBER: _ClassVar[int]
+    UNHEALTHY_REASON_FIELD_NUMBER: _ClassVar[int]
     name: str
     address: str
     healthy: bool
     self: bool
-    def __init__(self_, name: _Optional[str] = ..., address: _Optional[str] = ..., healthy: _Optional[bool] = ..., self: _Optional[bool] = ...) -> None: ...
+    unhealthy_reason: str
+    def __init__(self_, name: _Optional[str] = ..., address: _Optional[str] = ..., healthy: _Optional[bool] = ..., self: _Optional[bool] = ..., unhealthy_reason: _Optional[str] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
     __slots__ = ("node_name", "ready", "readiness_reason", "tables", "disk_usage_bytes", "segment_count", "limits", "peers", "owned_prefixes", "transfer_queue", "version")

@@ -1,0 +1,167 @@
+"""The sending side of `ingestor.v1.Transfer`: closed segments of one table prefix, streamed to a peer.
+
+Several small segments of a prefix go in one call: the first file whole (magic and blocks), the
+others without their 8-byte magic, so the peer receives one well-formed segment. The call is
+named after the first segment and declares the total size and CRC-32 (computed by a first read
+of the files; they are closed and immutable, so the second read sends the same bytes).
+
+The outcome tells the caller what to do with its copy:
+
+- `ACCEPTED` / `ALREADY_HAD`: the peer holds the rows durably; delete the local segments;
+- `REFUSED`: INVALID_ARGUMENT, the peer will never take these bytes; upload them directly;
+- `PEER_FAILED`: the peer is unreachable, overloaded, draining, or refuses our credentials;
+  mark it unhealthy, keep the segments (the next round routes them to the next peer or uploads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import time
+import zlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from cluster.membership import Peer
+from node.gen.ingestor.v1 import transfer_pb2, transfer_pb2_grpc
+from node.wal import format as fmt
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHUNK = 4 << 20
+
+
+class Outcome(enum.Enum):
+    ACCEPTED = "accepted"
+    ALREADY_HAD = "already_had"
+    REFUSED = "refused"
+    PEER_FAILED = "peer_failed"
+
+    @property
+    def delivered(self) -> bool:
+        return self in (Outcome.ACCEPTED, Outcome.ALREADY_HAD)
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    outcome: Outcome
+    code: str
+    """The gRPC status code's name ("OK", "UNAVAILABLE", ...)."""
+    detail: str = ""
+    bytes: int = 0
+    seconds: float = 0.0
+
+
+_OUTCOMES = {
+    grpc.StatusCode.OK: Outcome.ACCEPTED,
+    grpc.StatusCode.ALREADY_EXISTS: Outcome.ALREADY_HAD,
+    grpc.StatusCode.INVALID_ARGUMENT: Outcome.REFUSED,
+}
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+
+
+def _plan(paths: Sequence[Path]) -> tuple[list[tuple[Path, int, int]], int, int]:
+    """(path, offset, length) to send of each file, the total size and the CRC-32 of it all."""
+    parts = []
+    crc = total = 0
+    for i, path in enumerate(paths):
+        with open(path, "rb") as f:
+            head = f.read(len(fmt.MAGIC))
+            fmt.check_magic(head)
+            start = 0 if i == 0 else len(fmt.MAGIC)
+            if i == 0:
+                crc = zlib.crc32(head, crc)
+            while chunk := f.read(DEFAULT_CHUNK):
+                crc = zlib.crc32(chunk, crc)
+            size = f.tell()
+        parts.append((path, start, size - start))
+        total += size - start
+    return parts, total, crc
+
+
+class TransferClient:
+    """Sends segments to peers; one channel per peer address, kept open between calls."""
+
+    def __init__(self, sender: str, token: str | None = None, tls: TlsFiles | None = None,
+                 chunk_size: int = DEFAULT_CHUNK, timeout: float = 60.0, min_rate: float = 20e6) -> None:
+        """`timeout` + size / `min_rate` bounds one call."""
+        self.sender = sender
+        self._token = token
+        self._tls = tls
+        self._chunk = chunk_size
+        self._timeout = timeout
+        self._min_rate = min_rate
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        ch = self._channels.get(address)
+        if ch is None:
+            options = [("grpc.max_send_message_length", self._chunk + (1 << 20)),
+                       ("grpc.enable_retries", 0)]
+            if self._tls is not None:
+                creds = grpc.ssl_channel_credentials(
+                    root_certificates=self._tls.ca.read_bytes(),
+                    private_key=self._tls.key.read_bytes() if self._tls.key else None,
+                    certificate_chain=self._tls.cert.read_bytes() if self._tls.cert else None)
+                ch = grpc.aio.secure_channel(address, creds, options=options)
+            else:
+                ch = grpc.aio.insecure_channel(address, options=options)
+            self._channels[address] = ch
+        return ch
+
+    async def close(self) -> None:
+        channels, self._channels = list(self._channels.values()), {}
+        for ch in channels:
+            await ch.close()
+
+    async def _requests(self, name: str, total: int, crc: int,
+                        parts: list[tuple[Path, int, int]]) -> AsyncIterator[transfer_pb2.TransferSegmentRequest]:
+        yield transfer_pb2.TransferSegmentRequest(
+            metadata=transfer_pb2.SegmentMetadata(name=name, size=total, crc32=crc, sender=self.sender))
+        for path, offset, length in parts:
+            fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
+            try:
+                pos, end = offset, offset + length
+                while pos < end:
+                    chunk = await asyncio.to_thread(os.pread, fd, min(self._chunk, end - pos), pos)
+                    if not chunk:
+                        raise OSError(f"{path} shrank while being sent")
+                    pos += len(chunk)
+                    yield transfer_pb2.TransferSegmentRequest(chunk=chunk)
+            finally:
+                os.close(fd)
+
+    async def send(self, peer: Peer, paths: Sequence[Path]) -> TransferResult:
+        """Stream the segments `paths` (one prefix, oldest first) to `peer` as one segment."""
+        t0 = time.perf_counter()
+        try:
+            parts, total, crc = await asyncio.to_thread(_plan, paths)
+        except (OSError, fmt.FormatError) as e:
+            return TransferResult(Outcome.REFUSED, "LOCAL", f"cannot read the segments: {e}")
+        metadata = (("authorization", f"Bearer {self._token}"),) if self._token else None
+        stub = transfer_pb2_grpc.TransferStub(self._channel(peer.address))
+        call: Any = stub.TransferSegment(self._requests(paths[0].name, total, crc, parts),
+                                         timeout=self._timeout + total / self._min_rate, metadata=metadata)
+        try:
+            await call
+            code, detail = grpc.StatusCode.OK, ""
+        except grpc.aio.AioRpcError as e:
+            code, detail = e.code(), e.details() or ""
+        except OSError as e:  # a local file went away mid-send
+            call.cancel()
+            return TransferResult(Outcome.REFUSED, "LOCAL", str(e))
+        outcome = _OUTCOMES.get(code, Outcome.PEER_FAILED)
+        return TransferResult(outcome, code.name, detail, total if outcome.delivered else 0,
+                              time.perf_counter() - t0)

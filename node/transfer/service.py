@@ -1,0 +1,131 @@
+"""The receiving side of `ingestor.v1.Transfer`: segments streamed from peers into this node's WAL.
+
+One call carries one segment: the metadata first (name, size, CRC-32, sender), then chunks. In
+order, and before anything is written:
+
+1. the caller must be a peer (`PeerAuth`): UNAUTHENTICATED otherwise;
+2. the node must be serving: UNAVAILABLE while it drains (the sender uploads itself);
+3. the metadata must come first and name a valid segment: INVALID_ARGUMENT otherwise;
+4. a segment accepted before (same name, size and CRC) is ALREADY_EXISTS (`TransferLedger`);
+5. the space is reserved against the WAL's limits: RESOURCE_EXHAUSTED when it does not fit.
+
+The chunks are then written to a temporary file and each block is verified as it completes
+(`SegmentImport`); a bad block, a short or long stream, or a CRC mismatch is INVALID_ARGUMENT and
+leaves nothing behind. Only after the fsync and rename is the key recorded and OK returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from node.errors import AlreadyExistsError, InvalidInputError, UnauthenticatedError, status_of
+from node.gen.ingestor.v1 import transfer_pb2, transfer_pb2_grpc
+from node.metrics import NodeMetrics
+from node.receivers.grpc import abort
+from node.state import NodeState
+from node.transfer.ledger import TransferLedger, transfer_key
+from node.wal.importer import SegmentImport
+from node.wal.names import parse_filename
+from node.wal.repository import Repository
+
+log = logging.getLogger(__name__)
+
+TRANSFER_SERVICE = transfer_pb2.DESCRIPTOR.services_by_name["Transfer"].full_name
+TOKEN_HEADER = "authorization"
+MAX_TRANSFER_BYTES = 4 << 30
+"""Largest segment accepted in one call (a sender transfers at most --max-transfer-size)."""
+
+
+class PeerAuth:
+    """Who may call the transfer service: a caller with a verified client certificate (mutual
+    TLS), or one that presents the shared token as `authorization: Bearer <token>`."""
+
+    def __init__(self, token: str | None = None, mtls: bool = False) -> None:
+        self._token = token.encode() if token else None
+        self._mtls = mtls
+
+    @property
+    def configured(self) -> bool:
+        return self._token is not None or self._mtls
+
+    def check(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """Raise UnauthenticatedError unless the caller is a peer."""
+        if self._mtls:
+            auth = context.auth_context()
+            if auth.get("transport_security_type") == [b"ssl"] and auth.get("x509_pem_cert"):
+                return
+        if self._token is not None:
+            for key, value in context.invocation_metadata() or ():
+                if key == TOKEN_HEADER:
+                    given = value.encode() if isinstance(value, str) else bytes(value)
+                    if given.startswith(b"Bearer ") and hmac.compare_digest(given[7:], self._token):
+                        return
+                    raise UnauthenticatedError("the peer token does not match")
+            raise UnauthenticatedError("transfer needs the peer token (authorization: Bearer ...) or a client "
+                                       "certificate")
+        if not self.configured:
+            raise UnauthenticatedError("this node has no peer credentials configured (--peer-token or mutual TLS)")
+        raise UnauthenticatedError("transfer needs a client certificate signed by the cluster CA")
+
+
+class TransferService(transfer_pb2_grpc.TransferServicer):
+    def __init__(self, wal: Repository, state: NodeState, ledger: TransferLedger, auth: PeerAuth,
+                 metrics: NodeMetrics) -> None:
+        self._wal = wal
+        self._state = state
+        self._ledger = ledger
+        self._auth = auth
+        self._metrics = metrics
+
+    async def TransferSegment(self, request_iterator: AsyncIterator[transfer_pb2.TransferSegmentRequest],
+                              context: grpc.aio.ServicerContext[Any, Any]) -> transfer_pb2.TransferSegmentResponse:
+        t0 = time.perf_counter()
+        what = "transfer"
+        sender = "?"
+        imp: SegmentImport | None = None
+        try:
+            self._auth.check(context)
+            self._state.check_accepting()
+            first = await anext(aiter(request_iterator), None)
+            if first is None or first.WhichOneof("msg") != "metadata":
+                raise InvalidInputError("the first message of a transfer must be its metadata")
+            meta = first.metadata
+            sender = meta.sender or "?"
+            what = f"transfer of {meta.name[:300]!r} from {sender}"
+            name = parse_filename(meta.name)
+            if not 0 < meta.size <= MAX_TRANSFER_BYTES:
+                raise InvalidInputError(f"declared size {meta.size} is not 1..{MAX_TRANSFER_BYTES}")
+            key = transfer_key(meta.name, meta.size, meta.crc32)
+            if await asyncio.to_thread(self._ledger.seen, key):
+                raise AlreadyExistsError(f"segment {meta.name} was accepted before")
+            imp = await asyncio.to_thread(self._wal.begin_import, name.prefix, meta.size)
+            async for msg in request_iterator:
+                if msg.WhichOneof("msg") != "chunk":
+                    raise InvalidInputError("a transfer carries its metadata once, first")
+                await asyncio.to_thread(imp.feed, msg.chunk)
+            info = await asyncio.to_thread(imp.commit, meta.crc32)
+            imp = None
+            await asyncio.to_thread(self._ledger.record, key)
+        except Exception as e:
+            if imp is not None:
+                await asyncio.to_thread(imp.abort)
+            self._metrics.transfers_received.labels(status_of(e).grpc_code.name).inc()
+            await abort(context, e, what)
+        except asyncio.CancelledError:  # the sender went away mid-stream: nothing stays
+            if imp is not None:
+                imp.abort()
+            self._metrics.transfers_received.labels("CANCELLED").inc()
+            log.info("%s: cut by the sender; discarded", what)
+            raise
+        self._metrics.transfers_received.labels("OK").inc()
+        self._metrics.transfer_received_bytes.inc(info.size)
+        log.info("accepted %s as %s: %d blocks, %d rows, %.1f MB in %.2fs", what, info.name.filename, info.blocks,
+                 info.rows, info.size / 1e6, time.perf_counter() - t0)
+        return transfer_pb2.TransferSegmentResponse(blocks=info.blocks, bytes=info.size)

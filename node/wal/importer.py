@@ -1,0 +1,149 @@
+"""A segment received from a peer, written as it streams in and verified block by block.
+
+The bytes go to `<final name>.tmp` as they arrive (memory stays at one block plus one chunk,
+whatever the segment's size); every block's framing, CRC and compression is checked as soon as it
+is complete. `commit()` checks the declared size and CRC-32, fsyncs, renames to the final name and
+fsyncs the directory: the segment appears whole or not at all. `abort()` removes the temporary
+file; so does the next start's recovery if the process dies first.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+from node.errors import InvalidInputError, OverLimitsError
+from node.wal import format as fmt
+from node.wal.names import SegmentName
+from node.wal.segment import fsync_dir
+from node.wal.table import SegmentInfo
+
+
+class SegmentImport:
+    """One incoming segment. `feed()` chunks, then `commit()` or `abort()` (exactly one)."""
+
+    def __init__(self, directory: Path, name: SegmentName, declared_size: int,
+                 release: Callable[[], None], publish: Callable[[SegmentInfo], None]) -> None:
+        """`release` gives back the space reserved for it; `publish` indexes the committed segment."""
+        self.name = name
+        self.declared_size = declared_size
+        self.final = directory / name.filename
+        self.tmp = self.final.with_name(self.final.name + ".tmp")
+        self._release = release
+        self._publish = publish
+        self._pending = bytearray()  # bytes not yet part of a whole block
+        self._magic_seen = False
+        self._offset = 0  # stream offset of _pending[0]
+        self.received = 0
+        self.blocks = 0
+        self.rows = 0
+        self._crc = 0
+        self._done = False
+        try:
+            self._fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except OSError:
+            release()
+            raise
+
+    def _invalid(self, reason: str) -> InvalidInputError:
+        return InvalidInputError(f"transferred segment {self.name.filename}: {reason}")
+
+    def feed(self, chunk: bytes | bytearray | memoryview) -> None:
+        """Write and verify the next bytes. Raises InvalidInputError (bad bytes, more than declared)
+        or OverLimitsError (disk full); the caller then aborts."""
+        n = len(chunk)
+        if self.received + n > self.declared_size:
+            raise self._invalid(f"more than the declared {self.declared_size} bytes")
+        self._write(chunk)
+        self.received += n
+        self._crc = zlib.crc32(chunk, self._crc)
+        self._pending += chunk
+        self._verify_pending()
+
+    def _write(self, chunk: bytes | bytearray | memoryview) -> None:
+        view = memoryview(chunk)
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as e:
+            if e.errno in (28, 122):  # ENOSPC, EDQUOT
+                raise OverLimitsError(f"disk full receiving {self.name.filename}: {e.strerror}") from e
+            raise
+
+    def _verify_pending(self) -> None:
+        buf = self._pending
+        pos = 0
+        if not self._magic_seen:
+            if len(buf) < len(fmt.MAGIC):
+                return
+            try:
+                fmt.check_magic(buf)
+            except fmt.FormatError as e:
+                raise self._invalid(e.reason) from e
+            self._magic_seen = True
+            pos = len(fmt.MAGIC)
+        header = fmt.BLOCK_HEADER
+        while len(buf) - pos >= header.size:
+            length, _crc = header.unpack_from(buf, pos)
+            if length == 0 or length > fmt.MAX_BLOCK_LEN:
+                raise self._invalid(f"offset {self._offset + pos}: bad block length {length}")
+            end = pos + header.size + length
+            if end > len(buf):
+                break
+            block = bytes(buf[pos:end])  # a copy: the buffer is resized below
+            try:
+                for raw in fmt.iter_raw_blocks(block, 0):
+                    self.rows += fmt.decode_payload(raw).count
+                    del raw
+            except fmt.FormatError as e:
+                raise self._invalid(f"offset {self._offset + pos}: {e.reason}") from e
+            self.blocks += 1
+            pos = end
+        if pos:
+            del buf[:pos]
+            self._offset += pos
+
+    def commit(self, crc32: int) -> SegmentInfo:
+        """Check completeness and the CRC-32 of every byte, then publish the segment atomically."""
+        try:
+            if self.received != self.declared_size:
+                raise self._invalid(f"stream ended after {self.received} of {self.declared_size} bytes")
+            if not self._magic_seen:
+                raise self._invalid("truncated magic")
+            if self._pending:
+                raise self._invalid(f"offset {self._offset}: torn block at the end ({len(self._pending)} bytes)")
+            if self.blocks == 0:
+                raise self._invalid("no blocks")
+            if self._crc != crc32:
+                raise self._invalid(f"CRC-32 {self._crc:08x} of the bytes received, {crc32:08x} declared")
+            try:
+                os.fsync(self._fd)
+                os.close(self._fd)
+                self._fd = -1
+                os.rename(self.tmp, self.final)
+                fsync_dir(self.final.parent)
+            except OSError as e:
+                if e.errno in (28, 122):
+                    raise OverLimitsError(f"disk full receiving {self.name.filename}: {e.strerror}") from e
+                raise
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        info = SegmentInfo(self.final, self.name, self.received, self.blocks, self.rows)
+        self._publish(info)
+        return info
+
+    def abort(self) -> None:
+        """Remove the temporary file and give back the reserved space (idempotent)."""
+        if self._done:
+            return
+        self._done = True
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self.tmp.unlink(missing_ok=True)
+        self._release()
