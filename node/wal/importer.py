@@ -25,8 +25,10 @@ class SegmentImport:
     """One incoming segment. `feed()` chunks, then `commit()` or `abort()` (exactly one)."""
 
     def __init__(self, directory: Path, name: SegmentName, declared_size: int,
-                 release: Callable[[], None], publish: Callable[[SegmentInfo], None]) -> None:
-        """`release` gives back the space reserved for it; `publish` indexes the committed segment."""
+                 release: Callable[[], None], publish: Callable[[SegmentInfo], None], decode: bool = True) -> None:
+        """`release` gives back the space reserved for it; `publish` indexes the committed segment.
+        `decode`: also decompress every block (and count its rows); otherwise the CRC alone."""
+        self.decode = decode
         self.name = name
         self.declared_size = declared_size
         self.final = directory / name.filename
@@ -35,7 +37,7 @@ class SegmentImport:
         self._publish = publish
         self._pending = bytearray()  # bytes not yet part of a whole block
         self._magic_seen = False
-        self._offset = 0  # stream offset of _pending[0]
+        self._offset = 0  # stream offset of the block being checked
         self.received = 0
         self.blocks = 0
         self.rows = 0
@@ -57,10 +59,10 @@ class SegmentImport:
         if self.received + n > self.declared_size:
             raise self._invalid(f"more than the declared {self.declared_size} bytes")
         self._write(chunk)
-        self.received += n
         self._crc = zlib.crc32(chunk, self._crc)
-        self._pending += chunk
-        self._verify_pending()
+        with memoryview(chunk) as view:
+            self._verify(view)
+        self.received += n
 
     def _write(self, chunk: bytes | bytearray | memoryview) -> None:
         view = memoryview(chunk)
@@ -72,39 +74,74 @@ class SegmentImport:
             if e.errno in (28, 122):  # ENOSPC, EDQUOT
                 raise OverLimitsError(f"disk full receiving {self.name.filename}: {e.strerror}") from e
             raise
+        finally:
+            view.release()
 
-    def _verify_pending(self) -> None:
-        buf = self._pending
+    def _take(self, view: memoryview, pos: int, want: int) -> int:
+        """Move bytes of `view` from `pos` into the pending unit until it holds `want`; return the new pos."""
+        k = min(want - len(self._pending), len(view) - pos)
+        if k > 0:
+            self._pending += view[pos : pos + k]
+        return pos + max(k, 0)
+
+    def _verify(self, view: memoryview) -> None:
+        """Check every block that completes within `view`: blocks wholly inside it are read in
+        place; only a block split across chunks is gathered in `_pending` (at most one block)."""
+        header = fmt.BLOCK_HEADER
         pos = 0
         if not self._magic_seen:
-            if len(buf) < len(fmt.MAGIC):
+            pos = self._take(view, pos, len(fmt.MAGIC))
+            if len(self._pending) < len(fmt.MAGIC):
                 return
             try:
-                fmt.check_magic(buf)
+                fmt.check_magic(self._pending)
             except fmt.FormatError as e:
                 raise self._invalid(e.reason) from e
             self._magic_seen = True
-            pos = len(fmt.MAGIC)
-        header = fmt.BLOCK_HEADER
-        while len(buf) - pos >= header.size:
-            length, _crc = header.unpack_from(buf, pos)
-            if length == 0 or length > fmt.MAX_BLOCK_LEN:
-                raise self._invalid(f"offset {self._offset + pos}: bad block length {length}")
-            end = pos + header.size + length
-            if end > len(buf):
+            self._offset = len(fmt.MAGIC)
+            self._pending.clear()
+        if self._pending:  # finish the block split across the previous chunk and this one
+            pos = self._take(view, pos, header.size)
+            if len(self._pending) < header.size:
+                return
+            pos = self._take(view, pos, header.size + self._length(self._pending, 0))
+            if len(self._pending) < header.size + self._length(self._pending, 0):
+                return
+            self._check_block(memoryview(self._pending), 0)
+            self._offset += len(self._pending)
+            self._pending = bytearray()
+        size = len(view)
+        while size - pos >= header.size:
+            end = pos + header.size + self._length(view, pos)
+            if end > size:
                 break
-            block = bytes(buf[pos:end])  # a copy: the buffer is resized below
-            try:
-                for raw in fmt.iter_raw_blocks(block, 0):
-                    self.rows += fmt.decode_payload(raw).count
-                    del raw
-            except fmt.FormatError as e:
-                raise self._invalid(f"offset {self._offset + pos}: {e.reason}") from e
-            self.blocks += 1
+            self._check_block(view, pos)
+            self._offset += end - pos
             pos = end
-        if pos:
-            del buf[:pos]
-            self._offset += pos
+        if pos < size:
+            self._pending += view[pos:]
+
+    def _length(self, buf: bytes | bytearray | memoryview, pos: int) -> int:
+        length: int = fmt.BLOCK_HEADER.unpack_from(buf, pos)[0]
+        if length == 0 or length > fmt.MAX_BLOCK_LEN:
+            raise self._invalid(f"offset {self._offset}: bad block length {length}")
+        return length
+
+    def _check_block(self, buf: memoryview, pos: int) -> None:
+        """CRC (and, with `decode`, decompression) of the whole block at `buf[pos:]`."""
+        length, crc = fmt.BLOCK_HEADER.unpack_from(buf, pos)
+        payload = buf[pos + fmt.BLOCK_HEADER.size : pos + fmt.BLOCK_HEADER.size + length]
+        try:
+            if zlib.crc32(payload) != crc:
+                raise self._invalid(f"offset {self._offset}: CRC mismatch")
+            if self.decode:
+                try:
+                    self.rows += fmt.decode_payload(fmt.RawBlock(self._offset, self._offset + length, payload)).count
+                except fmt.FormatError as e:
+                    raise self._invalid(f"offset {self._offset}: {e.reason}") from e
+        finally:
+            payload.release()
+        self.blocks += 1
 
     def commit(self, crc32: int) -> SegmentInfo:
         """Check completeness and the CRC-32 of every byte, then publish the segment atomically."""

@@ -437,7 +437,7 @@ class Repository:
             info.path.unlink(missing_ok=True)
             self._account(info.database, -info.size, -1)
 
-    def begin_import(self, prefix: str, size: int) -> SegmentImport:
+    def begin_import(self, prefix: str, size: int, decode: bool = True) -> SegmentImport:
         """Start receiving a segment of `prefix` of `size` bytes from a peer (see `SegmentImport`).
 
         The space is reserved now: InvalidNameError for a bad prefix, OverLimitsError when the
@@ -452,7 +452,7 @@ class Repository:
         self._reserve({database: size}, 1)
         name = SegmentName(database, table, schema, self._ids.next())
         return SegmentImport(self.directory, name, size, lambda: self._account(database, -size, -1),
-                             self._index_new)
+                             self._index_new, decode=decode)
 
     def import_segment(self, prefix: str, data: bytes | bytearray | memoryview) -> SegmentInfo:
         """Publish transferred bytes (magic, then blocks of `prefix`) as a new closed segment:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from tests.bench import bench_node, bench_ring, bench_rows, bench_upload, bench_wal
+from tests.bench import bench_node, bench_ring, bench_rows, bench_transfer, bench_upload, bench_wal
 
 
 def main() -> None:
@@ -19,6 +19,8 @@ def main() -> None:
     bench_upload.main()
     print("== ownership ring ==")
     bench_ring.main()
+    print("== transfer between nodes, and coalescing in a 3-node cluster ==")
+    bench_transfer.main()
 
 
 if __name__ == "__main__":
