@@ -71,9 +71,8 @@ async def run(config: node_config.NodeConfig) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     config = node_config.from_args(args)
     try:
-        from node.sinks.factory import make_sink
-
         from node.peers import check
+        from node.sinks.factory import make_sink
 
         make_sink(config)  # a bad endpoint or DSN is a usage error, said before anything starts
         check(config)  # so is a peer source without credentials, or half a TLS set

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -21,7 +23,7 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metric
 from cluster.ring import Ring
 from node.rows.series import BASE_SCHEMA
 from node.wal.names import make_prefix, schema_hash
-from tests.harness import NodeProcess
+from tests.harness import ROOT, NodeProcess
 from tests.upload.test_e2e import PARTS_SQL, query
 
 TABLES = 100
@@ -158,6 +160,19 @@ def test_owner_stopped_mid_stream_others_fall_back_and_ownership_returns(cluster
     assert fallback > 0, "no fallback: the victim's tables were not uploaded by the others"
     fallback_logs = "".join(n.log() for n in alive)
     assert "unhealthy" in fallback_logs
+    # `ingestor status` shows the ring: the victim is unhealthy (between two failed transfers it is
+    # healthy again for a moment, until the next transfer fails: look a few times)
+    for _ in range(20):
+        status = subprocess.run([sys.executable, "-m", "node.cli", "status", "--addr", alive[0].grpc_addr],
+                                capture_output=True, text=True, timeout=30, cwd=ROOT)
+        assert status.returncode == 0, status.stderr
+        [line] = [x for x in status.stdout.splitlines() if x.strip().startswith(victim.name)]
+        assert victim.grpc_addr in line
+        if "UNHEALTHY" in line:
+            break
+        cluster.send_round(alive)
+        time.sleep(0.5)
+    assert "UNHEALTHY" in line, status.stdout
     # restart: it recovers its WAL (acknowledged rows of the kill), and owns its tables again
     victim.start()
     time.sleep(4)  # past --peer-unhealthy-timeout, so the others route to it again
