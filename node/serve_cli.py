@@ -70,6 +70,16 @@ async def run(config: node_config.NodeConfig) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = node_config.from_args(args)
+    if config.receivers > 1:
+        # Before prometheus_client is imported (the checks below import it), here and in every
+        # receiver process: otherwise this process counts in memory and /metrics misses its share.
+        assert "prometheus_client" not in sys.modules, "prometheus_client imported before multiprocess mode"
+        metrics_dir = config.storage_dir / "metrics"
+        import shutil
+
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     try:
         from node.peers import check
         from node.sinks.factory import make_sink
@@ -80,14 +90,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"ingestor serve: {e}", file=sys.stderr)
         return 2
     logging.getLogger().setLevel(config.log_level.upper())
-    if config.receivers > 1:
-        # Before prometheus_client is imported, here and in every receiver process.
-        metrics_dir = config.storage_dir / "metrics"
-        import shutil
-
-        shutil.rmtree(metrics_dir, ignore_errors=True)
-        metrics_dir.mkdir(parents=True)
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     from node.server import tune_malloc  # after the config: importing the node is not free
 
     tune_malloc()
