@@ -35,6 +35,8 @@ from node.wal import format as fmt
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK = 4 << 20
+READY_HEADER = "x-ingestor-transfer-ready"
+"""Initial metadata of a receiver that accepted the segment's metadata: stream the bytes."""
 
 
 class Outcome(enum.Enum):
@@ -152,16 +154,34 @@ class TransferClient:
             return TransferResult(Outcome.REFUSED, "LOCAL", f"cannot read the segments: {e}")
         metadata = (("authorization", f"Bearer {self._token}"),) if self._token else None
         stub = transfer_pb2_grpc.TransferStub(self._channel(peer.address))
-        call: Any = stub.TransferSegment(self._requests(paths[0].name, total, crc, parts),
-                                         timeout=self._timeout + total / self._min_rate, metadata=metadata)
+        # Written message by message rather than from an iterator: a peer that answers before the
+        # end (UNAUTHENTICATED, ALREADY_EXISTS, ...) ends the call, the next write fails, and the
+        # call's own status says why (grpc reports "Internal error from Core" for an iterator).
+        call: Any = stub.TransferSegment(timeout=self._timeout + total / self._min_rate, metadata=metadata)
+        try:
+            requests = self._requests(paths[0].name, total, crc, parts)
+            await call.write(await anext(requests))  # the metadata
+            # The peer says go (initial metadata) only once it accepts the segment: no bytes are
+            # streamed to a peer that refuses them, and its refusal arrives as a status, not as a
+            # broken write.
+            ready = await call.initial_metadata()
+            if any(key == READY_HEADER for key, _ in ready or ()):
+                async for request in requests:
+                    await call.write(request)
+                await call.done_writing()
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            pass  # the call is over: its status comes below
+        except OSError as e:  # a local file went away mid-send
+            call.cancel()
+            return TransferResult(Outcome.REFUSED, "LOCAL", str(e))
         try:
             await call
             code, detail = grpc.StatusCode.OK, ""
         except grpc.aio.AioRpcError as e:
             code, detail = e.code(), e.details() or ""
-        except OSError as e:  # a local file went away mid-send
+        except asyncio.CancelledError:
             call.cancel()
-            return TransferResult(Outcome.REFUSED, "LOCAL", str(e))
+            raise
         outcome = _OUTCOMES.get(code, Outcome.PEER_FAILED)
         return TransferResult(outcome, code.name, detail, total if outcome.delivered else 0,
                               time.perf_counter() - t0)

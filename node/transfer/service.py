@@ -3,15 +3,18 @@
 One call carries one segment: the metadata first (name, size, CRC-32, sender), then chunks. In
 order, and before anything is written:
 
+0. the first message is read (a small one: the metadata), then
 1. the caller must be a peer (`PeerAuth`): UNAUTHENTICATED otherwise;
 2. the node must be serving: UNAVAILABLE while it drains (the sender uploads itself);
 3. the metadata must come first and name a valid segment: INVALID_ARGUMENT otherwise;
 4. a segment accepted before (same name, size and CRC) is ALREADY_EXISTS (`TransferLedger`);
 5. the space is reserved against the WAL's limits: RESOURCE_EXHAUSTED when it does not fit.
 
-The chunks are then written to a temporary file and each block is verified as it completes
-(`SegmentImport`); a bad block, a short or long stream, or a CRC mismatch is INVALID_ARGUMENT and
-leaves nothing behind. Only after the fsync and rename is the key recorded and OK returned.
+Only then does the receiver send its initial metadata, the go-ahead the sender waits for before
+it streams the segment: a refused segment costs one message, not its bytes. The chunks are then
+written to a temporary file and each block is verified as it completes (`SegmentImport`); a bad
+block, a short or long stream, or a CRC mismatch is INVALID_ARGUMENT and leaves nothing behind.
+Only after the fsync and rename is the key recorded and OK returned.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 
 import grpc
 
+from cluster.transfer import READY_HEADER
 from node.errors import AlreadyExistsError, InvalidInputError, UnauthenticatedError, status_of
 from node.gen.ingestor.v1 import transfer_pb2, transfer_pb2_grpc
 from node.metrics import NodeMetrics
@@ -91,9 +95,11 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
         sender = "?"
         imp: SegmentImport | None = None
         try:
+            # The first message is read before any check, so that a refusal reaches a sender that
+            # waits for the go-ahead (initial metadata), never one still writing.
+            first = await anext(aiter(request_iterator), None)
             self._auth.check(context)
             self._state.check_accepting()
-            first = await anext(aiter(request_iterator), None)
             if first is None or first.WhichOneof("msg") != "metadata":
                 raise InvalidInputError("the first message of a transfer must be its metadata")
             meta = first.metadata
@@ -106,6 +112,7 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
             if await asyncio.to_thread(self._ledger.seen, key):
                 raise AlreadyExistsError(f"segment {meta.name} was accepted before")
             imp = await asyncio.to_thread(self._wal.begin_import, name.prefix, meta.size)
+            await context.send_initial_metadata(((READY_HEADER, "1"),))  # the sender may stream the bytes
             async for msg in request_iterator:
                 if msg.WhichOneof("msg") != "chunk":
                     raise InvalidInputError("a transfer carries its metadata once, first")

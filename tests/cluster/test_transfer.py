@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from cluster.health import PeerHealth
 from cluster.membership import Peer, StaticMembership
-from cluster.transfer import Outcome, TlsFiles, TransferClient
+from cluster.transfer import READY_HEADER, Outcome, TlsFiles, TransferClient
 from cluster.view import ClusterView
 from node.gen.ingestor.v1 import admin_pb2, transfer_pb2, transfer_pb2_grpc
 from node.ingest import Converters, Ingest
@@ -123,16 +123,22 @@ def all_rows(segs: list[SegmentInfo]) -> list[bytes]:
 
 async def raw_call(addr: str, messages: list[transfer_pb2.TransferSegmentRequest],
                    token: str | None = TOKEN) -> tuple[grpc.StatusCode, str]:
+    """Send `messages` as the node's client does: the first, then the rest after the go-ahead."""
     async with grpc.aio.insecure_channel(addr) as ch:
         stub = transfer_pb2_grpc.TransferStub(ch)
         metadata = (("authorization", f"Bearer {token}"),) if token else None
-
-        async def gen() -> AsyncIterator[transfer_pb2.TransferSegmentRequest]:
-            for m in messages:
-                yield m
-
+        call: Any = stub.TransferSegment(metadata=metadata, timeout=10)
         try:
-            await stub.TransferSegment(gen(), metadata=metadata, timeout=10)
+            await call.write(messages[0])
+            ready = await call.initial_metadata()
+            if any(key == READY_HEADER for key, _ in ready or ()):
+                for m in messages[1:]:
+                    await call.write(m)
+                await call.done_writing()
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            pass
+        try:
+            await call
         except grpc.aio.AioRpcError as e:
             return e.code(), e.details() or ""
         return grpc.StatusCode.OK, ""
@@ -173,7 +179,7 @@ async def test_a_caller_without_the_peer_token_is_unauthenticated(receiver: Rece
         result = await client.send(receiver.peer, [s.path for s in segs])
     finally:
         await client.close()
-    assert (result.outcome, result.code) == (Outcome.PEER_FAILED, "UNAUTHENTICATED")
+    assert (result.outcome, result.code) == (Outcome.PEER_FAILED, "UNAUTHENTICATED"), result
     assert receiver.files() == []
     assert all(s.path.exists() for s in segs)  # the sender keeps its copy
 
