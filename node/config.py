@@ -70,6 +70,7 @@ class NodeConfig:
     namespace: str | None = None
     kubernetes_peers: bool = False
     kubeconfig: Path | None = None
+    drain_on_annotation: bool = False
     peer_unhealthy_timeout: float = 60.0
     max_transfer_size: int = 100 * 1000 * 1000
     max_transfer_age: float = 90.0
@@ -201,7 +202,11 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     k("--namespace", default=None, help="Kubernetes namespace (DNS names and the API watch)")
     k("--kubernetes-peers", action="store_true",
       help="peers are the Ready pods of --statefulset, watched in the Kubernetes API (in-cluster or --kubeconfig)")
-    k("--kubeconfig", type=Path, default=None, help="kubeconfig for --kubernetes-peers outside a cluster")
+    k("--kubeconfig", type=Path, default=None,
+      help="kubeconfig for --kubernetes-peers and --drain-on-annotation outside a cluster")
+    k("--drain-on-annotation", action="store_true",
+      help="watch this node's pod (named --node-name) for the shutdown-requested annotation: then upload "
+           "everything and set shutdown-completed (the autoscaler's scale-down handshake)")
     k("--peer-unhealthy-timeout", type=_flag("duration"), default=d.peer_unhealthy_timeout,
       help="a peer that fails a transfer owns nothing for this long (default 1m)")
     k("--max-transfer-size", type=_flag("size"), default=d.max_transfer_size,
@@ -289,6 +294,7 @@ def from_args(args: argparse.Namespace) -> NodeConfig:
         namespace=args.namespace,
         kubernetes_peers=args.kubernetes_peers,
         kubeconfig=args.kubeconfig,
+        drain_on_annotation=args.drain_on_annotation,
         peer_unhealthy_timeout=args.peer_unhealthy_timeout,
         max_transfer_size=args.max_transfer_size,
         max_transfer_age=args.max_transfer_age,

@@ -46,6 +46,10 @@ BATCH_GRACE_SECONDS = 30.0
 """A batch smaller than min-batch-size waits at most max-segment-age plus this (or plus
 max-segment-age again, when that is shorter)."""
 BLOCKED_FILE = "blocked-databases"
+LEAVING_FILE = "leaving"
+"""Written by worker 0 when the node leaves the cluster: the other receivers stop taking data."""
+LEAVE_SETTLE_SECONDS = 1.0
+"""Time for requests that were already accepted to finish writing, before segments are closed."""
 CLUSTER_FILE = "cluster.json"
 """Written by worker 0 every tick: the ring as it sees it, for the status other receivers serve."""
 
@@ -126,6 +130,7 @@ class Node:
         self._ticker: asyncio.Task[None] | None = None
         self._started = time.time()
         self._stop_started = 0.0
+        self.shutdown_watcher: Any = None
         self.receivers_stopped = asyncio.Event()
         """Set by the supervisor once the other receiver processes have exited."""
 
@@ -141,6 +146,7 @@ class Node:
         await asyncio.to_thread(self.ledger.open)
         if recover:
             await asyncio.to_thread(self.ledger.compact)
+            (self.config.storage_dir / LEAVING_FILE).unlink(missing_ok=True)
         if recover:
             log.info("node %s: WAL recovered %d segments (%d repaired)", self.config.node_name, report.segments,
                      report.repaired)
@@ -164,6 +170,14 @@ class Node:
         self.state.set_phase(Phase.SERVING)
         await self.grpc.health.update()
         self._ticker = asyncio.create_task(self._tick(), name="node-tick")
+        if self.worker == 0 and self.config.drain_on_annotation:
+            from cluster.kube import core_api, current_namespace
+            from node.shutdown import ShutdownWatcher
+
+            namespace = self.config.namespace or current_namespace(self.config.kubeconfig)
+            api = await asyncio.to_thread(core_api, self.config.kubeconfig)
+            self.shutdown_watcher = ShutdownWatcher(self.config.node_name, namespace, api, self.leave)
+            await self.shutdown_watcher.start()
         log.info("node %s (receiver %d) serving: gRPC on port %d, HTTP on port %d", self.config.node_name,
                  self.worker, self.grpc.port, self.http.port)
 
@@ -180,8 +194,16 @@ class Node:
                     await asyncio.to_thread(self._publish_blocked, stats)
                 if self.cluster is not None:
                     await asyncio.to_thread(self._publish_cluster, stats)
-            elif self.config.max_disk_usage_per_database:
-                await asyncio.to_thread(self._read_blocked)
+            else:
+                if self.config.max_disk_usage_per_database:
+                    await asyncio.to_thread(self._read_blocked)
+                if self.state.phase is Phase.SERVING and (self.config.storage_dir / LEAVING_FILE).exists():
+                    self.state.detail = "leaving the cluster"
+                    self.state.set_phase(Phase.DRAINING)
+                    if self.grpc is not None:
+                        await self.grpc.health.update()
+                    await asyncio.sleep(LEAVE_SETTLE_SECONDS)
+                    await asyncio.to_thread(self.wal.rotate_all)
             ready = not self.state.not_ready_reason()
             self.metrics.ready.set(1 if ready else 0)
             if ready != was_ready and self.grpc is not None:
@@ -196,6 +218,8 @@ class Node:
                  self.config.node_name, grace)
         self.state.set_phase(Phase.DRAINING)
         self.metrics.ready.set(0)
+        if self.shutdown_watcher is not None:
+            await self.shutdown_watcher.stop()
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -216,6 +240,37 @@ class Node:
         await asyncio.to_thread(self.ledger.close)
         self.state.set_phase(Phase.STOPPED)
         log.info("node %s stopped", self.config.node_name)
+
+    async def leave(self) -> bool:
+        """Leave the cluster for good (scale-down): take no new data (readiness 503, health
+        NOT_SERVING), close the active segments, and upload everything held here; nothing is
+        transferred, since this node is the one going away. Returns whether nothing is left.
+        The servers keep answering probes and status until SIGTERM."""
+        assert self.uploader is not None
+        log.info("node %s leaving: no new data; closing segments and uploading everything", self.config.node_name)
+        self.state.detail = "leaving the cluster"
+        self.state.set_phase(Phase.DRAINING)
+        self.metrics.ready.set(0)
+        if self.grpc is not None:
+            await self.grpc.health.update()
+        self.uploader.transfers_enabled = False
+        if self.config.receivers > 1:
+            await asyncio.to_thread((self.config.storage_dir / LEAVING_FILE).write_text, "leaving\n")
+        await asyncio.sleep(LEAVE_SETTLE_SECONDS)
+        await asyncio.to_thread(self.wal.rotate_all)
+        if self.config.receivers > 1:  # the other receivers close theirs on their next tick
+            deadline = time.monotonic() + 30
+            while any((self.wal.directory / "active").iterdir()) and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+
+        def progress(segments: int, nbytes: int) -> None:
+            self.state.detail = f"leaving the cluster: {segments} segments ({nbytes} bytes) left to upload"
+
+        done = await self.uploader.drain(float("inf") if self.config.receivers <= 1 else time.monotonic() + 86400,
+                                         progress)
+        self.state.detail = "left the cluster: everything uploaded" if done else self.state.detail
+        log.info("node %s: %s", self.config.node_name, self.state.detail)
+        return done
 
     async def drain(self, deadline: float) -> bool:
         """Upload everything closed before `deadline` (monotonic); what is left stays on disk."""

@@ -29,6 +29,8 @@ class NodeState:
         self._over_limits = over_limits
         self._listeners: list[Callable[[], None]] = []
         self._checks: list[Callable[[], str]] = []
+        self.detail = ""
+        """More about the phase, for status and /readyz ("leaving: 3 segments left to upload")."""
 
     def add_check(self, check: Callable[[], str]) -> None:
         """Another reason not to be ready (it returns "" when there is none)."""
@@ -50,7 +52,7 @@ class NodeState:
     def not_ready_reason(self) -> str:
         """Empty when ready; otherwise why not."""
         if self._phase is not Phase.SERVING:
-            return self._phase.value
+            return f"{self._phase.value}: {self.detail}" if self.detail else self._phase.value
         over = self._over_limits()
         if over:
             return f"over limits: {over}"

@@ -144,9 +144,10 @@ class Uploader:
             task.add_done_callback(self._tasks.discard)
         return len(batches)
 
-    async def drain(self, deadline: float) -> bool:
+    async def drain(self, deadline: float, progress: Callable[[int, int], None] | None = None) -> bool:
         """Upload everything there is, whatever its size or age, until done or `deadline`
-        (monotonic); return whether nothing is left. Backoff still applies between tries."""
+        (monotonic); return whether nothing is left. Backoff still applies between tries.
+        `progress(segments, bytes)` hears what is left, every round."""
         policy = BatchPolicy(min_batch_bytes=0, max_batch_bytes=self._config.policy.max_batch_bytes,
                              max_batch_segments=self._config.policy.max_batch_segments, max_wait=0)
         last_log = 0.0
@@ -154,6 +155,8 @@ class Uploader:
             if self._refresh:
                 await asyncio.to_thread(self._wal.refresh)
             left = self._wal.closed_segments()
+            if progress is not None:
+                progress(len(left), sum(s.size for s in left))
             if not left and not self._tasks:
                 return True
             if self._clock() - last_log > 5:
