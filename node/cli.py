@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from cluster import operator_cli
 from node import query_cli, serve_cli, status_cli, wal_cli
 
 
@@ -16,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     status_cli.add_parser(sub)
     query_cli.add_parser(sub)
     wal_cli.add_parser(sub)
+    operator_cli.add_parser(sub)
     return parser
 
 
