@@ -169,12 +169,10 @@ class FakeKubeApi:
                       "message": message, "code": code}
 
     def handle(self, method: str, path: str, params: dict[str, str], body: Any) -> tuple[int, Any]:
-        for pattern, kind, sub in _ROUTES:
-            m = pattern.match(path)
-            if m is not None:
-                break
-        else:
+        route = next(((m, kind, sub) for pattern, kind, sub in _ROUTES if (m := pattern.match(path))), None)
+        if route is None:
             return self._status(404, "NotFound", f"the server could not find the requested resource {path}")
+        m, kind, sub = route
         groups = m.groupdict()
         ns, name = groups.get("ns") or "", groups.get("name")
         if kind in ("nodes", "nodemetrics"):

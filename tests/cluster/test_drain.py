@@ -41,7 +41,8 @@ def kube() -> Iterator[FakeKubeApi]:
 def pod(name: str, annotations: dict[str, str] | None = None) -> dict[str, object]:
     return {"metadata": {"name": name, "namespace": NS, "labels": {"app": "ingestor"},
                          "annotations": annotations or {}},
-            "spec": {"nodeName": "aks-1", "containers": [{"name": "ingestor", "image": "ingestor:test"}]}, "status": {"phase": "Running", "podIP": "127.0.0.1"}}
+            "spec": {"nodeName": "aks-1", "containers": [{"name": "ingestor", "image": "ingestor:test"}]},
+            "status": {"phase": "Running", "podIP": "127.0.0.1"}}
 
 
 def readyz(node: NodeProcess) -> tuple[int, str]:
