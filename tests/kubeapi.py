@@ -4,7 +4,10 @@ It serves, as JSON, what the node's shutdown watcher and the operator use with t
 `kubernetes` client: pods (get, list with a label selector, create, merge patch, delete), nodes,
 StatefulSets with the `scale` subresource, the `Ingestor` custom resource with its `status`
 subresource, `metrics.k8s.io` NodeMetrics, and events. Objects carry a resourceVersion; a write
-that names a stale one gets 409 Conflict. Not served: watches, field selectors, other kinds.
+that names a stale one gets 409 Conflict. Lists can be watched (`?watch=1`): JSON lines of
+ADDED / MODIFIED / DELETED events from a resourceVersion, until `timeoutSeconds`; a version older
+than the kept history (`history` events) gets an ERROR event with a 410 Status, as a real server
+does. Not served: field selectors, other kinds.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import itertools
 import json
 import re
 import threading
+import time
 import uuid
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -59,6 +64,9 @@ class FakeKubeApi:
         self._lock = threading.Lock()
         self._objects: dict[tuple[str, str, str], dict[str, Any]] = {}  # (kind, namespace, name)
         self._rv = itertools.count(1)
+        self._changed = threading.Condition(self._lock)
+        self._events: list[tuple[int, str, str, str, dict[str, Any]]] = []  # (rv, kind, namespace, type, object)
+        self.history = 1000
         self.requests: list[tuple[str, str]] = []
         server = self
 
@@ -82,6 +90,14 @@ class FakeKubeApi:
                 path, _, query = self.path.partition("?")
                 server.requests.append((method, path))
                 params = dict(p.partition("=")[::2] for p in query.split("&") if p)
+                if method == "GET" and params.get("watch") in ("1", "true"):
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.end_headers()
+                    for event in server.watch(path, params):
+                        self.wfile.write(json.dumps(event).encode() + b"\n")
+                        self.wfile.flush()
+                    return
                 code, body = server.handle(method, path, params, self._body() if method in ("POST", "PATCH", "PUT")
                                            else None)
                 self._send(code, body)
@@ -106,11 +122,16 @@ class FakeKubeApi:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
+    _stopping = False
+
     def start(self) -> FakeKubeApi:
         self._thread.start()
         return self
 
     def stop(self) -> None:
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -139,9 +160,52 @@ class FakeKubeApi:
         old = self._objects.get(key)
         meta.setdefault("uid", old["metadata"]["uid"] if old else str(uuid.uuid4()))
         meta.setdefault("creationTimestamp", "2026-11-24T00:00:00Z")
-        meta["resourceVersion"] = str(next(self._rv))
+        rv = next(self._rv)
+        meta["resourceVersion"] = str(rv)
         self._objects[key] = obj
+        self._record(rv, kind, key[1], "MODIFIED" if old else "ADDED", obj)
         return copy.deepcopy(obj)
+
+    def _record(self, rv: int, kind: str, namespace: str, type_: str, obj: dict[str, Any]) -> None:
+        """Called with the lock held."""
+        self._events.append((rv, kind, namespace, type_, copy.deepcopy(obj)))
+        del self._events[: -self.history]
+        self._changed.notify_all()
+
+    def _remove(self, key: tuple[str, str, str]) -> dict[str, Any] | None:
+        """Called with the lock held."""
+        obj = self._objects.pop(key, None)
+        if obj is not None:
+            rv = next(self._rv)
+            obj["metadata"]["resourceVersion"] = str(rv)
+            self._record(rv, key[0], key[1], "DELETED", obj)
+        return obj
+
+    def watch(self, path: str, params: dict[str, str]) -> Iterator[dict[str, Any]]:
+        """The events of a list path after `resourceVersion`, until `timeoutSeconds` or stop."""
+        route = next(((m, kind) for pattern, kind, sub in _ROUTES if sub is None and (m := pattern.match(path))),
+                      None)
+        if route is None:
+            yield {"type": "ERROR", "object": self._status(404, "NotFound", path)[1]}
+            return
+        m, kind = route
+        ns = m.groupdict().get("ns")
+        deadline = time.monotonic() + float(params.get("timeoutSeconds") or 30)
+        with self._lock:
+            since = int(params.get("resourceVersion") or 0) or next(self._rv)
+            if self._events and since < self._events[0][0] - 1:
+                yield {"type": "ERROR", "object": self._status(410, "Expired", f"too old resource version: {since}")[1]}
+                return
+        while not self._stopping and time.monotonic() < deadline:
+            with self._changed:
+                batch = [e for e in self._events if e[0] > since]
+                if not batch:
+                    self._changed.wait(min(0.5, max(0.0, deadline - time.monotonic())))
+                    continue
+            for rv, k, namespace, type_, obj in batch:
+                since = rv
+                if k == kind and (ns is None or namespace == ns) and self._selected(obj, params):
+                    yield {"type": type_, "object": obj}
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         with self._lock:
@@ -154,7 +218,7 @@ class FakeKubeApi:
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
         with self._lock:
-            self._objects.pop((kind, namespace, name), None)
+            self._remove((kind, namespace, name))
 
     def list(self, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
         with self._lock:
@@ -201,8 +265,7 @@ class FakeKubeApi:
             if method == "GET":
                 return 200, self._view(obj, sub)
             if method == "DELETE":
-                del self._objects[key]
-                return 200, obj
+                return 200, self._remove(key)
             if method in ("PATCH", "PUT"):
                 given_rv = (body.get("metadata") or {}).get("resourceVersion")
                 if given_rv and given_rv != obj["metadata"]["resourceVersion"]:
