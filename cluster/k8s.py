@@ -105,7 +105,8 @@ class KubernetesMembership:
         from kubernetes import client, watch
         from kubernetes.client.exceptions import ApiException
 
-        core, apps = client.CoreV1Api(self._api), client.AppsV1Api(self._api)
+        core: Any = client.CoreV1Api(self._api)
+        apps: Any = client.AppsV1Api(self._api)
         backoff, failing = 0.5, False
         while not self._stop.is_set():
             try:

@@ -14,6 +14,7 @@ All I/O is here; every decision is in `cluster/autoscaler.py`.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import contextlib
 import logging
 import re
@@ -59,9 +60,9 @@ class Operator:
     def __post_init__(self) -> None:
         from kubernetes import client
 
-        self.core = client.CoreV1Api(self.api)
-        self.apps = client.AppsV1Api(self.api)
-        self.custom = client.CustomObjectsApi(self.api)
+        self.core: Any = client.CoreV1Api(self.api)
+        self.apps: Any = client.AppsV1Api(self.api)
+        self.custom: Any = client.CustomObjectsApi(self.api)
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -172,7 +173,7 @@ class Operator:
     def _event(self, namespace: str, name: str, reason: str, message: str) -> None:
         from kubernetes import client
 
-        now = rfc3339(self.clock())
+        now = datetime.datetime.fromtimestamp(self.clock(), datetime.UTC)
         event = client.CoreV1Event(
             metadata=client.V1ObjectMeta(generate_name=f"{name}-", namespace=namespace),
             involved_object=client.V1ObjectReference(api_version=f"{GROUP}/{VERSION}", kind="Ingestor", name=name,

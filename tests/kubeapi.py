@@ -198,10 +198,14 @@ class FakeKubeApi:
                 return
         while not self._stopping and time.monotonic() < deadline:
             with self._changed:
-                batch = [e for e in self._events if e[0] > since]
-                if not batch:
+                lost = bool(self._events) and self._events[0][0] > since + 1  # fell behind the history
+                batch = [] if lost else [e for e in self._events if e[0] > since]
+                if not lost and not batch:
                     self._changed.wait(min(0.5, max(0.0, deadline - time.monotonic())))
                     continue
+            if lost:
+                yield {"type": "ERROR", "object": self._status(410, "Expired", f"too old resource version: {since}")[1]}
+                return
             for rv, k, namespace, type_, obj in batch:
                 since = rv
                 if k == kind and (ns is None or namespace == ns) and self._selected(obj, params):
