@@ -14,8 +14,8 @@ All I/O is here; every decision is in `cluster/autoscaler.py`.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import contextlib
+import datetime
 import logging
 import re
 import time
@@ -162,7 +162,8 @@ class Operator:
         if d.set_replicas is not None:
             self.apps.patch_namespaced_stateful_set_scale(name, namespace, {"spec": {"replicas": d.set_replicas}})
             log.info("ingestor %s/%s: replicas -> %d (%s)", namespace, name, d.set_replicas, d.reason)
-        self._status(namespace, name, d.status)
+        if d.status is not None:
+            self._status(namespace, name, dict(d.status))
         if d.event is not None:
             self._event(namespace, name, *d.event)
 
