@@ -20,30 +20,99 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-_ROUTES = [
-    # (pattern, kind key, subresource)
-    (re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods(?:/(?P<name>[^/]+))?$"), "pods", None),
-    (re.compile(r"^/api/v1/pods$"), "pods", None),
-    (re.compile(r"^/api/v1/nodes(?:/(?P<name>[^/]+))?$"), "nodes", None),
-    (re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/events(?:/(?P<name>[^/]+))?$"), "events", None),
-    (re.compile(r"^/apis/apps/v1/namespaces/(?P<ns>[^/]+)/statefulsets/(?P<name>[^/]+)/scale$"), "statefulsets",
-     "scale"),
-    (re.compile(r"^/apis/apps/v1/namespaces/(?P<ns>[^/]+)/statefulsets(?:/(?P<name>[^/]+))?$"), "statefulsets", None),
-    (re.compile(r"^/apis/adx-mon\.azure\.com/v1/namespaces/(?P<ns>[^/]+)/ingestors/(?P<name>[^/]+)/status$"),
-     "ingestors", "status"),
-    (re.compile(r"^/apis/adx-mon\.azure\.com/v1/namespaces/(?P<ns>[^/]+)/ingestors(?:/(?P<name>[^/]+))?$"),
-     "ingestors", None),
-    (re.compile(r"^/apis/adx-mon\.azure\.com/v1/ingestors$"), "ingestors", None),
-    (re.compile(r"^/apis/metrics\.k8s\.io/v1beta1/nodes(?:/(?P<name>[^/]+))?$"), "nodemetrics", None),
+
+@dataclass(frozen=True)
+class Resource:
+    key: str
+    """The store's name for the kind (its plural, unless two groups share one)."""
+    group: str
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool
+    subresources: tuple[str, ...] = ()
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+
+RESOURCES = [
+    Resource("namespaces", "", "v1", "namespaces", "Namespace", False, ("status",)),
+    Resource("pods", "", "v1", "pods", "Pod", True, ("status",)),
+    Resource("nodes", "", "v1", "nodes", "Node", False, ("status",)),
+    Resource("events", "", "v1", "events", "Event", True),
+    Resource("services", "", "v1", "services", "Service", True, ("status",)),
+    Resource("serviceaccounts", "", "v1", "serviceaccounts", "ServiceAccount", True),
+    Resource("secrets", "", "v1", "secrets", "Secret", True),
+    Resource("configmaps", "", "v1", "configmaps", "ConfigMap", True),
+    Resource("statefulsets", "apps", "v1", "statefulsets", "StatefulSet", True, ("status", "scale")),
+    Resource("deployments", "apps", "v1", "deployments", "Deployment", True, ("status", "scale")),
+    Resource("roles", "rbac.authorization.k8s.io", "v1", "roles", "Role", True),
+    Resource("rolebindings", "rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", True),
+    Resource("clusterroles", "rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", False),
+    Resource("clusterrolebindings", "rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding",
+             False),
+    Resource("customresourcedefinitions", "apiextensions.k8s.io", "v1", "customresourcedefinitions",
+             "CustomResourceDefinition", False, ("status",)),
+    Resource("ingestors", "adx-mon.azure.com", "v1", "ingestors", "Ingestor", True, ("status",)),
+    Resource("nodemetrics", "metrics.k8s.io", "v1beta1", "nodes", "NodeMetrics", False),
 ]
-_KINDS = {"pods": ("v1", "Pod"), "nodes": ("v1", "Node"), "events": ("v1", "Event"),
-          "statefulsets": ("apps/v1", "StatefulSet"), "ingestors": ("adx-mon.azure.com/v1", "Ingestor"),
-          "nodemetrics": ("metrics.k8s.io/v1beta1", "NodeMetrics")}
-_WITH_STATUS = {"pods", "statefulsets", "ingestors", "nodes"}
+_BY_KEY = {r.key: r for r in RESOURCES}
+_BY_PATH = {(r.group, r.version, r.plural): r for r in RESOURCES}
+_KINDS = {r.key: (r.api_version, r.kind) for r in RESOURCES}
+_WITH_STATUS = {r.key for r in RESOURCES if "status" in r.subresources}
+_PATH = re.compile(r"^/(?:api/(?P<core>v1)|apis/(?P<group>[^/]+)/(?P<version>[^/]+))"
+                   r"(?:/namespaces/(?P<ns>[^/]+))?/(?P<plural>[^/]+)(?:/(?P<name>[^/]+)(?:/(?P<sub>[^/]+))?)?$")
+
+
+def route(path: str) -> tuple[Resource, str | None, str | None, str | None] | None:
+    """(resource, namespace, name, subresource) of an API path, or None."""
+    m = _PATH.match(path)
+    if m is None:
+        return None
+    group, version = ("", "v1") if m["core"] else (m["group"], m["version"])
+    res = _BY_PATH.get((group, version, m["plural"]))
+    if res is None or (m["sub"] and m["sub"] not in res.subresources):
+        return None
+    return res, m["ns"], m["name"], m["sub"]
+
+
+def discovery(path: str) -> dict[str, Any] | None:
+    """The discovery documents kubectl and the clients read."""
+    if path == "/api":
+        return {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
+            {"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}
+    if path == "/apis":
+        groups: dict[str, list[str]] = {}
+        for r in RESOURCES:
+            if r.group and r.version not in groups.setdefault(r.group, []):
+                groups[r.group].append(r.version)
+        return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
+            {"name": g, "versions": [{"groupVersion": f"{g}/{v}", "version": v} for v in vs],
+             "preferredVersion": {"groupVersion": f"{g}/{vs[0]}", "version": vs[0]}} for g, vs in groups.items()]}
+    m = re.match(r"^/(?:api/(?P<core>v1)|apis/(?P<group>[^/]+)/(?P<version>[^/]+))$", path)
+    if m is None:
+        return None
+    group, version = ("", "v1") if m["core"] else (m["group"], m["version"])
+    found = [r for r in RESOURCES if (r.group, r.version) == (group, version)]
+    if not found:
+        return None
+    verbs = ["create", "delete", "get", "list", "patch", "update", "watch"]
+    resources = []
+    for r in found:
+        resources.append({"name": r.plural, "singularName": r.kind.lower(), "namespaced": r.namespaced,
+                          "kind": r.kind, "verbs": verbs})
+        for sub in r.subresources:
+            resources.append({"name": f"{r.plural}/{sub}", "singularName": "", "namespaced": r.namespaced,
+                              "kind": "Scale" if sub == "scale" else r.kind, "verbs": ["get", "patch", "update"]})
+    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": f"{group}/{version}" if group else "v1",
+            "resources": resources}
 
 
 def merge(base: Any, patch: Any) -> Any:
@@ -183,13 +252,11 @@ class FakeKubeApi:
 
     def watch(self, path: str, params: dict[str, str]) -> Iterator[dict[str, Any]]:
         """The events of a list path after `resourceVersion`, until `timeoutSeconds` or stop."""
-        route = next(((m, kind) for pattern, kind, sub in _ROUTES if sub is None and (m := pattern.match(path))),
-                      None)
-        if route is None:
+        found = route(path)
+        if found is None or found[2] is not None:
             yield {"type": "ERROR", "object": self._status(404, "NotFound", path)[1]}
             return
-        m, kind = route
-        ns = m.groupdict().get("ns")
+        kind, ns = found[0].key, found[1]
         deadline = time.monotonic() + float(params.get("timeoutSeconds") or 30)
         with self._lock:
             since = int(params.get("resourceVersion") or 0) or next(self._rv)
@@ -237,19 +304,20 @@ class FakeKubeApi:
                       "message": message, "code": code}
 
     def handle(self, method: str, path: str, params: dict[str, str], body: Any) -> tuple[int, Any]:
-        route = next(((m, kind, sub) for pattern, kind, sub in _ROUTES if (m := pattern.match(path))), None)
-        if route is None:
+        if method == "GET" and (doc := discovery(path)) is not None:
+            return 200, doc
+        found = route(path)
+        if found is None:
             return self._status(404, "NotFound", f"the server could not find the requested resource {path}")
-        m, kind, sub = route
-        groups = m.groupdict()
-        ns, name = groups.get("ns") or "", groups.get("name")
-        if kind in ("nodes", "nodemetrics"):
-            ns = ""
+        res, namespace, name, sub = found
+        kind, ns = res.key, (namespace or "") if res.namespaced else ""
+        if method in ("PATCH", "PUT", "POST") and not isinstance(body, dict):
+            return self._status(415, "UnsupportedMediaType", "only merge and strategic merge patches are served")
         with self._lock:
             if name is None:
                 if method == "GET":
                     items = [copy.deepcopy(o) for (k, n, _), o in sorted(self._objects.items())
-                             if k == kind and (not groups.get("ns") or n == ns) and self._selected(o, params)]
+                             if k == kind and (not namespace or n == ns) and self._selected(o, params)]
                     api_version, k = _KINDS[kind]
                     return 200, {"apiVersion": api_version, "kind": f"{k}List", "items": items,
                                  "metadata": {"resourceVersion": str(next(self._rv))}}
@@ -257,7 +325,8 @@ class FakeKubeApi:
                     meta = body.setdefault("metadata", {})
                     if "name" not in meta:
                         meta["name"] = meta.get("generateName", "obj-") + uuid.uuid4().hex[:5]
-                    meta["namespace"] = ns
+                    if res.namespaced:
+                        meta["namespace"] = ns
                     if (kind, ns, meta["name"]) in self._objects:
                         return self._status(409, "AlreadyExists", f"{kind} {meta['name']} already exists")
                     return 201, self._store(kind, body)
@@ -285,7 +354,8 @@ class FakeKubeApi:
                     body = {k: v for k, v in body.items() if not (k == "status" and kind in _WITH_STATUS)}
                     new = merge(obj, body) if method == "PATCH" else {**body, "status": obj.get("status")}
                     new.setdefault("metadata", {})["name"] = name
-                    new["metadata"]["namespace"] = ns
+                    if res.namespaced:
+                        new["metadata"]["namespace"] = ns
                     new["metadata"].pop("resourceVersion", None)
                 stored = self._store(kind, new)
                 return 200, self._view(stored, sub)
