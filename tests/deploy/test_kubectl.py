@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -17,7 +18,10 @@ from tests.kubeapi import FakeKubeApi
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 FILES = ["crd.yaml", "ingestor.yaml", "operator.yaml", "examples/ingestor.yaml"]
 
-pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed (.ci/run installs it)")
+if shutil.which("kubectl") is None and os.environ.get("KUBECTL_REQUIRED"):
+    raise RuntimeError("KUBECTL_REQUIRED is set and kubectl is not installed")
+pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None,
+                                reason="kubectl is not installed (.ci/run installs it)")
 
 
 @pytest.fixture

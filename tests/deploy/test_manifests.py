@@ -24,7 +24,8 @@ def docs(name: str) -> list[dict[str, Any]]:
 
 
 def every_doc() -> list[tuple[str, dict[str, Any]]]:
-    return [(str(p.relative_to(DEPLOY)), d) for p in sorted(DEPLOY.rglob("*.yaml")) for d in docs(str(p.relative_to(DEPLOY)))]
+    names = [str(p.relative_to(DEPLOY)) for p in sorted(DEPLOY.rglob("*.yaml"))]
+    return [(name, d) for name in names for d in docs(name)]
 
 
 def find(kind: str, name: str | None = None) -> dict[str, Any]:
@@ -129,7 +130,8 @@ def test_probes_ports_and_services_match_the_node() -> None:
     for svc in (headless, client):
         assert svc["spec"]["selector"].items() <= labels.items()
         assert {p["targetPort"] for p in svc["spec"]["ports"]} <= set(ports)
-    assert sts["spec"]["template"]["spec"]["serviceAccountName"] == find("ServiceAccount", "ingestor")["metadata"]["name"]
+    account = find("ServiceAccount", "ingestor")["metadata"]["name"]
+    assert sts["spec"]["template"]["spec"]["serviceAccountName"] == account
 
 
 def grants(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
