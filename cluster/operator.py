@@ -14,10 +14,10 @@ All I/O is here; every decision is in `cluster/autoscaler.py`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -198,15 +198,61 @@ class Operator:
         return n
 
 
+    def watch_ingestors(self, changed: Callable[[], None], stopping: threading.Event, seconds: int = 5) -> None:
+        """Call `changed()` whenever an Ingestor is added or its spec changes, until `stopping`
+        (blocking: run it in a thread). Status writes (ours) do not count."""
+        from kubernetes import watch
+
+        generations: dict[tuple[str, str], int] = {}
+        while not stopping.is_set():
+            try:
+                args: tuple[str, ...]
+                if self.namespace:
+                    func, args = self.custom.list_namespaced_custom_object, (GROUP, VERSION, self.namespace, PLURAL)
+                else:
+                    func, args = self.custom.list_cluster_custom_object, (GROUP, VERSION, PLURAL)
+                for event in watch.Watch().stream(func, *args, timeout_seconds=seconds,
+                                                  _request_timeout=seconds + 5):
+                    obj = event.get("object") or {}
+                    meta = obj.get("metadata", {}) if isinstance(obj, dict) else {}
+                    key = (meta.get("namespace", ""), meta.get("name", ""))
+                    generation = hash(repr(obj.get("spec"))) if isinstance(obj, dict) else 0
+                    if event.get("type") == "DELETED":
+                        generations.pop(key, None)
+                    elif generations.get(key) != generation:
+                        generations[key] = generation
+                        changed()
+                    if stopping.is_set():
+                        break
+            except Exception as e:
+                log.debug("watch of Ingestor resources ended: %s", e)
+                stopping.wait(2.0)
+
+
 async def run(operator: Operator, interval: float, stop: asyncio.Event) -> None:
+    """Reconcile every `interval` seconds, and at once when an Ingestor's spec changes."""
+    loop = asyncio.get_running_loop()
+    wake = asyncio.Event()
+    stopping = threading.Event()
+    watcher = threading.Thread(target=operator.watch_ingestors, args=(lambda: loop.call_soon_threadsafe(wake.set),
+                                                                      stopping), name="ingestor-watch", daemon=True)
+    watcher.start()
     failing = False
-    while not stop.is_set():
-        try:
-            await asyncio.to_thread(operator.reconcile_all)
-            failing = False
-        except Exception as e:
-            if not failing:
-                log.warning("cannot list Ingestor resources (retrying every %.0fs): %s", interval, e)
-            failing = True
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval)
+    try:
+        while not stop.is_set():
+            wake.clear()
+            try:
+                await asyncio.to_thread(operator.reconcile_all)
+                failing = False
+            except Exception as e:
+                if not failing:
+                    log.warning("cannot list Ingestor resources (retrying every %.0fs): %s", interval, e)
+                failing = True
+            stopped = asyncio.ensure_future(stop.wait())
+            woken = asyncio.ensure_future(wake.wait())
+            await asyncio.wait({stopped, woken}, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+            for f in (stopped, woken):
+                f.cancel()
+    finally:
+        stopping.set()
+        await asyncio.to_thread(watcher.join, 10)
