@@ -7,7 +7,7 @@ STORAGE_DIR ?= ./data
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast lint typecheck proto check-proto bench clean
+.PHONY: help install run test test-fast lint typecheck proto check-proto bench chaos clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -43,6 +43,9 @@ check-proto: $(STAMP) ## Fail when node/gen is stale
 
 bench: $(STAMP) ## Benchmarks: throughput and peak memory of the hot paths
 	$(BIN)/python -m tests.bench
+
+chaos: $(STAMP) ## Chaos: 20 random faults on a 3-node cluster under load, then the delivery oracle (SEED=n replays)
+	$(BIN)/python -m tests.chaos.run --faults 20 $(if $(SEED),--seed $(SEED))
 
 clean: ## Remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

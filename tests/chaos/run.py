@@ -1,0 +1,206 @@
+"""Chaos with a delivery oracle: a 3-node cluster under load, faults at random moments, then a check
+that every acknowledged row reached the sink.
+
+`python -m tests.chaos.run --faults 20 [--seed N]` (`make chaos`). The seed is printed first: the
+same seed replays the same faults at the same moments (the load itself is timing-dependent).
+
+- Load: OTLP metrics over gRPC to a random live node, 10 tables, every point carrying a unique
+  `seq` label; the sender records which requests were acknowledged.
+- Faults, by kind: `kill9` (SIGKILL, restart after a pause), `sigterm` (SIGTERM with the node's
+  short grace, restart), `kill_owner` (SIGKILL of the node that owns most tables while the others
+  stream segments to it: a peer stopped mid-transfer).
+- Oracle, after the faults stop and the cluster drained: every acknowledged `seq` is in a local
+  store; no `seq` that was never sent; duplicates counted; no segment left in any WAL; the cluster
+  is live (a new row sent after the faults is delivered).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
+
+from cluster.ring import Ring
+from node.rows.series import BASE_SCHEMA
+from node.wal.names import make_prefix, schema_hash
+from tests.harness import ROOT, NodeProcess
+
+TABLES = 10
+TOKEN = "chaos-token"
+KINDS = ("kill9", "sigterm", "kill_owner")
+
+
+@dataclass
+class Report:
+    seed: int
+    sent: int = 0
+    acked: int = 0
+    delivered: int = 0
+    lost: int = 0
+    unknown: int = 0
+    duplicates: int = 0
+    faults: Counter[str] = field(default_factory=Counter)
+    drain_seconds: float = 0.0
+    segments_left: int = 0
+    live_after: bool = False
+
+    def ok(self) -> bool:
+        return self.lost == 0 and self.unknown == 0 and self.segments_left == 0 and self.live_after
+
+    def __str__(self) -> str:
+        return (f"seed {self.seed}: sent {self.sent} rows, acknowledged {self.acked}, delivered {self.delivered} "
+                f"distinct, lost {self.lost}, never sent {self.unknown}, duplicates {self.duplicates}; faults "
+                f"{dict(sorted(self.faults.items()))}; drained in {self.drain_seconds:.1f}s; segments left "
+                f"{self.segments_left}; live after: {self.live_after}")
+
+
+class Chaos:
+    def __init__(self, root: Path, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.report = Report(seed)
+        self.nodes = [NodeProcess(root / f"node-{i}", name=f"ingestor-{i}") for i in range(3)]
+        peers = ",".join(f"{n.name}={n.grpc_addr}" for n in self.nodes)
+        for n in self.nodes:
+            n.args += ["--peers", peers, "--peer-token", TOKEN, "--max-segment-age", "1s", "--upload-interval", "0.5s",
+                       "--peer-unhealthy-timeout", "3s", "--shutdown-grace", "2s"]
+        self.ring = Ring(n.name for n in self.nodes)
+        self.acked: set[int] = set()
+        self.seq = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.down: set[str] = set()
+
+    # -- load -------------------------------------------------------------------------------
+
+    def send_one(self, node: NodeProcess, points: int = 20) -> bool:
+        req = metrics_service_pb2.ExportMetricsServiceRequest()
+        sm = req.resource_metrics.add().scope_metrics.add()
+        now = time.time_ns()
+        seqs = []
+        with self._lock:
+            for _ in range(points):
+                self.seq += 1
+                seqs.append(self.seq)
+        for s in seqs:
+            m = sm.metrics.add(name=f"chaos_{s % TABLES}")
+            dp = m.gauge.data_points.add(time_unix_nano=now, as_double=float(s))
+            dp.attributes.add(key="seq", value={"string_value": str(s)})
+        self.report.sent += points
+        try:
+            with grpc.insecure_channel(node.grpc_addr) as ch:
+                metrics_service_pb2_grpc.MetricsServiceStub(ch).Export(req, timeout=5)
+        except grpc.RpcError:
+            return False
+        with self._lock:
+            self.acked.update(seqs)
+        return True
+
+    def _load(self) -> None:
+        while not self._stop.is_set():
+            up = [n for n in self.nodes if n.name not in self.down]
+            if up:
+                self.send_one(self.rng.choice(up))
+            time.sleep(0.02)
+
+    # -- faults -----------------------------------------------------------------------------
+
+    def fault(self, kind: str) -> None:
+        if kind == "kill_owner":
+            owners = Counter(self.ring.owner(make_prefix("Metrics", f"Chaos{t}", schema_hash(BASE_SCHEMA)))
+                             for t in range(TABLES))
+            name = owners.most_common(1)[0][0]
+            victim = next(n for n in self.nodes if n.name == name)
+        else:
+            victim = self.rng.choice(self.nodes)
+        self.down.add(victim.name)
+        victim.stop(signal.SIGKILL if kind in ("kill9", "kill_owner") else signal.SIGTERM, timeout=60)
+        time.sleep(self.rng.uniform(0.5, 3.0))
+        victim.start(timeout=60)
+        self.down.discard(victim.name)
+        self.report.faults[kind] += 1
+
+    # -- the oracle -------------------------------------------------------------------------
+
+    def stored(self) -> Counter[int]:
+        seen: Counter[int] = Counter()
+        for node in self.nodes:
+            if not (node.storage_dir / "local" / "metadata").is_dir():
+                continue
+            r = subprocess.run([sys.executable, "-m", "node.cli", "query", "--storage-dir", str(node.storage_dir),
+                                "--format", "json", "SELECT Labels FROM merge('Metrics', '^Chaos')"],
+                               capture_output=True, text=True, timeout=120, cwd=ROOT)
+            if r.returncode != 0:
+                raise RuntimeError(r.stderr)
+            for line in r.stdout.splitlines():
+                labels = json.loads(line)["Labels"]
+                labels = json.loads(labels) if isinstance(labels, str) else labels
+                seen[int(labels["seq"])] += 1
+        return seen
+
+    def segments_left(self) -> int:
+        return sum(len(list((n.storage_dir / "wal").rglob("*.wal"))) for n in self.nodes)
+
+    def run(self, faults: int, kinds: tuple[str, ...] = KINDS) -> Report:
+        print(f"chaos: seed {self.report.seed}, {faults} faults of {', '.join(kinds)}", flush=True)
+        for n in self.nodes:
+            n.start()
+        loader = threading.Thread(target=self._load, daemon=True)
+        loader.start()
+        try:
+            for _ in range(faults):
+                time.sleep(self.rng.uniform(0.5, 2.5))
+                kind = self.rng.choice(kinds)
+                print(f"  fault: {kind}", flush=True)
+                self.fault(kind)
+        finally:
+            self._stop.set()
+            loader.join(30)
+        t0 = time.monotonic()
+        self.report.live_after = self.send_one(self.nodes[0], points=1)
+        deadline = t0 + 180
+        while time.monotonic() < deadline:
+            if self.segments_left() == 0:
+                seen = self.stored()
+                if self.acked <= set(seen):
+                    break
+            time.sleep(1.0)
+        self.report.drain_seconds = time.monotonic() - t0
+        for n in self.nodes:
+            n.stop()
+        seen = self.stored()
+        r = self.report
+        r.acked = len(self.acked)
+        r.delivered = len(seen)
+        r.lost = len(self.acked - set(seen))
+        r.unknown = sum(1 for s in seen if not 0 < s <= self.seq)
+        r.duplicates = sum(n - 1 for n in seen.values() if n > 1)
+        r.segments_left = self.segments_left()
+        return r
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(prog="python -m tests.chaos.run")
+    p.add_argument("--faults", type=int, default=20)
+    p.add_argument("--seed", type=int, default=None)
+    args = p.parse_args()
+    seed = args.seed if args.seed is not None else random.randrange(1 << 32)
+    with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
+        report = Chaos(Path(tmp), seed).run(args.faults)
+    print(report)
+    return 0 if report.ok() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
