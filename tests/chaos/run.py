@@ -8,7 +8,8 @@ same seed replays the same faults at the same moments (the load itself is timing
   `seq` label; the sender records which requests were acknowledged.
 - Faults, by kind: `kill9` (SIGKILL, restart after a pause), `sigterm` (SIGTERM with the node's
   short grace, restart), `kill_owner` (SIGKILL of the node that owns most tables while the others
-  stream segments to it: a peer stopped mid-transfer).
+  stream segments to it: a peer stopped mid-transfer), and with the ClickHouse sink `sink_down`
+  (the server stopped for 1 to 4 s).
 - Oracle, after the faults stop and the cluster drained: every acknowledged `seq` is in a local
   store; no `seq` that was never sent; duplicates counted; no segment left in any WAL; the cluster
   is live (a new row sent after the faults is delivered).
@@ -36,10 +37,12 @@ from cluster.ring import Ring
 from node.rows.series import BASE_SCHEMA
 from node.wal.names import make_prefix, schema_hash
 from tests.harness import ROOT, NodeProcess
+from tests.sinks.clickhouse_server import ClickHouseServer, find_binary
 
 TABLES = 10
 TOKEN = "chaos-token"
 KINDS = ("kill9", "sigterm", "kill_owner")
+SINK_KINDS = ("sink_down",)
 
 
 @dataclass
@@ -67,14 +70,19 @@ class Report:
 
 
 class Chaos:
-    def __init__(self, root: Path, seed: int) -> None:
+    def __init__(self, root: Path, seed: int, clickhouse: ClickHouseServer | None = None) -> None:
+        """`clickhouse`: the sink (started here), which the `sink_down` fault stops for a while;
+        without it, each node's local sink."""
         self.rng = random.Random(seed)
         self.report = Report(seed)
+        self.clickhouse = clickhouse
         self.nodes = [NodeProcess(root / f"node-{i}", name=f"ingestor-{i}") for i in range(3)]
         peers = ",".join(f"{n.name}={n.grpc_addr}" for n in self.nodes)
         for n in self.nodes:
             n.args += ["--peers", peers, "--peer-token", TOKEN, "--max-segment-age", "1s", "--upload-interval", "0.5s",
                        "--peer-unhealthy-timeout", "3s", "--shutdown-grace", "2s"]
+            if clickhouse is not None:
+                n.args += ["--storage-backend", "clickhouse", "--metrics-kusto-endpoints", clickhouse.dsn("Metrics")]
         self.ring = Ring(n.name for n in self.nodes)
         self.acked: set[int] = set()
         self.seq = 0
@@ -117,6 +125,13 @@ class Chaos:
     # -- faults -----------------------------------------------------------------------------
 
     def fault(self, kind: str) -> None:
+        if kind == "sink_down":
+            assert self.clickhouse is not None
+            self.clickhouse.stop()
+            time.sleep(self.rng.uniform(1.0, 4.0))
+            self.clickhouse.start()
+            self.report.faults[kind] += 1
+            return
         if kind == "kill_owner":
             owners = Counter(self.ring.owner(make_prefix("Metrics", f"Chaos{t}", schema_hash(BASE_SCHEMA)))
                              for t in range(TABLES))
@@ -135,6 +150,16 @@ class Chaos:
 
     def stored(self) -> Counter[int]:
         seen: Counter[int] = Counter()
+        if self.clickhouse is not None:
+            from tests.sinks.test_clickhouse import admin
+
+            try:
+                rows = admin(self.clickhouse).query("SELECT Labels FROM merge('Metrics', '^Chaos')")
+            except Exception:
+                return seen  # no table yet
+            for (labels,) in rows:
+                seen[int(json.loads(labels)["seq"])] += 1
+            return seen
         for node in self.nodes:
             if not (node.storage_dir / "local" / "metadata").is_dir():
                 continue
@@ -152,8 +177,13 @@ class Chaos:
     def segments_left(self) -> int:
         return sum(len(list((n.storage_dir / "wal").rglob("*.wal"))) for n in self.nodes)
 
-    def run(self, faults: int, kinds: tuple[str, ...] = KINDS) -> Report:
-        print(f"chaos: seed {self.report.seed}, {faults} faults of {', '.join(kinds)}", flush=True)
+    def run(self, faults: int, kinds: tuple[str, ...] | None = None) -> Report:
+        if kinds is None:
+            kinds = KINDS + (SINK_KINDS if self.clickhouse is not None else ())
+        sink = "ClickHouse" if self.clickhouse is not None else "local"
+        print(f"chaos: seed {self.report.seed}, {faults} faults of {', '.join(kinds)}, {sink} sink", flush=True)
+        if self.clickhouse is not None:
+            self.clickhouse.start()
         for n in self.nodes:
             n.start()
         loader = threading.Thread(target=self._load, daemon=True)
@@ -180,6 +210,8 @@ class Chaos:
         for n in self.nodes:
             n.stop()
         seen = self.stored()
+        if self.clickhouse is not None:
+            self.clickhouse.stop()
         r = self.report
         r.acked = len(self.acked)
         r.delivered = len(seen)
@@ -194,10 +226,18 @@ def main() -> int:
     p = argparse.ArgumentParser(prog="python -m tests.chaos.run")
     p.add_argument("--faults", type=int, default=20)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--sink", choices=["clickhouse", "local"], default=None,
+                   help="default: ClickHouse (with the sink_down fault) when clickhouse-server is installed")
     args = p.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
+    sink = args.sink or ("clickhouse" if find_binary() else "local")
     with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
-        report = Chaos(Path(tmp), seed).run(args.faults)
+        server = ClickHouseServer(Path(tmp) / "clickhouse") if sink == "clickhouse" else None
+        try:
+            report = Chaos(Path(tmp), seed, server).run(args.faults)
+        finally:
+            if server is not None:
+                server.stop()
     print(report)
     return 0 if report.ok() else 1
 
