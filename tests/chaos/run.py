@@ -8,8 +8,11 @@ same seed replays the same faults at the same moments (the load itself is timing
   `seq` label; the sender records which requests were acknowledged.
 - Faults, by kind: `kill9` (SIGKILL, restart after a pause), `sigterm` (SIGTERM with the node's
   short grace, restart), `kill_owner` (SIGKILL of the node that owns most tables while the others
-  stream segments to it: a peer stopped mid-transfer), and with the ClickHouse sink `sink_down`
-  (the server stopped for 1 to 4 s).
+  stream segments to it: a peer stopped mid-transfer), `peer_unreachable` (SIGSTOP for 1 to 4 s:
+  connections to it hang, as to a host cut off the network; network namespaces need more than
+  these machines give), and with the ClickHouse sink `sink_down` (the server stopped for 1 to
+  4 s) and `disk_full` (the last node's storage is a 96 MB tmpfs, filled to the last 64 KB for 1
+  to 4 s; skipped with a message where mounting is impossible).
 - Oracle, after the faults stop and the cluster drained: every acknowledged `seq` is in a local
   store; no `seq` that was never sent; duplicates counted; no segment left in any WAL; the cluster
   is live (a new row sent after the faults is delivered).
@@ -18,8 +21,10 @@ same seed replays the same faults at the same moments (the load itself is timing
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,8 +46,9 @@ from tests.sinks.clickhouse_server import ClickHouseServer, find_binary
 
 TABLES = 10
 TOKEN = "chaos-token"
-KINDS = ("kill9", "sigterm", "kill_owner")
-SINK_KINDS = ("sink_down",)
+KINDS = ("kill9", "sigterm", "kill_owner", "peer_unreachable")
+SINK_KINDS = ("sink_down", "disk_full")
+SMALL_DISK = 96 << 20
 
 
 @dataclass
@@ -77,6 +83,15 @@ class Chaos:
         self.report = Report(seed)
         self.clickhouse = clickhouse
         self.nodes = [NodeProcess(root / f"node-{i}", name=f"ingestor-{i}") for i in range(3)]
+        self.small_disk: Path | None = None
+        if clickhouse is not None:  # the last node's WAL on a small file system of its own, to fill
+            self.small_disk = self.nodes[-1].storage_dir
+            self.small_disk.mkdir(parents=True)
+            mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SMALL_DISK}", "tmpfs",
+                                      str(self.small_disk)], capture_output=True, text=True)
+            if mounted.returncode != 0:
+                print(f"  (no disk_full fault: cannot mount a tmpfs here: {mounted.stderr.strip()})", flush=True)
+                self.small_disk = None
         peers = ",".join(f"{n.name}={n.grpc_addr}" for n in self.nodes)
         for n in self.nodes:
             n.args += ["--peers", peers, "--peer-token", TOKEN, "--max-segment-age", "1s", "--upload-interval", "0.5s",
@@ -125,6 +140,26 @@ class Chaos:
     # -- faults -----------------------------------------------------------------------------
 
     def fault(self, kind: str) -> None:
+        if kind == "disk_full":
+            assert self.small_disk is not None
+            filler = self.small_disk / "filler"
+            free = shutil.disk_usage(self.small_disk).free
+            with open(filler, "wb") as f, contextlib.suppress(OSError):  # every byte but a few blocks
+                for _ in range(max(0, free - (64 << 10)) // (1 << 20)):
+                    f.write(b"\0" * (1 << 20))
+                f.flush()
+            time.sleep(self.rng.uniform(1.0, 4.0))
+            filler.unlink()
+            self.report.faults[kind] += 1
+            return
+        if kind == "peer_unreachable":  # frozen: connections hang, as to a host cut off the network
+            victim = self.rng.choice(self.nodes)
+            assert victim.proc is not None
+            victim.proc.send_signal(signal.SIGSTOP)
+            time.sleep(self.rng.uniform(1.0, 4.0))
+            victim.proc.send_signal(signal.SIGCONT)
+            self.report.faults[kind] += 1
+            return
         if kind == "sink_down":
             assert self.clickhouse is not None
             self.clickhouse.stop()
@@ -177,9 +212,11 @@ class Chaos:
     def segments_left(self) -> int:
         return sum(len(list((n.storage_dir / "wal").rglob("*.wal"))) for n in self.nodes)
 
-    def run(self, faults: int, kinds: tuple[str, ...] | None = None) -> Report:
+    def run(self, faults: int, kinds: tuple[str, ...] | None = None, steady: float | None = None) -> Report:
+        """`faults` random faults of `kinds`, then the oracle; `steady`: seconds of load before them."""
         if kinds is None:
-            kinds = KINDS + (SINK_KINDS if self.clickhouse is not None else ())
+            kinds = KINDS + (("sink_down",) if self.clickhouse is not None else ())
+            kinds += ("disk_full",) if self.small_disk is not None else ()
         sink = "ClickHouse" if self.clickhouse is not None else "local"
         print(f"chaos: seed {self.report.seed}, {faults} faults of {', '.join(kinds)}, {sink} sink", flush=True)
         if self.clickhouse is not None:
@@ -189,6 +226,8 @@ class Chaos:
         loader = threading.Thread(target=self._load, daemon=True)
         loader.start()
         try:
+            if steady is not None:  # a soak: load, no faults
+                time.sleep(steady)
             for _ in range(faults):
                 time.sleep(self.rng.uniform(0.5, 2.5))
                 kind = self.rng.choice(kinds)
@@ -212,6 +251,8 @@ class Chaos:
         seen = self.stored()
         if self.clickhouse is not None:
             self.clickhouse.stop()
+        if self.small_disk is not None:
+            subprocess.run(["umount", "-l", str(self.small_disk)], check=False)
         r = self.report
         r.acked = len(self.acked)
         r.delivered = len(seen)
@@ -226,6 +267,7 @@ def main() -> int:
     p = argparse.ArgumentParser(prog="python -m tests.chaos.run")
     p.add_argument("--faults", type=int, default=20)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--kinds", default=None, help="comma separated fault kinds (default: all the sink allows)")
     p.add_argument("--sink", choices=["clickhouse", "local"], default=None,
                    help="default: ClickHouse (with the sink_down fault) when clickhouse-server is installed")
     args = p.parse_args()
@@ -234,7 +276,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
         server = ClickHouseServer(Path(tmp) / "clickhouse") if sink == "clickhouse" else None
         try:
-            report = Chaos(Path(tmp), seed, server).run(args.faults)
+            kinds = tuple(args.kinds.split(",")) if args.kinds else None
+            report = Chaos(Path(tmp), seed, server).run(args.faults, kinds)
         finally:
             if server is not None:
                 server.stop()
