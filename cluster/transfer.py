@@ -58,7 +58,13 @@ class TransferResult:
     detail: str = ""
     bytes: int = 0
     seconds: float = 0.0
+    in_doubt: bool = False
+    """The peer may have committed the segment: every byte was sent, then the answer was lost."""
 
+
+_IN_DOUBT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
+             grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
+"""Failures that say nothing of what the peer did with a stream it received whole."""
 
 _OUTCOMES = {
     grpc.StatusCode.OK: Outcome.ACCEPTED,
@@ -158,6 +164,7 @@ class TransferClient:
         # end (UNAUTHENTICATED, ALREADY_EXISTS, ...) ends the call, the next write fails, and the
         # call's own status says why (grpc reports "Internal error from Core" for an iterator).
         call: Any = stub.TransferSegment(timeout=self._timeout + total / self._min_rate, metadata=metadata)
+        sent_all = False
         try:
             requests = self._requests(paths[0].name, total, crc, parts)
             await call.write(await anext(requests))  # the metadata
@@ -168,6 +175,7 @@ class TransferClient:
             if any(key == READY_HEADER for key, _ in ready or ()):
                 async for request in requests:
                     await call.write(request)
+                sent_all = True  # from here on, the peer may commit whatever we hear
                 await call.done_writing()
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
             pass  # the call is over: its status comes below
@@ -184,4 +192,4 @@ class TransferClient:
             raise
         outcome = _OUTCOMES.get(code, Outcome.PEER_FAILED)
         return TransferResult(outcome, code.name, detail, total if outcome.delivered else 0,
-                              time.perf_counter() - t0)
+                              time.perf_counter() - t0, sent_all and code in _IN_DOUBT)

@@ -29,7 +29,7 @@ from typing import Any
 import grpc
 
 from cluster.transfer import READY_HEADER
-from node.errors import AlreadyExistsError, InvalidInputError, UnauthenticatedError, status_of
+from node.errors import AlreadyExistsError, InvalidInputError, UnauthenticatedError, UnavailableError, status_of
 from node.gen.ingestor.v1 import transfer_pb2, transfer_pb2_grpc
 from node.metrics import NodeMetrics
 from node.receivers.grpc import abort
@@ -38,6 +38,7 @@ from node.transfer.ledger import TransferLedger, transfer_key
 from node.wal.importer import SegmentImport
 from node.wal.names import parse_filename
 from node.wal.repository import Repository
+from node.wal.table import SegmentInfo
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,9 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
         self._ledger = ledger
         self._auth = auth
         self._metrics = metrics
+        self._receiving: set[str] = set()
+        """Keys of the transfers being received or committed: a resend that overtakes its first
+        try (whose answer the sender lost) must wait for the ledger's verdict."""
 
     async def TransferSegment(self, request_iterator: AsyncIterator[transfer_pb2.TransferSegmentRequest],
                               context: grpc.aio.ServicerContext[Any, Any]) -> transfer_pb2.TransferSegmentResponse:
@@ -94,6 +98,8 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
         what = "transfer"
         sender = "?"
         imp: SegmentImport | None = None
+        receiving: str | None = None
+        committing: SegmentImport | None = None
         try:
             # The first message is read before any check, so that a refusal reaches a sender that
             # waits for the go-ahead (initial metadata), never one still writing.
@@ -111,28 +117,52 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
             key = transfer_key(meta.name, meta.size, meta.crc32)
             if await asyncio.to_thread(self._ledger.seen, key):
                 raise AlreadyExistsError(f"segment {meta.name} was accepted before")
+            if key in self._receiving:
+                raise UnavailableError(f"segment {meta.name} is being received on another call; retry", 1.0)
+            self._receiving.add(key)
+            receiving = key
             imp = await asyncio.to_thread(self._wal.begin_import, name.prefix, meta.size)
             await context.send_initial_metadata(((READY_HEADER, "1"),))  # the sender may stream the bytes
             async for msg in request_iterator:
                 if msg.WhichOneof("msg") != "chunk":
                     raise InvalidInputError("a transfer carries its metadata once, first")
                 await asyncio.to_thread(imp.feed, msg.chunk)
-            info = await asyncio.to_thread(imp.commit, meta.crc32)
-            imp = None
-            await asyncio.to_thread(self._ledger.record, key)
+            # The commit runs to its end even if the sender goes away (it aborts itself on failure),
+            # and only its end releases the key.
+            committing, imp, receiving = imp, None, None
+            # shielded: a cancelled call must not cancel the commit before its thread started
+            info = await asyncio.shield(asyncio.to_thread(self._commit, committing, meta.crc32, key))
+            committing = None
         except Exception as e:
             if imp is not None:
                 await asyncio.to_thread(imp.abort)
             self._metrics.transfers_received.labels(status_of(e).grpc_code.name).inc()
             await abort(context, e, what)
-        except asyncio.CancelledError:  # the sender went away mid-stream: nothing stays
-            if imp is not None:
-                imp.abort()
+        except asyncio.CancelledError:  # the sender went away (or its deadline passed)
             self._metrics.transfers_received.labels("CANCELLED").inc()
-            log.info("%s: cut by the sender; discarded", what)
+            if committing is not None:
+                log.warning("%s: the sender went away as the stream ended; the commit finishes on its own (a whole "
+                            "segment is kept, and a resend hears ALREADY_EXISTS)", what)
+            else:  # mid-stream: nothing stays
+                if imp is not None:
+                    imp.abort()
+                log.info("%s: cut by the sender; discarded", what)
             raise
+        finally:
+            if receiving is not None:
+                self._receiving.discard(receiving)
         self._metrics.transfers_received.labels("OK").inc()
         self._metrics.transfer_received_bytes.inc(info.size)
         log.info("accepted %s as %s: %d blocks, %d rows, %.1f MB in %.2fs", what, info.name.filename, info.blocks,
                  info.rows, info.size / 1e6, time.perf_counter() - t0)
         return transfer_pb2.TransferSegmentResponse(blocks=info.blocks, bytes=info.size)
+
+    def _commit(self, imp: SegmentImport, crc32: int, key: str) -> SegmentInfo:
+        """Publish the segment, then note it in the ledger (one thread: a cancelled call cannot
+        stop between the two)."""
+        try:
+            info = imp.commit(crc32)
+            self._ledger.record(key)
+            return info
+        finally:
+            self._receiving.discard(key)

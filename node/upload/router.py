@@ -11,9 +11,11 @@ planned transfer and turns its outcome into what happens next:
   marked unhealthy for `--peer-unhealthy-timeout`, so the next round computes the ring without it
   and the segments go to the key's next peer, or are uploaded here when this node is next.
 
-A transfer whose outcome is unknown (the stream broke, the deadline passed) may have been
-committed by the peer. The same segments are then sent again, in the same composition, if the
-same peer is still the owner, so its ledger answers ALREADY_EXISTS instead of taking them twice.
+A transfer whose outcome is unknown (every byte was sent, then the answer was lost) may have been
+committed by the peer. The uploader keeps its record (`intents.py`) and sends the same segments,
+in the same composition, to the same peer again, so that its ledger answers ALREADY_EXISTS
+instead of taking them twice; only after `in_doubt_wait`, or when the peer left the cluster, are
+they uploaded here instead.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from node.wal.table import SegmentInfo
 log = logging.getLogger(__name__)
 
 MB = 1_000_000
-_IN_DOUBT = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN", "INTERNAL"}
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class TransferConfig:
     """Seconds since a segment closed after which it is uploaded here (`--max-transfer-age`)."""
     concurrency: int = 4
     """Transfers in flight at once."""
+    in_doubt_wait: float = 600.0
+    """Seconds a transfer in doubt keeps going to its peer before its segments are uploaded here."""
 
 
 class Router:
@@ -56,7 +59,6 @@ class Router:
         self._clock = clock
         self._closed_at: dict[str, float] = {}
         self._excluded: set[str] = set()
-        self._in_doubt: dict[str, tuple[str, frozenset[str]]] = {}
         self.queued = 0
         """Segments planned for transfer in the last round (the status's transfer queue)."""
 
@@ -84,19 +86,8 @@ class Router:
         ring = self.view.ring()
         transfers, rest = plan_transfers(segments, ring.owner, self.view.self_name, self._ages(segments),
                                          self.config.max_size, self.config.max_age, busy, self._excluded)
-        out = []
-        for t in transfers:
-            doubt = self._in_doubt.get(t.prefix)
-            if doubt is not None:
-                peer, ids = doubt
-                have = {s.name.segment_id for s in t.segments}
-                if peer == t.owner and ids <= have:  # resend exactly what may have arrived
-                    t = PlannedTransfer(t.prefix, t.owner, tuple(s for s in t.segments if s.name.segment_id in ids))
-                else:
-                    del self._in_doubt[t.prefix]
-            out.append(t)
-        self.queued = sum(len(t.segments) for t in out)
-        return out, rest
+        self.queued = sum(len(t.segments) for t in transfers)
+        return transfers, rest
 
     async def deliver(self, t: PlannedTransfer) -> TransferResult:
         """Send one planned transfer; the caller deletes the segments when `result.outcome.delivered`."""
@@ -108,17 +99,13 @@ class Router:
             result = await self.client.send(peer, [s.path for s in t.segments])
         self._metrics.transfers_sent.labels(result.outcome.value).inc()
         if result.outcome.delivered:
-            self._in_doubt.pop(t.prefix, None)
             self._metrics.transfer_sent_bytes.inc(result.bytes)
             log.info("transferred %s to %s: %d segments, %.1f MB in %.2fs (%s)", t.prefix, t.owner,
                      len(t.segments), result.bytes / 1e6, result.seconds, result.code)
         elif result.outcome is Outcome.REFUSED:
             self._excluded |= ids
-            self._in_doubt.pop(t.prefix, None)
             log.warning("transfer of %s (%d segments) to %s refused, uploading them here instead: %s %s", t.prefix,
                         len(t.segments), t.owner, result.code, result.detail)
         else:
-            if result.code in _IN_DOUBT:
-                self._in_doubt[t.prefix] = (t.owner, ids)
             self.view.health.mark_unhealthy(t.owner, f"transfer of {t.prefix} failed: {result.code} {result.detail}")
         return result

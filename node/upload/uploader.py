@@ -8,6 +8,10 @@ of:
   capped) before it is tried again;
 - quarantine: the sink will never take it (PermanentSinkError); the segments are moved to
   `quarantine/` with the reason logged and counted, never deleted silently.
+
+Every delivery, to the sink or to a peer, is first recorded in `deliveries/` (`intents.py`): after
+a failure or a restart the prefix's next delivery is the same segments to the same destination,
+so the sink's deduplication token and the peer's ledger recognise rows that already arrived.
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cluster.transfer import Outcome
 from node.errors import PermanentSinkError
 from node.metrics import NodeMetrics
 from node.sinks.base import Batch, Sink
 from node.upload.batcher import DEFAULT_RATIO, BatchPolicy, PlannedBatch, PlannedTransfer, plan
+from node.upload.intents import SINK, Intent, Intents
 from node.upload.router import Router
 from node.wal import format as fmt
 from node.wal.repository import Repository
@@ -46,6 +52,8 @@ class UploadConfig:
     backoff_max: float = 60.0
     quarantine_dir: Path | None = None
     """Where batches a sink will never take are moved (default: `<wal dir>/../quarantine`)."""
+    deliveries_dir: Path | None = None
+    """Where deliveries in progress are recorded (default: `<wal dir>/../deliveries`)."""
 
 
 def sample_ratio(segment: SegmentInfo, max_blocks: int = 4) -> float:
@@ -90,8 +98,14 @@ class Uploader:
         self._loop_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self.quarantine_dir = config.quarantine_dir or wal.directory.parent / "quarantine"
+        self.intents = Intents(config.deliveries_dir or wal.directory.parent / "deliveries")
 
     async def start(self) -> None:
+        pending = await asyncio.to_thread(self.intents.load)
+        if pending:
+            log.info("resuming %d deliveries a previous run left unfinished: %s", len(pending),
+                     ", ".join(f"{p} ({len(i.segments)} segments to {i.target or 'the sink'})"
+                               for p, i in sorted(pending.items())))
         await asyncio.to_thread(self._sink.start)
         self._loop_task = asyncio.create_task(self._loop(), name="uploader")
 
@@ -124,25 +138,104 @@ class Uploader:
     async def _round(self, policy: BatchPolicy) -> int:
         if self._refresh:
             await asyncio.to_thread(self._wal.refresh)
-        segments = self._wal.closed_segments()
+        segments = self._resume(self._wal.closed_segments())
         if self.router is not None and self.transfers_enabled:
             transfers, segments = await asyncio.to_thread(self.router.plan, segments, self._busy)
             for t in transfers:
-                self._busy.add(t.prefix)
-                task = asyncio.create_task(self._transfer(t), name=f"transfer-{t.prefix}")
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._start_transfer(t)
         for s in segments:
             if s.prefix not in self._ratios:
                 self._ratios[s.prefix] = await asyncio.to_thread(sample_ratio, s)
         batches = plan(segments, int(time.time() * 1000), policy, self._busy, self._ratios, self._not_before,
                        self._clock())
         for b in batches:
-            self._busy.add(b.prefix)
-            task = asyncio.create_task(self._deliver(b), name=f"upload-{b.prefix}")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._start_upload(b)
         return len(batches)
+
+    def _start_upload(self, b: PlannedBatch) -> None:
+        self._busy.add(b.prefix)
+        task = asyncio.create_task(self._deliver(b), name=f"upload-{b.prefix}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _start_transfer(self, t: PlannedTransfer) -> None:
+        self._busy.add(t.prefix)
+        task = asyncio.create_task(self._transfer(t), name=f"transfer-{t.prefix}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _resume(self, segments: list[SegmentInfo]) -> list[SegmentInfo]:
+        """Start again the recorded deliveries that are not in flight (once their backoff is over);
+        return the segments of the other prefixes, which are planned afresh."""
+        intents = self.intents.all()
+        if not intents:
+            return segments
+        by_prefix: dict[str, dict[str, SegmentInfo]] = {}
+        for s in segments:
+            by_prefix.setdefault(s.prefix, {})[s.path.name] = s
+        held = set()
+        gone: set[str] = set()
+        for prefix, intent in intents.items():
+            if prefix in self._busy:
+                held.add(prefix)
+                continue
+            present = by_prefix.get(prefix, {})
+            segs = [present.get(n) for n in intent.segments]
+            found = [s for s in segs if s is not None]
+            if len(found) < len(segs):
+                if intent.recovered:  # confirmed, then cut off while its segments were deleted
+                    log.info("%s: %d of the %d segments of a delivery confirmed before the restart were left; "
+                             "deleting them", prefix, len(found), len(segs))
+                    self._wal.remove(found)
+                    gone.update(s.path.name for s in found)
+                else:
+                    log.warning("%s: %d of the %d segments of the delivery in progress are gone; planning the rest "
+                                "afresh", prefix, len(segs) - len(found), len(segs))
+                self.intents.clear(prefix)
+                continue
+            held.add(prefix)
+            if self._not_before.get(prefix, 0.0) > self._clock():
+                continue
+            group = tuple(found)
+            if intent.to_sink:
+                est = int(sum(s.size for s in group) * self._ratios.get(prefix, DEFAULT_RATIO))
+                self._start_upload(PlannedBatch(prefix, group, est, "retry"))
+            elif self._may_resend(intent):
+                self._start_transfer(PlannedTransfer(prefix, intent.target, group))
+            else:
+                log.warning("%s: the transfer of %d segments to %s may have arrived (its answer was lost %.0fs ago) "
+                            "and cannot be sent to it again: uploading them here; their rows may be delivered "
+                            "twice", prefix, len(group), intent.target, time.time() - intent.since)
+                self.intents.clear(prefix)
+                self._start_upload(PlannedBatch(prefix, group, 0, "retry"))
+        return [s for s in segments if s.prefix not in held and s.path.name not in gone]
+
+    def _may_resend(self, intent: Intent) -> bool:
+        """A transfer in doubt goes to the same peer again while the peer is a member and the
+        doubt is younger than the router's `in_doubt_wait`, and the node is not leaving."""
+        r = self.router
+        return (r is not None and self.transfers_enabled and r.view.peer(intent.target) is not None
+                and time.time() - intent.since < r.config.in_doubt_wait)
+
+    async def _begin(self, prefix: str, segments: tuple[SegmentInfo, ...], target: str) -> None:
+        """Record the delivery about to start (kept when it is the same one again)."""
+        names = tuple(s.path.name for s in segments)
+        old = self.intents.get(prefix)
+        since = old.since if old is not None and old.segments == names and old.target == target else time.time()
+        try:
+            await asyncio.to_thread(self.intents.record, Intent(prefix, names, target, since))
+        except OSError as e:  # a full disk must not stop the uploads that free it
+            log.warning("%s: cannot record the delivery in %s (%s); delivering anyway: after a crash its rows may "
+                        "be delivered twice", prefix, self.intents.directory, e)
+
+    def _back_off(self, prefix: str) -> tuple[int, float]:
+        """Count a failure of `prefix` and set its next try; return (attempt, delay)."""
+        n = self._failures.get(prefix, 0) + 1
+        self._failures[prefix] = n
+        delay = min(self._config.backoff_max, self._config.backoff_initial * 2 ** (n - 1))
+        delay *= random.uniform(0.5, 1.0)
+        self._not_before[prefix] = self._clock() + delay
+        return n, delay
 
     async def drain(self, deadline: float, progress: Callable[[int, int], None] | None = None) -> bool:
         """Upload everything there is, whatever its size or age, until done or `deadline`
@@ -170,12 +263,23 @@ class Uploader:
     async def _transfer(self, t: PlannedTransfer) -> None:
         assert self.router is not None
         try:
+            resend = self.intents.get(t.prefix) is not None  # an earlier try may have arrived
+            await self._begin(t.prefix, t.segments, t.owner)
             async with self._transfer_sem:
                 result = await self.router.deliver(t)
             if result.outcome.delivered:
                 self._wal.remove(t.segments)
+                self._failures.pop(t.prefix, None)
+                self._not_before.pop(t.prefix, None)
+            if result.outcome is Outcome.PEER_FAILED and (result.in_doubt or resend):
+                # kept: the next try sends the same segments to the same peer (a resend that failed
+                # for certain says nothing of the earlier try)
+                self._back_off(t.prefix)
+            else:
+                await asyncio.to_thread(self.intents.clear, t.prefix)
         except Exception:
             log.exception("transfer of %s to %s failed", t.prefix, t.owner)
+            self._back_off(t.prefix)
         finally:
             self._busy.discard(t.prefix)
             self._wake.set()
@@ -185,6 +289,7 @@ class Uploader:
         batch = Batch(name.database, name.table, planned.segments)
         sink = self._sink.name
         try:
+            await self._begin(planned.prefix, planned.segments, SINK)
             async with self._sem:
                 t0 = time.perf_counter()
                 await asyncio.to_thread(self._sink.upload, batch)
@@ -192,21 +297,19 @@ class Uploader:
         except PermanentSinkError as e:
             self._metrics.uploads.labels(sink, "quarantined").inc()
             await asyncio.to_thread(self._quarantine, planned, str(e))
+            await asyncio.to_thread(self.intents.clear, planned.prefix)
             self._busy.discard(planned.prefix)
             return
         except Exception as e:
             self._metrics.uploads.labels(sink, "failed").inc()
-            n = self._failures.get(planned.prefix, 0) + 1
-            self._failures[planned.prefix] = n
-            delay = min(self._config.backoff_max, self._config.backoff_initial * 2 ** (n - 1))
-            delay *= random.uniform(0.5, 1.0)
-            self._not_before[planned.prefix] = self._clock() + delay
+            n, delay = self._back_off(planned.prefix)
             log.warning("upload of %s (%d segments) to %s failed (attempt %d), retrying in %.1fs: %s",
                         planned.prefix, len(planned.segments), sink, n, delay, e)
             self._busy.discard(planned.prefix)
             return
         # remove: the sink confirmed every row
         self._wal.remove(planned.segments)
+        await asyncio.to_thread(self.intents.clear, planned.prefix)
         self._failures.pop(planned.prefix, None)
         self._not_before.pop(planned.prefix, None)
         if batch.size:

@@ -37,9 +37,13 @@ def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def thread_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
 @dataclass
 class Series:
-    samples: list[tuple[float, int, int]] = field(default_factory=list)  # (seconds since start, rss, fds)
+    samples: list[tuple[float, int, int, int]] = field(default_factory=list)  # (seconds since start, rss, fds, threads)
 
     def median(self, start: float, end: float, index: int) -> float:
         values = [s[index] for s in self.samples if start <= s[0] < end]
@@ -75,7 +79,9 @@ def soak(root: Path, seconds: float, seed: int = 1) -> SoakReport:
         while not stop.wait(1.0):
             for n in chaos.nodes:
                 if n.proc is not None and n.proc.poll() is None:
-                    series[n.name].samples.append((time.monotonic() - t0, rss_bytes(n.proc.pid), fd_count(n.proc.pid)))
+                    pid = n.proc.pid
+                    series[n.name].samples.append((time.monotonic() - t0, rss_bytes(pid), fd_count(pid),
+                                                   thread_count(pid)))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()

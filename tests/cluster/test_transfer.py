@@ -37,6 +37,7 @@ from node.upload.batcher import PlannedTransfer
 from node.upload.router import Router, TransferConfig
 from node.wal import format as fmt
 from node.wal.repository import Repository, WalConfig
+from node.wal.names import make_prefix
 from node.wal.segment import iter_rows
 from node.wal.table import SegmentInfo
 from tests.cluster.tls import make_certs
@@ -361,3 +362,85 @@ async def test_a_torn_ledger_line_is_ignored_and_not_glued_to_the_next(tmp_path:
     assert not old.seen("c.wal:2:00000002")  # past the retention
     assert old.compact() == 0
     assert os.path.getsize(path) == 0
+
+
+def slow_ledger(receiver: Receiver, seconds: float) -> None:
+    """The receiver commits slowly: the sender's deadline passes after it sent every byte."""
+    record = receiver.ledger.record
+
+    def slow(key: str) -> None:
+        import time
+
+        time.sleep(seconds)
+        record(key)
+
+    receiver.ledger.record = slow  # type: ignore[method-assign]
+
+
+async def test_an_answer_lost_after_every_byte_is_in_doubt_and_the_resend_is_already_exists(
+        receiver: Receiver, sender: Repository) -> None:
+    segs = segments(sender, count=2)
+    slow_ledger(receiver, 1.0)
+    client = TransferClient("sender", token=TOKEN, timeout=0.3, min_rate=1e12)
+    try:
+        lost = await client.send(receiver.peer, [s.path for s in segs])
+        assert (lost.outcome, lost.code, lost.in_doubt) == (Outcome.PEER_FAILED, "DEADLINE_EXCEEDED", True)
+        await asyncio.sleep(1.5)  # the receiver finished its commit meanwhile
+        again = await TransferClient("sender", token=TOKEN).send(receiver.peer, [s.path for s in segs])
+        assert again.outcome is Outcome.ALREADY_HAD
+    finally:
+        await client.close()
+    assert sorted(receiver.rows()) == sorted(all_rows(segs))  # once
+
+
+async def test_failures_before_the_last_byte_are_not_in_doubt(receiver: Receiver, sender: Repository) -> None:
+    seg = segments(sender, count=1)[0]
+    client = TransferClient("sender", token=TOKEN, timeout=5)
+    try:
+        gone = await client.send(Peer("gone", "127.0.0.1:1"), [seg.path])
+        receiver.state.set_phase(Phase.DRAINING)
+        draining = await client.send(receiver.peer, [seg.path])
+    finally:
+        await client.close()
+    assert (gone.code, gone.in_doubt) == ("UNAVAILABLE", False)
+    assert (draining.code, draining.in_doubt) == ("UNAVAILABLE", False)
+
+
+async def test_a_transfer_in_doubt_is_resent_as_it_was_to_the_same_peer(receiver: Receiver, sender: Repository,
+                                                                        tmp_path: Path) -> None:
+    """Regression (chaos run): after a lost answer the peer is unhealthy and the ring names this
+    node; the segments that may have arrived must still go to that peer, as they were, and only
+    the newer ones are uploaded here. Otherwise the peer's copy and ours would both reach the sink."""
+    from node.upload.batcher import BatchPolicy
+    from node.upload.uploader import UploadConfig, Uploader
+    from tests.upload.test_uploader import RecordingSink
+
+    view = ClusterView("sender", "127.0.0.1:1", StaticMembership([receiver.peer, Peer("sender", "127.0.0.1:1")]),
+                       PeerHealth(60))
+    table = next(t for t in (f"Cpu{i}" for i in range(100)) if view.owner(make_prefix("Metrics", t)) == "receiver")
+    first = all_rows(segments(sender, count=2, table=table))
+    slow_ledger(receiver, 1.0)
+    client = TransferClient("sender", token=TOKEN, timeout=0.3, min_rate=1e12)
+    router = Router(view, client, TransferConfig(), NodeMetrics(CollectorRegistry()))
+    sink = RecordingSink()
+    up = Uploader(sender, sink, UploadConfig(interval=0.05, policy=BatchPolicy(min_batch_bytes=0, max_wait=0),
+                                             backoff_initial=0.5, backoff_max=0.5),
+                  NodeMetrics(CollectorRegistry()), router=router)
+    await up.start()
+    try:
+        for _ in range(200):
+            if not view.health.is_healthy("receiver"):
+                break
+            await asyncio.sleep(0.02)
+        assert not view.health.is_healthy("receiver")  # the first try was in doubt
+        later = all_rows(segments(sender, count=1, table=table))
+        receiver.ledger.record = TransferLedger.record.__get__(receiver.ledger)  # type: ignore[method-assign]
+        for _ in range(500):
+            if not sender.closed_segments():
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await up.stop()
+    assert sender.closed_segments() == []
+    assert sorted(receiver.rows()) == sorted(first)  # once: the resend heard ALREADY_EXISTS
+    assert sorted(sink.rows) == sorted(later)

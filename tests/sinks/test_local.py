@@ -243,3 +243,37 @@ def test_query_while_another_process_holds_the_sink(tmp_path: Path) -> None:
         assert child.say("release") == "released"
     finally:
         child.close()
+
+
+def _threads() -> int:
+    import os
+
+    return len(os.listdir("/proc/self/task"))
+
+
+def test_quiet_spells_do_not_leak_threads(sink: LocalSink, tmp_path: Path) -> None:
+    """Regression (soak run): chdb leaves threads and descriptors behind at every open and close,
+    so a sink that closed the store when idle grew by ~5 threads a batch. Batches with pauses
+    between them (longer than the old idle close) keep the process's thread count flat."""
+    import time
+
+    sink.upload(write_batch(tmp_path / "wal0", metrics(n=2)))
+    before = _threads()
+    for i in range(8):
+        time.sleep(0.6)
+        sink.upload(write_batch(tmp_path / f"wal{i + 1}", metrics(n=2)))
+    assert _threads() - before < 8
+    assert count(sink, "SELECT count() FROM Metrics.HttpRequestsTotal") == 9 * 6
+
+
+def test_a_reader_in_the_process_gets_the_store_from_the_sink(sink: LocalSink, tmp_path: Path) -> None:
+    """The sink keeps the store open; whoever waits for it announces it and the sink lets go."""
+    import time
+
+    sink.upload(write_batch(tmp_path / "wal", metrics(n=2)))
+    assert sink._store is not None
+    t0 = time.monotonic()
+    assert count(sink, "SELECT count() FROM Metrics.HttpRequestsTotal") == 6
+    assert time.monotonic() - t0 < 2.0
+    sink.upload(write_batch(tmp_path / "wal2", metrics(n=2)))  # and takes it back
+    assert count(sink, "SELECT count() FROM Metrics.HttpRequestsTotal") == 12

@@ -1,0 +1,183 @@
+"""Deliveries are recorded before they start, so a retry or a restart delivers the same segments
+under the same deduplication token: the rows are in the sink once (regressions of the chaos run,
+whose duplicates came from batches regrouped with newer segments after a failure or a kill).
+
+The sink is the real local sink (chdb, deduplicating by `insert_deduplication_token`), wrapped
+where a test needs the sink's answer to be lost after it stored the rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from node.errors import SinkError
+from node.metrics import NodeMetrics
+from node.sinks.base import Batch
+from node.sinks.local import ChdbConn, LocalSink, open_store, store_dir
+from node.upload.batcher import BatchPolicy
+from node.upload.intents import SINK, Intent, Intents
+from node.upload.uploader import UploadConfig, Uploader
+from node.wal import format as fmt
+from node.wal.repository import Repository, WalConfig
+from node.wal.table import SegmentInfo
+
+pytest.importorskip("chdb")
+
+SCHEMA = (("Timestamp", "datetime"), ("Value", "real"))
+
+
+def write(wal: Repository, first: int, count: int) -> list[SegmentInfo]:
+    """`count` closed segments of Db/T, 10 rows each, values from `first * 10` on."""
+    out = []
+    for i in range(first, first + count):
+        rows = b"".join(f"2026-11-30T00:00:00Z,{i * 10 + j}\n".encode() for j in range(10))
+        wal.write("Db", "T", fmt.KIND_METRIC, rows, 10, SCHEMA)
+        out.extend(wal.rotate_all())
+    return out
+
+
+def stored(sink_dir: Path) -> list[int]:
+    with open_store(sink_dir, 10) as c:
+        return sorted(int(float(r[0])) for r in ChdbConn(c, "test").query("SELECT Value FROM Db.T"))
+
+
+def uploader(root: Path, wal: Repository, sink: object) -> Uploader:
+    cfg = UploadConfig(interval=0.05, policy=BatchPolicy(min_batch_bytes=0, max_wait=0), backoff_initial=0.05,
+                       backoff_max=0.1)
+    return Uploader(wal, sink, cfg, NodeMetrics(CollectorRegistry()))  # type: ignore[arg-type]
+
+
+async def until(cond: object, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+class LostAnswerSink:
+    """The local sink whose first answer is lost: it stores the batch, waits for `go`, then fails
+    as a timeout would."""
+
+    name = "local"
+
+    def __init__(self, inner: LocalSink) -> None:
+        self.inner = inner
+        self.go = threading.Event()
+        self.calls: list[tuple[str, ...]] = []
+
+    def start(self) -> None:
+        self.inner.start()
+
+    def stop(self) -> None:
+        self.inner.stop()
+
+    def accepts(self, database: str) -> bool:
+        return True
+
+    def upload(self, batch: Batch) -> None:
+        self.calls.append(tuple(s.path.name for s in batch.segments))
+        self.inner.upload(batch)
+        if len(self.calls) == 1:
+            self.go.wait(20)
+            raise SinkError("timed out waiting for the server's answer")
+
+
+def test_intents_round_trip_and_drop_unreadable_records(tmp_path: Path) -> None:
+    d = tmp_path / "deliveries"
+    intents = Intents(d)
+    assert intents.load() == {}
+    a = Intent("Db_T", ("a.wal", "b.wal"), SINK, 1.5)
+    b = Intent("Db_U", ("c.wal",), "ingestor-1", 2.0)
+    intents.record(a)
+    intents.record(b)
+    (d / "Db_V.json").write_text("{not json")
+    (d / "Db_W.json.tmp").write_text("torn")
+    again = Intents(d)
+    assert again.load() == {"Db_T": replace(a, recovered=True), "Db_U": replace(b, recovered=True)}
+    assert sorted(p.name for p in d.iterdir()) == ["Db_T.json", "Db_U.json"]
+    again.clear("Db_T")
+    assert Intents(d).load() == {"Db_U": replace(b, recovered=True)}
+    assert json.loads((d / "Db_U.json").read_text())["target"] == "ingestor-1"
+
+
+async def test_a_retry_after_a_lost_answer_sends_the_same_batch_not_a_regrouped_one(tmp_path: Path) -> None:
+    wal = Repository(WalConfig(tmp_path / "wal"))
+    wal.start()
+    first = write(wal, 0, 3)
+    sink_dir = store_dir(tmp_path / "storage")
+    sink = LostAnswerSink(LocalSink(sink_dir))
+    up = uploader(tmp_path, wal, sink)
+    await up.start()
+    try:
+        await until(lambda: len(sink.calls) == 1)
+        write(wal, 3, 2)  # newer segments arrive while the answer is awaited
+        sink.go.set()
+        await until(lambda: not wal.closed_segments())
+    finally:
+        await up.stop()
+    names = tuple(s.path.name for s in first)
+    assert sink.calls[0] == sink.calls[1] == names  # the retry is the same batch, same token
+    assert stored(sink_dir) == list(range(50))  # every row once
+    assert list((tmp_path / "deliveries").iterdir()) == []
+
+
+async def test_after_a_kill_between_confirmation_and_deletion_the_same_batch_is_sent_again(tmp_path: Path) -> None:
+    """What a kill -9 leaves: the sink has the batch, the record and every segment are on disk,
+    newer segments arrived since. The restarted node sends the recorded batch (recognised by the
+    sink), then the newer segments."""
+    wal = Repository(WalConfig(tmp_path / "wal"))
+    wal.start()
+    first = write(wal, 0, 3)
+    sink_dir = store_dir(tmp_path / "storage")
+    before = LocalSink(sink_dir)
+    before.upload(Batch("Db", "T", tuple(first)))
+    Intents(tmp_path / "deliveries").record(Intent(first[0].prefix, tuple(s.path.name for s in first), SINK, time.time()))
+    write(wal, 3, 2)
+
+    wal = Repository(WalConfig(tmp_path / "wal"))  # the restart
+    wal.start()
+    sink = LostAnswerSink(LocalSink(sink_dir))
+    sink.go.set()
+    sink.calls.append(("(none lost this time)",))
+    up = uploader(tmp_path, wal, sink)
+    await up.start()
+    try:
+        await until(lambda: not wal.closed_segments())
+    finally:
+        await up.stop()
+    assert sink.calls[1] == tuple(s.path.name for s in first)
+    assert stored(sink_dir) == list(range(50))
+
+
+async def test_a_record_whose_segments_are_partly_gone_was_confirmed(tmp_path: Path) -> None:
+    """Killed while deleting a confirmed batch's segments: the rest are deleted, not sent again."""
+    wal = Repository(WalConfig(tmp_path / "wal"))
+    wal.start()
+    first = write(wal, 0, 3)
+    sink_dir = store_dir(tmp_path / "storage")
+    LocalSink(sink_dir).upload(Batch("Db", "T", tuple(first)))
+    Intents(tmp_path / "deliveries").record(Intent(first[0].prefix, tuple(s.path.name for s in first), SINK, time.time()))
+    first[0].path.unlink()
+    later = write(wal, 3, 1)
+
+    wal = Repository(WalConfig(tmp_path / "wal"))
+    wal.start()
+    sink = LostAnswerSink(LocalSink(sink_dir))
+    sink.go.set()
+    sink.calls.append(("(none lost this time)",))
+    up = uploader(tmp_path, wal, sink)
+    await up.start()
+    try:
+        await until(lambda: not wal.closed_segments())
+    finally:
+        await up.stop()
+    assert sink.calls[1:] == [(later[0].path.name,)]
+    assert stored(sink_dir) == list(range(40))
