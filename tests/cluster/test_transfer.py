@@ -36,8 +36,8 @@ from node.transfer.service import TRANSFER_SERVICE, PeerAuth, TransferService
 from node.upload.batcher import PlannedTransfer
 from node.upload.router import Router, TransferConfig
 from node.wal import format as fmt
-from node.wal.repository import Repository, WalConfig
 from node.wal.names import make_prefix
+from node.wal.repository import Repository, WalConfig
 from node.wal.segment import iter_rows
 from node.wal.table import SegmentInfo
 from tests.cluster.tls import make_certs

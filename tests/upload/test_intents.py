@@ -49,6 +49,12 @@ def stored(sink_dir: Path) -> list[int]:
         return sorted(int(float(r[0])) for r in ChdbConn(c, "test").query("SELECT Value FROM Db.T"))
 
 
+def record(root: Path, segments: list[SegmentInfo]) -> None:
+    """What the uploader notes before it sends `segments` to the sink."""
+    Intents(root / "deliveries").record(Intent(segments[0].prefix, tuple(s.path.name for s in segments), SINK,
+                                               time.time()))
+
+
 def uploader(root: Path, wal: Repository, sink: object) -> Uploader:
     cfg = UploadConfig(interval=0.05, policy=BatchPolicy(min_batch_bytes=0, max_wait=0), backoff_initial=0.05,
                        backoff_max=0.1)
@@ -139,7 +145,7 @@ async def test_after_a_kill_between_confirmation_and_deletion_the_same_batch_is_
     sink_dir = store_dir(tmp_path / "storage")
     before = LocalSink(sink_dir)
     before.upload(Batch("Db", "T", tuple(first)))
-    Intents(tmp_path / "deliveries").record(Intent(first[0].prefix, tuple(s.path.name for s in first), SINK, time.time()))
+    record(tmp_path, first)
     write(wal, 3, 2)
 
     wal = Repository(WalConfig(tmp_path / "wal"))  # the restart
@@ -164,7 +170,7 @@ async def test_a_record_whose_segments_are_partly_gone_was_confirmed(tmp_path: P
     first = write(wal, 0, 3)
     sink_dir = store_dir(tmp_path / "storage")
     LocalSink(sink_dir).upload(Batch("Db", "T", tuple(first)))
-    Intents(tmp_path / "deliveries").record(Intent(first[0].prefix, tuple(s.path.name for s in first), SINK, time.time()))
+    record(tmp_path, first)
     first[0].path.unlink()
     later = write(wal, 3, 1)
 
