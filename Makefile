@@ -7,7 +7,7 @@ STORAGE_DIR ?= ./data
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast lint typecheck proto check-proto bench chaos clean
+.PHONY: help install run test test-fast lint typecheck proto check-proto bench chaos soak clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -46,6 +46,9 @@ bench: $(STAMP) ## Benchmarks: throughput and peak memory of the hot paths
 
 chaos: $(STAMP) ## Chaos: 20 random faults on a 3-node cluster under load, then the delivery oracle (SEED=n replays)
 	$(BIN)/python -m tests.chaos.run --faults 20 $(if $(SEED),--seed $(SEED))
+
+soak: $(STAMP) ## Soak: 30 minutes of steady load on 3 nodes; RSS, descriptors and threads must stay flat (MINUTES=n)
+	$(BIN)/python -m tests.chaos.soak --minutes $(or $(MINUTES),30)
 
 clean: ## Remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

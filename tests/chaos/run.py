@@ -31,20 +31,27 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cramjam
 import grpc
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 
 from cluster.ring import Ring
+from node.gen.prometheus import remote_pb2
 from node.rows.series import BASE_SCHEMA
 from node.wal.names import make_prefix, schema_hash
 from tests.harness import ROOT, NodeProcess
 from tests.sinks.clickhouse_server import ClickHouseServer, find_binary
 
 TABLES = 10
+LOG_TABLES = 3
+CHANNELS = ("otlp-metrics", "otlp-logs", "remote-write")
+"""How the load reaches the nodes: OTLP/gRPC metrics and logs, Prometheus remote write over HTTP."""
 TOKEN = "chaos-token"
 KINDS = ("kill9", "sigterm", "kill_owner", "peer_unreachable")
 SINK_KINDS = ("sink_down", "disk_full")
@@ -61,6 +68,8 @@ class Report:
     unknown: int = 0
     duplicates: int = 0
     faults: Counter[str] = field(default_factory=Counter)
+    channels: Counter[str] = field(default_factory=Counter)
+    """Acknowledged rows by how they were sent."""
     drain_seconds: float = 0.0
     segments_left: int = 0
     live_after: bool = False
@@ -69,10 +78,11 @@ class Report:
         return self.lost == 0 and self.unknown == 0 and self.segments_left == 0 and self.live_after
 
     def __str__(self) -> str:
-        return (f"seed {self.seed}: sent {self.sent} rows, acknowledged {self.acked}, delivered {self.delivered} "
-                f"distinct, lost {self.lost}, never sent {self.unknown}, duplicates {self.duplicates}; faults "
-                f"{dict(sorted(self.faults.items()))}; drained in {self.drain_seconds:.1f}s; segments left "
-                f"{self.segments_left}; live after: {self.live_after}")
+        return (f"seed {self.seed}: sent {self.sent} rows, acknowledged {self.acked} "
+                f"({dict(sorted(self.channels.items()))}), delivered {self.delivered} distinct, lost {self.lost}, "
+                f"never sent {self.unknown}, duplicates {self.duplicates}; faults {dict(sorted(self.faults.items()))}; "
+                f"drained in {self.drain_seconds:.1f}s; segments left {self.segments_left}; "
+                f"live after: {self.live_after}")
 
 
 class Chaos:
@@ -80,6 +90,7 @@ class Chaos:
         """`clickhouse`: the sink (started here), which the `sink_down` fault stops for a while;
         without it, each node's local sink."""
         self.rng = random.Random(seed)
+        self.load_rng = random.Random(seed + 1)  # the load's choices apart: faults replay by seed alone
         self.report = Report(seed)
         self.clickhouse = clickhouse
         self.nodes = [NodeProcess(root / f"node-{i}", name=f"ingestor-{i}") for i in range(3)]
@@ -97,9 +108,11 @@ class Chaos:
             n.args += ["--peers", peers, "--peer-token", TOKEN, "--max-segment-age", "1s", "--upload-interval", "0.5s",
                        "--peer-unhealthy-timeout", "3s", "--shutdown-grace", "2s"]
             if clickhouse is not None:
-                n.args += ["--storage-backend", "clickhouse", "--metrics-kusto-endpoints", clickhouse.dsn("Metrics")]
+                n.args += ["--storage-backend", "clickhouse", "--metrics-kusto-endpoints", clickhouse.dsn("Metrics"),
+                           "--logs-kusto-endpoints", clickhouse.dsn("Logs")]
         self.ring = Ring(n.name for n in self.nodes)
         self.acked: set[int] = set()
+        self.by_channel: Counter[str] = Counter()
         self.seq = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -107,34 +120,65 @@ class Chaos:
 
     # -- load -------------------------------------------------------------------------------
 
-    def send_one(self, node: NodeProcess, points: int = 20) -> bool:
-        req = metrics_service_pb2.ExportMetricsServiceRequest()
-        sm = req.resource_metrics.add().scope_metrics.add()
-        now = time.time_ns()
-        seqs = []
+    def _take(self, n: int) -> list[int]:
         with self._lock:
-            for _ in range(points):
-                self.seq += 1
-                seqs.append(self.seq)
-        for s in seqs:
-            m = sm.metrics.add(name=f"chaos_{s % TABLES}")
-            dp = m.gauge.data_points.add(time_unix_nano=now, as_double=float(s))
-            dp.attributes.add(key="seq", value={"string_value": str(s)})
-        self.report.sent += points
+            first = self.seq + 1
+            self.seq += n
+        self.report.sent += n
+        return list(range(first, first + n))
+
+    def send_one(self, node: NodeProcess, points: int = 20, channel: str = "otlp-metrics") -> bool:
+        """One request of `points` rows, each with a unique seq, over `channel` (see CHANNELS)."""
+        seqs = self._take(points)
+        now = time.time_ns()
         try:
-            with grpc.insecure_channel(node.grpc_addr) as ch:
-                metrics_service_pb2_grpc.MetricsServiceStub(ch).Export(req, timeout=5)
-        except grpc.RpcError:
+            if channel == "remote-write":
+                rw = remote_pb2.WriteRequest()
+                for s in seqs:
+                    ts = rw.timeseries.add()
+                    for name, value in sorted({"__name__": f"chaos_{s % TABLES}", "seq": str(s)}.items()):
+                        ts.labels.add(name=name, value=value)
+                    ts.samples.add(value=float(s), timestamp=now // 1_000_000)
+                body = bytes(cramjam.snappy.compress_raw(rw.SerializeToString()))
+                req = urllib.request.Request(f"{node.http_url}/api/v1/write", data=body, method="POST", headers={
+                    "Content-Encoding": "snappy", "Content-Type": "application/x-protobuf",
+                    "X-Prometheus-Remote-Write-Version": "0.1.0"})
+                with urllib.request.urlopen(req, timeout=5) as resp:
+                    if resp.status // 100 != 2:
+                        return False
+            elif channel == "otlp-logs":
+                logs = logs_service_pb2.ExportLogsServiceRequest()
+                rl = logs.resource_logs.add()
+                rl.resource.attributes.add(key="kusto.database", value={"string_value": "Logs"})
+                sl = rl.scope_logs.add()
+                for s in seqs:
+                    rec = sl.log_records.add(time_unix_nano=now, severity_text="INFO",
+                                             body={"string_value": f"row {s}"})
+                    rec.attributes.add(key="kusto.table", value={"string_value": f"ChaosLog{s % LOG_TABLES}"})
+                    rec.attributes.add(key="seq", value={"string_value": str(s)})
+                with grpc.insecure_channel(node.grpc_addr) as ch:
+                    logs_service_pb2_grpc.LogsServiceStub(ch).Export(logs, timeout=5)
+            else:
+                req_m = metrics_service_pb2.ExportMetricsServiceRequest()
+                sm = req_m.resource_metrics.add().scope_metrics.add()
+                for s in seqs:
+                    m = sm.metrics.add(name=f"chaos_{s % TABLES}")
+                    dp = m.gauge.data_points.add(time_unix_nano=now, as_double=float(s))
+                    dp.attributes.add(key="seq", value={"string_value": str(s)})
+                with grpc.insecure_channel(node.grpc_addr) as ch:
+                    metrics_service_pb2_grpc.MetricsServiceStub(ch).Export(req_m, timeout=5)
+        except (grpc.RpcError, OSError):  # urllib's HTTPError and URLError are OSErrors
             return False
         with self._lock:
             self.acked.update(seqs)
+            self.by_channel[channel] += len(seqs)
         return True
 
     def _load(self) -> None:
         while not self._stop.is_set():
             up = [n for n in self.nodes if n.name not in self.down]
             if up:
-                self.send_one(self.rng.choice(up))
+                self.send_one(self.load_rng.choice(up), channel=self.load_rng.choice(CHANNELS))
             time.sleep(0.02)
 
     # -- faults -----------------------------------------------------------------------------
@@ -183,30 +227,37 @@ class Chaos:
 
     # -- the oracle -------------------------------------------------------------------------
 
+    QUERIES = (("Labels", "SELECT Labels FROM merge('Metrics', '^Chaos')"),
+               ("Attributes", "SELECT Attributes FROM merge('Logs', '^ChaosLog')"))
+
     def stored(self) -> Counter[int]:
+        """How many times each seq is in the sink: metric labels and log attributes."""
         seen: Counter[int] = Counter()
         if self.clickhouse is not None:
             from tests.sinks.test_clickhouse import admin
 
-            try:
-                rows = admin(self.clickhouse).query("SELECT Labels FROM merge('Metrics', '^Chaos')")
-            except Exception:
-                return seen  # no table yet
-            for (labels,) in rows:
-                seen[int(json.loads(labels)["seq"])] += 1
+            for _, sql in self.QUERIES:
+                try:
+                    rows = admin(self.clickhouse).query(sql)
+                except Exception:
+                    continue  # no table yet
+                for (column,) in rows:
+                    seen[int(json.loads(column)["seq"])] += 1
             return seen
         for node in self.nodes:
             if not (node.storage_dir / "local" / "metadata").is_dir():
                 continue
-            r = subprocess.run([sys.executable, "-m", "node.cli", "query", "--storage-dir", str(node.storage_dir),
-                                "--format", "json", "SELECT Labels FROM merge('Metrics', '^Chaos')"],
-                               capture_output=True, text=True, timeout=120, cwd=ROOT)
-            if r.returncode != 0:
-                raise RuntimeError(r.stderr)
-            for line in r.stdout.splitlines():
-                labels = json.loads(line)["Labels"]
-                labels = json.loads(labels) if isinstance(labels, str) else labels
-                seen[int(labels["seq"])] += 1
+            for column, sql in self.QUERIES:
+                r = subprocess.run([sys.executable, "-m", "node.cli", "query", "--storage-dir", str(node.storage_dir),
+                                    "--format", "json", sql], capture_output=True, text=True, timeout=120, cwd=ROOT)
+                if r.returncode != 0:
+                    if "UNKNOWN_DATABASE" in r.stderr or "no table" in r.stderr.lower():
+                        continue
+                    raise RuntimeError(r.stderr)
+                for line in r.stdout.splitlines():
+                    value = json.loads(line)[column]
+                    value = json.loads(value) if isinstance(value, str) else value
+                    seen[int(value["seq"])] += 1
         return seen
 
     def segments_left(self) -> int:
@@ -255,6 +306,7 @@ class Chaos:
             subprocess.run(["umount", "-l", str(self.small_disk)], check=False)
         r = self.report
         r.acked = len(self.acked)
+        r.channels = self.by_channel
         r.delivered = len(seen)
         r.lost = len(self.acked - set(seen))
         r.unknown = sum(1 for s in seen if not 0 < s <= self.seq)

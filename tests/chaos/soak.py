@@ -2,8 +2,11 @@
 node, sampled every second, must stay flat.
 
 `python -m tests.chaos.soak --minutes 30` (`make soak`); the suite runs 3 minutes. "Flat": the
-median over the last 30 s is at most `RSS_BOUND` above the median over the 30 s that follow the
-warm-up (the first fifth of the run, at least 30 s), and likewise `FD_BOUND` descriptors. The
+median over the last 30 s is at most `RSS_BOUND` (64 MiB) above the median over the 30 s that
+follow the warm-up (the first fifth of the run, at least 30 s), and likewise `FD_BOUND` (16)
+descriptors and `THREAD_BOUND` (8) threads. (A node's RSS settles near 450 MB with the local
+sink's embedded ClickHouse; the bound is what a leak of one buffer per batch would exceed within
+minutes. The first soak found chdb leaking five threads and fifteen descriptors per batch.) The
 load and the oracle are those of the chaos run (`tests/chaos/run.py`), without faults.
 """
 
@@ -23,6 +26,7 @@ from tests.chaos.run import Chaos
 
 RSS_BOUND = 64 << 20
 FD_BOUND = 16
+THREAD_BOUND = 8
 WINDOW = 30.0
 
 
@@ -55,18 +59,19 @@ class SoakReport:
     seconds: float
     rows: int
     lost: int
-    growth: dict[str, tuple[float, float]]
-    """node -> (RSS growth in bytes, fd growth)"""
+    growth: dict[str, tuple[float, float, float]]
+    """node -> (RSS growth in bytes, fd growth, thread growth)"""
     peak_rss: dict[str, int]
 
     def ok(self) -> bool:
-        return self.lost == 0 and all(r <= RSS_BOUND and f <= FD_BOUND for r, f in self.growth.values())
+        return self.lost == 0 and all(r <= RSS_BOUND and f <= FD_BOUND and t <= THREAD_BOUND
+                                      for r, f, t in self.growth.values())
 
     def __str__(self) -> str:
-        nodes = "; ".join(f"{n}: RSS {r / 2**20:+.1f} MiB (peak {self.peak_rss[n] / 2**20:.0f} MiB), fds {f:+.0f}"
-                          for n, (r, f) in sorted(self.growth.items()))
+        nodes = "; ".join(f"{n}: RSS {r / 2**20:+.1f} MiB (peak {self.peak_rss[n] / 2**20:.0f} MiB), fds {f:+.0f}, "
+                          f"threads {t:+.0f}" for n, (r, f, t) in sorted(self.growth.items()))
         return (f"soak {self.seconds:.0f}s: {self.rows} rows acknowledged, {self.lost} lost; growth after warm-up "
-                f"(bounds {RSS_BOUND >> 20} MiB, {FD_BOUND} fds): {nodes}")
+                f"(bounds {RSS_BOUND >> 20} MiB, {FD_BOUND} fds, {THREAD_BOUND} threads): {nodes}")
 
 
 def soak(root: Path, seconds: float, seed: int = 1) -> SoakReport:
@@ -95,7 +100,8 @@ def soak(root: Path, seconds: float, seed: int = 1) -> SoakReport:
     for name, s in series.items():
         end = max((x[0] for x in s.samples), default=0.0)
         growth[name] = (s.median(end - WINDOW, end + 1, 1) - s.median(warm, warm + WINDOW, 1),
-                        s.median(end - WINDOW, end + 1, 2) - s.median(warm, warm + WINDOW, 2))
+                        s.median(end - WINDOW, end + 1, 2) - s.median(warm, warm + WINDOW, 2),
+                        s.median(end - WINDOW, end + 1, 3) - s.median(warm, warm + WINDOW, 3))
     peak = {name: max((x[1] for x in s.samples), default=0) for name, s in series.items()}
     return SoakReport(seconds, report.acked, report.lost, growth, peak)
 
