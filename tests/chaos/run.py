@@ -279,9 +279,11 @@ class Chaos:
         try:
             if steady is not None:  # a soak: load, no faults
                 time.sleep(steady)
-            for _ in range(faults):
+            # every kind at least once when there are enough faults, the rest drawn at random
+            schedule = list(kinds)[:faults] + [self.rng.choice(kinds) for _ in range(faults - len(kinds))]
+            self.rng.shuffle(schedule)
+            for kind in schedule:
                 time.sleep(self.rng.uniform(0.5, 2.5))
-                kind = self.rng.choice(kinds)
                 print(f"  fault: {kind}", flush=True)
                 self.fault(kind)
         finally:
