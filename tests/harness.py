@@ -26,9 +26,13 @@ def free_port() -> int:
 class NodeProcess:
     """One node as a child process, on loopback ports of its own."""
 
-    def __init__(self, storage_dir: Path, *args: str, name: str = "node-0", env: dict[str, str] | None = None) -> None:
+    def __init__(self, storage_dir: Path, *args: str, name: str = "node-0", env: dict[str, str] | None = None,
+                 host: str = "127.0.0.1", wrap: list[str] | None = None) -> None:
+        """`host`: the address it listens on; `wrap`: a command prefix (e.g. `ip netns exec NS`)."""
         self.storage_dir = storage_dir
         self.name = name
+        self.host = host
+        self.wrap = list(wrap or [])
         self.grpc_port = free_port()
         self.http_port = free_port()
         self.args = list(args)
@@ -38,16 +42,16 @@ class NodeProcess:
 
     @property
     def grpc_addr(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{self.host}:{self.grpc_port}"
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{self.host}:{self.http_port}"
 
     def start(self, timeout: float = 30.0) -> NodeProcess:
-        cmd = [sys.executable, "-m", "node.cli", "serve", "--storage-dir", str(self.storage_dir),
+        cmd = [*self.wrap, sys.executable, "-m", "node.cli", "serve", "--storage-dir", str(self.storage_dir),
                "--node-name", self.name, "--grpc-addr", self.grpc_addr,
-               "--http-addr", f"127.0.0.1:{self.http_port}", *self.args]
+               "--http-addr", f"{self.host}:{self.http_port}", *self.args]
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT)
         log.close()

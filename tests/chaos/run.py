@@ -45,6 +45,7 @@ from cluster.ring import Ring
 from node.gen.prometheus import remote_pb2
 from node.rows.series import BASE_SCHEMA
 from node.wal.names import make_prefix, schema_hash
+from tests.chaos.netns import NetnsError, Network
 from tests.harness import ROOT, NodeProcess
 from tests.sinks.clickhouse_server import ClickHouseServer, find_binary
 
@@ -86,14 +87,31 @@ class Report:
 
 
 class Chaos:
-    def __init__(self, root: Path, seed: int, clickhouse: ClickHouseServer | None = None) -> None:
+    def __init__(self, root: Path, seed: int, clickhouse: ClickHouseServer | None = None,
+                 netns: bool = True) -> None:
         """`clickhouse`: the sink (started here), which the `sink_down` fault stops for a while;
-        without it, each node's local sink."""
+        without it, each node's local sink. `netns`: each node on a host of its own (netns.py),
+        so that `peer_unreachable` cuts its link; where that cannot be made, or with False, the
+        nodes share loopback and `peer_unreachable` freezes the process."""
         self.rng = random.Random(seed)
         self.load_rng = random.Random(seed + 1)  # the load's choices apart: faults replay by seed alone
         self.report = Report(seed)
         self.clickhouse = clickhouse
-        self.nodes = [NodeProcess(root / f"node-{i}", name=f"ingestor-{i}") for i in range(3)]
+        self.net: Network | None = None
+        if netns:
+            net = Network(3)
+            try:
+                net.setup()
+                self.net = net
+            except NetnsError as e:
+                print(f"  (no network namespaces here, a peer is made unreachable by SIGSTOP instead: {e})", flush=True)
+        net = self.net
+        self.nodes = [NodeProcess(root / f"node-{i}", name=f"ingestor-{i}",
+                                  host=net.address(i) if net else "127.0.0.1", wrap=net.wrap(i) if net else None)
+                      for i in range(3)]
+        sink_host = net.host_ip if net else "127.0.0.1"
+        if clickhouse is not None and net is not None:
+            clickhouse.also_listen(net.host_ip, net.cidr)
         self.small_disk: Path | None = None
         if clickhouse is not None:  # the last node's WAL on a small file system of its own, to fill
             self.small_disk = self.nodes[-1].storage_dir
@@ -108,8 +126,9 @@ class Chaos:
             n.args += ["--peers", peers, "--peer-token", TOKEN, "--max-segment-age", "1s", "--upload-interval", "0.5s",
                        "--peer-unhealthy-timeout", "3s", "--shutdown-grace", "2s"]
             if clickhouse is not None:
-                n.args += ["--storage-backend", "clickhouse", "--metrics-kusto-endpoints", clickhouse.dsn("Metrics"),
-                           "--logs-kusto-endpoints", clickhouse.dsn("Logs")]
+                n.args += ["--storage-backend", "clickhouse",
+                           "--metrics-kusto-endpoints", clickhouse.dsn("Metrics", host=sink_host),
+                           "--logs-kusto-endpoints", clickhouse.dsn("Logs", host=sink_host)]
         self.ring = Ring(n.name for n in self.nodes)
         self.acked: set[int] = set()
         self.by_channel: Counter[str] = Counter()
@@ -196,12 +215,21 @@ class Chaos:
             filler.unlink()
             self.report.faults[kind] += 1
             return
-        if kind == "peer_unreachable":  # frozen: connections hang, as to a host cut off the network
-            victim = self.rng.choice(self.nodes)
+        if kind == "peer_unreachable":  # its link cut (or, without namespaces, the process frozen)
+            i = self.rng.randrange(len(self.nodes))
+            victim = self.nodes[i]
             assert victim.proc is not None
-            victim.proc.send_signal(signal.SIGSTOP)
+            self.down.add(victim.name)
+            if self.net is not None:
+                self.net.cut(i)
+            else:
+                victim.proc.send_signal(signal.SIGSTOP)
             time.sleep(self.rng.uniform(1.0, 4.0))
-            victim.proc.send_signal(signal.SIGCONT)
+            if self.net is not None:
+                self.net.heal(i)
+            else:
+                victim.proc.send_signal(signal.SIGCONT)
+            self.down.discard(victim.name)
             self.report.faults[kind] += 1
             return
         if kind == "sink_down":
@@ -269,7 +297,26 @@ class Chaos:
             kinds = KINDS + (("sink_down",) if self.clickhouse is not None else ())
             kinds += ("disk_full",) if self.small_disk is not None else ()
         sink = "ClickHouse" if self.clickhouse is not None else "local"
-        print(f"chaos: seed {self.report.seed}, {faults} faults of {', '.join(kinds)}, {sink} sink", flush=True)
+        hosts = "a network namespace each" if self.net is not None else "loopback"
+        print(f"chaos: seed {self.report.seed}, {faults} faults of {', '.join(kinds)}, {sink} sink, nodes on {hosts}",
+              flush=True)
+        try:
+            return self._run(faults, kinds, steady)
+        finally:
+            for n in self.nodes:
+                if n.proc is not None and n.proc.poll() is None:
+                    n.kill()
+            self.close()
+
+    def close(self) -> None:
+        """Undo what __init__ made: the small disk's mount, the namespaces (idempotent)."""
+        if self.small_disk is not None:
+            subprocess.run(["umount", "-l", str(self.small_disk)], check=False)
+            self.small_disk = None
+        if self.net is not None:
+            self.net.teardown()
+
+    def _run(self, faults: int, kinds: tuple[str, ...], steady: float | None) -> Report:
         if self.clickhouse is not None:
             self.clickhouse.start()
         for n in self.nodes:
@@ -304,8 +351,6 @@ class Chaos:
         seen = self.stored()
         if self.clickhouse is not None:
             self.clickhouse.stop()
-        if self.small_disk is not None:
-            subprocess.run(["umount", "-l", str(self.small_disk)], check=False)
         r = self.report
         r.acked = len(self.acked)
         r.channels = self.by_channel

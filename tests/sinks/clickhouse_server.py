@@ -80,7 +80,15 @@ class ClickHouseServer:
         self._proc: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
         self.config_file = workdir / "config.xml"
+        self.hosts = ["127.0.0.1"]
+        self.networks = ["127.0.0.1"]
         workdir.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(self._config())
+
+    def also_listen(self, host: str, network: str) -> None:
+        """Listen on `host` as well and let clients of `network` (a CIDR) in (before `start`)."""
+        self.hosts.append(host)
+        self.networks.append(network)
         self.config_file.write_text(self._config())
 
     def _config(self) -> str:
@@ -103,7 +111,7 @@ class ClickHouseServer:
         return f"""<?xml version="1.0"?>
 <yandex>
   <logger><level>information</level><console>1</console></logger>
-  <listen_host>127.0.0.1</listen_host>
+  {"".join(f"<listen_host>{h}</listen_host>" for h in self.hosts)}
   <http_port>{self.http_port}</http_port>
   <tcp_port>{self.tcp_port}</tcp_port>{tls}
   <path>{data}/</path>
@@ -116,12 +124,12 @@ class ClickHouseServer:
   <users>
     <default>
       <password></password>
-      <networks><ip>127.0.0.1</ip></networks>
+      <networks>{"".join(f"<ip>{n}</ip>" for n in self.networks)}</networks>
       <profile>default</profile><quota>default</quota>
     </default>
     <{USER}>
       <password>{PASSWORD}</password>
-      <networks><ip>127.0.0.1</ip></networks>
+      <networks>{"".join(f"<ip>{n}</ip>" for n in self.networks)}</networks>
       <profile>default</profile><quota>default</quota>
     </{USER}>
   </users>
@@ -174,10 +182,10 @@ class ClickHouseServer:
             proc.stdout.close()
 
     def dsn(self, database: str, *, scheme: str = "clickhouse", target: str = "", secure: bool = False,
-            credentials: bool = True) -> str:
+            credentials: bool = True, host: str = "127.0.0.1") -> str:
         """`DB=DSN` for this server."""
         port = {("clickhouse", False): self.tcp_port, ("clickhouse", True): self.tcp_secure_port,
                 ("http", False): self.http_port, ("https", True): self.https_port}[(scheme, secure)]
         auth = f"{USER}:{PASSWORD}@" if credentials else ""
         query = "?secure=true" if scheme == "clickhouse" and secure else ""
-        return f"{database}={scheme}://{auth}127.0.0.1:{port}/{target or database}{query}"
+        return f"{database}={scheme}://{auth}{host}:{port}/{target or database}{query}"
