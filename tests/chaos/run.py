@@ -57,6 +57,8 @@ TOKEN = "chaos-token"
 KINDS = ("kill9", "sigterm", "kill_owner", "peer_unreachable")
 SINK_KINDS = ("sink_down", "disk_full")
 SMALL_DISK = 96 << 20
+DISK_LEFT = 64 << 10
+"""At most this many bytes left in WALs and delivery records once the cluster drained."""
 
 
 @dataclass
@@ -73,16 +75,19 @@ class Report:
     """Acknowledged rows by how they were sent."""
     drain_seconds: float = 0.0
     segments_left: int = 0
+    disk_left: int = 0
+    """Bytes left in the nodes' WAL and delivery records (the sink's own store aside)."""
     live_after: bool = False
 
     def ok(self) -> bool:
-        return self.lost == 0 and self.unknown == 0 and self.segments_left == 0 and self.live_after
+        return (self.lost == 0 and self.unknown == 0 and self.segments_left == 0 and self.disk_left <= DISK_LEFT
+                and self.live_after)
 
     def __str__(self) -> str:
         return (f"seed {self.seed}: sent {self.sent} rows, acknowledged {self.acked} "
                 f"({dict(sorted(self.channels.items()))}), delivered {self.delivered} distinct, lost {self.lost}, "
                 f"never sent {self.unknown}, duplicates {self.duplicates}; faults {dict(sorted(self.faults.items()))}; "
-                f"drained in {self.drain_seconds:.1f}s; segments left {self.segments_left}; "
+                f"drained in {self.drain_seconds:.1f}s; segments left {self.segments_left} ({self.disk_left} bytes); "
                 f"live after: {self.live_after}")
 
 
@@ -291,6 +296,10 @@ class Chaos:
     def segments_left(self) -> int:
         return sum(len(list((n.storage_dir / "wal").rglob("*.wal"))) for n in self.nodes)
 
+    def disk_left(self) -> int:
+        return sum(p.stat().st_size for n in self.nodes for d in ("wal", "deliveries")
+                   for p in (n.storage_dir / d).rglob("*") if p.is_file())
+
     def run(self, faults: int, kinds: tuple[str, ...] | None = None, steady: float | None = None) -> Report:
         """`faults` random faults of `kinds`, then the oracle; `steady`: seconds of load before them."""
         if kinds is None:
@@ -359,6 +368,7 @@ class Chaos:
         r.unknown = sum(1 for s in seen if not 0 < s <= self.seq)
         r.duplicates = sum(n - 1 for n in seen.values() if n > 1)
         r.segments_left = self.segments_left()
+        r.disk_left = self.disk_left()
         return r
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.run import Chaos
+from tests.chaos.run import DISK_LEFT, Chaos
 from tests.sinks.clickhouse_server import ClickHouseServer, find_binary
 
 pytestmark = pytest.mark.slow
@@ -38,4 +38,5 @@ def test_six_random_faults_lose_no_acknowledged_row(tmp_path: Path, sink: str) -
         assert report.duplicates == 0, report
     assert report.unknown == 0, report
     assert report.segments_left == 0, report
+    assert report.disk_left <= DISK_LEFT, report
     assert report.live_after, report
