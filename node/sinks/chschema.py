@@ -229,9 +229,12 @@ def order_by(schema: Schema) -> str:
 
 
 def create_table_sql(database: str, table: str, schema: Schema, features: Features,
-                     dedup_window: int = DEFAULT_DEDUP_WINDOW) -> str:
+                     dedup_window: int = DEFAULT_DEDUP_WINDOW, table_settings: Mapping[str, str] | None = None) -> str:
+    """`table_settings`: more MergeTree settings (names and values the caller vouches for)."""
     cols = ", ".join(f"{column(c)} {column_type(t, features)}" for c, t in schema)
-    settings = f" SETTINGS non_replicated_deduplication_window = {int(dedup_window)}" if features.dedup_token else ""
+    pairs = [f"non_replicated_deduplication_window = {int(dedup_window)}"] if features.dedup_token else []
+    pairs += [f"{k} = {v}" for k, v in (table_settings or {}).items()]
+    settings = f" SETTINGS {', '.join(pairs)}" if pairs else ""
     return (f"CREATE TABLE IF NOT EXISTS {ident(database)}.{ident(table)} ({cols}) "
             f"ENGINE = MergeTree() ORDER BY {order_by(schema)}{settings}")
 
@@ -242,7 +245,8 @@ def table_columns(conn: Conn, database: str, table: str) -> dict[str, str]:
 
 
 def ensure_table(conn: Conn, features: Features, database: str, table: str, schema: Schema,
-                 dedup_window: int = DEFAULT_DEDUP_WINDOW) -> list[tuple[str, str]]:
+                 dedup_window: int = DEFAULT_DEDUP_WINDOW,
+                 table_settings: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
     """Create the database and table if missing, add missing columns; return the batch's columns as
     ((name, the table's ClickHouse type), ...). A conflicting column type is a PermanentSinkError."""
     ident(database), ident(table)
@@ -251,7 +255,7 @@ def ensure_table(conn: Conn, features: Features, database: str, table: str, sche
     existing = table_columns(conn, database, table)
     if not existing:
         conn.command(f"CREATE DATABASE IF NOT EXISTS {ident(database)}")
-        conn.command(create_table_sql(database, table, schema, features, dedup_window))
+        conn.command(create_table_sql(database, table, schema, features, dedup_window, table_settings))
         existing = table_columns(conn, database, table)
     elif features.dedup_token:
         engine = conn.query(f"SELECT engine_full FROM system.tables WHERE database = '{database}' AND name = '{table}'")
@@ -297,7 +301,7 @@ class TableCache:
 
 
 def deliver(conn: Conn, cache: TableCache, database: str, batch: Batch,
-            dedup_window: int = DEFAULT_DEDUP_WINDOW) -> bool:
+            dedup_window: int = DEFAULT_DEDUP_WINDOW, table_settings: Mapping[str, str] | None = None) -> bool:
     """Insert every row of `batch` into `database`.`batch.table` exactly once (see the module
     docstring); return False when the server already had the batch (ledger servers only)."""
     schema = batch.read_schema()
@@ -313,7 +317,8 @@ def deliver(conn: Conn, cache: TableCache, database: str, batch: Batch,
         key = (database, table, schema)
         columns = cache.columns.get(key)
         if columns is None:
-            columns = cache.columns[key] = ensure_table(conn, features, database, table, schema, dedup_window)
+            columns = cache.columns[key] = ensure_table(conn, features, database, table, schema, dedup_window,
+                                                        table_settings)
         base = {"date_time_input_format": "best_effort", "insert_deduplicate": "1"}
         token = dedup_token(batch)
         if features.dedup_token:

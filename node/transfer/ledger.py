@@ -8,8 +8,12 @@ is published, and looked up before a transfer is accepted.
 
 The file survives restarts (a sender may resend after either side restarted) and is shared by
 the receiver processes of a node: each reads the lines the others appended under an exclusive
-`flock`. Entries older than `retention` are dropped when the file is compacted (at start, and
-when it grows past `compact_bytes`); a sender retries within minutes, so 6 hours is ample.
+`flock`. Entries older than `retention` are dropped when the file is compacted: at start, and
+when it grows past `compact_bytes` or twice its size after the last compaction, whichever is
+more (so that a ledger whose entries are all recent is not rewritten at every append). A sender
+resends a transfer in doubt for at most `TransferConfig.in_doubt_wait` (10 minutes) after its
+first try, even across restarts, so an hour is ample; the file, and the copy of it in memory,
+stay at a few MB (the 30-minute soak found them growing with a 6-hour retention).
 
 The key is the segment's name with its size and CRC-32: a sender that merges several segments
 into one transfer names it after the first, and a later transfer that starts with the same
@@ -33,7 +37,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 LEDGER_FILE = "transfers.ledger"
-DEFAULT_RETENTION = 6 * 3600.0
+DEFAULT_RETENTION = 3600.0
 
 
 def transfer_key(name: str, size: int, crc32: int) -> str:
@@ -41,7 +45,7 @@ def transfer_key(name: str, size: int, crc32: int) -> str:
 
 
 class TransferLedger:
-    def __init__(self, path: Path, retention: float = DEFAULT_RETENTION, compact_bytes: int = 16 << 20,
+    def __init__(self, path: Path, retention: float = DEFAULT_RETENTION, compact_bytes: int = 4 << 20,
                  clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
         self.retention = retention
@@ -52,6 +56,7 @@ class TransferLedger:
         self._ino = -1
         self._offset = 0
         self._tail = b""
+        self._compact_at = compact_bytes
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -114,7 +119,7 @@ class TransferLedger:
             os.fsync(self._fd)
             self._offset += len(line)
             self._seen[key] = self._clock()
-            if self._offset > self.compact_bytes:
+            if self._offset > self._compact_at:
                 self._compact_locked()
 
     def compact(self) -> int:
@@ -134,5 +139,6 @@ class TransferLedger:
         self.close()
         self._ino = -1
         self._catch_up()
+        self._compact_at = max(self.compact_bytes, 2 * self._offset)
         log.info("transfer ledger compacted: %d entries kept", len(keep))
         return len(keep)

@@ -31,7 +31,7 @@ from node.rows.logs import LogsConfig, LogsConverter
 from node.rows.metrics import MetricsConfig, MetricsConverter
 from node.rows.traces import TracesConfig, TracesConverter
 from node.state import NodeState, Phase
-from node.transfer.ledger import TransferLedger
+from node.transfer.ledger import DEFAULT_RETENTION, TransferLedger, transfer_key
 from node.transfer.service import TRANSFER_SERVICE, PeerAuth, TransferService
 from node.upload.batcher import PlannedTransfer
 from node.upload.router import Router, TransferConfig
@@ -444,3 +444,32 @@ async def test_a_transfer_in_doubt_is_resent_as_it_was_to_the_same_peer(receiver
     assert sender.closed_segments() == []
     assert sorted(receiver.rows()) == sorted(first)  # once: the resend heard ALREADY_EXISTS
     assert sorted(sink.rows) == sorted(later)
+
+
+def test_the_ledger_compacts_rarely_and_forgets_what_no_sender_can_resend(tmp_path: Path) -> None:
+    """Regression (30-minute soak): with every entry recent, a ledger past its size limit was
+    rewritten at every append, and its memory grew with a 6-hour retention."""
+    now = [1800000000.0]
+    ledger = TransferLedger(tmp_path / "l", retention=100, compact_bytes=2000, clock=lambda: now[0])
+    ledger.open()
+    compactions = 0
+    compact = ledger._compact_locked
+
+    def counted() -> int:
+        nonlocal compactions
+        compactions += 1
+        return compact()
+
+    ledger._compact_locked = counted  # type: ignore[method-assign]
+    for i in range(2000):  # ~120 KB of recent keys
+        ledger.record(transfer_key(f"Metrics_T_{i:08d}.wal", 1000 + i, i))
+    assert 3 <= compactions <= 8  # doubling: not one per append
+    assert all(ledger.seen(transfer_key(f"Metrics_T_{i:08d}.wal", 1000 + i, i)) for i in (0, 1999))
+    now[0] += 101  # past the retention: the next compaction forgets them all
+    for i in range(2000, 4000):
+        ledger.record(transfer_key(f"Metrics_T_{i:08d}.wal", 1000 + i, i))
+    assert len(ledger._seen) <= 2000 and min(ledger._seen.values()) > 1800000000.0  # only the new ones
+    assert not ledger.seen(transfer_key("Metrics_T_00000000.wal", 1000, 0))
+    ledger.close()
+    # a sender stops resending a transfer in doubt long before the receiver forgets it
+    assert 3 * TransferConfig().in_doubt_wait <= DEFAULT_RETENTION

@@ -277,3 +277,19 @@ def test_a_reader_in_the_process_gets_the_store_from_the_sink(sink: LocalSink, t
     assert time.monotonic() - t0 < 2.0
     sink.upload(write_batch(tmp_path / "wal2", metrics(n=2)))  # and takes it back
     assert count(sink, "SELECT count() FROM Metrics.HttpRequestsTotal") == 12
+
+
+def test_the_embedded_server_is_bounded_for_a_node(sink: LocalSink, tmp_path: Path) -> None:
+    """Regression (30-minute soak): chdb's server defaults keep up to 1,000 idle threads and 5 GiB
+    caches; the sink's store runs with the bounds of ENGINE_SETTINGS."""
+    from node.sinks.local import ENGINE_SETTINGS
+
+    sink.upload(write_batch(tmp_path / "wal", metrics(n=2)))
+    names = ", ".join(f"'{n}'" for n in ENGINE_SETTINGS)
+    sql = f"SELECT name, value FROM system.server_settings WHERE name IN ({names})"
+    got = sink._owner.submit(lambda: ChdbConn(sink._conn, "test").query(sql)).result()
+    assert dict(map(tuple, got)) == ENGINE_SETTINGS
+    # and its tables remove outdated parts on one thread (the default starts ~125 that stay)
+    engine = sink._owner.submit(lambda: ChdbConn(sink._conn, "test").query(
+        "SELECT engine_full FROM system.tables WHERE database = 'Metrics'")).result()
+    assert "concurrent_part_removal_threshold = 1000000" in engine[0][0]
