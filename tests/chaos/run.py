@@ -5,7 +5,8 @@ that every acknowledged row reached the sink.
 same seed replays the same faults at the same moments (the load itself is timing-dependent).
 
 - Load: OTLP metrics over gRPC to a random live node, 10 tables, every point carrying a unique
-  `seq` label; the sender records which requests were acknowledged.
+  `seq` (a metric row's value, a log row's attribute); the sender records which requests were
+  acknowledged.
 - Faults, by kind: `kill9` (SIGKILL, restart after a pause), `sigterm` (SIGTERM with the node's
   short grace, restart), `kill_owner` (SIGKILL of the node that owns most tables while the others
   stream segments to it: a peer stopped mid-transfer), `peer_unreachable` (SIGSTOP for 1 to 4 s:
@@ -13,8 +14,8 @@ same seed replays the same faults at the same moments (the load itself is timing
   these machines give), and with the ClickHouse sink `sink_down` (the server stopped for 1 to
   4 s) and `disk_full` (the last node's storage is a 96 MB tmpfs, filled to the last 64 KB for 1
   to 4 s; skipped with a message where mounting is impossible).
-- Oracle, after the faults stop and the cluster drained: every acknowledged `seq` is in a local
-  store; no `seq` that was never sent; duplicates counted; no segment left in any WAL; the cluster
+- Oracle, after the faults stop and the cluster drained: every acknowledged `seq` is in the
+  sink; no `seq` that was never sent; duplicates counted; no segment left in any WAL; the cluster
   is live (a new row sent after the faults is delivered).
 """
 
@@ -51,6 +52,9 @@ from tests.sinks.clickhouse_server import ClickHouseServer, find_binary
 
 TABLES = 10
 LOG_TABLES = 3
+SERIES = 500
+"""Label values per metric table: the seq of a metric row is its value (exact in a double), so the
+series stay as few as a real workload's (a label per row would make every row a new series)."""
 CHANNELS = ("otlp-metrics", "otlp-logs", "remote-write")
 """How the load reaches the nodes: OTLP/gRPC metrics and logs, Prometheus remote write over HTTP."""
 TOKEN = "chaos-token"
@@ -160,7 +164,7 @@ class Chaos:
                 rw = remote_pb2.WriteRequest()
                 for s in seqs:
                     ts = rw.timeseries.add()
-                    for name, value in sorted({"__name__": f"chaos_{s % TABLES}", "seq": str(s)}.items()):
+                    for name, value in sorted({"__name__": f"chaos_{s % TABLES}", "series": str(s % SERIES)}.items()):
                         ts.labels.add(name=name, value=value)
                     ts.samples.add(value=float(s), timestamp=now // 1_000_000)
                 body = bytes(cramjam.snappy.compress_raw(rw.SerializeToString()))
@@ -188,7 +192,7 @@ class Chaos:
                 for s in seqs:
                     m = sm.metrics.add(name=f"chaos_{s % TABLES}")
                     dp = m.gauge.data_points.add(time_unix_nano=now, as_double=float(s))
-                    dp.attributes.add(key="seq", value={"string_value": str(s)})
+                    dp.attributes.add(key="series", value={"string_value": str(s % SERIES)})
                 with grpc.insecure_channel(node.grpc_addr) as ch:
                     metrics_service_pb2_grpc.MetricsServiceStub(ch).Export(req_m, timeout=5)
         except (grpc.RpcError, OSError):  # urllib's HTTPError and URLError are OSErrors
@@ -260,22 +264,29 @@ class Chaos:
 
     # -- the oracle -------------------------------------------------------------------------
 
-    QUERIES = (("Labels", "SELECT Labels FROM merge('Metrics', '^Chaos')"),
+    QUERIES = (("Value", "SELECT Value FROM merge('Metrics', '^Chaos')"),
                ("Attributes", "SELECT Attributes FROM merge('Logs', '^ChaosLog')"))
 
+    @staticmethod
+    def _seq(column: str, value: object) -> int:
+        if column == "Value":  # a metric row's value is its seq
+            return int(float(value))  # type: ignore[arg-type]
+        attrs = json.loads(value) if isinstance(value, str) else value
+        return int(attrs["seq"])  # type: ignore[index]
+
     def stored(self) -> Counter[int]:
-        """How many times each seq is in the sink: metric labels and log attributes."""
+        """How many times each seq is in the sink: metric values and log attributes."""
         seen: Counter[int] = Counter()
         if self.clickhouse is not None:
             from tests.sinks.test_clickhouse import admin
 
-            for _, sql in self.QUERIES:
+            for column, sql in self.QUERIES:
                 try:
                     rows = admin(self.clickhouse).query(sql)
                 except Exception:
                     continue  # no table yet
-                for (column,) in rows:
-                    seen[int(json.loads(column)["seq"])] += 1
+                for (value,) in rows:
+                    seen[self._seq(column, value)] += 1
             return seen
         for node in self.nodes:
             if not (node.storage_dir / "local" / "metadata").is_dir():
@@ -288,9 +299,7 @@ class Chaos:
                         continue
                     raise RuntimeError(r.stderr)
                 for line in r.stdout.splitlines():
-                    value = json.loads(line)[column]
-                    value = json.loads(value) if isinstance(value, str) else value
-                    seen[int(value["seq"])] += 1
+                    seen[self._seq(column, json.loads(line)[column])] += 1
         return seen
 
     def segments_left(self) -> int:
