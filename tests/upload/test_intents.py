@@ -96,6 +96,22 @@ class LostAnswerSink:
             raise SinkError("timed out waiting for the server's answer")
 
 
+async def restart_and_deliver(root: Path, sink_dir: Path) -> list[tuple[str, ...]]:
+    """A node restarted on `root`'s WAL and records: deliver everything; return the batches sent."""
+    wal = Repository(WalConfig(root / "wal"))
+    wal.start()
+    sink = LostAnswerSink(LocalSink(sink_dir))
+    sink.go.set()
+    sink.calls.append(("(no answer lost this time)",))
+    up = uploader(root, wal, sink)
+    await up.start()
+    try:
+        await until(lambda: not wal.closed_segments())
+    finally:
+        await up.stop()
+    return sink.calls[1:]
+
+
 def test_intents_round_trip_and_drop_unreadable_records(tmp_path: Path) -> None:
     d = tmp_path / "deliveries"
     intents = Intents(d)
@@ -148,18 +164,8 @@ async def test_after_a_kill_between_confirmation_and_deletion_the_same_batch_is_
     record(tmp_path, first)
     write(wal, 3, 2)
 
-    wal = Repository(WalConfig(tmp_path / "wal"))  # the restart
-    wal.start()
-    sink = LostAnswerSink(LocalSink(sink_dir))
-    sink.go.set()
-    sink.calls.append(("(none lost this time)",))
-    up = uploader(tmp_path, wal, sink)
-    await up.start()
-    try:
-        await until(lambda: not wal.closed_segments())
-    finally:
-        await up.stop()
-    assert sink.calls[1] == tuple(s.path.name for s in first)
+    calls = await restart_and_deliver(tmp_path, sink_dir)
+    assert calls[0] == tuple(s.path.name for s in first)
     assert stored(sink_dir) == list(range(50))
 
 
@@ -174,16 +180,6 @@ async def test_a_record_whose_segments_are_partly_gone_was_confirmed(tmp_path: P
     first[0].path.unlink()
     later = write(wal, 3, 1)
 
-    wal = Repository(WalConfig(tmp_path / "wal"))
-    wal.start()
-    sink = LostAnswerSink(LocalSink(sink_dir))
-    sink.go.set()
-    sink.calls.append(("(none lost this time)",))
-    up = uploader(tmp_path, wal, sink)
-    await up.start()
-    try:
-        await until(lambda: not wal.closed_segments())
-    finally:
-        await up.stop()
-    assert sink.calls[1:] == [(later[0].path.name,)]
+    calls = await restart_and_deliver(tmp_path, sink_dir)
+    assert calls == [(later[0].path.name,)]
     assert stored(sink_dir) == list(range(40))
