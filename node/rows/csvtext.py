@@ -9,9 +9,15 @@ where they could disagree:
   parser takes them too (it matches `nan`/`inf`/`infinity` case-insensitively, optionally signed;
   checked with chdb in tests/rows/test_csvtext.py). Finite values are Python's shortest round-trip `repr`
   (`0.1`, `1e+300`), which both parse exactly.
-* `field` -- strings are quoted when they contain `,` `"` CR or LF, and also when they start or end
-  with a space or tab (ClickHouse trims unquoted whitespace) or start with a backslash (ClickHouse
-  reads an unquoted `\\N` as NULL).
+* `field` -- a string is quoted when it contains any of `"` `'` `,` CR LF or a backslash, or starts
+  or ends with a space or tab; else it is written as it is. Why each: `,` CR LF end a field or a
+  row; `"` opens a quoted field; `'` opens one too for ClickHouse servers before 22.7, whose
+  `format_csv_allow_single_quotes` defaults to 1 (an unquoted `'` would swallow the following rows
+  up to the next `'`: the sinks also turn that setting off, see chschema.CSV_SETTINGS); an unquoted
+  `\\N` is NULL to ClickHouse (the empty string in a non-Nullable column), and readers that take
+  backslash escapes would change any other backslash; ClickHouse trims unquoted spaces and tabs.
+  Inside `"..."` only `""` means something (`"`): ClickHouse and ADX (RFC 4180) both keep
+  backslashes, single quotes, spaces and line breaks there as they are. `quoted` quotes always (JSON).
 * `Timestamps` -- UTC, `YYYY-MM-DDTHH:MM:SS.fffZ` for milliseconds (remote write) and
   `YYYY-MM-DDTHH:MM:SS.fffffffffZ` for nanoseconds (OTLP): all nine digits are kept, so nothing the
   sender measured is lost; ADX rounds to its 100 ns tick, ClickHouse DateTime64(9) keeps them all.
@@ -24,13 +30,13 @@ import re
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-_NEEDS_QUOTES = re.compile(r'[",\r\n]|^[ \t\\]|[ \t]$')
+_SPECIAL = re.compile(r'[",\r\n\'\\]').search
 _EPOCH = datetime(1970, 1, 1)
 
 
 def field(s: str) -> str:
-    """`s` as a CSV field: unchanged when that is unambiguous, else quoted."""
-    if _NEEDS_QUOTES.search(s) is None:
+    """`s` as a CSV field: unchanged when no reader could take it otherwise, else quoted (see above)."""
+    if _SPECIAL(s) is None and (not s or (s[0] not in " \t" and s[-1] not in " \t")):
         return s
     return '"' + s.replace('"', '""') + '"'
 

@@ -21,10 +21,35 @@ from node.rows.csvtext import Timestamps, field, label_float, quoted, real
         ("\\N", '"\\N"'),
         ("in side", "in side"),
         ("ünïcode", "ünïcode"),
+        ("'", '"\'"'),
+        ("x'", '"x\'"'),
+        ("it's", '"it\'s"'),
+        ('""', '""""""'),
+        ("a\\b", '"a\\b"'),
+        ("\\\\N", '"\\\\N"'),
+        ("\r\n", '"\r\n"'),
+        ("\t", '"\t"'),
+        (" ", '" "'),
+        ("a\tb", "a\tb"),
+        ("#;|", "#;|"),
     ],
 )
 def test_field(value: str, text: str) -> None:
     assert field(value) == text
+
+
+def test_no_field_changes_its_neighbours_for_any_clickhouse_quote_setting() -> None:
+    """The reported case: values `'` ... `x'` written unquoted made one row of five on ClickHouse
+    servers before 22.7 (`format_csv_allow_single_quotes` = 1). Quoted, the rows stay apart under
+    either setting; chdb is a current ClickHouse, so the old default is set here by hand."""
+    chdb = pytest.importorskip("chdb")
+    values = ["'", "a", "b", "c", "x'", '"', "\\N", " sp ", "\\", "a,b\r\nc"]
+    rows = "".join(f"{i},{field(v)}\n" for i, v in enumerate(values))
+    for single_quotes in (0, 1):
+        out = chdb.query(f"SELECT I, hex(S) FROM format(CSV, $$I Int64, S String$$, $${rows}$$) "
+                         f"SETTINGS format_csv_allow_single_quotes = {single_quotes}", "TSV")
+        got = [line.split("\t") for line in str(out).splitlines()]
+        assert [(int(i), bytes.fromhex(h).decode()) for i, h in got] == list(enumerate(values)), single_quotes
 
 
 def test_quoted_always_quotes() -> None:
