@@ -19,12 +19,29 @@ it now reopens only after a query or a failure, and `idle_close` (None by defaul
 tests.
 
 Deduplication: chdb is a modern ClickHouse, so inserts carry `insert_deduplication_token`.
+
+A "yes" is checked, not believed (`CheckedConn`). chdb 4.4's streaming insert
+(`send_insert().finish()`) swallows the failure of the write itself: on a volume without room it
+returns normally, its `rows_written` counting the rows it parsed, while no part is written
+(measured on a 32 MB tmpfs: `finish()` returns, `count()` does not move, nothing is left in tmp/,
+and the only trace is `system.errors`: NOT_ENOUGH_SPACE "Cannot reserve 1.42 MiB, not enough
+space"; neither the C++ result's nor the inserter's `has_error()` is set). `query("INSERT ... FORMAT
+CSV <rows>")` does raise, but needs the whole batch in memory as one string. So the sink counts
+the target table before and after each insert, on its one owner thread: it is the store's only
+writer (`ingestor query` opens it read-only, and not while the sink holds it), and count() of a
+MergeTree is unchanged by merges, so the difference is exactly what the insert added. See
+`Deliveries` for how a retry that adds fewer rows (deduplicated) is told from a failed write.
+
+Room: an insert needs free space on the store's volume (ClickHouse reserves a block's size before
+writing its part; the WAL shares the volume), so a batch is not even tried without `free_space`
+(see `needed_bytes`); the SinkError says what is free, what is needed, and where.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import threading
@@ -40,10 +57,18 @@ from node.errors import PermanentSinkError, SinkError
 from node.sinks import chschema
 from node.sinks.base import Batch
 from node.sinks.chschema import TableCache, error_from, quote
+from node.wal import format as fmt
 
 log = logging.getLogger(__name__)
 
 LOCK_FILE = "ingestor.lock"
+DELIVERIES_FILE = "ingestor.deliveries"
+"""The sink's record of what its inserts added (`Deliveries`), next to the lock."""
+MiB = 1 << 20
+SPACE_HEADROOM = 64 * MiB
+SPACE_FACTOR = 2
+"""An insert is tried only with max(SPACE_HEADROOM, SPACE_FACTOR x the batch's CSV bytes) free (see
+`needed_bytes`)."""
 WANTED_FILE = "query.wanted"
 """Prefix of the markers of those waiting for the store (one per waiting thread)."""
 STALE_WANTED_SECONDS = 60.0
@@ -79,6 +104,10 @@ class LocalConfig:
     """Seconds an upload waits for an `ingestor query` holding the store, before failing (retried)."""
     dedup_window: int = chschema.DEFAULT_DEDUP_WINDOW
     """`non_replicated_deduplication_window` of the tables created."""
+    min_free: int = SPACE_HEADROOM
+    free_factor: float = SPACE_FACTOR
+    """An insert is tried only with max(min_free, free_factor x the batch's CSV bytes) free on the
+    store's volume (see `needed_bytes`); 0 and 0 turn the check off (tests)."""
     idle_close: float | None = None
     """Seconds without a batch after which the store is closed; None: kept open until someone
     waits for it (each close leaks chdb threads: see the module's docstring)."""
@@ -86,6 +115,11 @@ class LocalConfig:
 
 class StoreBusyError(SinkError):
     """Another process holds the store for longer than we wait."""
+
+
+class UnconfirmedInsertError(SinkError):
+    """An insert returned but the table does not have the batch's rows (e.g. no room to write its
+    part): retried; the store itself is fine and stays open."""
 
 
 @contextlib.contextmanager
@@ -190,6 +224,249 @@ class ChdbConn:
             raise error_from(None, str(e), f"{self._where}: insert into {database}.{table}") from None
 
 
+def csv_bytes(batch: Batch) -> int:
+    """The bytes of CSV text in `batch`'s segments, from their block headers, without
+    decompressing: each block is a Snappy/S2 block, which starts with its uncompressed length (a
+    varint). Falls back to 5x the segments' size (the uploader's first guess) for a segment that
+    cannot be walked."""
+    total = 0
+    for seg in batch.segments:
+        try:
+            total += _segment_csv_bytes(seg.path)
+        except (OSError, ValueError):
+            total += 5 * seg.size
+    return total
+
+
+def _segment_csv_bytes(path: Path) -> int:
+    with open(path, "rb") as f:
+        data = f.read()  # segments are read whole by the insert right after: this warms the cache
+    fmt.check_magic(data)
+    offset, size, total = len(fmt.MAGIC), len(data), 0
+    while offset < size:
+        length, _ = fmt.BLOCK_HEADER.unpack_from(data, offset)
+        offset += fmt.BLOCK_HEADER.size
+        if length == 0 or offset + length > size:
+            raise ValueError(f"{path}: bad block at {offset}")
+        n = shift = 0
+        for i in range(min(5, length)):
+            byte = data[offset + i]
+            n |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        total += n
+        offset += length
+    return total
+
+
+def free_space(directory: Path) -> int:
+    """Bytes an unprivileged process can still write on `directory`'s volume."""
+    st = os.statvfs(directory)
+    return st.f_bavail * st.f_frsize
+
+
+def needed_bytes(batch_bytes: int, min_free: int = SPACE_HEADROOM, factor: float = SPACE_FACTOR) -> int:
+    """Free bytes required before inserting a batch of `batch_bytes` CSV bytes: by default
+    max(64 MiB, 2 x batch_bytes). Why: ClickHouse reserves each block's uncompressed size before
+    writing its part (`Cannot reserve ...` is what fails), and a part of metric rows takes about
+    1/8 of its CSV on disk, of log rows of unique text up to about 1x (incompressible strings), so
+    1x covers the parts of any batch and what is reserved while they are written; the second 1x
+    is left for the merges that follow (a merge writes the merged part before dropping its
+    sources) and for the WAL, which keeps taking rows on the same volume meanwhile. 64 MiB: the
+    store's own metadata, logs and deduplication logs, and small batches' merges."""
+    return max(min_free, int(factor * batch_bytes))
+
+
+def check_space(directory: Path, batch: Batch, min_free: int = SPACE_HEADROOM,
+                factor: float = SPACE_FACTOR) -> None:
+    """Raise SinkError (the batch is retried, its segments kept) when the store's volume has less
+    free space than `needed_bytes` for the batch."""
+    if min_free <= 0 and factor <= 0:
+        return
+    size = csv_bytes(batch)
+    need, free = needed_bytes(size, min_free, factor), free_space(directory)
+    if free < need:
+        raise SinkError(f"local store {directory}: {free / 1e6:.1f} MB free on its volume, a batch of "
+                        f"{size / 1e6:.1f} MB needs {need / 1e6:.1f} MB (max({min_free / MiB:g} MiB, "
+                        f"{factor:g}x its rows)); not "
+                        f"inserted, its segments are kept and retried: free space on that volume or move "
+                        f"--storage-dir to a larger one")
+
+
+class Deliveries:
+    """What the sink's inserts added to each table, per deduplication token, on disk
+    (`<store>/ingestor.deliveries`, JSON lines), so that a retried batch that adds fewer rows than
+    it has is told apart from a write that failed without saying so.
+
+    The reasoning. An insert carries the batch's token, and ClickHouse drops every block whose
+    token it already has, so a retry of a batch that was stored adds 0 rows, and a retry of one
+    stored in part (an insert of several blocks cut off) adds the rest. A failed write that chdb
+    does not report adds 0 rows too. Neither ClickHouse's answer nor a system table tells which
+    (the deduplication log is an internal file). So the sink keeps its own account: before an
+    insert into a table it writes, and fsyncs, `begin` (token, the table's count before); after it,
+    `added` (count after - count before), credited to the token. Rows credited to a token are rows
+    of that batch in the table; the batch is delivered once its credit reaches its row count
+    (`Batch.rows`, the sum of its blocks' counts). A retry that adds 0 rows is therefore a success
+    exactly when an earlier attempt was seen adding them, and a failure when none was.
+
+    A crash between an insert and its `added` line leaves the `begin` open. The next insert into
+    that table first settles it: the sink is the table's only writer and writes a `begin` before
+    every insert into it, so whatever the count moved since the open `begin` was that insert's,
+    and is credited to its token (0 if it never ran). Hence no window in which rows in the table
+    are unaccounted for: a batch confirmed before a crash and retried after it is confirmed again,
+    rows once. The `added` lines are not fsynced: the next `begin` (same file) makes them durable,
+    and one lost in a crash is settled like an open `begin`.
+
+    Kept: per table the tokens of the last `keep` batches (the tables' deduplication window:
+    ClickHouse has forgotten older tokens, so a retry of those inserts its rows again and needs no
+    credit), and the open `begin`s. The file is rewritten (atomically) when it has grown to twice
+    that. It is read again every time the store is opened, under the store's lock, so that two
+    sinks taking turns in one process (or a restarted node) see each other's lines."""
+
+    def __init__(self, path: Path, keep: int = chschema.DEFAULT_DEDUP_WINDOW) -> None:
+        self.path, self.keep = path, max(1, keep)
+        self.credit: dict[str, dict[str, int]] = {}
+        """table -> token -> rows credited (oldest first)."""
+        self.open: dict[str, tuple[str, int]] = {}
+        """table -> (token, count before) of the insert not settled yet."""
+        self._lines = 0
+
+    def load(self) -> None:
+        self.credit, self.open, self._lines = {}, {}, 0
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return
+        for line in text.splitlines():
+            try:
+                rec = json.loads(line)
+                table = str(rec["table"])
+                if "begin" in rec:
+                    self.open[table] = (str(rec["begin"]), int(rec["before"]))
+                elif "added" in rec:
+                    self._settle(table, int(rec["added"]))
+                elif "credit" in rec:
+                    self.credit.setdefault(table, {})[str(rec["token"])] = int(rec["credit"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a line torn by a crash: only the last can be, and it was not acted on
+            self._lines += 1
+
+    def credited(self, table: str, token: str) -> int:
+        return self.credit.get(table, {}).get(token, 0)
+
+    def begin(self, table: str, token: str, before: int) -> None:
+        """Record (durably) an insert about to start."""
+        if self._lines > 2 * (sum(len(t) for t in self.credit.values()) + len(self.open)) + 64:
+            self._compact()
+        self._append({"table": table, "begin": token, "before": before}, sync=True)
+        self.open[table] = (token, before)
+
+    def settle(self, table: str, count_now: int) -> int | None:
+        """Credit the open insert into `table` with what the count moved since it began; return
+        that (None: nothing open)."""
+        if table not in self.open:
+            return None
+        added = count_now - self.open[table][1]
+        self._append({"table": table, "added": added}, sync=False)
+        self._settle(table, added)
+        return added
+
+    def _settle(self, table: str, added: int) -> None:
+        opened = self.open.pop(table, None)
+        if opened is None:
+            return
+        token = opened[0]
+        tokens = self.credit.setdefault(table, {})
+        tokens[token] = tokens.pop(token, 0) + max(0, added)  # a table dropped meanwhile: < 0
+        while len(tokens) > self.keep:
+            del tokens[next(iter(tokens))]
+
+    def _append(self, rec: dict[str, str | int], sync: bool) -> None:
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+                f.flush()
+                if sync:
+                    os.fsync(f.fileno())
+        except OSError as e:
+            raise SinkError(f"cannot record the insert in {self.path}: {e}") from None
+        self._lines += 1
+
+    def _compact(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        recs = [{"table": t, "token": k, "credit": v} for t, tokens in self.credit.items() for k, v in tokens.items()]
+        recs += [{"table": t, "begin": k, "before": b} for t, (k, b) in self.open.items()]
+        try:
+            with open(tmp, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in recs)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+            dfd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as e:
+            raise SinkError(f"cannot rewrite {self.path}: {e}") from None
+        self._lines = len(recs)
+
+
+class CheckedConn(ChdbConn):
+    """A ChdbConn whose inserts of `batch` are confirmed by the table's count (see `Deliveries`):
+    an insert that did not put every row of the batch in the table raises SinkError."""
+
+    def __init__(self, conn: Any, where: str, batch: Batch, deliveries: Deliveries) -> None:
+        super().__init__(conn, where)
+        self.batch, self.deliveries = batch, deliveries
+
+    def count(self, database: str, table: str) -> int:
+        return int(self.query(f"SELECT count() FROM {quote(database)}.{quote(table)}")[0][0])
+
+    def insert(self, database: str, table: str, columns: Sequence[tuple[str, str]], chunks: Iterable[bytes],
+               settings: Mapping[str, str]) -> None:
+        token = settings.get("insert_deduplication_token")
+        key = f"{database}.{table}"
+        t0 = time.time()
+        before = self.count(database, table)
+        if token is not None:
+            self.deliveries.settle(key, before)  # an insert cut off earlier (crash, lost count)
+            credit = self.deliveries.credited(key, token)
+            self.deliveries.begin(key, token, before)
+        else:
+            credit = 0  # a fresh staging table (servers without tokens): no retry can add fewer
+        super().insert(database, table, columns, chunks, settings)
+        after = self.count(database, table)
+        added = after - before
+        if token is not None:
+            self.deliveries.settle(key, after)
+        rows = self.batch.rows  # known now: the insert read the batch to its end
+        total = credit + max(0, added)
+        if (total >= rows > 0) or (rows == 0 and total > 0) or (rows == 0 and self.batch.uncompressed_bytes == 0):
+            if credit and added > 0:
+                log.warning("batch %s: %s added %d rows to %s though %d were credited to it before (of %d): "
+                            "if its table was not dropped meanwhile, rows may be doubled", self.batch.id,
+                            self._where, added, key, credit, rows)
+            elif credit and added == 0:
+                log.info("batch %s was stored in %s before (%d rows): deduplicated", self.batch.id, key, credit)
+            return
+        seen = "" if rows else " (its blocks carry no row counts)"
+        raise UnconfirmedInsertError(
+            f"{self._where}: the insert of batch {self.batch.id} into {key} returned without an error but the "
+            f"table went from {before} to {after} rows ({added:+d}; {rows} in the batch{seen}, {credit} credited by "
+            f"earlier attempts){self._errors_since(t0)}; not confirmed: its segments are kept and retried")
+
+    def _errors_since(self, t0: float) -> str:
+        """What chdb counted in system.errors since `t0` (where it keeps the write's failure)."""
+        try:
+            rows = self.query("SELECT name, value, last_error_message FROM system.errors "
+                              f"WHERE last_error_time >= toDateTime({int(t0)}) ORDER BY last_error_time DESC LIMIT 3")
+        except SinkError:
+            return ""
+        return "; system.errors: " + "; ".join(f"{r[0]} ({r[2][:300]})" for r in rows) if rows else ""
+
+
 class LocalSink:
     """Delivers batches of every database into the embedded store in `directory`
     (`store_dir(storage_dir)`, i.e. `<storage-dir>/local`)."""
@@ -206,6 +483,7 @@ class LocalSink:
         self._last_used = 0.0
         self._stopping = threading.Event()
         self._closer_thread: threading.Thread | None = None
+        self.deliveries = Deliveries(self.directory / DELIVERIES_FILE, self.config.dedup_window)
 
     def start(self) -> None:
         try:
@@ -241,11 +519,13 @@ class LocalSink:
             store = open_store(self.directory, self.config.lock_wait, settings=ENGINE_SETTINGS)
             self._conn = store.__enter__()  # StoreBusyError leaves nothing held
             self._store = store
+            self.deliveries.load()  # under the store's lock: whoever held it before may have added lines
+        check_space(self.directory, batch, self.config.min_free, self.config.free_factor)
         try:
-            chschema.deliver(ChdbConn(self._conn, where), self._cache, batch.database, batch,
-                             self.config.dedup_window, TABLE_SETTINGS)
-        except PermanentSinkError:
-            raise  # the batch's fault: the store is fine
+            chschema.deliver(CheckedConn(self._conn, where, batch, self.deliveries), self._cache, batch.database,
+                             batch, self.config.dedup_window, TABLE_SETTINGS)
+        except (PermanentSinkError, UnconfirmedInsertError):
+            raise  # the batch's fault, or no room: the store is fine (and a reopen leaks chdb threads)
         except BaseException:
             self._close()
             raise
