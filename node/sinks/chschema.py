@@ -28,6 +28,13 @@ Exactly-once delivery, chosen by what the server has (`detect_features`, not by 
 Servers before 20.1 have no DateTime64: their `datetime` columns are `DateTime('UTC')` and keep
 whole seconds; servers before 21.12 have no Bool (UInt8 instead). A table that exists is used as it
 is when its columns are compatible (`compatible`).
+
+Every insert states how its CSV is to be read (`CSV_SETTINGS`) instead of trusting the server's
+defaults and profiles, which differ: before 22.7 `format_csv_allow_single_quotes` is 1, since 23.x
+`input_format_csv_detect_header` drops a first row that looks like the column names, and a profile
+may allow parse errors (the rows are skipped) or bad values (they become defaults). A setting the
+server does not know is left out (it would fail the insert: "Unknown setting", code 115); which it
+knows is asked once, with the features.
 """
 
 from __future__ import annotations
@@ -99,6 +106,25 @@ def error_from(code: int | None, message: str, where: str) -> SinkError:
     return SinkError(text)
 
 
+# How the CSV of an insert is read; the writer (node/rows/csvtext.py) depends on each. Sent with
+# every insert whose server knows the setting (18.16 knows the first three and the last two).
+CSV_SETTINGS: dict[str, str] = {
+    "format_csv_delimiter": ",",
+    "format_csv_allow_double_quotes": "1",
+    "format_csv_allow_single_quotes": "0",  # 1 before 22.7: an unquoted leading ' opens a quoted field
+    "format_csv_null_representation": "\\N",  # the writer quotes a field with a backslash
+    "input_format_csv_detect_header": "0",  # 1 since 23.x: a first row equal to the column names is dropped
+    "input_format_csv_skip_first_lines": "0",
+    "input_format_csv_allow_whitespace_or_tab_as_delimiter": "0",
+    "input_format_csv_allow_variable_number_of_columns": "0",  # else missing fields become defaults
+    "input_format_csv_use_default_on_bad_values": "0",  # else an unparseable value becomes a default
+    "input_format_allow_errors_num": "0",  # else rows that do not parse are skipped
+    "input_format_allow_errors_ratio": "0",
+}
+TEXT_SETTINGS = frozenset(CSV_SETTINGS) | {"date_time_input_format"}
+"""Settings of text input only (the native protocol sends typed values and leaves them out)."""
+
+
 @dataclass(frozen=True)
 class Features:
     """What a server supports, as far as the sinks care."""
@@ -108,6 +134,12 @@ class Features:
     bool_type: bool = True
     dedup_token: bool = True
     """Both `insert_deduplication_token` and the MergeTree `non_replicated_deduplication_window`."""
+    csv_settings: frozenset[str] = frozenset(CSV_SETTINGS)
+    """The names in CSV_SETTINGS that the server knows."""
+
+    def insert_settings(self) -> dict[str, str]:
+        """The CSV_SETTINGS this server knows, with their values."""
+        return {k: v for k, v in CSV_SETTINGS.items() if k in self.csv_settings}
 
 
 FEATURES_SQL = (
@@ -115,13 +147,16 @@ FEATURES_SQL = (
     " (SELECT count() FROM system.data_type_families WHERE name = 'DateTime64'),"
     " (SELECT count() FROM system.data_type_families WHERE name = 'Bool'),"
     " (SELECT count() FROM system.settings WHERE name = 'insert_deduplication_token')"
-    " * (SELECT count() FROM system.merge_tree_settings WHERE name = 'non_replicated_deduplication_window')"
+    " * (SELECT count() FROM system.merge_tree_settings WHERE name = 'non_replicated_deduplication_window'),"
+    " (SELECT arrayStringConcat(groupArray(name), ',') FROM system.settings WHERE name IN ("
+    + ", ".join(f"'{name}'" for name in CSV_SETTINGS) + "))"
 )
 
 
 def detect_features(conn: Conn) -> Features:
     row = conn.query(FEATURES_SQL)[0]
-    return Features(row[0], row[1] != "0", row[2] != "0", row[3] != "0")
+    known = frozenset(row[4].split(",")) & frozenset(CSV_SETTINGS)
+    return Features(row[0], row[1] != "0", row[2] != "0", row[3] != "0", known)
 
 
 class Conn(Protocol):
@@ -310,8 +345,9 @@ def deliver(conn: Conn, cache: TableCache, database: str, batch: Batch,
     table = batch.table
     if cache.features is None:
         cache.features = detect_features(conn)
-        log.info("ClickHouse %s: DateTime64 %s, insert deduplication token %s", cache.features.version,
-                 cache.features.datetime64, cache.features.dedup_token)
+        log.info("ClickHouse %s: DateTime64 %s, insert deduplication token %s, CSV settings it does not know: %s",
+                 cache.features.version, cache.features.datetime64, cache.features.dedup_token,
+                 ", ".join(sorted(set(CSV_SETTINGS) - cache.features.csv_settings)) or "none")
     features = cache.features
     try:
         key = (database, table, schema)
@@ -319,7 +355,7 @@ def deliver(conn: Conn, cache: TableCache, database: str, batch: Batch,
         if columns is None:
             columns = cache.columns[key] = ensure_table(conn, features, database, table, schema, dedup_window,
                                                         table_settings)
-        base = {"date_time_input_format": "best_effort", "insert_deduplicate": "1"}
+        base = {"date_time_input_format": "best_effort", "insert_deduplicate": "1", **features.insert_settings()}
         token = dedup_token(batch)
         if features.dedup_token:
             # async_insert is on by default in new servers (26.x): a batch is big enough to be its

@@ -345,9 +345,9 @@ class NativeConn:
                settings: Mapping[str, str]) -> None:
         cols = ", ".join(quote(c) for c, _ in columns)
         sql = f"INSERT INTO {quote(database)}.{quote(table)} ({cols}) VALUES"
-        # Values go typed: the text format settings mean nothing here (and an old server's
-        # binary settings encoding knows no new settings).
-        typed = {k: int(v) if v.isdigit() else v for k, v in settings.items() if k != "date_time_input_format"}
+        # Values go typed (parsed here by csv_rows): the text format settings mean nothing here
+        # (and an old server's binary settings encoding knows no new settings).
+        typed = {k: int(v) if v.isdigit() else v for k, v in settings.items() if k not in chschema.TEXT_SETTINGS}
         self._call(f"insert into {database}.{table}",
                    lambda: self.client.execute(sql, csv_rows(chunks, columns), settings=typed, types_check=False))
 

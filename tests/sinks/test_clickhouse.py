@@ -15,7 +15,16 @@ import pytest
 from node.errors import PermanentSinkError, SinkError
 from node.rows.batch import ConvertResult
 from node.sinks.base import Batch
-from node.sinks.chschema import LEDGER_TABLE, Features, StaleTableError, error_from, ident, table_columns
+from node.sinks.chschema import (
+    LEDGER_TABLE,
+    Features,
+    StaleTableError,
+    detect_features,
+    error_from,
+    ident,
+    literal,
+    table_columns,
+)
 from node.sinks.clickhouse import (
     ClickHouseConfig,
     ClickHouseSink,
@@ -240,9 +249,23 @@ def test_old_server_features_and_types(make_sink: MakeSink, server: ClickHouseSe
     sink = make_sink(server.dsn("Metrics", target=target))
     sink.upload(batch)
     (target_state,) = sink._targets["Metrics"]
-    assert target_state.cache.features == Features("18.16.1", datetime64=False, bool_type=False, dedup_token=False)
+    old_csv = frozenset({"format_csv_delimiter", "format_csv_allow_double_quotes", "format_csv_allow_single_quotes",
+                         "input_format_allow_errors_num", "input_format_allow_errors_ratio"})
+    assert target_state.cache.features == Features("18.16.1", datetime64=False, bool_type=False, dedup_token=False,
+                                                   csv_settings=old_csv)
     assert table_columns(admin(server), target, "HttpRequestsTotal") == {
         "Timestamp": "DateTime('UTC')", "SeriesId": "Int64", "Labels": "String", "Value": "Float64", "Pod": "String"}
+
+
+@needs_server
+def test_an_unknown_setting_fails_a_statement_so_inserts_send_only_known_ones(server: ClickHouseServer) -> None:
+    with pytest.raises(SinkError, match=r"Code: 115.*Unknown setting input_format_csv_detect_header"):
+        admin(server).query("SELECT 1 SETTINGS input_format_csv_detect_header = 0")
+    known = detect_features(admin(server)).csv_settings
+    assert "input_format_csv_detect_header" not in known and "format_csv_allow_single_quotes" in known
+    for name, value in Features(csv_settings=known).insert_settings().items():
+        text = value if value.isdigit() else literal(value)  # 18.16 takes no '0' for a number here
+        assert admin(server).query(f"SELECT 1 SETTINGS {name} = {text}") == [["1"]]
 
 
 @needs_server
