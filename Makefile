@@ -44,11 +44,11 @@ check-proto: $(STAMP) ## Fail when node/gen is stale
 bench: $(STAMP) ## Benchmarks: throughput and peak memory of the hot paths
 	$(BIN)/python -m tests.bench
 
-chaos: $(STAMP) ## Chaos: 20 random faults on a 3-node cluster under load, then the delivery oracle (SEED=n replays)
-	$(BIN)/python -m tests.chaos.run --faults 20 $(if $(SEED),--seed $(SEED))
+chaos: $(STAMP) ## Chaos: 20 random faults on 3 nodes (2 receivers, 300 tables, Prometheus), then the delivery oracle (SEED=n replays; SINK=local, SHAPE=narrow)
+	$(BIN)/python -m tests.chaos.run --faults 20 $(if $(SEED),--seed $(SEED)) $(if $(SINK),--sink $(SINK)) $(if $(SHAPE),--shape $(SHAPE))
 
-soak: $(STAMP) ## Soak: 30 minutes of steady load on 3 nodes; RSS, descriptors and threads must stay flat (MINUTES=n)
-	$(BIN)/python -m tests.chaos.soak --minutes $(or $(MINUTES),30)
+soak: $(STAMP) ## Soak: 30 minutes of load and a restart a minute on 3 nodes; nothing lost, RSS, descriptors, threads flat (MINUTES=n, SINK=clickhouse)
+	$(BIN)/python -m tests.chaos.soak --minutes $(or $(MINUTES),30) $(if $(SINK),--sink $(SINK))
 
 clean: ## Remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

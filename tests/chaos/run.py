@@ -1,28 +1,38 @@
 """Chaos with a delivery oracle: a 3-node cluster under load, faults at random moments, then a check
 that every acknowledged row reached the sink.
 
-`python -m tests.chaos.run --faults 20 [--seed N]` (`make chaos`). The seed is printed first: the
-same seed replays the same faults at the same moments (the load itself is timing-dependent).
+`python -m tests.chaos.run --faults 20 [--seed N] [--shape user|narrow]` (`make chaos`). The seed
+is printed first: the same seed replays the same faults at the same moments and the same segment
+ages (the load itself is timing-dependent).
 
-- Load: OTLP metrics over gRPC to a random live node, 10 tables, every point carrying a unique
-  `seq` (a metric row's value, a log row's attribute); the sender records which requests were
-  acknowledged.
-- Faults, by kind: `kill9` (SIGKILL, restart after a pause), `sigterm` (SIGTERM with the node's
-  short grace, restart), `kill_owner` (SIGKILL of the node that owns most tables while the others
-  stream segments to it: a peer stopped mid-transfer), `peer_unreachable` (SIGSTOP for 1 to 4 s:
-  connections to it hang, as to a host cut off the network; network namespaces need more than
-  these machines give), and with the ClickHouse sink `sink_down` (the server stopped for 1 to
-  4 s) and `disk_full` (the last node's storage is a 96 MB tmpfs, filled to the last 64 KB for 1
-  to 4 s; skipped with a message where mounting is impossible).
+- Shape (`SHAPES`): `user`, the default, is what `make run` gives a user: two receiver processes
+  per node (`--receivers 2`), each node's `--max-segment-age` drawn in 1 to 3 s, the load spread
+  over 300 metric tables and 10 log tables, and a real Prometheus as a second load (prom.py);
+  `narrow` is the earlier shape: one receiver, 1 s segments, 10 + 3 tables, no Prometheus.
+- Load: requests of 20 rows to a random live node over OTLP/gRPC metrics, OTLP/gRPC logs or
+  remote write, every row carrying a unique `seq` (a metric row's value, a log row's
+  attribute); the sender records which requests were acknowledged. With Prometheus: it scrapes
+  itself and the nodes each second and remote-writes to node 0 (prom.py).
+- Faults, by kind: `kill9` (SIGKILL of the node's every process, restart after a pause),
+  `sigterm` (SIGTERM with the node's short grace, restart), `kill_owner` (SIGKILL of the node that
+  owns most tables while the others stream segments to it: a peer stopped mid-transfer),
+  `kill_receiver` (two receivers or more: SIGKILL of one receiver process, which its supervisor
+  restarts), `peer_unreachable` (its network link cut for 1 to 4 s, netns.py; SIGSTOP where
+  namespaces cannot be made), `disk_full` (the last node's storage is a small tmpfs, filled to
+  its last 64 KB for 1 to 4 s; skipped with a message where mounting is impossible) and with the
+  ClickHouse sink `sink_down` (the server stopped for 1 to 4 s).
 - Oracle, after the faults stop and the cluster drained: every acknowledged `seq` is in the
   sink; no `seq` that was never sent; duplicates counted; no segment left in any WAL; the cluster
-  is live (a new row sent after the faults is delivered).
+  is live (a new row sent after the faults is delivered); Prometheus's every sample is in the
+  sink (prom.py); no process of a stopped node left running.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
+import io
 import json
 import random
 import shutil
@@ -46,12 +56,31 @@ from cluster.ring import Ring
 from node.gen.prometheus import remote_pb2
 from node.rows.series import BASE_SCHEMA
 from node.wal.names import make_prefix, schema_hash
+from tests.chaos import procs
 from tests.chaos.netns import NetnsError, Network
+from tests.chaos.prom import Key, PrometheusLoad, PromReport, compare, expected
 from tests.harness import ROOT, NodeProcess
 from tests.sinks.clickhouse_server import ClickHouseServer, find_binary
 
-TABLES = 10
-LOG_TABLES = 3
+
+@dataclass(frozen=True)
+class Shape:
+    """How the nodes run and how wide the load is."""
+
+    name: str
+    receivers: int
+    tables: int
+    """Metric tables of the chaos load (`Chaos0`..); log tables apart."""
+    log_tables: int
+    ages: tuple[float, float]
+    """Each node's --max-segment-age is drawn (by seed) in this range of seconds."""
+    prometheus: bool
+
+
+SHAPES = {
+    "user": Shape("user", receivers=2, tables=300, log_tables=10, ages=(1.0, 3.0), prometheus=True),
+    "narrow": Shape("narrow", receivers=1, tables=10, log_tables=3, ages=(1.0, 1.0), prometheus=False),
+}
 SERIES = 500
 """Label values per metric table: the seq of a metric row is its value (exact in a double), so the
 series stay as few as a real workload's (a label per row would make every row a new series)."""
@@ -61,6 +90,10 @@ TOKEN = "chaos-token"
 KINDS = ("kill9", "sigterm", "kill_owner", "peer_unreachable")
 SINK_KINDS = ("sink_down", "disk_full")
 SMALL_DISK = 96 << 20
+SMALL_DISK_LOCAL = 384 << 20
+"""With the local sink the node's embedded store shares the small disk with its WAL."""
+DISK_FREE = 64 << 10
+"""What the disk_full fault leaves free."""
 DISK_LEFT = 64 << 10
 """At most this many bytes left in WALs and delivery records once the cluster drained."""
 
@@ -82,62 +115,88 @@ class Report:
     disk_left: int = 0
     """Bytes left in the nodes' WAL and delivery records (the sink's own store aside)."""
     live_after: bool = False
+    shape: str = ""
+    ages: dict[str, float] = field(default_factory=dict)
+    """Each node's --max-segment-age."""
+    prom: PromReport | None = None
+    leftovers: list[str] = field(default_factory=list)
+    """Processes of a stopped node still running after it (pid and command line)."""
 
-    def ok(self) -> bool:
+    def ok(self, no_duplicates: bool = False) -> bool:
         return (self.lost == 0 and self.unknown == 0 and self.segments_left == 0 and self.disk_left <= DISK_LEFT
-                and self.live_after)
+                and self.live_after and not self.leftovers and (not no_duplicates or self.duplicates == 0)
+                and (self.prom is None or self.prom.ok(duplicates_allowed=not no_duplicates)))
 
     def __str__(self) -> str:
-        return (f"seed {self.seed}: sent {self.sent} rows, acknowledged {self.acked} "
+        ages = ", ".join(f"{a:.1f}" for _, a in sorted(self.ages.items()))
+        prom = f"; {self.prom}" if self.prom is not None else ""
+        left = f"; processes left after a stop: {self.leftovers}" if self.leftovers else ""
+        return (f"seed {self.seed} ({self.shape} shape, segment ages {ages} s): sent {self.sent} rows, "
+                f"acknowledged {self.acked} "
                 f"({dict(sorted(self.channels.items()))}), delivered {self.delivered} distinct, lost {self.lost}, "
                 f"never sent {self.unknown}, duplicates {self.duplicates}; faults {dict(sorted(self.faults.items()))}; "
                 f"drained in {self.drain_seconds:.1f}s; segments left {self.segments_left} ({self.disk_left} bytes); "
-                f"live after: {self.live_after}")
+                f"live after: {self.live_after}{prom}{left}")
 
 
 class Chaos:
-    def __init__(self, root: Path, seed: int, clickhouse: ClickHouseServer | None = None,
-                 netns: bool = True) -> None:
+    def __init__(self, root: Path, seed: int, clickhouse: ClickHouseServer | None = None, netns: bool = True,
+                 shape: Shape = SHAPES["user"], small_disk: bool = True, victims: tuple[int, ...] | None = None,
+                 prom_target: int = 0) -> None:
         """`clickhouse`: the sink (started here), which the `sink_down` fault stops for a while;
         without it, each node's local sink. `netns`: each node on a host of its own (netns.py),
         so that `peer_unreachable` cuts its link; where that cannot be made, or with False, the
-        nodes share loopback and `peer_unreachable` freezes the process."""
+        nodes share loopback and `peer_unreachable` freezes the process. `small_disk`: the last
+        node's storage on a small tmpfs (the `disk_full` fault). `victims`: the nodes (indexes)
+        that faults other than `kill_owner` pick from (default: all). `prom_target`: the node
+        Prometheus remote-writes to (shapes with Prometheus)."""
         self.rng = random.Random(seed)
         self.load_rng = random.Random(seed + 1)  # the load's choices apart: faults replay by seed alone
-        self.report = Report(seed)
+        self.shape = shape
+        self.report = Report(seed, shape=shape.name)
         self.clickhouse = clickhouse
         self.net: Network | None = None
         if netns:
-            net = Network(3)
+            made = Network(3)
             try:
-                net.setup()
-                self.net = net
+                made.setup()
+                self.net = made
             except NetnsError as e:
                 print(f"  (no network namespaces here, a peer is made unreachable by SIGSTOP instead: {e})", flush=True)
         net = self.net
+        self.root = root
         self.nodes = [NodeProcess(root / f"node-{i}", name=f"ingestor-{i}",
                                   host=net.address(i) if net else "127.0.0.1", wrap=net.wrap(i) if net else None)
                       for i in range(3)]
+        self.victims = [self.nodes[i] for i in (victims if victims is not None else range(3))]
         sink_host = net.host_ip if net else "127.0.0.1"
         if clickhouse is not None and net is not None:
             clickhouse.also_listen(net.host_ip, net.cidr)
         self.small_disk: Path | None = None
-        if clickhouse is not None:  # the last node's WAL on a small file system of its own, to fill
+        if small_disk:  # the last node's storage on a small file system of its own, to fill
             self.small_disk = self.nodes[-1].storage_dir
             self.small_disk.mkdir(parents=True)
-            mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SMALL_DISK}", "tmpfs",
+            size = SMALL_DISK if clickhouse is not None else SMALL_DISK_LOCAL
+            mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
                                       str(self.small_disk)], capture_output=True, text=True)
             if mounted.returncode != 0:
                 print(f"  (no disk_full fault: cannot mount a tmpfs here: {mounted.stderr.strip()})", flush=True)
                 self.small_disk = None
         peers = ",".join(f"{n.name}={n.grpc_addr}" for n in self.nodes)
         for n in self.nodes:
-            n.args += ["--peers", peers, "--peer-token", TOKEN, "--max-segment-age", "1s", "--upload-interval", "0.5s",
+            age = round(self.rng.uniform(*shape.ages), 1)
+            self.report.ages[n.name] = age
+            n.args += ["--peers", peers, "--peer-token", TOKEN, "--receivers", str(shape.receivers),
+                       "--max-segment-age", f"{age}s", "--upload-interval", "0.5s",
                        "--peer-unhealthy-timeout", "3s", "--shutdown-grace", "2s"]
             if clickhouse is not None:
                 n.args += ["--storage-backend", "clickhouse",
                            "--metrics-kusto-endpoints", clickhouse.dsn("Metrics", host=sink_host),
                            "--logs-kusto-endpoints", clickhouse.dsn("Logs", host=sink_host)]
+        self.prom: PrometheusLoad | None = None
+        if shape.prometheus:
+            self.prom = PrometheusLoad(root / "prometheus", [f"{n.host}:{n.http_port}" for n in self.nodes],
+                                       self.nodes[prom_target].http_url + "/api/v1/write")
         self.ring = Ring(n.name for n in self.nodes)
         self.acked: set[int] = set()
         self.by_channel: Counter[str] = Counter()
@@ -156,15 +215,17 @@ class Chaos:
         return list(range(first, first + n))
 
     def send_one(self, node: NodeProcess, points: int = 20, channel: str = "otlp-metrics") -> bool:
-        """One request of `points` rows, each with a unique seq, over `channel` (see CHANNELS)."""
+        """One request of `points` rows, each with a unique seq, over `channel` (see CHANNELS).
+        Row `s` goes to metric table `Chaos<s % tables>` or log table `ChaosLog<s % log_tables>`."""
         seqs = self._take(points)
+        tables, log_tables = self.shape.tables, self.shape.log_tables
         now = time.time_ns()
         try:
             if channel == "remote-write":
                 rw = remote_pb2.WriteRequest()
                 for s in seqs:
                     ts = rw.timeseries.add()
-                    for name, value in sorted({"__name__": f"chaos_{s % TABLES}", "series": str(s % SERIES)}.items()):
+                    for name, value in sorted({"__name__": f"chaos_{s % tables}", "series": str(s % SERIES)}.items()):
                         ts.labels.add(name=name, value=value)
                     ts.samples.add(value=float(s), timestamp=now // 1_000_000)
                 body = bytes(cramjam.snappy.compress_raw(rw.SerializeToString()))
@@ -182,7 +243,7 @@ class Chaos:
                 for s in seqs:
                     rec = sl.log_records.add(time_unix_nano=now, severity_text="INFO",
                                              body={"string_value": f"row {s}"})
-                    rec.attributes.add(key="kusto.table", value={"string_value": f"ChaosLog{s % LOG_TABLES}"})
+                    rec.attributes.add(key="kusto.table", value={"string_value": f"ChaosLog{s % log_tables}"})
                     rec.attributes.add(key="seq", value={"string_value": str(s)})
                 with grpc.insecure_channel(node.grpc_addr) as ch:
                     logs_service_pb2_grpc.LogsServiceStub(ch).Export(logs, timeout=5)
@@ -190,7 +251,7 @@ class Chaos:
                 req_m = metrics_service_pb2.ExportMetricsServiceRequest()
                 sm = req_m.resource_metrics.add().scope_metrics.add()
                 for s in seqs:
-                    m = sm.metrics.add(name=f"chaos_{s % TABLES}")
+                    m = sm.metrics.add(name=f"chaos_{s % tables}")
                     dp = m.gauge.data_points.add(time_unix_nano=now, as_double=float(s))
                     dp.attributes.add(key="series", value={"string_value": str(s % SERIES)})
                 with grpc.insecure_channel(node.grpc_addr) as ch:
@@ -209,6 +270,37 @@ class Chaos:
                 self.send_one(self.load_rng.choice(up), channel=self.load_rng.choice(CHANNELS))
             time.sleep(0.02)
 
+    # -- processes --------------------------------------------------------------------------
+
+    def _leftovers(self, node: NodeProcess, pids: list[int]) -> None:
+        """Processes of a node that stopped, still running 10 s later: noted and killed."""
+        for p in procs.wait_gone(pids, 10.0):
+            try:
+                cmd = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            self.report.leftovers.append(f"{node.name}: pid {p} {cmd.strip()[:120]}")
+            print(f"  ! {node.name}: process {p} still running after the node stopped: {cmd[:120]}", flush=True)
+        procs.signal_all(pids, signal.SIGKILL)
+        procs.wait_gone(pids, 10.0)
+
+    def kill_node(self, node: NodeProcess) -> None:
+        """SIGKILL of the node's every process (as a container's); reaped."""
+        assert node.proc is not None
+        procs.kill_tree(node.proc.pid)
+        node.proc.wait(30)
+
+    def stop_node(self, node: NodeProcess, timeout: float = 60.0) -> None:
+        """SIGTERM and wait; its receivers must be gone with it."""
+        assert node.proc is not None
+        pids = procs.tree(node.proc.pid)
+        try:
+            node.stop(signal.SIGTERM, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            print(f"  ! {node.name} did not stop within {timeout:.0f}s of SIGTERM: killed", flush=True)
+            self.report.leftovers.append(f"{node.name}: no exit within {timeout:.0f}s of SIGTERM")
+        self._leftovers(node, pids[1:])
+
     # -- faults -----------------------------------------------------------------------------
 
     def fault(self, kind: str) -> None:
@@ -216,28 +308,33 @@ class Chaos:
             assert self.small_disk is not None
             filler = self.small_disk / "filler"
             free = shutil.disk_usage(self.small_disk).free
-            with open(filler, "wb") as f, contextlib.suppress(OSError):  # every byte but a few blocks
-                for _ in range(max(0, free - (64 << 10)) // (1 << 20)):
-                    f.write(b"\0" * (1 << 20))
+            with open(filler, "wb") as f, contextlib.suppress(OSError):  # every byte but the last 64 KB
+                left = max(0, free - DISK_FREE)
+                while left > 0:
+                    chunk = min(left, 1 << 20)
+                    f.write(b"\0" * chunk)
+                    left -= chunk
                 f.flush()
             time.sleep(self.rng.uniform(1.0, 4.0))
             filler.unlink()
             self.report.faults[kind] += 1
             return
-        if kind == "peer_unreachable":  # its link cut (or, without namespaces, the process frozen)
-            i = self.rng.randrange(len(self.nodes))
-            victim = self.nodes[i]
+        if kind == "peer_unreachable":  # its link cut (or, without namespaces, the processes frozen)
+            victim = self.rng.choice(self.victims)
+            i = self.nodes.index(victim)
             assert victim.proc is not None
             self.down.add(victim.name)
+            frozen = []
             if self.net is not None:
                 self.net.cut(i)
             else:
-                victim.proc.send_signal(signal.SIGSTOP)
+                frozen = procs.tree(victim.proc.pid)
+                procs.signal_all(frozen, signal.SIGSTOP)
             time.sleep(self.rng.uniform(1.0, 4.0))
             if self.net is not None:
                 self.net.heal(i)
             else:
-                victim.proc.send_signal(signal.SIGCONT)
+                procs.signal_all(frozen, signal.SIGCONT)
             self.down.discard(victim.name)
             self.report.faults[kind] += 1
             return
@@ -248,17 +345,33 @@ class Chaos:
             self.clickhouse.start()
             self.report.faults[kind] += 1
             return
+        if kind == "kill_receiver":  # one receiver process (not the supervisor); the node stays up
+            victim = self.rng.choice(self.victims)
+            assert victim.proc is not None
+            pick = self.rng.random()
+            children = sorted(procs.receivers(victim.proc.pid))
+            if children:
+                pid = children[int(pick * len(children))]
+                procs.signal_all([pid], signal.SIGKILL)
+                procs.wait_gone([pid], 10.0)
+            else:
+                print(f"  ({victim.name} has no receiver process to kill)", flush=True)
+            self.report.faults[kind] += 1
+            return
         if kind == "kill_owner":
             owners = Counter(self.ring.owner(make_prefix("Metrics", f"Chaos{t}", schema_hash(BASE_SCHEMA)))
-                             for t in range(TABLES))
+                             for t in range(self.shape.tables))
             name = owners.most_common(1)[0][0]
             victim = next(n for n in self.nodes if n.name == name)
         else:
-            victim = self.rng.choice(self.nodes)
+            victim = self.rng.choice(self.victims)
         self.down.add(victim.name)
-        victim.stop(signal.SIGKILL if kind in ("kill9", "kill_owner") else signal.SIGTERM, timeout=60)
+        if kind in ("kill9", "kill_owner"):
+            self.kill_node(victim)
+        else:
+            self.stop_node(victim)
         time.sleep(self.rng.uniform(0.5, 3.0))
-        victim.start(timeout=60)
+        victim.start(timeout=120)
         self.down.discard(victim.name)
         self.report.faults[kind] += 1
 
@@ -273,6 +386,18 @@ class Chaos:
             return int(float(value))  # type: ignore[arg-type]
         attrs = json.loads(value) if isinstance(value, str) else value
         return int(attrs["seq"])  # type: ignore[index]
+
+    def _local_query(self, node: NodeProcess, sql: str, fmt: str) -> str | None:
+        """The output of `ingestor query` on a node's local store; None when there is no such table."""
+        if not (node.storage_dir / "local" / "metadata").is_dir():
+            return None
+        r = subprocess.run([sys.executable, "-m", "node.cli", "query", "--storage-dir", str(node.storage_dir),
+                            "--format", fmt, sql], capture_output=True, text=True, timeout=600, cwd=ROOT)
+        if r.returncode != 0:
+            if "UNKNOWN_DATABASE" in r.stderr or "no table" in r.stderr.lower():
+                return None
+            raise RuntimeError(r.stderr)
+        return r.stdout
 
     def stored(self) -> Counter[int]:
         """How many times each seq is in the sink: metric values and log attributes."""
@@ -289,18 +414,50 @@ class Chaos:
                     seen[self._seq(column, value)] += 1
             return seen
         for node in self.nodes:
-            if not (node.storage_dir / "local" / "metadata").is_dir():
-                continue
             for column, sql in self.QUERIES:
-                r = subprocess.run([sys.executable, "-m", "node.cli", "query", "--storage-dir", str(node.storage_dir),
-                                    "--format", "json", sql], capture_output=True, text=True, timeout=120, cwd=ROOT)
-                if r.returncode != 0:
-                    if "UNKNOWN_DATABASE" in r.stderr or "no table" in r.stderr.lower():
-                        continue
-                    raise RuntimeError(r.stderr)
-                for line in r.stdout.splitlines():
+                out = self._local_query(node, sql, "json")
+                for line in (out or "").splitlines():
                     seen[self._seq(column, json.loads(line)[column])] += 1
         return seen
+
+    PROM_SQL = ("SELECT _table, SeriesId, {ts}, toString(Value) FROM merge('Metrics', '^[A-Z]') "
+                "WHERE _table NOT LIKE 'Chaos%'")
+
+    def prom_stored(self, lo: int, hi: int) -> Counter[Key]:
+        """The sink's rows of the tables other than the chaos load's (Prometheus's), with a timestamp
+        in [lo, hi] in the sink's resolution (seconds with ClickHouse, milliseconds locally), non-NaN."""
+        have: Counter[Key] = Counter()
+
+        def add(table: str, sid: str, ts: str, value: str) -> None:
+            v = float(value)
+            if v == v and lo <= int(ts) <= hi:
+                have[(table, int(sid), int(ts), v)] += 1
+
+        if self.clickhouse is not None:
+            from tests.sinks.test_clickhouse import admin
+
+            for row in admin(self.clickhouse).query(self.PROM_SQL.format(ts="toUInt64(toUnixTimestamp(Timestamp))")):
+                add(*row)
+            return have
+        for node in self.nodes:
+            out = self._local_query(node, self.PROM_SQL.format(ts="toUnixTimestamp64Milli(Timestamp)"), "csv")
+            for row in list(csv.reader(io.StringIO(out or "")))[1:]:
+                add(*row)
+        return have
+
+    def check_prometheus(self, cutoff: float, caught_up: bool, seconds: float, figures: dict[str, float]) -> None:
+        assert self.prom is not None
+        res = 1000 if self.clickhouse is not None else 1
+        r = PromReport(caught_up=caught_up, catch_up_seconds=seconds, resolution_ms=res)
+        r.retried = int(figures.get("prometheus_remote_storage_samples_retried_total", 0))
+        r.failed = int(figures.get("prometheus_remote_storage_samples_failed_total", 0))
+        r.sent = int(figures.get("prometheus_remote_storage_samples_total", 0)) - r.retried - r.failed
+        lo = int((self.prom.started_at + 3.0) * 1000) // res + 1
+        hi = int(cutoff * 1000) // res - 1
+        r.window_seconds = (hi - lo) * res / 1000
+        want = expected(self.prom, lo, hi, res, r)
+        compare(want, self.prom_stored(lo, hi), r)
+        self.report.prom = r
 
     def segments_left(self) -> int:
         return sum(len(list((n.storage_dir / "wal").rglob("*.wal"))) for n in self.nodes)
@@ -309,21 +466,33 @@ class Chaos:
         return sum(p.stat().st_size for n in self.nodes for d in ("wal", "deliveries")
                    for p in (n.storage_dir / d).rglob("*") if p.is_file())
 
-    def run(self, faults: int, kinds: tuple[str, ...] | None = None, steady: float | None = None) -> Report:
-        """`faults` random faults of `kinds`, then the oracle; `steady`: seconds of load before them."""
-        if kinds is None:
-            kinds = KINDS + (("sink_down",) if self.clickhouse is not None else ())
-            kinds += ("disk_full",) if self.small_disk is not None else ()
+    def kinds(self) -> tuple[str, ...]:
+        """Every fault kind this run can make."""
+        kinds = KINDS + (("kill_receiver",) if self.shape.receivers > 1 else ())
+        kinds += ("sink_down",) if self.clickhouse is not None else ()
+        return kinds + (("disk_full",) if self.small_disk is not None else ())
+
+    def run(self, faults: int, kinds: tuple[str, ...] | None = None, steady: float | None = None,
+            gap: tuple[float, float] = (0.5, 2.5), tail: float = 0.0, in_turn: bool = False) -> Report:
+        """`faults` random faults of `kinds` (`in_turn`: the kinds in their order, cycled), `gap`
+        seconds apart, then `tail` seconds of load, then the oracle; `steady`: seconds of load
+        before the faults."""
+        kinds = kinds or self.kinds()
         sink = "ClickHouse" if self.clickhouse is not None else "local"
         hosts = "a network namespace each" if self.net is not None else "loopback"
-        print(f"chaos: seed {self.report.seed}, {faults} faults of {', '.join(kinds)}, {sink} sink, nodes on {hosts}",
-              flush=True)
+        ages = ", ".join(f"{a:.1f}" for a in self.report.ages.values())
+        print(f"chaos: seed {self.report.seed}, {faults} faults of {', '.join(kinds)}, {sink} sink, nodes on {hosts}; "
+              f"{self.shape.name} shape: {self.shape.receivers} receivers, {self.shape.tables} + "
+              f"{self.shape.log_tables} tables, segment ages {ages} s"
+              f"{', Prometheus' if self.prom is not None else ''}", flush=True)
         try:
-            return self._run(faults, kinds, steady)
+            return self._run(faults, kinds, steady, gap, tail, in_turn)
         finally:
+            if self.prom is not None:
+                self.prom.stop()
             for n in self.nodes:
                 if n.proc is not None and n.proc.poll() is None:
-                    n.kill()
+                    self.kill_node(n)
             self.close()
 
     def close(self) -> None:
@@ -334,26 +503,37 @@ class Chaos:
         if self.net is not None:
             self.net.teardown()
 
-    def _run(self, faults: int, kinds: tuple[str, ...], steady: float | None) -> Report:
+    def _run(self, faults: int, kinds: tuple[str, ...], steady: float | None, gap: tuple[float, float],
+             tail: float, in_turn: bool) -> Report:
         if self.clickhouse is not None:
             self.clickhouse.start()
         for n in self.nodes:
-            n.start()
+            n.start(timeout=120)
+        if self.prom is not None:
+            self.prom.start()
         loader = threading.Thread(target=self._load, daemon=True)
         loader.start()
         try:
-            if steady is not None:  # a soak: load, no faults
+            if steady is not None:  # load before the faults
                 time.sleep(steady)
             # every kind at least once when there are enough faults, the rest drawn at random
             schedule = list(kinds)[:faults] + [self.rng.choice(kinds) for _ in range(faults - len(kinds))]
             self.rng.shuffle(schedule)
+            if in_turn:
+                schedule = [kinds[i % len(kinds)] for i in range(faults)]
             for kind in schedule:
-                time.sleep(self.rng.uniform(0.5, 2.5))
+                time.sleep(self.rng.uniform(*gap))
                 print(f"  fault: {kind}", flush=True)
                 self.fault(kind)
+            time.sleep(tail)
         finally:
             self._stop.set()
             loader.join(30)
+        cutoff = time.time()
+        if self.prom is not None:  # Prometheus sent everything up to now, then stops
+            caught_up, seconds = self.prom.wait_caught_up(cutoff)
+            figures = self.prom.stop()
+            print(f"  Prometheus caught up: {caught_up} ({seconds:.1f}s)", flush=True)
         t0 = time.monotonic()
         self.report.live_after = self.send_one(self.nodes[0], points=1)
         deadline = t0 + 180
@@ -365,8 +545,10 @@ class Chaos:
             time.sleep(1.0)
         self.report.drain_seconds = time.monotonic() - t0
         for n in self.nodes:
-            n.stop()
+            self.stop_node(n)
         seen = self.stored()
+        if self.prom is not None:
+            self.check_prometheus(cutoff, caught_up, seconds, figures)
         if self.clickhouse is not None:
             self.clickhouse.stop()
         r = self.report
@@ -388,6 +570,8 @@ def main() -> int:
     p.add_argument("--kinds", default=None, help="comma separated fault kinds (default: all the sink allows)")
     p.add_argument("--sink", choices=["clickhouse", "local"], default=None,
                    help="default: ClickHouse (with the sink_down fault) when clickhouse-server is installed")
+    p.add_argument("--shape", choices=sorted(SHAPES), default="user",
+                   help="user (default): 2 receivers, 300 tables, 1-3 s segments, Prometheus; narrow: 1, 10, 1 s")
     args = p.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
     sink = args.sink or ("clickhouse" if find_binary() else "local")
@@ -395,12 +579,12 @@ def main() -> int:
         server = ClickHouseServer(Path(tmp) / "clickhouse") if sink == "clickhouse" else None
         try:
             kinds = tuple(args.kinds.split(",")) if args.kinds else None
-            report = Chaos(Path(tmp), seed, server).run(args.faults, kinds)
+            report = Chaos(Path(tmp), seed, server, shape=SHAPES[args.shape]).run(args.faults, kinds)
         finally:
             if server is not None:
                 server.stop()
     print(report)
-    return 0 if report.ok() else 1
+    return 0 if report.ok(no_duplicates=sink == "clickhouse") else 1
 
 
 if __name__ == "__main__":

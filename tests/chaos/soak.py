@@ -1,19 +1,28 @@
-"""Soak: a 3-node cluster under steady load for a long time; RSS and open file descriptors of every
-node, sampled every second, must stay flat.
+"""Soak: a 3-node cluster in the shape a user runs, under steady load for a long time, with a node
+killed and restarted periodically; nothing lost, and RSS, open descriptors and threads of every
+node that lived through the run stay flat.
 
-`python -m tests.chaos.soak --minutes 30` (`make soak`); the suite runs 3 minutes. "Flat": the
-median over the last 30 s is at most `RSS_BOUND` (64 MiB) above the median over the 30 s that
-follow the warm-up (the first fifth of the run, at least 30 s), and likewise `FD_BOUND` (16)
-descriptors and `THREAD_BOUND` (8) threads. (A node's RSS settles near 450 MB with the local
-sink's embedded ClickHouse; the bound is what a leak of one buffer per batch would exceed within
-minutes. The first soak found chdb leaking five threads and fifteen descriptors per batch.) The
-load and the oracle are those of the chaos run (`tests/chaos/run.py`), without faults.
+`python -m tests.chaos.soak --minutes 30 [--sink local|clickhouse] [--period 60] [--shape user]`
+(`make soak`); the suite runs 3 minutes. The cluster, load and oracle are the chaos run's
+(`tests/chaos/run.py`, user shape: 2 receivers per node, 300 + 10 tables of chaos load, 1 to 3 s
+segments, a real Prometheus remote-writing to the last node). Every `--period` seconds one fault,
+in turn `kill9`, `sigterm` (both of the last node, which then restarts) and `kill_receiver` (one
+receiver process of any node, which its supervisor restarts).
+
+A node's usage is summed over its processes (the supervisor and its receivers), sampled every
+second. "Flat": over a node's last life (the supervisor's pid unchanged: the whole run for nodes
+0 and 1), the median over the last 30 s is at most `RSS_BOUND` (64 MiB) above the median over the
+30 s that follow the warm-up (the first fifth of that life, at least 30 s), and likewise
+`FD_BOUND` (16) descriptors and `THREAD_BOUND` (8) threads. A life too short for both windows
+(the last node, restarted every few periods) is reported, not judged. (A node's RSS settles near
+450 MB with the local sink's embedded ClickHouse; the bound is what a leak of one buffer per batch
+would exceed within minutes. The first soak found chdb leaking five threads and fifteen
+descriptors per batch.)
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -22,36 +31,43 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.chaos.run import Chaos
+from tests.chaos import procs
+from tests.chaos.prom import PromReport
+from tests.chaos.run import SHAPES, Chaos, Report
+from tests.sinks.clickhouse_server import ClickHouseServer
 
 RSS_BOUND = 64 << 20
 FD_BOUND = 16
 THREAD_BOUND = 8
 WINDOW = 30.0
+SOAK_KINDS = ("kill9", "sigterm", "kill_receiver")
 
 
 def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def thread_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/task"))
+    return procs.usage(pid)[0]
 
 
 @dataclass
 class Series:
-    samples: list[tuple[float, int, int, int]] = field(default_factory=list)  # (seconds since start, rss, fds, threads)
+    samples: list[tuple[float, int, int, int, int]] = field(default_factory=list)
+    """(seconds since start, supervisor pid, rss, fds, threads)"""
 
-    def median(self, start: float, end: float, index: int) -> float:
-        values = [s[index] for s in self.samples if start <= s[0] < end]
+    def median(self, start: float, end: float, index: int, pid: int) -> float:
+        values = [s[index] for s in self.samples if start <= s[0] < end and s[1] == pid]
         return statistics.median(values) if values else 0.0
+
+    def growth(self) -> tuple[float, float, float] | None:
+        """(RSS bytes, fds, threads) growth over the last life, None when it is too short to judge."""
+        if not self.samples:
+            return None
+        pid = self.samples[-1][1]
+        life = [s[0] for s in self.samples if s[1] == pid]
+        begin, end = life[0], life[-1]
+        warm = begin + max(WINDOW, (end - begin) / 5)
+        if end - warm < 2 * WINDOW:
+            return None
+        g = [self.median(end - WINDOW, end + 1, i, pid) - self.median(warm, warm + WINDOW, i, pid) for i in (2, 3, 4)]
+        return g[0], g[1], g[2]
 
 
 @dataclass
@@ -59,23 +75,44 @@ class SoakReport:
     seconds: float
     rows: int
     lost: int
-    growth: dict[str, tuple[float, float, float]]
-    """node -> (RSS growth in bytes, fd growth, thread growth)"""
+    duplicates: int
+    growth: dict[str, tuple[float, float, float] | None]
+    """node -> (RSS growth in bytes, fd growth, thread growth), None: its last life too short"""
     peak_rss: dict[str, int]
+    chaos: Report
+    no_duplicates: bool = False
+    """ClickHouse sink: duplicates fail the soak."""
+
+    @property
+    def prom(self) -> PromReport | None:
+        return self.chaos.prom
+
+    def judged(self) -> dict[str, tuple[float, float, float]]:
+        return {n: g for n, g in self.growth.items() if g is not None}
+
+    def flat(self) -> bool:
+        return all(r <= RSS_BOUND and f <= FD_BOUND and t <= THREAD_BOUND for r, f, t in self.judged().values())
 
     def ok(self) -> bool:
-        return self.lost == 0 and all(r <= RSS_BOUND and f <= FD_BOUND and t <= THREAD_BOUND
-                                      for r, f, t in self.growth.values())
+        return self.chaos.ok(no_duplicates=self.no_duplicates) and self.flat() and bool(self.judged())
 
     def __str__(self) -> str:
-        nodes = "; ".join(f"{n}: RSS {r / 2**20:+.1f} MiB (peak {self.peak_rss[n] / 2**20:.0f} MiB), fds {f:+.0f}, "
-                          f"threads {t:+.0f}" for n, (r, f, t) in sorted(self.growth.items()))
-        return (f"soak {self.seconds:.0f}s: {self.rows} rows acknowledged, {self.lost} lost; growth after warm-up "
-                f"(bounds {RSS_BOUND >> 20} MiB, {FD_BOUND} fds, {THREAD_BOUND} threads): {nodes}")
+        def node(n: str) -> str:
+            g = self.growth[n]
+            peak = f"peak {self.peak_rss[n] / 2**20:.0f} MiB"
+            if g is None:
+                return f"{n}: restarted, last life too short to judge ({peak})"
+            return f"{n}: RSS {g[0] / 2**20:+.1f} MiB ({peak}), fds {g[1]:+.0f}, threads {g[2]:+.0f}"
+
+        nodes = "; ".join(node(n) for n in sorted(self.growth))
+        return (f"soak {self.seconds:.0f}s: {self.rows} rows acknowledged, {self.lost} lost, {self.duplicates} "
+                f"duplicates; growth after warm-up (bounds {RSS_BOUND >> 20} MiB, {FD_BOUND} fds, {THREAD_BOUND} "
+                f"threads): {nodes}\n  chaos: {self.chaos}")
 
 
-def soak(root: Path, seconds: float, seed: int = 1) -> SoakReport:
-    chaos = Chaos(root, seed)
+def soak(root: Path, seconds: float, seed: int = 1, clickhouse: ClickHouseServer | None = None,
+         period: float = 60.0, shape: str = "user") -> SoakReport:
+    chaos = Chaos(root, seed, clickhouse, shape=SHAPES[shape], small_disk=False, victims=(2,), prom_target=2)
     series = {n.name: Series() for n in chaos.nodes}
     stop = threading.Event()
 
@@ -84,34 +121,39 @@ def soak(root: Path, seconds: float, seed: int = 1) -> SoakReport:
         while not stop.wait(1.0):
             for n in chaos.nodes:
                 if n.proc is not None and n.proc.poll() is None:
-                    pid = n.proc.pid
-                    series[n.name].samples.append((time.monotonic() - t0, rss_bytes(pid), fd_count(pid),
-                                                   thread_count(pid)))
+                    rss, fds, threads = procs.usage(n.proc.pid)
+                    series[n.name].samples.append((time.monotonic() - t0, n.proc.pid, rss, fds, threads))
 
+    faults = max(0, int(seconds // period) - 1)
+    kinds = SOAK_KINDS if SHAPES[shape].receivers > 1 else SOAK_KINDS[:2]
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        report = chaos.run(0, steady=seconds)
+        report = chaos.run(faults, kinds, gap=(period, period), tail=seconds - faults * period, in_turn=True)
     finally:
         stop.set()
         sampler.join(10)
-    warm = max(WINDOW, seconds / 5)
-    growth = {}
-    for name, s in series.items():
-        end = max((x[0] for x in s.samples), default=0.0)
-        growth[name] = (s.median(end - WINDOW, end + 1, 1) - s.median(warm, warm + WINDOW, 1),
-                        s.median(end - WINDOW, end + 1, 2) - s.median(warm, warm + WINDOW, 2),
-                        s.median(end - WINDOW, end + 1, 3) - s.median(warm, warm + WINDOW, 3))
-    peak = {name: max((x[1] for x in s.samples), default=0) for name, s in series.items()}
-    return SoakReport(seconds, report.acked, report.lost, growth, peak)
+    growth = {name: s.growth() for name, s in series.items()}
+    peak = {name: max((x[2] for x in s.samples), default=0) for name, s in series.items()}
+    return SoakReport(seconds, report.acked, report.lost, report.duplicates, growth, peak, report,
+                      no_duplicates=clickhouse is not None)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(prog="python -m tests.chaos.soak")
     p.add_argument("--minutes", type=float, default=30.0)
+    p.add_argument("--period", type=float, default=60.0, help="seconds between faults (default %(default)s)")
+    p.add_argument("--sink", choices=["local", "clickhouse"], default="local")
+    p.add_argument("--shape", choices=sorted(SHAPES), default="user")
+    p.add_argument("--seed", type=int, default=1)
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
-        report = soak(Path(tmp), args.minutes * 60)
+        server = ClickHouseServer(Path(tmp) / "clickhouse") if args.sink == "clickhouse" else None
+        try:
+            report = soak(Path(tmp), args.minutes * 60, args.seed, server, args.period, args.shape)
+        finally:
+            if server is not None:
+                server.stop()
     print(report)
     return 0 if report.ok() else 1
 
