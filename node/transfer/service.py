@@ -8,13 +8,17 @@ order, and before anything is written:
 2. the node must be serving: UNAVAILABLE while it drains (the sender uploads itself);
 3. the metadata must come first and name a valid segment: INVALID_ARGUMENT otherwise;
 4. a segment accepted before (same name, size and CRC) is ALREADY_EXISTS (`TransferLedger`);
-5. the space is reserved against the WAL's limits: RESOURCE_EXHAUSTED when it does not fit.
+5. the space is reserved against the WAL's limits: RESOURCE_EXHAUSTED when it does not fit;
+6. the key is claimed in the ledger, for every receiver process of the node: ALREADY_EXISTS if it
+   was published meanwhile, UNAVAILABLE (retry) while another call holds it.
 
 Only then does the receiver send its initial metadata, the go-ahead the sender waits for before
 it streams the segment: a refused segment costs one message, not its bytes. The chunks are then
-written to a temporary file and each block is verified as it completes (`SegmentImport`); a bad
-block, a short or long stream, or a CRC mismatch is INVALID_ARGUMENT and leaves nothing behind.
-Only after the fsync and rename is the key recorded and OK returned.
+written to a part file and each block is verified as it completes (`SegmentImport`); a bad block,
+a short or long stream, or a CRC mismatch is INVALID_ARGUMENT and leaves nothing behind. The
+segment is then published through the ledger (`TransferLedger.publish`: a `publish` line, the
+rename, a DONE line), and OK returned: also when only the DONE line failed, since the rows are
+published and a resend is ALREADY_EXISTS from the `publish` line.
 """
 
 from __future__ import annotations
@@ -29,12 +33,12 @@ from typing import Any
 import grpc
 
 from cluster.transfer import READY_HEADER
-from node.errors import AlreadyExistsError, InvalidInputError, UnauthenticatedError, UnavailableError, status_of
+from node.errors import AlreadyExistsError, InvalidInputError, UnauthenticatedError, status_of
 from node.gen.ingestor.v1 import transfer_pb2, transfer_pb2_grpc
 from node.metrics import NodeMetrics
 from node.receivers.grpc import abort
 from node.state import NodeState
-from node.transfer.ledger import TransferLedger, transfer_key
+from node.transfer.ledger import Claim, ClaimLostError, TransferLedger, transfer_key
 from node.wal.importer import SegmentImport
 from node.wal.names import parse_filename
 from node.wal.repository import Repository
@@ -88,9 +92,6 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
         self._ledger = ledger
         self._auth = auth
         self._metrics = metrics
-        self._receiving: set[str] = set()
-        """Keys of the transfers being received or committed: a resend that overtakes its first
-        try (whose answer the sender lost) must wait for the ledger's verdict."""
 
     async def TransferSegment(self, request_iterator: AsyncIterator[transfer_pb2.TransferSegmentRequest],
                               context: grpc.aio.ServicerContext[Any, Any]) -> transfer_pb2.TransferSegmentResponse:
@@ -98,7 +99,7 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
         what = "transfer"
         sender = "?"
         imp: SegmentImport | None = None
-        receiving: str | None = None
+        claim: Claim | None = None
         committing: SegmentImport | None = None
         try:
             # The first message is read before any check, so that a refusal reaches a sender that
@@ -115,27 +116,24 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
             if not 0 < meta.size <= MAX_TRANSFER_BYTES:
                 raise InvalidInputError(f"declared size {meta.size} is not 1..{MAX_TRANSFER_BYTES}")
             key = transfer_key(meta.name, meta.size, meta.crc32)
-            if await asyncio.to_thread(self._ledger.seen, key):
+            if await asyncio.to_thread(self._ledger.seen, key):  # before the reservation: a full node says so too
                 raise AlreadyExistsError(f"segment {meta.name} was accepted before")
-            if key in self._receiving:
-                raise UnavailableError(f"segment {meta.name} is being received on another call; retry", 1.0)
-            self._receiving.add(key)
-            receiving = key
             imp = await asyncio.to_thread(self._wal.begin_import, name.prefix, meta.size)
+            claim = await self._claim(key, imp)
             await context.send_initial_metadata(((READY_HEADER, "1"),))  # the sender may stream the bytes
             async for msg in request_iterator:
                 if msg.WhichOneof("msg") != "chunk":
                     raise InvalidInputError("a transfer carries its metadata once, first")
                 await asyncio.to_thread(imp.feed, msg.chunk)
-            # The commit runs to its end even if the sender goes away (it aborts itself on failure),
-            # and only its end releases the key.
-            committing, imp, receiving = imp, None, None
+            # The commit runs to its end even if the sender goes away (it settles the import and the
+            # claim itself, whatever happens).
+            committing, imp, held, claim = imp, None, claim, None
             # shielded: a cancelled call must not cancel the commit before its thread started
-            info = await asyncio.shield(asyncio.to_thread(self._commit, committing, meta.crc32, key))
+            info = await asyncio.shield(asyncio.to_thread(self._commit, committing, meta.crc32, held))
             committing = None
         except Exception as e:
             if imp is not None:
-                await asyncio.to_thread(imp.abort)
+                await asyncio.to_thread(self._abort, imp, claim)
             self._metrics.transfers_received.labels(status_of(e).grpc_code.name).inc()
             await abort(context, e, what)
         except asyncio.CancelledError:  # the sender went away (or its deadline passed)
@@ -145,24 +143,48 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
                             "segment is kept, and a resend hears ALREADY_EXISTS)", what)
             else:  # mid-stream: nothing stays
                 if imp is not None:
-                    imp.abort()
+                    self._abort(imp, claim)
                 log.info("%s: cut by the sender; discarded", what)
             raise
-        finally:
-            if receiving is not None:
-                self._receiving.discard(receiving)
         self._metrics.transfers_received.labels("OK").inc()
         self._metrics.transfer_received_bytes.inc(info.size)
         log.info("accepted %s as %s: %d blocks, %d rows, %.1f MB in %.2fs", what, info.name.filename, info.blocks,
                  info.rows, info.size / 1e6, time.perf_counter() - t0)
         return transfer_pb2.TransferSegmentResponse(blocks=info.blocks, bytes=info.size)
 
-    def _commit(self, imp: SegmentImport, crc32: int, key: str) -> SegmentInfo:
-        """Publish the segment, then note it in the ledger (one thread: a cancelled call cannot
-        stop between the two)."""
+    async def _claim(self, key: str, imp: SegmentImport) -> Claim:
+        """Claim `key` in the ledger; a claim that a cancelled call took is given back."""
+        task = asyncio.ensure_future(asyncio.to_thread(self._ledger.claim, key, imp.part))
         try:
-            info = imp.commit(crc32)
-            self._ledger.record(key)
-            return info
-        finally:
-            self._receiving.discard(key)
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            def settle(t: asyncio.Future[Claim]) -> None:
+                if not t.cancelled() and t.exception() is None:
+                    asyncio.get_running_loop().run_in_executor(None, self._ledger.release, t.result())
+
+            task.add_done_callback(settle)
+            raise
+
+    def _abort(self, imp: SegmentImport, claim: Claim | None) -> None:
+        """Before the publish: the part file goes, then the claim (in that order: a claim
+        without its part is never mistaken for a published segment)."""
+        imp.abort()
+        if claim is not None:
+            self._ledger.release(claim)
+
+    def _commit(self, imp: SegmentImport, crc32: int, claim: Claim) -> SegmentInfo:
+        """Verify the segment, then publish it through the ledger (one thread: a cancelled call
+        cannot stop half-way)."""
+        try:
+            imp.verify(crc32)
+        except BaseException:
+            self._abort(imp, claim)
+            raise
+        try:
+            return self._ledger.publish(claim, imp.publish)
+        except ClaimLostError:  # settled by another process: our part is nobody's now
+            imp.abort()
+            raise
+        except BaseException:  # the ledger's `publish` line may be on disk: the part file must stay
+            imp.abandon()
+            raise

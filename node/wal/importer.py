@@ -1,10 +1,16 @@
 """A segment received from a peer, written as it streams in and verified block by block.
 
-The bytes go to `<final name>.tmp` as they arrive (memory stays at one block plus one chunk,
+The bytes go to `<final name>.part` as they arrive (memory stays at one block plus one chunk,
 whatever the segment's size); every block's framing, CRC and compression is checked as soon as it
-is complete. `commit()` checks the declared size and CRC-32, fsyncs, renames to the final name and
-fsyncs the directory: the segment appears whole or not at all. `abort()` removes the temporary
-file; so does the next start's recovery if the process dies first.
+is complete. `verify()` checks the declared size and CRC-32 and fsyncs; `publish()` renames to the
+final name and fsyncs the directory: the segment appears whole or not at all. `commit()` is both.
+`abort()` removes the part file.
+
+The part file is created by the first `feed()`, not before: a transfer claims its key in the
+transfer ledger first, and from then on the part file's existence is what says "not published"
+(`node/transfer/ledger.py`). So it is not a `*.tmp` file, which the WAL's recovery deletes: only
+its owner or the ledger removes it, and a part left by a dead transfer is removed when the ledger
+settles its key. A failure while publishing `abandon()`s the import: the part stays for the ledger.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from node.wal.names import SegmentName
 from node.wal.segment import fsync_dir
 from node.wal.table import SegmentInfo
 
+PART_SUFFIX = ".part"
+
 
 class SegmentImport:
     """One incoming segment. `feed()` chunks, then `commit()` or `abort()` (exactly one)."""
@@ -32,7 +40,7 @@ class SegmentImport:
         self.name = name
         self.declared_size = declared_size
         self.final = directory / name.filename
-        self.tmp = self.final.with_name(self.final.name + ".tmp")
+        self.part = self.final.with_name(self.final.name + PART_SUFFIX)
         self._release = release
         self._publish = publish
         self._pending = bytearray()  # bytes not yet part of a whole block
@@ -43,11 +51,7 @@ class SegmentImport:
         self.rows = 0
         self._crc = 0
         self._done = False
-        try:
-            self._fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        except OSError:
-            release()
-            raise
+        self._fd = -1
 
     def _invalid(self, reason: str) -> InvalidInputError:
         return InvalidInputError(f"transferred segment {self.name.filename}: {reason}")
@@ -67,6 +71,8 @@ class SegmentImport:
     def _write(self, chunk: bytes | bytearray | memoryview) -> None:
         view = memoryview(chunk)
         try:
+            if self._fd < 0:
+                self._fd = os.open(self.part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             while view:
                 written = os.write(self._fd, view)
                 view = view[written:]
@@ -143,36 +149,57 @@ class SegmentImport:
             payload.release()
         self.blocks += 1
 
-    def commit(self, crc32: int) -> SegmentInfo:
-        """Check completeness and the CRC-32 of every byte, then publish the segment atomically."""
+    def verify(self, crc32: int) -> None:
+        """Check completeness and the CRC-32 of every byte, and make the part file durable.
+        InvalidInputError or OverLimitsError; the caller then aborts."""
+        if self.received != self.declared_size:
+            raise self._invalid(f"stream ended after {self.received} of {self.declared_size} bytes")
+        if not self._magic_seen:
+            raise self._invalid("truncated magic")
+        if self._pending:
+            raise self._invalid(f"offset {self._offset}: torn block at the end ({len(self._pending)} bytes)")
+        if self.blocks == 0:
+            raise self._invalid("no blocks")
+        if self._crc != crc32:
+            raise self._invalid(f"CRC-32 {self._crc:08x} of the bytes received, {crc32:08x} declared")
         try:
-            if self.received != self.declared_size:
-                raise self._invalid(f"stream ended after {self.received} of {self.declared_size} bytes")
-            if not self._magic_seen:
-                raise self._invalid("truncated magic")
-            if self._pending:
-                raise self._invalid(f"offset {self._offset}: torn block at the end ({len(self._pending)} bytes)")
-            if self.blocks == 0:
-                raise self._invalid("no blocks")
-            if self._crc != crc32:
-                raise self._invalid(f"CRC-32 {self._crc:08x} of the bytes received, {crc32:08x} declared")
-            try:
-                os.fsync(self._fd)
-                os.close(self._fd)
-                self._fd = -1
-                os.rename(self.tmp, self.final)
-                fsync_dir(self.final.parent)
-            except OSError as e:
-                if e.errno in (28, 122):
-                    raise OverLimitsError(f"disk full receiving {self.name.filename}: {e.strerror}") from e
-                raise
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+        except OSError as e:
+            raise self._disk_error(e) from e
+
+    def publish(self) -> SegmentInfo:
+        """Rename the verified part to its final name and index it. When the rename fails the
+        part stays where it was; once it is done the segment is indexed even if the directory's
+        fsync then fails (and its error is raised)."""
+        try:
+            os.rename(self.part, self.final)
+        except OSError as e:
+            raise self._disk_error(e) from e
+        self._done = True
+        info = SegmentInfo(self.final, self.name, self.received, self.blocks, self.rows)
+        try:
+            fsync_dir(self.final.parent)
+        except OSError as e:
+            raise self._disk_error(e) from e
+        finally:
+            self._publish(info)
+        return info
+
+    def commit(self, crc32: int) -> SegmentInfo:
+        """`verify()`, then `publish()`; anything that fails before the rename aborts."""
+        try:
+            self.verify(crc32)
+            return self.publish()
         except BaseException:
             self.abort()
             raise
-        self._done = True
-        info = SegmentInfo(self.final, self.name, self.received, self.blocks, self.rows)
-        self._publish(info)
-        return info
+
+    def _disk_error(self, e: OSError) -> Exception:
+        if e.errno in (28, 122):  # ENOSPC, EDQUOT
+            return OverLimitsError(f"disk full receiving {self.name.filename}: {e.strerror}")
+        return e
 
     def abort(self) -> None:
         """Remove the temporary file and give back the reserved space (idempotent)."""
@@ -182,5 +209,16 @@ class SegmentImport:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        self.tmp.unlink(missing_ok=True)
+        self.part.unlink(missing_ok=True)
+        self._release()
+
+    def abandon(self) -> None:
+        """Give the reserved space back but leave the part file: a publish failed, and the
+        transfer ledger decides from the file whether the segment was published (idempotent)."""
+        if self._done:
+            return
+        self._done = True
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
         self._release()

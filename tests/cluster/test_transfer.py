@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from node.rows.logs import LogsConfig, LogsConverter
 from node.rows.metrics import MetricsConfig, MetricsConverter
 from node.rows.traces import TracesConfig, TracesConverter
 from node.state import NodeState, Phase
-from node.transfer.ledger import DEFAULT_RETENTION, TransferLedger, transfer_key
+from node.transfer.ledger import DEFAULT_RETENTION, Claim, TransferLedger, transfer_key
 from node.transfer.service import TRANSFER_SERVICE, PeerAuth, TransferService
 from node.upload.batcher import PlannedTransfer
 from node.upload.router import Router, TransferConfig
@@ -242,7 +242,7 @@ async def test_a_stream_cut_half_way_leaves_nothing_then_the_resend_is_accepted(
                                                                                        f"Bearer {TOKEN}"),))
         await half_sent.wait()
         await asyncio.sleep(0.2)
-        assert any(f.endswith(".tmp") for f in receiver.files())  # received so far, not visible
+        assert any(f.endswith(".part") for f in receiver.files())  # received so far, not visible
         call.cancel()
     for _ in range(100):
         if receiver.files() == []:
@@ -366,15 +366,15 @@ async def test_a_torn_ledger_line_is_ignored_and_not_glued_to_the_next(tmp_path:
 
 def slow_ledger(receiver: Receiver, seconds: float) -> None:
     """The receiver commits slowly: the sender's deadline passes after it sent every byte."""
-    record = receiver.ledger.record
+    publish = receiver.ledger.publish
 
-    def slow(key: str) -> None:
+    def slow(claim: Claim, rename: Callable[[], SegmentInfo]) -> SegmentInfo:
         import time
 
         time.sleep(seconds)
-        record(key)
+        return publish(claim, rename)
 
-    receiver.ledger.record = slow  # type: ignore[method-assign]
+    receiver.ledger.publish = slow  # type: ignore[method-assign, assignment]
 
 
 async def test_an_answer_lost_after_every_byte_is_in_doubt_and_the_resend_is_already_exists(
@@ -434,7 +434,7 @@ async def test_a_transfer_in_doubt_is_resent_as_it_was_to_the_same_peer(receiver
             await asyncio.sleep(0.02)
         assert not view.health.is_healthy("receiver")  # the first try was in doubt
         later = all_rows(segments(sender, count=1, table=table))
-        receiver.ledger.record = TransferLedger.record.__get__(receiver.ledger)  # type: ignore[method-assign]
+        receiver.ledger.publish = TransferLedger.publish.__get__(receiver.ledger)  # type: ignore[method-assign]
         for _ in range(500):
             if not sender.closed_segments():
                 break
@@ -468,7 +468,7 @@ def test_the_ledger_compacts_rarely_and_forgets_what_no_sender_can_resend(tmp_pa
     now[0] += 101  # past the retention: the next compaction forgets them all
     for i in range(2000, 4000):
         ledger.record(transfer_key(f"Metrics_T_{i:08d}.wal", 1000 + i, i))
-    assert len(ledger._seen) <= 2000 and min(ledger._seen.values()) > 1800000000.0  # only the new ones
+    assert len(ledger._entries) <= 2000 and min(e.stamp for e in ledger._entries.values()) > 1800000000.0
     assert not ledger.seen(transfer_key("Metrics_T_00000000.wal", 1000, 0))
     ledger.close()
     # a sender stops resending a transfer in doubt long before the receiver forgets it
