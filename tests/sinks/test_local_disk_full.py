@@ -5,6 +5,7 @@ one is impossible); the WAL is elsewhere."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -12,8 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from node.errors import SinkError
+from node.metrics import NodeMetrics
 from node.sinks.base import Batch
 from node.sinks.local import (
     DELIVERIES_FILE,
@@ -27,6 +30,8 @@ from node.sinks.local import (
     open_store,
     store_dir,
 )
+from node.upload.batcher import BatchPolicy
+from node.upload.uploader import UploadConfig, Uploader
 from node.wal import format as fmt
 from node.wal.repository import Repository, WalConfig
 from tests.sinks import metrics, write_batch
@@ -115,6 +120,63 @@ def test_a_full_disk_fails_the_upload_and_the_retry_stores_every_row_once(volume
         assert stats(sink) == (20_100, 20_100)
     finally:
         sink.stop()
+
+
+class Failures:
+    """A sink that counts the uploads that raised."""
+
+    def __init__(self, sink: LocalSink) -> None:
+        self.sink, self.name, self.failed = sink, sink.name, 0
+
+    def start(self) -> None:
+        self.sink.start()
+
+    def stop(self) -> None:
+        self.sink.stop()
+
+    def accepts(self, database: str) -> bool:
+        return True
+
+    def upload(self, batch: Batch) -> None:
+        try:
+            self.sink.upload(batch)
+        except SinkError:
+            self.failed += 1
+            raise
+
+
+def test_through_the_uploader_the_segments_stay_until_their_rows_are_stored(volume: Path, tmp_path: Path) -> None:
+    """The node's path: the uploader keeps the segments while the store has no room (they were
+    deleted before: the insert returned), and delivers them, every row once, when it has."""
+    wal = Repository(WalConfig(tmp_path / "node" / "wal"))
+    wal.start()
+    rows_batch(tmp_path / "node" / "wal", 0, 20_000)  # closed segments in the node's WAL
+    wal.refresh()
+    segments = wal.closed_segments()
+    assert segments
+    filler = fill(volume, 256 << 10)
+    sink = Failures(LocalSink(store_dir(volume), NO_SPACE_CHECK))
+    config = UploadConfig(interval=0.05, backoff_initial=0.05, backoff_max=0.1,
+                          policy=BatchPolicy(min_batch_bytes=0, max_wait=0))
+
+    async def run() -> None:
+        up = Uploader(wal, sink, config, NodeMetrics(CollectorRegistry()))
+        await up.start()
+        try:
+            deadline = asyncio.get_running_loop().time() + 30
+            while sink.failed < 2 and wal.closed_segments() and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.05)
+            assert sink.failed >= 2 and all(s.path.exists() for s in segments)
+            assert stats(sink.sink) == (0, 0)
+            filler.unlink()
+            while wal.closed_segments() and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.05)
+            assert not wal.closed_segments()
+            assert stats(sink.sink) == (20_000, 20_000)
+        finally:
+            await up.stop()
+
+    asyncio.run(run())
 
 
 def test_no_room_is_refused_before_inserting(volume: Path, tmp_path: Path) -> None:
