@@ -295,7 +295,7 @@ class TransferLedger:
             except (OverLimitsError, OSError) as e:
                 log.warning("transfer %s: cannot note it DONE (%s); its publish line stands for it", key, e)
         self._entries[key] = done
-        return State.DONE
+        return State.DONE if self._clock() - done.stamp < self.retention else State.FREE
 
     # -- the transfer's steps ---------------------------------------------------------------
 
@@ -303,6 +303,7 @@ class TransferLedger:
         """Claim `key` for a transfer into `part` (a file not yet created). AlreadyExistsError
         when it was published, UnavailableError while another transfer holds it, OverLimitsError
         when the ledger's disk is full."""
+        part = Path(os.path.abspath(part))  # every receiver process reads the same path
         with self._locked():
             state = self._resolve_locked(key)
             if state is State.DONE:

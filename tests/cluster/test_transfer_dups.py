@@ -36,6 +36,7 @@ from prometheus_client import CollectorRegistry
 
 from cluster.membership import Peer
 from cluster.transfer import READY_HEADER, Outcome, TransferClient, TransferResult
+from node.errors import AlreadyExistsError, UnavailableError
 from node.gen.ingestor.v1 import admin_pb2, transfer_pb2_grpc
 from node.ingest import Converters, Ingest
 from node.metrics import NodeMetrics
@@ -394,3 +395,80 @@ async def test_two_receiver_processes_take_a_segment_sent_four_times_at_once_onc
     assert {(r.outcome, r.code) for r in results} == {(Outcome.ALREADY_HAD, "ALREADY_EXISTS")}, results
     assert wal_rows(root) == sorted(all_rows(segs))  # once
     assert leftovers(root) == []
+
+
+# -- the ledger's verdicts -----------------------------------------------------------------------
+
+NOW = 1800000000.0
+DEAD = "999999999.1"  # beyond any pid_max
+
+
+def live_owner() -> str:
+    """A process that lives while the test runs, and is not this one: the test runner's parent."""
+    return f"{os.getppid()}.{ledger_module._start_time(os.getppid()) or 0}"
+
+
+@pytest.mark.parametrize(("line", "part_there", "age", "verdict", "part_kept"), [
+    ("claim {live}", True, 10, "busy", True),  # streaming in another process
+    ("claim {live}", False, 10, "busy", False),  # its first chunk still to come
+    ("claim {live}", True, 700, "free", False),  # stale: a reused pid, a free line that failed
+    ("claim {dead}", True, 10, "free", False),  # died mid-stream: never published
+    ("claim {dead}", False, 10, "free", False),  # died before its first chunk
+    ("publish {dead}", True, 10, "free", False),  # died (or failed) before the rename
+    ("publish {live}", True, 10, "free", False),  # failed before the rename (the rename runs under the lock)
+    ("publish {dead}", False, 10, "done", False),  # died after the rename: published
+    ("publish {live}", False, 10, "done", False),  # its DONE line failed (disk full): published
+    ("publish {dead}", False, 4000, "free", False),  # published, and older than the retention
+    ("free", False, 10, "free", False),
+    ("", False, 10, "done", False),
+    ("", False, 4000, "free", False),
+], ids=lambda v: str(v))
+def test_the_state_on_disk_says_whether_a_segment_was_published(
+        tmp_path: Path, line: str, part_there: bool, age: float, verdict: str, part_kept: bool) -> None:
+    part = tmp_path / "wal" / "Metrics_Cpu_0123456789abcdef.wal.part"
+    part.parent.mkdir()
+    if part_there:
+        part.write_bytes(b"received so far")
+    fields = line.format(live=live_owner(), dead=DEAD)
+    if fields.startswith(("claim", "publish")):
+        fields += f" {part}"
+    key = transfer_key("Metrics_Cpu_1111111111111111.wal", 100, 7)
+    path = tmp_path / "transfers.ledger"
+    path.write_text(f"{NOW - age:.0f} {key}{' ' + fields if fields else ''}\n")
+    ledger = TransferLedger(path, clock=lambda: NOW)
+    mine = tmp_path / "wal" / "Metrics_Cpu_2222222222222222.wal.part"
+    if verdict == "busy":
+        with pytest.raises(UnavailableError, match="being received"):
+            ledger.claim(key, mine)
+    elif verdict == "done":
+        assert ledger.seen(key)
+        with pytest.raises(AlreadyExistsError):
+            ledger.claim(key, mine)
+        assert TransferLedger(path, clock=lambda: NOW).seen(key)  # noted DONE for the others too
+    else:
+        assert not ledger.seen(key)
+        ledger.claim(key, mine)
+    assert part.exists() is part_kept
+    assert ledger.compact() == 1  # the busy claim, the DONE line, or our claim
+    ledger.close()
+
+
+def test_a_claim_taken_over_when_stale_fails_its_publish(tmp_path: Path) -> None:
+    """A transfer that outlived `claim_timeout` loses its key: its publish renames nothing."""
+    now = [NOW]
+    first = TransferLedger(tmp_path / "l", claim_timeout=600, clock=lambda: now[0])
+    second = TransferLedger(tmp_path / "l", claim_timeout=600, clock=lambda: now[0])
+    key = transfer_key("Metrics_Cpu_1111111111111111.wal", 100, 7)
+    slow = first.claim(key, tmp_path / "a.part")
+    (tmp_path / "a.part").write_bytes(b"x")
+    with pytest.raises(UnavailableError):
+        second.claim(key, tmp_path / "b.part")
+    now[0] += 601
+    second.claim(key, tmp_path / "b.part")
+    assert not (tmp_path / "a.part").exists()
+    renamed = []
+    with pytest.raises(UnavailableError, match="taken over"):
+        first.publish(slow, lambda: renamed.append(1))
+    assert renamed == []
+    first.close()
+    second.close()
