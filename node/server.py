@@ -99,6 +99,7 @@ class Node:
             ),
             on_repair=self.metrics.wal_repairs.inc,
             shared=shared,
+            on_vanished=lambda info: self.metrics.wal_vanished.inc(),
         )
         self.state = NodeState(over_limits=self.wal.over_limits)
         allowed = allowed_databases(config)

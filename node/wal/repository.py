@@ -109,7 +109,8 @@ class Repository:
     """Owns the per-table WALs of one directory. Thread-safe."""
 
     def __init__(self, config: WalConfig, on_repair: Callable[[int], None] | None = None,
-                 shared: SharedUsage | None = None) -> None:
+                 shared: SharedUsage | None = None,
+                 on_vanished: Callable[[SegmentInfo], None] | None = None) -> None:
         self.config = config
         self.directory = Path(config.directory)
         self._ids = FlakeIds(host_id(config.node_name, config.worker))
@@ -120,6 +121,7 @@ class Repository:
         self._usage_by_db: dict[str, int] = defaultdict(int)
         self._segments = 0
         self._on_repair = on_repair
+        self._on_vanished = on_vanished
         self._listeners: list[Callable[[SegmentInfo], None]] = []
         self._indexing = True
         self._refused_at = 0.0  # monotonic time of the last write refused for limits
@@ -219,7 +221,9 @@ class Repository:
         """Index closed segments that other processes published; return the new ones.
 
         Files published by rename are whole, so they are indexed without a scan; their block
-        and row counts are then unknown (0).
+        and row counts are then unknown (0). A file is indexed under the index lock and only if
+        it still exists then: `remove` unlinks under the same lock, so a segment being removed is
+        never indexed again (see "Who owns the index" in docs/wal.md).
         """
         found = []
         with self._lock:
@@ -229,11 +233,17 @@ class Repository:
                 continue
             try:
                 name = parse_filename(entry.name)
-                size = entry.stat().st_size
-            except (InvalidNameError, FileNotFoundError):
+            except InvalidNameError:
                 continue
-            info = SegmentInfo(Path(entry.path), name, size, 0, 0)
-            self._index(info)
+            with self._lock:
+                if name.segment_id in self._closed.get(name.prefix, {}):
+                    continue
+                try:
+                    size = os.stat(entry.path).st_size
+                except FileNotFoundError:  # removed since the scan listed it
+                    continue
+                info = SegmentInfo(Path(entry.path), name, size, 0, 0)
+                self._index_locked(info)
             found.append(info)
         return found
 
@@ -385,11 +395,14 @@ class Repository:
     def _index(self, info: SegmentInfo) -> None:
         """Index a segment found at start (it is not yet counted)."""
         with self._lock:
-            self._closed[info.prefix][info.name.segment_id] = info
-            self._usage += info.size
-            self._usage_by_db[info.database] += info.size
-            self._segments += 1
-            self._publish()
+            self._index_locked(info)
+
+    def _index_locked(self, info: SegmentInfo) -> None:
+        self._closed[info.prefix][info.name.segment_id] = info
+        self._usage += info.size
+        self._usage_by_db[info.database] += info.size
+        self._segments += 1
+        self._publish()
 
     def _index_new(self, info: SegmentInfo) -> None:
         """Index a segment this process just closed (already counted while active)."""
@@ -428,14 +441,44 @@ class Repository:
             return sorted(p for p, d in self._closed.items() if d)
 
     def remove(self, segments: Iterable[SegmentInfo]) -> None:
-        """Delete closed segments (after a sink or peer confirmed them)."""
+        """Delete closed segments (after a sink or peer confirmed them).
+
+        The file is unlinked under the index lock, as it leaves the index: no `refresh` can see it
+        between the two and index it again.
+        """
         for info in segments:
             with self._lock:
                 known = self._closed.get(info.prefix, {}).pop(info.name.segment_id, None)
-            if known is None:
-                continue
-            info.path.unlink(missing_ok=True)
-            self._account(info.database, -info.size, -1)
+                if known is None:
+                    continue
+                info.path.unlink(missing_ok=True)
+                self._forget_locked(known)
+
+    def _forget_locked(self, info: SegmentInfo) -> None:
+        self._usage -= info.size
+        self._usage_by_db[info.database] -= info.size
+        self._segments -= 1
+        self._publish()
+
+    def drop_vanished(self, segments: Iterable[SegmentInfo]) -> list[SegmentInfo]:
+        """Drop from the index the segments whose file is gone although the node never removed
+        them (a person or another program deleted them); return them. Each is logged and counted
+        once (`on_vanished`), so that its table is never blocked by a file that will not come back.
+        """
+        gone = []
+        for info in segments:
+            with self._lock:
+                known = self._closed.get(info.prefix, {}).get(info.name.segment_id)
+                if known is None or os.path.exists(known.path):
+                    continue
+                del self._closed[info.prefix][info.name.segment_id]
+                self._forget_locked(known)
+            gone.append(known)
+            log.error("segment %s vanished from the WAL directory (deleted by something other than this node): "
+                      "%d bytes of rows it held are lost; dropped from the index", known.path, known.size)
+            if self._on_vanished is not None:
+                self._on_vanished(known)
+        return gone
 
     def begin_import(self, prefix: str, size: int, decode: bool = True) -> SegmentImport:
         """Start receiving a segment of `prefix` of `size` bytes from a peer (see `SegmentImport`).

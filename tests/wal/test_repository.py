@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -252,3 +253,31 @@ def test_per_database_share_blocks_only_that_database(tmp_path: Path) -> None:
     repo.blocked_databases = frozenset({"Fast"})
     with pytest.raises(OverLimitsError, match="database Fast"):
         repo.write("Fast", "T", fmt.KIND_METRIC, b"x\n", 1)
+
+
+def test_a_segment_being_removed_is_never_indexed_again_by_a_refresh(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (issue 12): `remove` dropped a segment from the index, then unlinked it outside the
+    lock; a `refresh` (another receiver process published segments) in between saw the file still on
+    disk and indexed it again: a ghost that every later upload failed on with ENOENT."""
+    repo = _repo(tmp_path)
+    repo.write("Db", "T", fmt.KIND_METRIC, b"a\n", 1)
+    [info] = repo.rotate_all()
+    refreshed: list[threading.Thread] = []
+    real_unlink = Path.unlink
+
+    def unlink_after_a_refresh(self: Path, missing_ok: bool = False) -> None:
+        if self == info.path and not refreshed:  # force the interleaving: a refresh runs in the window
+            t = threading.Thread(target=repo.refresh)
+            refreshed.append(t)
+            t.start()
+            t.join(1.0)  # the fixed code holds the index lock here, so the refresh waits for it
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink_after_a_refresh)
+    repo.remove([info])
+    refreshed[0].join(5.0)
+    assert not refreshed[0].is_alive()
+    assert not info.path.exists()
+    assert repo.closed_segments() == []
+    assert repo.disk_usage() == 0 and repo.stats().segment_count == 0
