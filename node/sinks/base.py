@@ -10,7 +10,7 @@ at most `--uploads` at a time per sink.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -43,6 +43,15 @@ def parse_schema_line(line: bytes) -> Schema:
     return tuple(cols)
 
 
+def batch_id(database: str, table: str, names: Iterable[str]) -> str:
+    """The id of a batch of the segments `names` (file names, oldest first)."""
+    h = hashlib.sha256()
+    for name in names:
+        h.update(name.encode())
+        h.update(b"\n")
+    return f"{database}_{table}_{h.hexdigest()[:32]}"
+
+
 @dataclass
 class Batch:
     """Closed segments of one prefix, to be delivered together."""
@@ -57,14 +66,16 @@ class Batch:
     """Bytes of CSV rows; known once iter_csv() ran to the end."""
     rows: int = field(default=0)
 
+    token: str | None = None
+    """The id of the delivery this batch belongs to, when it is what is left of a recorded one
+    (some of its segments vanished): the sink's deduplication then recognises the whole."""
+
     @property
     def id(self) -> str:
         """Deterministic from the segments: the same batch retried has the same id."""
-        h = hashlib.sha256()
-        for s in self.segments:
-            h.update(s.path.name.encode())
-            h.update(b"\n")
-        return f"{self.database}_{self.table}_{h.hexdigest()[:32]}"
+        if self.token is not None:
+            return self.token
+        return batch_id(self.database, self.table, (s.path.name for s in self.segments))
 
     @property
     def size(self) -> int:

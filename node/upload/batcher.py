@@ -39,6 +39,8 @@ class PlannedBatch:
     estimated_bytes: int
     reason: str
     """"full" or "age": why it goes out now."""
+    token: str | None = None
+    """The deduplication token of the recorded delivery this is what is left of (see `Batch.token`)."""
 
 
 def plan(segments: Iterable[SegmentInfo], now_ms: int, policy: BatchPolicy, busy: set[str],

@@ -10,11 +10,17 @@ restart, is exactly that one again, to the same destination, so the sink or the 
 it. The record is removed when the delivery ends for certain: confirmed, quarantined, refused,
 or failed before anything could arrive.
 
-A record left by a previous run whose segments are partly gone tells that the delivery was
-confirmed and the node died while deleting them (segments are deleted only after a
-confirmation): the rest are deleted too. Within a run the uploader knows better: a delivery that
-failed keeps its segments, so a record of this run with segments missing is dropped and its
-segments are planned afresh.
+A delivery ends in one of three ways, and only the first deletes segments:
+- confirmed: the sink or the peer said it has every row. The record is rewritten as confirmed
+  (fsynced) before the first segment is deleted, then the segments are deleted, then the record.
+  A record found confirmed at start (killed while deleting) has its remaining segments deleted.
+- failed or in doubt: the record stays; the next try is the same delivery.
+- ended without arrival (quarantined, refused for certain): the record is removed.
+
+Missing files are never taken as evidence of a confirmation. A record that is not confirmed and
+names segments that are gone (a person deleted them, or the confirmation could not be written on a
+full disk before a crash) is delivered again with what is left, under the recorded delivery's
+token, so that a sink that took the whole recognises the part.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ class Intent:
     """Wall-clock time of the first try."""
     recovered: bool = False
     """Left by a previous run (read by `load`)."""
+    confirmed: bool = False
+    """The sink or the peer confirmed every row: the segments left are to be deleted."""
 
     @property
     def to_sink(self) -> bool:
@@ -69,7 +77,7 @@ class Intents:
             try:
                 raw = json.loads(entry.read_text())
                 intent = Intent(str(raw["prefix"]), tuple(str(s) for s in raw["segments"]), str(raw["target"]),
-                                float(raw["since"]), recovered=True)
+                                float(raw["since"]), recovered=True, confirmed=raw.get("confirmed") is True)
             except (OSError, ValueError, KeyError, TypeError) as e:
                 log.warning("dropping the unreadable delivery record %s: %s", entry, e)
                 entry.unlink(missing_ok=True)
@@ -86,13 +94,14 @@ class Intents:
     def record(self, intent: Intent) -> None:
         """Durably note `intent` as its prefix's delivery in progress (blocking: fsync)."""
         old = self._by_prefix.get(intent.prefix)
-        if old is not None and (old.segments, old.target, old.since) == (intent.segments, intent.target, intent.since):
+        if old is not None and (old.segments, old.target, old.since, old.confirmed) == (
+                intent.segments, intent.target, intent.since, intent.confirmed):
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self._path(intent.prefix)
         tmp = path.with_name(path.name + ".tmp")
         data = json.dumps({"prefix": intent.prefix, "segments": list(intent.segments), "target": intent.target,
-                           "since": intent.since}).encode()
+                           "since": intent.since, "confirmed": intent.confirmed}).encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             os.write(fd, data)
@@ -103,10 +112,17 @@ class Intents:
         _fsync_dir(self.directory)
         self._by_prefix[intent.prefix] = intent
 
+    def confirm(self, prefix: str, segments: tuple[str, ...], target: str) -> None:
+        """Durably note that `prefix`'s delivery of `segments` was confirmed (blocking: fsync), before
+        any of its segments is deleted. Raises OSError when it cannot be written."""
+        old = self._by_prefix.get(prefix)
+        since = old.since if old is not None else 0.0
+        self.record(Intent(prefix, segments, target, since, confirmed=True))
+
     def clear(self, prefix: str) -> None:
-        """The prefix's delivery ended (blocking). No fsync: a record that comes back after a crash
-        names segments that are gone (the delivery is then known to be over) or still there
-        (delivered again under the same token: recognised)."""
+        """The prefix's delivery ended (blocking). No fsync: a record that comes back after a crash is
+        confirmed (its segments left are deleted) or names segments still there (delivered again
+        under the same token: recognised)."""
         if self._by_prefix.pop(prefix, None) is not None:
             with contextlib.suppress(FileNotFoundError):
                 self._path(prefix).unlink()

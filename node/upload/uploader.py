@@ -29,7 +29,7 @@ from pathlib import Path
 from cluster.transfer import Outcome
 from node.errors import PermanentSinkError
 from node.metrics import NodeMetrics
-from node.sinks.base import Batch, Sink
+from node.sinks.base import Batch, Sink, batch_id
 from node.upload.batcher import DEFAULT_RATIO, BatchPolicy, PlannedBatch, PlannedTransfer, plan
 from node.upload.intents import SINK, Intent, Intents
 from node.upload.router import Router
@@ -97,6 +97,7 @@ class Uploader:
         self._ratios: dict[str, float] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._round_lock = asyncio.Lock()
         self.quarantine_dir = config.quarantine_dir or wal.directory.parent / "quarantine"
         self.intents = Intents(config.deliveries_dir or wal.directory.parent / "deliveries")
 
@@ -136,21 +137,30 @@ class Uploader:
             self._wake.clear()
 
     async def _round(self, policy: BatchPolicy) -> int:
-        if self._refresh:
-            await asyncio.to_thread(self._wal.refresh)
-        segments = self._resume(self._wal.closed_segments())
-        if self.router is not None and self.transfers_enabled:
-            transfers, segments = await asyncio.to_thread(self.router.plan, segments, self._busy)
-            for t in transfers:
-                self._start_transfer(t)
-        for s in segments:
-            if s.prefix not in self._ratios:
-                self._ratios[s.prefix] = await asyncio.to_thread(sample_ratio, s)
-        batches = plan(segments, int(time.time() * 1000), policy, self._busy, self._ratios, self._not_before,
-                       self._clock())
-        for b in batches:
-            self._start_upload(b)
-        return len(batches)
+        """Plan and start deliveries. Rounds run one at a time (the loop's and a drain's).
+
+        The segments are listed once, then the round waits (planning transfers, sampling ratios):
+        a delivery that ends meanwhile deletes segments that are still in the list. So a prefix
+        that was in flight when the list was made stays out of the whole round, even if its
+        delivery ends before the round does.
+        """
+        async with self._round_lock:
+            if self._refresh:
+                await asyncio.to_thread(self._wal.refresh)
+            listed_busy = set(self._busy)  # no await between these two lines
+            segments = self._resume(self._wal.closed_segments())
+            if self.router is not None and self.transfers_enabled:
+                transfers, segments = await asyncio.to_thread(self.router.plan, segments, listed_busy | self._busy)
+                for t in transfers:
+                    self._start_transfer(t)
+            for s in segments:
+                if s.prefix not in self._ratios:
+                    self._ratios[s.prefix] = await asyncio.to_thread(sample_ratio, s)
+            batches = plan(segments, int(time.time() * 1000), policy, listed_busy | self._busy, self._ratios,
+                           self._not_before, self._clock())
+            for b in batches:
+                self._start_upload(b)
+            return len(batches)
 
     def _start_upload(self, b: PlannedBatch) -> None:
         self._busy.add(b.prefix)
@@ -180,26 +190,36 @@ class Uploader:
                 held.add(prefix)
                 continue
             present = by_prefix.get(prefix, {})
-            segs = [present.get(n) for n in intent.segments]
-            found = [s for s in segs if s is not None]
-            if len(found) < len(segs):
-                if intent.recovered:  # confirmed, then cut off while its segments were deleted
-                    log.info("%s: %d of the %d segments of a delivery confirmed before the restart were left; "
-                             "deleting them", prefix, len(found), len(segs))
+            found = [present[n] for n in intent.segments if n in present]
+            if intent.confirmed:  # cut off while deleting the segments of a confirmed delivery
+                if found:
+                    log.info("%s: deleting the %d segments left of a delivery confirmed before it was cut off",
+                             prefix, len(found))
                     self._wal.remove(found)
                     gone.update(s.path.name for s in found)
-                else:
-                    log.warning("%s: %d of the %d segments of the delivery in progress are gone; planning the rest "
-                                "afresh", prefix, len(segs) - len(found), len(segs))
                 self.intents.clear(prefix)
                 continue
+            token = None
+            if len(found) < len(intent.segments):  # never evidence of a confirmation
+                if not found or not intent.to_sink:
+                    log.warning("%s: %d of the %d segments of an unconfirmed delivery to %s are gone (deleted by "
+                                "something other than this node); planning %s afresh (their rows may arrive twice)",
+                                prefix, len(intent.segments) - len(found), len(intent.segments),
+                                intent.target or "the sink", "the rest" if found else "nothing")
+                    self.intents.clear(prefix)
+                    continue
+                log.warning("%s: %d of the %d segments of an unconfirmed delivery are gone (deleted by something "
+                            "other than this node); delivering the %d left under the delivery's token", prefix,
+                            len(intent.segments) - len(found), len(intent.segments), len(found))
+                name = found[0].name
+                token = batch_id(name.database, name.table, intent.segments)
             held.add(prefix)
             if self._not_before.get(prefix, 0.0) > self._clock():
                 continue
             group = tuple(found)
             if intent.to_sink:
                 est = int(sum(s.size for s in group) * self._ratios.get(prefix, DEFAULT_RATIO))
-                self._start_upload(PlannedBatch(prefix, group, est, "retry"))
+                self._start_upload(PlannedBatch(prefix, group, est, "retry", token))
             elif self._may_resend(intent):
                 self._start_transfer(PlannedTransfer(prefix, intent.target, group))
             else:
@@ -218,15 +238,36 @@ class Uploader:
                 and time.time() - intent.since < r.config.in_doubt_wait)
 
     async def _begin(self, prefix: str, segments: tuple[SegmentInfo, ...], target: str) -> None:
-        """Record the delivery about to start (kept when it is the same one again)."""
+        """Record the delivery about to start (kept when it is the same one again, or what is left
+        of it)."""
         names = tuple(s.path.name for s in segments)
         old = self.intents.get(prefix)
+        if old is not None and old.target == target and not old.confirmed and set(names) < set(old.segments):
+            return  # what is left of the recorded delivery: the record keeps naming the whole
         since = old.since if old is not None and old.segments == names and old.target == target else time.time()
         try:
             await asyncio.to_thread(self.intents.record, Intent(prefix, names, target, since))
         except OSError as e:  # a full disk must not stop the uploads that free it
             log.warning("%s: cannot record the delivery in %s (%s); delivering anyway: after a crash its rows may "
                         "be delivered twice", prefix, self.intents.directory, e)
+
+    async def _confirmed(self, prefix: str, segments: tuple[SegmentInfo, ...], target: str) -> None:
+        """The sink or the peer confirmed `segments`: note it durably, then delete them, then the record."""
+        old = self.intents.get(prefix)
+        names = old.segments if old is not None and old.target == target else tuple(s.path.name for s in segments)
+        try:
+            await asyncio.to_thread(self.intents.confirm, prefix, names, target)
+        except OSError as e:  # a full disk must not keep the segments that would free it
+            log.warning("%s: cannot record the confirmation in %s (%s); deleting the segments anyway: after a crash "
+                        "in the middle, the rest is delivered again under the same token", prefix,
+                        self.intents.directory, e)
+        self._wal.remove(segments)
+        await asyncio.to_thread(self.intents.clear, prefix)
+
+    async def _vanished(self, segments: tuple[SegmentInfo, ...]) -> bool:
+        """After a failure: drop the segments whose file is gone from the index (logged and counted
+        once); return whether there were any (the rest is then tried again at once)."""
+        return bool(await asyncio.to_thread(self._wal.drop_vanished, segments))
 
     def _back_off(self, prefix: str) -> tuple[int, float]:
         """Count a failure of `prefix` and set its next try; return (attempt, delay)."""
@@ -268,25 +309,27 @@ class Uploader:
             async with self._transfer_sem:
                 result = await self.router.deliver(t)
             if result.outcome.delivered:
-                self._wal.remove(t.segments)
+                await self._confirmed(t.prefix, t.segments, t.owner)
                 self._failures.pop(t.prefix, None)
                 self._not_before.pop(t.prefix, None)
-            if result.outcome is Outcome.PEER_FAILED and (result.in_doubt or resend):
+            elif result.outcome is Outcome.PEER_FAILED and (result.in_doubt or resend):
                 # kept: the next try sends the same segments to the same peer (a resend that failed
                 # for certain says nothing of the earlier try)
-                self._back_off(t.prefix)
+                if not await self._vanished(t.segments):
+                    self._back_off(t.prefix)
             else:
                 await asyncio.to_thread(self.intents.clear, t.prefix)
         except Exception:
             log.exception("transfer of %s to %s failed", t.prefix, t.owner)
-            self._back_off(t.prefix)
+            if not await self._vanished(t.segments):
+                self._back_off(t.prefix)
         finally:
             self._busy.discard(t.prefix)
             self._wake.set()
 
     async def _deliver(self, planned: PlannedBatch) -> None:
         name = planned.segments[0].name
-        batch = Batch(name.database, name.table, planned.segments)
+        batch = Batch(name.database, name.table, planned.segments, token=planned.token)
         sink = self._sink.name
         try:
             await self._begin(planned.prefix, planned.segments, SINK)
@@ -302,14 +345,21 @@ class Uploader:
             return
         except Exception as e:
             self._metrics.uploads.labels(sink, "failed").inc()
-            n, delay = self._back_off(planned.prefix)
-            log.warning("upload of %s (%d segments) to %s failed (attempt %d), retrying in %.1fs: %s",
-                        planned.prefix, len(planned.segments), sink, n, delay, e)
-            self._busy.discard(planned.prefix)
+            try:
+                if await self._vanished(planned.segments):
+                    return  # the rest goes again at the next round, under the delivery's token
+                n, delay = self._back_off(planned.prefix)
+                log.warning("upload of %s (%d segments) to %s failed (attempt %d), retrying in %.1fs: %s",
+                            planned.prefix, len(planned.segments), sink, n, delay, e)
+            finally:
+                self._busy.discard(planned.prefix)
             return
         # remove: the sink confirmed every row
-        self._wal.remove(planned.segments)
-        await asyncio.to_thread(self.intents.clear, planned.prefix)
+        try:
+            await self._confirmed(planned.prefix, planned.segments, SINK)
+        except BaseException:
+            self._busy.discard(planned.prefix)
+            raise
         self._failures.pop(planned.prefix, None)
         self._not_before.pop(planned.prefix, None)
         if batch.size:

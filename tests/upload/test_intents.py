@@ -169,7 +169,7 @@ async def test_after_a_kill_between_confirmation_and_deletion_the_same_batch_is_
     assert stored(sink_dir) == list(range(50))
 
 
-async def test_a_record_whose_segments_are_partly_gone_was_confirmed(tmp_path: Path) -> None:
+async def test_a_confirmed_record_whose_segments_are_partly_gone_has_the_rest_deleted(tmp_path: Path) -> None:
     """Killed while deleting a confirmed batch's segments: the rest are deleted, not sent again."""
     wal = Repository(WalConfig(tmp_path / "wal"))
     wal.start()
@@ -177,9 +177,55 @@ async def test_a_record_whose_segments_are_partly_gone_was_confirmed(tmp_path: P
     sink_dir = store_dir(tmp_path / "storage")
     LocalSink(sink_dir).upload(Batch("Db", "T", tuple(first)))
     record(tmp_path, first)
+    Intents(tmp_path / "deliveries").confirm(first[0].prefix, tuple(s.path.name for s in first), SINK)
     first[0].path.unlink()
     later = write(wal, 3, 1)
 
     calls = await restart_and_deliver(tmp_path, sink_dir)
     assert calls == [(later[0].path.name,)]
     assert stored(sink_dir) == list(range(40))
+
+
+async def test_an_unconfirmed_record_whose_segments_are_partly_gone_is_delivered_not_deleted(tmp_path: Path) -> None:
+    """Regression (issue 12): a record of a delivery that was never confirmed, one of whose segments
+    is gone (here a person deleted it; in the field a ghost segment left by the index race), was
+    taken as proof that the sink had confirmed it, and its other segments were deleted: lost.
+    Missing files are never evidence: the rest is delivered, under the recorded delivery's token."""
+    wal = Repository(WalConfig(tmp_path / "wal"))
+    wal.start()
+    first = write(wal, 0, 3)
+    sink_dir = store_dir(tmp_path / "storage")
+    record(tmp_path, first)  # the delivery started, the sink never got it
+    first[0].path.unlink()
+
+    calls = await restart_and_deliver(tmp_path, sink_dir)
+    assert calls == [(first[1].path.name, first[2].path.name)]
+    assert stored(sink_dir) == list(range(10, 30))  # the rows of the two segments left, once
+    assert list((tmp_path / "deliveries").iterdir()) == []
+
+
+async def test_what_is_left_of_a_delivery_the_sink_took_is_recognised_by_its_token(tmp_path: Path) -> None:
+    """The sink took the whole delivery, the confirmation never came, then a segment vanished: the
+    rest goes under the whole's token, so the sink does not store it twice."""
+    wal = Repository(WalConfig(tmp_path / "wal"))
+    wal.start()
+    first = write(wal, 0, 3)
+    sink_dir = store_dir(tmp_path / "storage")
+    LocalSink(sink_dir).upload(Batch("Db", "T", tuple(first)))
+    record(tmp_path, first)
+    first[0].path.unlink()
+
+    calls = await restart_and_deliver(tmp_path, sink_dir)
+    assert calls == [(first[1].path.name, first[2].path.name)]
+    assert stored(sink_dir) == list(range(30))  # once each
+
+
+def test_a_confirmation_is_durable_and_read_back(tmp_path: Path) -> None:
+    d = tmp_path / "deliveries"
+    intents = Intents(d)
+    intents.load()
+    intents.record(Intent("Db_T", ("a.wal", "b.wal"), SINK, 1.5))
+    assert Intents(d).load()["Db_T"].confirmed is False
+    intents.confirm("Db_T", ("a.wal", "b.wal"), SINK)
+    again = Intents(d).load()["Db_T"]
+    assert again.confirmed and again.segments == ("a.wal", "b.wal") and again.since == 1.5

@@ -7,9 +7,11 @@ ADX over Azurite) have their own tests; this one is about what happens around th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from node.errors import PermanentSinkError, SinkError
@@ -19,6 +21,7 @@ from node.upload.batcher import BatchPolicy
 from node.upload.uploader import UploadConfig, Uploader
 from node.wal import format as fmt
 from node.wal.repository import Repository, WalConfig
+from node.wal.segment import iter_rows
 
 SCHEMA = (("Timestamp", "datetime"), ("Value", "real"))
 
@@ -123,3 +126,80 @@ async def test_drain_uploads_young_small_segments(tmp_path: Path) -> None:
     assert await up.drain(time.monotonic() + 10)
     await up.stop()
     assert sorted(sink.rows) == sorted(sent)
+
+
+async def test_a_segment_deleted_by_hand_is_dropped_once_and_never_blocks_its_table(tmp_path: Path) -> None:
+    """A closed segment whose file someone deleted: the upload that hits it fails once, the segment
+    is dropped from the index, logged and counted, and the rest of its table is delivered."""
+    wal, sent = _setup(tmp_path, 20)
+    ghost = next(s for s in wal.closed_segments() if s.name.table == "T")
+    ghost_rows = set(b"".join(iter_rows(ghost.path)).splitlines())
+    ghost.path.unlink()
+    sink = RecordingSink()
+    registry = CollectorRegistry()
+    metrics = NodeMetrics(registry)
+    wal._on_vanished = lambda info: metrics.wal_vanished.inc()
+    cfg = UploadConfig(interval=0.05, policy=BatchPolicy(min_batch_bytes=0, max_wait=0), backoff_initial=5,
+                       backoff_max=5)
+    up = Uploader(wal, sink, cfg, metrics)
+    await up.start()
+    try:
+        await _until(lambda: not wal.closed_segments())
+    finally:
+        await up.stop()
+    assert sorted(sink.rows) == sorted(r for r in sent if r not in ghost_rows)
+    assert registry.get_sample_value("ingestor_wal_vanished_segments_total") == 1
+    assert wal.disk_usage() == 0
+
+
+async def test_a_round_never_plans_segments_a_delivery_removed_while_it_waited(
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (issue 12): a round lists the segments, then waits (ratios sampled in a thread);
+    another round (a drain runs beside the loop) delivered and deleted some of them meanwhile, and
+    the first round planned them again: ENOENT at the sink (seen after SIGSTOP/SIGCONT)."""
+    import node.upload.uploader as uploader_mod
+
+    wal = Repository(WalConfig(tmp_path / "wal"))
+    wal.start()
+    for table in ("A", "B"):
+        wal.write("Db", table, fmt.KIND_METRIC, b"2026-11-24T00:00:00Z,1\n", 1, SCHEMA)
+    wal.rotate_all()
+    sink = RecordingSink()
+    seen: list[str] = []
+    real_upload = sink.upload
+
+    def upload(batch: Batch) -> None:
+        seen.extend(s.path.name for s in batch.segments)
+        real_upload(batch)
+
+    sink.upload = upload  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+    real_sample = uploader_mod.sample_ratio
+    in_sample = asyncio.Event()
+    go_on = asyncio.Event()
+    calls = [0]
+
+    def first_sample_waits(segment: object) -> float:
+        calls[0] += 1
+        if calls[0] == 1:
+            loop.call_soon_threadsafe(in_sample.set)
+            asyncio.run_coroutine_threadsafe(go_on.wait(), loop).result()
+        return real_sample(segment)  # type: ignore[arg-type]
+
+    cfg = UploadConfig(interval=3600, policy=BatchPolicy(min_batch_bytes=0, max_wait=0))
+    up = Uploader(wal, sink, cfg, NodeMetrics(CollectorRegistry()))
+    monkeypatch.setattr(uploader_mod, "sample_ratio", first_sample_waits)
+    try:
+        first = asyncio.create_task(up._round(cfg.policy))  # lists A and B, then waits sampling a ratio
+        await in_sample.wait()
+        second = asyncio.create_task(up._round(cfg.policy))  # a drain's round
+        with contextlib.suppress(AssertionError):  # the old code delivered A and B here, under the first's feet
+            await _until(lambda: sink.calls >= 2 and not wal.closed_segments(), timeout=2)
+        go_on.set()
+        await asyncio.gather(first, second)
+        await _until(lambda: not wal.closed_segments() and not up._tasks)
+    finally:
+        await up.stop()
+    assert sorted(seen) == sorted(set(seen)) and len(seen) == 2, seen  # every segment handed to the sink once
+    assert sink.calls == 2
