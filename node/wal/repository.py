@@ -11,6 +11,7 @@ while `max_segment_count` segments exist, fails with OverLimitsError and writes 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -267,9 +268,13 @@ class Repository:
         self.write_many([Block(database, table, kind, value, count, schema)])
 
     def write_many(self, blocks: Sequence[Block]) -> None:
-        """Append each block to its table's active segment: all of them or, when a name is bad or
-        the repository is over a limit, none (the refusal is decided before the first append, so
-        a sender that retries a refused request never duplicates part of it).
+        """Append each block to its table's active segment: all of them or none. A bad name or a
+        limit refuses the request before the first append; a write that fails part way (a disk
+        that fills in the middle of the request) cuts the blocks already appended back out. So a
+        refused request leaves nothing, and a sender that retries it duplicates nothing.
+
+        The tables' locks are held for the whole request, taken in one order (by name), so that
+        no other request appends behind a block that may still be undone.
 
         Returns once every block is in its file. Raises InvalidNameError or OverLimitsError.
         """
@@ -301,21 +306,34 @@ class Repository:
             else:
                 self._count_segment(delta)
 
-        done = 0
+        wals = sorted({id(e[0]): e[0] for e in encoded}.values(), key=lambda w: w.key)
         try:
-            for wal, database, header, payload, count in encoded:
-                grown = wal.append(header, payload, count, new_segment=new_segment)
-                size = len(header) + len(payload)
-                need[database] -= size
-                self._account(database, grown - size, 0)
-                done += 1
-        except BaseException as e:
-            if isinstance(e, OverLimitsError):
-                self._refused_at = time.monotonic()
-            if done:
-                log.error("write of a request failed after %d of its %d blocks were appended: %s",
-                          done, len(encoded), e)
-            raise
+            with contextlib.ExitStack() as held:
+                for w in wals:
+                    held.enter_context(w.lock)
+                marks = [w.mark() for w in wals]
+                counted: dict[int, int] = defaultdict(int)  # bytes accounted per table in this request
+                try:
+                    for wal, database, header, payload, count in encoded:
+                        grown = wal.append_held(header, payload, count, new_segment=new_segment)
+                        size = len(header) + len(payload)
+                        need[database] -= size
+                        self._account(database, grown - size, 0)
+                        counted[id(wal)] += grown
+                except BaseException as e:
+                    undone = 0
+                    for w, m in zip(wals, marks, strict=True):
+                        nbytes, segments = w.undo(m)
+                        undone += nbytes
+                        self._account(w.database, -counted[id(w)], -segments)
+                    if isinstance(e, OverLimitsError):
+                        self._refused_at = time.monotonic()
+                    if undone:
+                        log.warning("write of a request failed part way (%s); the %d bytes it had appended were cut "
+                                    "back out: nothing of it stays", e, undone)
+                    raise
+                for w in wals:
+                    w.close_if_full_held()
         finally:
             for database, nbytes in need.items():  # what was reserved and not written
                 if nbytes:

@@ -93,6 +93,22 @@ class SegmentWriter:
         if self._fsync is FsyncPolicy.ALWAYS:
             os.fsync(self._fd)
 
+    def truncate(self, size: int, blocks: int, rows: int) -> None:
+        """Cut the file back to `size` (the end of an earlier block): undoes appends of a request that
+        failed part way."""
+        os.ftruncate(self._fd, size)
+        os.lseek(self._fd, size, os.SEEK_SET)
+        self.size, self.blocks, self.rows = size, blocks, rows
+        if self._fsync is FsyncPolicy.ALWAYS:
+            os.fsync(self._fd)
+
+    def discard(self) -> None:
+        """Close and delete the file (a segment that holds nothing but an undone request)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self.path.unlink(missing_ok=True)
+
     def close(self) -> None:
         """Close the file, fsyncing it first unless the policy is `never`."""
         if self._fd < 0:

@@ -38,6 +38,16 @@ class SegmentInfo:
         return self.name.database
 
 
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """The end of a table's active segment at one moment (`TableWal.mark`)."""
+
+    writer: SegmentWriter | None
+    size: int
+    blocks: int
+    rows: int
+
+
 class TableWal:
     """Appends blocks of one prefix; hands each closed segment to `on_close`. Thread-safe."""
 
@@ -54,6 +64,8 @@ class TableWal:
         on_close: Callable[[SegmentInfo], None],
     ) -> None:
         self.database, self.table, self.schema = database, table, schema
+        self.key = (database, table, schema or "")
+        """The order in which a request takes the locks of several tables."""
         self._dir = directory
         self._active_dir = directory / ACTIVE_DIR
         self._ids = ids
@@ -76,6 +88,12 @@ class TableWal:
         active = self._active
         return active.size if active is not None else 0
 
+    @property
+    def lock(self) -> threading.Lock:
+        """Held by `append`, `rotate` and their kin; a caller that holds it (to write one request
+        to several tables as a whole) uses the `*_held` methods."""
+        return self._lock
+
     def append(self, header: bytes, payload: bytes, rows: int, *, new_segment: Callable[[int], None]) -> int:
         """Append one block; return the bytes the file grew by.
 
@@ -83,25 +101,55 @@ class TableWal:
         repository is over its segment limit), `new_segment(-1)` if creating it then failed.
         """
         with self._lock:
-            if self._active is None:
-                new_segment(1)
-                name = SegmentName(self.database, self.table, self.schema, self._ids.next())
-                try:
-                    self._active = SegmentWriter(self._active_dir / name.filename, self._fsync)
-                except BaseException:
-                    new_segment(-1)
-                    raise
-                self._active_name = name
-                self._opened = time.monotonic()
-                grown = self._active.size
-            else:
-                grown = 0
-            before = self._active.size
-            self._active.append(header, payload, rows)
-            grown += self._active.size - before
-            if self._active.size >= self._max_size:
-                self._close_locked()
+            grown = self.append_held(header, payload, rows, new_segment=new_segment)
+            self.close_if_full_held()
             return grown
+
+    def append_held(self, header: bytes, payload: bytes, rows: int, *, new_segment: Callable[[int], None]) -> int:
+        """`append` with the lock held by the caller, and without closing a full segment (the
+        caller may still undo the block: see `mark` and `undo`)."""
+        if self._active is None:
+            new_segment(1)
+            name = SegmentName(self.database, self.table, self.schema, self._ids.next())
+            try:
+                self._active = SegmentWriter(self._active_dir / name.filename, self._fsync)
+            except BaseException:
+                new_segment(-1)
+                raise
+            self._active_name = name
+            self._opened = time.monotonic()
+            grown = self._active.size
+        else:
+            grown = 0
+        before = self._active.size
+        self._active.append(header, payload, rows)
+        return grown + self._active.size - before
+
+    def mark(self) -> Mark:
+        """Where the active segment ends now (lock held)."""
+        a = self._active
+        return Mark(a, a.size, a.blocks, a.rows) if a is not None else Mark(None, 0, 0, 0)
+
+    def undo(self, mark: Mark) -> tuple[int, int]:
+        """Cut what was appended since `mark` (lock held, no segment closed since); return the bytes
+        and the segments (0 or 1) that went away."""
+        a = self._active
+        if a is None:
+            return 0, 0
+        if mark.writer is None:  # the segment was created for what is undone: it goes
+            size = a.size
+            self._active = self._active_name = None
+            a.discard()
+            return size, 1
+        cut = a.size - mark.size
+        if cut:
+            a.truncate(mark.size, mark.blocks, mark.rows)
+        return cut, 0
+
+    def close_if_full_held(self) -> SegmentInfo | None:
+        if self._active is not None and self._active.size >= self._max_size:
+            return self._close_locked()
+        return None
 
     def rotate(self, *, older_than: float | None = None) -> SegmentInfo | None:
         """Close the active segment (only if open longer than `older_than` seconds, when given)."""

@@ -281,3 +281,65 @@ def test_a_segment_being_removed_is_never_indexed_again_by_a_refresh(tmp_path: P
     assert not info.path.exists()
     assert repo.closed_segments() == []
     assert repo.disk_usage() == 0 and repo.stats().segment_count == 0
+
+
+def test_a_request_the_disk_fills_in_the_middle_of_leaves_nothing(tiny_fs: Path) -> None:
+    """Regression (issue 12): a request of several tables whose last block met a full disk was
+    refused, but the blocks appended before it stayed: a client that retried it got them twice."""
+    repo = _repo(tiny_fs / "wal")
+    repo.write("Db", "A", fmt.KIND_METRIC, b"a0\n", 1)
+    repo.write("Db", "B", fmt.KIND_METRIC, b"b0\n", 1)
+    usage = repo.disk_usage()
+    too_big = os.urandom(400 * 1024).hex().encode()  # incompressible, over the 256 KiB volume
+    with pytest.raises(OverLimitsError, match="disk full"):
+        repo.write_many([Block("Db", "A", fmt.KIND_METRIC, b"a1\n", 1), Block("Db", "B", fmt.KIND_METRIC, b"b1\n", 1),
+                         Block("Db", "C", fmt.KIND_METRIC, too_big, 1)])
+    assert repo.disk_usage() == usage == sum(p.stat().st_size for p in (tiny_fs / "wal").rglob("*.wal"))
+    assert repo.stats().segment_count == 2
+    repo.write_many([Block("Db", "A", fmt.KIND_METRIC, b"a2\n", 1), Block("Db", "C", fmt.KIND_METRIC, b"c2\n", 1)])
+    assert _rows_of(repo) == {"A": b"a0\na2\n", "B": b"b0\n", "C": b"c2\n"}
+    again = _repo(tiny_fs / "wal")  # and what a restart reads
+    assert sorted(b"".join(iter_rows(i.path)) for i in again.closed_segments()) == [b"a0\na2\n", b"b0\n", b"c2\n"]
+
+
+def test_undoing_a_request_that_opened_the_segment_removes_the_segment(tiny_fs: Path) -> None:
+    repo = _repo(tiny_fs / "wal")
+    with pytest.raises(OverLimitsError, match="disk full"):
+        repo.write_many([Block("Db", "A", fmt.KIND_METRIC, b"a1\n", 1),
+                         Block("Db", "C", fmt.KIND_METRIC, os.urandom(400 * 1024).hex().encode(), 1)])
+    assert (repo.disk_usage(), repo.stats().segment_count) == (0, 0)
+    assert list((tiny_fs / "wal").rglob("*.wal")) == []
+
+
+def test_concurrent_requests_over_shared_tables_neither_deadlock_nor_interleave(tmp_path: Path) -> None:
+    """Requests hold their tables' locks in one order: two threads writing the same tables in
+    opposite orders finish, and every block is whole."""
+    repo = _repo(tmp_path, max_segment_size=8192)
+    errors: list[BaseException] = []
+
+    def writer(order: list[str], tag: str) -> None:
+        try:
+            for i in range(300):
+                repo.write_many([Block("Db", t, fmt.KIND_METRIC, f"{tag}{i}\n".encode(), 1) for t in order])
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(["A", "B", "C"], "x")),
+               threading.Thread(target=writer, args=(["C", "B", "A"], "y"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors and not any(t.is_alive() for t in threads)
+    rows = _rows_of_all(repo)
+    for table in "ABC":
+        assert sorted(rows[table]) == sorted([f"x{i}".encode() for i in range(300)] +
+                                             [f"y{i}".encode() for i in range(300)])
+
+
+def _rows_of_all(repo: Repository) -> dict[str, list[bytes]]:
+    repo.rotate_all()
+    out: dict[str, list[bytes]] = {}
+    for i in repo.closed_segments():
+        out.setdefault(i.name.table, []).extend(b"".join(iter_rows(i.path)).splitlines())
+    return out
