@@ -472,3 +472,37 @@ def test_a_claim_taken_over_when_stale_fails_its_publish(tmp_path: Path) -> None
     assert renamed == []
     first.close()
     second.close()
+
+
+def test_a_node_with_two_receivers_takes_each_segment_once_whichever_process_gets_each_copy(
+        tmp_path: Path, sender: Repository) -> None:
+    """The shape of the adversarial run: a real `ingestor serve --receivers 2` (one port shared with
+    SO_REUSEPORT), each of five segments sent four times at once on connections of their own, the
+    copies that were refused sent again until delivered: the node's WAL holds every row once."""
+    from tests.harness import NodeProcess
+
+    node = NodeProcess(tmp_path / "node", "--receivers", "2", "--peer-token", TOKEN, "--max-segment-age", "300s",
+                       name="receiver")
+    node.args += ["--peers", f"receiver={node.grpc_addr}"]
+    node.start()
+    try:
+        batches = [segments(sender, count=2, blocks=60, table=f"Cpu{i}") for i in range(5)]
+
+        async def deliver(segs: list[SegmentInfo]) -> list[TransferResult]:
+            results = list(await asyncio.gather(*(send(node.grpc_addr, segs) for _ in range(4))))
+            for _ in range(50):
+                if all(r.outcome.delivered for r in results):
+                    break
+                await asyncio.sleep(0.2)
+                results = [r if r.outcome.delivered else await send(node.grpc_addr, segs) for r in results]
+            return results
+
+        async def deliver_all() -> list[list[TransferResult]]:
+            return list(await asyncio.gather(*(deliver(segs) for segs in batches)))
+
+        for results in asyncio.run(deliver_all()):
+            assert [r.outcome for r in results].count(Outcome.ACCEPTED) == 1, results
+            assert all(r.outcome.delivered for r in results), results
+        assert sorted(node.rows()) == sorted(row for segs in batches for row in all_rows(segs))
+    finally:
+        node.stop()
