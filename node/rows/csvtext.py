@@ -14,8 +14,9 @@ where they could disagree:
   row; `"` opens a quoted field; `'` opens one too for ClickHouse servers before 22.7, whose
   `format_csv_allow_single_quotes` defaults to 1 (an unquoted `'` would swallow the following rows
   up to the next `'`: the sinks also turn that setting off, see chschema.CSV_SETTINGS); an unquoted
-  `\\N` is NULL to ClickHouse (the empty string in a non-Nullable column), and readers that take
-  backslash escapes would change any other backslash; ClickHouse trims unquoted spaces and tabs.
+  `\\N` is NULL to a current ClickHouse (the empty string in a non-Nullable column), and readers
+  that take backslash escapes would change any other backslash; ClickHouse trims unquoted spaces
+  and tabs.
   Inside `"..."` only `""` means something (`"`): ClickHouse and ADX (RFC 4180) both keep
   backslashes, single quotes, spaces and line breaks there as they are. `quoted` quotes always (JSON).
 * `Timestamps` -- UTC, `YYYY-MM-DDTHH:MM:SS.fffZ` for milliseconds (remote write) and
