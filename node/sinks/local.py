@@ -226,10 +226,10 @@ class ChdbConn:
 
 
 def csv_bytes(batch: Batch) -> int:
-    """The bytes of CSV text in `batch`'s segments, from their block headers, without
-    decompressing: each block is a Snappy/S2 block, which starts with its uncompressed length (a
-    varint). Falls back to 5x the segments' size (the uploader's first guess) for a segment that
-    cannot be walked."""
+    """The bytes of CSV text in `batch`'s segments (with each block's 8-byte header and schema
+    line), from their block headers, without decompressing: each block is a Snappy/S2 block, which
+    starts with its uncompressed length (a varint). Falls back to 5x the segment's size (the
+    uploader's first guess) for a segment that cannot be walked."""
     total = 0
     for seg in batch.segments:
         try:
