@@ -56,6 +56,7 @@ class NodeConfig:
     uploads: int = 2
     upload_interval: float = 5.0
     max_disk_usage_per_database: int = 0
+    min_free_disk: int = 256 << 20
     adx_auth: str = "default"
     adx_token_file: Path | None = None
     adx_ingest_by_tags: bool = False
@@ -180,6 +181,10 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     b("--max-disk-usage-per-database", type=_flag("size"), default=d.max_disk_usage_per_database,
       help="refuse writes for a database past this many bytes of its segments, so that one sink that is "
            "down fills only its own share (default 0: no limit)")
+    b("--min-free-disk", type=_flag("size"), default=d.min_free_disk,
+      help="refuse writes while the storage volume has less free space than this, so that the uploads "
+           "that free it (and the local sink's store, on the same volume) still have room (default 256MiB; "
+           "0: off)")
     b("--adx-auth", choices=["default", "token", "none"], default=d.adx_auth,
       help="ADX authentication: default (azure-identity DefaultAzureCredential), token, none")
     b("--adx-token-file", type=Path, default=None, help="file holding the bearer token of --adx-auth token")
@@ -280,6 +285,7 @@ def from_args(args: argparse.Namespace) -> NodeConfig:
         uploads=args.uploads,
         upload_interval=args.upload_interval,
         max_disk_usage_per_database=args.max_disk_usage_per_database,
+        min_free_disk=args.min_free_disk,
         adx_auth=args.adx_auth,
         adx_token_file=args.adx_token_file,
         adx_ingest_by_tags=args.adx_ingest_by_tags,

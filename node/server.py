@@ -96,6 +96,7 @@ class Node:
                 max_disk_usage=config.max_disk_usage,
                 max_segment_count=config.max_segment_count,
                 max_disk_usage_per_database=config.max_disk_usage_per_database,
+                min_free_disk=config.min_free_disk,
             ),
             on_repair=self.metrics.wal_repairs.inc,
             shared=shared,

@@ -82,6 +82,10 @@ class WalConfig:
     """Segments (active and closed) past which new segments are refused; 0 means no limit."""
     max_disk_usage_per_database: int = 0
     """Bytes of one database's segments past which its writes fail; 0 means no limit."""
+    min_free_disk: int = 0
+    """Free bytes on the directory's volume below which writes fail; 0 means no floor. The room
+    is kept for what frees the volume: uploads (the local sink's store shares it), delivery
+    records, the transfer ledger."""
 
 
 @dataclass
@@ -377,6 +381,11 @@ class Repository:
                         self._refused_at_db[database] = time.monotonic()
                         raise OverLimitsError(f"database {database}: {self._usage_by_db[database]} + {n} bytes "
                                               f"over max-disk-usage-per-database {db_limit} (its sink is behind)")
+            floor = self.config.min_free_disk
+            if floor and (free := self._free_disk()) - nbytes < floor:
+                self._refused_at = time.monotonic()
+                raise OverLimitsError(f"{free} bytes free on the volume of {self.directory}, under min-free-disk "
+                                      f"{floor} with this write's {nbytes} (kept for the uploads that free it)")
             if limit and self._usage + other_bytes + nbytes > limit:
                 self._refused_at = time.monotonic()
                 raise OverLimitsError(f"disk usage {self._usage + other_bytes} + {nbytes} bytes over "
@@ -390,6 +399,14 @@ class Repository:
                 self._usage_by_db[database] += n
             self._segments += new_segments
             self._publish()
+
+    def _free_disk(self) -> int:
+        """Bytes free on the volume (statvfs: about a microsecond, once per request)."""
+        try:
+            st = os.statvfs(self.directory)
+        except OSError:
+            return 1 << 62  # cannot tell: the write itself will say
+        return st.f_bavail * st.f_frsize
 
     def _count_segment(self, delta: int) -> None:
         limit = self.config.max_segment_count
@@ -539,6 +556,8 @@ class Repository:
             return f"disk usage {usage} of max {c.max_disk_usage} bytes"
         if c.max_segment_count and segments >= c.max_segment_count:
             return f"{segments} segments of max {c.max_segment_count}"
+        if c.min_free_disk and (free := self._free_disk()) < c.min_free_disk:
+            return f"{free} bytes free on the volume, under min-free-disk {c.min_free_disk}"
         if refused and time.monotonic() - refused < OVER_LIMITS_HOLD_SECONDS:
             return f"a write was refused {time.monotonic() - refused:.1f}s ago (disk usage {usage} bytes)"
         return ""

@@ -343,3 +343,24 @@ def _rows_of_all(repo: Repository) -> dict[str, list[bytes]]:
     for i in repo.closed_segments():
         out.setdefault(i.name.table, []).extend(b"".join(iter_rows(i.path)).splitlines())
     return out
+
+
+def test_min_free_disk_refuses_writes_before_the_volume_is_full(tiny_fs: Path) -> None:
+    """The WAL stops while the volume still has `min_free_disk` free: the uploads that free it (the
+    local sink's store shares the volume), delivery records and the ledger keep room to work."""
+    repo = _repo(tiny_fs / "wal", min_free_disk=128 * 1024, max_segment_size=16 * 1024)
+    incompressible = os.urandom(2000).hex().encode()
+    accepted = []
+    with pytest.raises(OverLimitsError, match="min-free-disk"):
+        for i in range(1000):
+            v = rows_for(i) + incompressible + b"\n"
+            repo.write("Db", "T", fmt.KIND_METRIC, v, 4)
+            accepted.append(v)
+    st = os.statvfs(tiny_fs)
+    assert st.f_bavail * st.f_frsize >= 128 * 1024 - 8192  # the floor held (give or take a block)
+    assert repo.over_limits() != ""  # not ready: the node says why
+    repo.rotate_all()
+    repo.remove(repo.closed_segments())  # uploaded: room again
+    assert repo.over_limits() == "" or "refused" in repo.over_limits()
+    repo.write("Db", "T", fmt.KIND_METRIC, b"after\n", 1)
+    assert len(accepted) > 5
