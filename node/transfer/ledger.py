@@ -23,9 +23,9 @@ renames the part to its final name, fsyncs the directory, and appends DONE. The 
 
 - only a `publish` line that is on disk is ever followed by the rename, and the rename happens
   under the lock: nobody sees a `publish` line whose rename is still to come;
-- a part file of a `claim` or `publish` is deleted only by its owner while its claim stands, or
-  under the lock by whoever resolves the key; nothing else touches `*.part` (the WAL's recovery
-  deletes `*.tmp` only);
+- a part file is deleted by its owner only before it writes the `publish` line, and otherwise
+  only under the lock by whoever settles the key; nothing else touches `*.part` (the WAL's
+  recovery deletes `*.tmp` only);
 
 so the state on disk always says whether the rows were published, without the answer of a
 process that may be dead, and whatever became of the final file since (the supervisor may have
@@ -71,6 +71,7 @@ from pathlib import Path
 from typing import ClassVar, TypeVar
 
 from node.errors import AlreadyExistsError, OverLimitsError, UnavailableError
+from node.wal.importer import PART_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +283,8 @@ class TransferLedger:
             return State.CLAIM
         part = Path(entry.part)
         if entry.state is State.CLAIM or part.exists():  # never renamed: what it received goes
-            part.unlink(missing_ok=True)
+            if part.name.endswith(PART_SUFFIX):  # nothing else, whatever the file says
+                part.unlink(missing_ok=True)
             self._entries[key] = Entry(entry.stamp, State.FREE)
             log.info("transfer %s: %s by %s settled: never published (%s removed)", key, entry.state.value,
                      entry.owner, part.name)

@@ -30,7 +30,8 @@ PART_SUFFIX = ".part"
 
 
 class SegmentImport:
-    """One incoming segment. `feed()` chunks, then `commit()` or `abort()` (exactly one)."""
+    """One incoming segment. `feed()` chunks, then `commit()` or `abort()` (exactly one); or, for
+    a transfer, `verify()`, then `publish()`, `abort()` or `abandon()`."""
 
     def __init__(self, directory: Path, name: SegmentName, declared_size: int,
                  release: Callable[[], None], publish: Callable[[SegmentInfo], None], decode: bool = True) -> None:
@@ -77,9 +78,7 @@ class SegmentImport:
                 written = os.write(self._fd, view)
                 view = view[written:]
         except OSError as e:
-            if e.errno in (28, 122):  # ENOSPC, EDQUOT
-                raise OverLimitsError(f"disk full receiving {self.name.filename}: {e.strerror}") from e
-            raise
+            raise self._disk_error(e) from e
         finally:
             view.release()
 
@@ -162,12 +161,13 @@ class SegmentImport:
             raise self._invalid("no blocks")
         if self._crc != crc32:
             raise self._invalid(f"CRC-32 {self._crc:08x} of the bytes received, {crc32:08x} declared")
+        fd, self._fd = self._fd, -1
         try:
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = -1
+            os.fsync(fd)
         except OSError as e:
             raise self._disk_error(e) from e
+        finally:
+            os.close(fd)
 
     def publish(self) -> SegmentInfo:
         """Rename the verified part to its final name and index it. When the rename fails the
@@ -202,7 +202,7 @@ class SegmentImport:
         return e
 
     def abort(self) -> None:
-        """Remove the temporary file and give back the reserved space (idempotent)."""
+        """Remove the part file and give back the reserved space (idempotent)."""
         if self._done:
             return
         self._done = True
