@@ -5,9 +5,9 @@ doubt about. So a segment must be published once even when the answer is lost, w
 dies half-way, when the ledger's disk is full, and when two receiver processes of the node (they
 share the port with SO_REUSEPORT, the WAL directory and this file) get the same segment at once.
 
-`transfers.ledger` is a text file of lines, appended and fsynced under an exclusive `flock`
-(every receiver process reads the lines the others appended before it decides anything); the
-last line of a key is its state:
+`transfers.ledger` is a text file of lines, appended under an exclusive `flock` (every receiver
+process reads the lines the others appended before it decides anything); the last line of a key
+is its state:
 
     <unix seconds> <key>                              DONE: published; a resend is ALREADY_EXISTS
     <unix seconds> <key> claim <owner> <part path>    being received by <owner> into <part path>
@@ -21,8 +21,9 @@ by a live owner), streams into the part file (created only after the claim line)
 in one hold of the lock (`publish`): it checks that its claim still stands, appends `publish`,
 renames the part to its final name, fsyncs the directory, and appends DONE. The invariants:
 
-- only a `publish` line that is on disk is ever followed by the rename, and the rename happens
-  under the lock: nobody sees a `publish` line whose rename is still to come;
+- only a `publish` line that is on disk (fsynced: the one line that must be) is ever followed
+  by the rename, and the rename happens under the lock: nobody sees a `publish` line whose
+  rename is still to come;
 - a part file is deleted by its owner only before it writes the `publish` line, and otherwise
   only under the lock by whoever settles the key; nothing else touches `*.part` (the WAL's
   recovery deletes `*.tmp` only);
@@ -96,7 +97,7 @@ class State(enum.Enum):
     FREE = "free"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     stamp: float
     state: State
@@ -235,8 +236,11 @@ class TransferLedger:
             if parsed is not None:
                 self._entries[parsed[0]] = parsed[1]
 
-    def _append_locked(self, key: str, entry: Entry) -> None:
-        """Append `entry` durably (OverLimitsError when the disk is full); it then is the key's state."""
+    def _append_locked(self, key: str, entry: Entry, sync: bool = False) -> None:
+        """Append `entry` (OverLimitsError when the disk is full); it then is the key's state. Only
+        a `publish` line must be on disk before what follows it (the rename); the others may be
+        lost with the machine: a lost claim or `free` line leaves a dead claim or nothing, a lost
+        DONE line leaves its `publish` line, which says the same."""
         line = entry.line(key)
         if self._tail:  # never glue a line onto a torn one
             line = b"\n" + line
@@ -244,7 +248,8 @@ class TransferLedger:
             view = memoryview(line)
             while view:
                 view = view[os.write(self._fd, view):]
-            os.fsync(self._fd)
+            if sync:
+                os.fsync(self._fd)
         except OSError as e:  # what was written is read back (a torn line is set aside) next time
             raise _translate(e, f"{entry.state.name} of {key}") from e
         self._tail = b""
@@ -330,7 +335,8 @@ class TransferLedger:
                                                                                  str(claim.part)):
                     raise ClaimLostError(f"segment {claim.key}: the claim was taken over (older than "
                                            f"{self.claim_timeout:.0f}s); retry", RETRY_SECONDS)
-                self._append_locked(claim.key, Entry(self._clock(), State.PUBLISH, self._owner, str(claim.part)))
+                self._append_locked(claim.key, Entry(self._clock(), State.PUBLISH, self._owner, str(claim.part)),
+                                    sync=True)
                 result = rename()
                 done = Entry(self._clock(), State.DONE)
                 try:
@@ -371,7 +377,7 @@ class TransferLedger:
     def record(self, key: str) -> None:
         """Note `key` as published, durably."""
         with self._locked():
-            self._append_locked(key, Entry(self._clock(), State.DONE))
+            self._append_locked(key, Entry(self._clock(), State.DONE), sync=True)
             self._maybe_compact_locked()
 
     def compact(self) -> int:
