@@ -11,7 +11,8 @@
 
 The receivers of 2 and 3 are real processes, each with its own gRPC server on its own port (the
 node's receivers share one port with SO_REUSEPORT; separate ports let the test choose who gets
-which call).
+which call); a real `ingestor serve --receivers 2` then takes the adversarial run's load. Last,
+the ledger's verdict for each state it can find on disk, table-driven.
 """
 
 from __future__ import annotations
