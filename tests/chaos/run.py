@@ -121,16 +121,26 @@ class Report:
     prom: PromReport | None = None
     leftovers: list[str] = field(default_factory=list)
     """Processes of a stopped node still running after it (pid and command line)."""
+    errors: list[str] = field(default_factory=list)
+    """What kept the oracle from reading a sink (a local store that cannot be opened)."""
+    lost_requests: list[str] = field(default_factory=list)
+    """The acknowledged requests whose rows were lost (UTC time, channel, node, tables)."""
 
     def ok(self, no_duplicates: bool = False) -> bool:
         return (self.lost == 0 and self.unknown == 0 and self.segments_left == 0 and self.disk_left <= DISK_LEFT
-                and self.live_after and not self.leftovers and (not no_duplicates or self.duplicates == 0)
+                and self.live_after and not self.leftovers and not self.errors
+                and (not no_duplicates or self.duplicates == 0)
                 and (self.prom is None or self.prom.ok(duplicates_allowed=not no_duplicates)))
 
     def __str__(self) -> str:
         ages = ", ".join(f"{a:.1f}" for _, a in sorted(self.ages.items()))
         prom = f"; {self.prom}" if self.prom is not None else ""
         left = f"; processes left after a stop: {self.leftovers}" if self.leftovers else ""
+        left += f"; sink unreadable: {self.errors}" if self.errors else ""
+        if self.lost_requests:
+            shown = self.lost_requests[:20]
+            more = len(self.lost_requests) - len(shown)
+            left += "\n  lost, by request:\n    " + "\n    ".join(shown) + (f"\n    ... {more} more" if more else "")
         return (f"seed {self.seed} ({self.shape} shape, segment ages {ages} s): sent {self.sent} rows, "
                 f"acknowledged {self.acked} "
                 f"({dict(sorted(self.channels.items()))}), delivered {self.delivered} distinct, lost {self.lost}, "
@@ -148,7 +158,7 @@ class Chaos:
         so that `peer_unreachable` cuts its link; where that cannot be made, or with False, the
         nodes share loopback and `peer_unreachable` freezes the process. `small_disk`: the last
         node's storage on a small tmpfs (the `disk_full` fault). `victims`: the nodes (indexes)
-        that faults other than `kill_owner` pick from (default: all). `prom_target`: the node
+        that whole-node faults other than `kill_owner` pick from (default: all). `prom_target`: the node
         Prometheus remote-writes to (shapes with Prometheus)."""
         self.rng = random.Random(seed)
         self.load_rng = random.Random(seed + 1)  # the load's choices apart: faults replay by seed alone
@@ -199,11 +209,15 @@ class Chaos:
                                        self.nodes[prom_target].http_url + "/api/v1/write")
         self.ring = Ring(n.name for n in self.nodes)
         self.acked: set[int] = set()
+        self.requests: list[tuple[int, int, str, str, float]] = []
+        """Acknowledged requests: (first seq, rows, channel, node, wall-clock time)."""
         self.by_channel: Counter[str] = Counter()
         self.seq = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.down: set[str] = set()
+        self.final = False
+        """The nodes stopped: the sink is read for the oracle (a failure to read it is one)."""
 
     # -- load -------------------------------------------------------------------------------
 
@@ -261,7 +275,22 @@ class Chaos:
         with self._lock:
             self.acked.update(seqs)
             self.by_channel[channel] += len(seqs)
+            self.requests.append((seqs[0], len(seqs), channel, node.name, time.time()))
         return True
+
+    def describe_lost(self, lost: set[int]) -> list[str]:
+        """Lost rows by the request that carried them: channel, node, when, tables."""
+        out = []
+        for first, n, channel, node, at in self.requests:
+            missing = [s for s in range(first, first + n) if s in lost]
+            if missing:
+                log = channel == "otlp-logs"
+                tables = sorted({f"ChaosLog{s % self.shape.log_tables}" if log else f"Chaos{s % self.shape.tables}"
+                                 for s in missing})
+                stamp = time.strftime("%H:%M:%S", time.gmtime(at)) + f".{int(at * 1000) % 1000:03d}"
+                out.append(f"{stamp} {channel} to {node}: {len(missing)} of {n} rows (seq {first}..{first + n - 1}) "
+                           f"lost, tables {', '.join(tables[:6])}{' ...' if len(tables) > 6 else ''}")
+        return out
 
     def _load(self) -> None:
         while not self._stop.is_set():
@@ -345,8 +374,8 @@ class Chaos:
             self.clickhouse.start()
             self.report.faults[kind] += 1
             return
-        if kind == "kill_receiver":  # one receiver process (not the supervisor); the node stays up
-            victim = self.rng.choice(self.victims)
+        if kind == "kill_receiver":  # one receiver process (not the supervisor) of any node, which stays up
+            victim = self.rng.choice(self.nodes)
             assert victim.proc is not None
             pick = self.rng.random()
             children = sorted(procs.receivers(victim.proc.pid))
@@ -396,7 +425,11 @@ class Chaos:
         if r.returncode != 0:
             if "UNKNOWN_DATABASE" in r.stderr or "no table" in r.stderr.lower():
                 return None
-            raise RuntimeError(r.stderr)
+            error = f"{node.name}: ingestor query failed: {r.stderr.strip()[-600:]}"
+            if self.final and error not in self.report.errors:  # during the drain, the next try tells
+                self.report.errors.append(error)
+                print(f"  ! {error}", flush=True)
+            return None
         return r.stdout
 
     def stored(self) -> Counter[int]:
@@ -546,6 +579,7 @@ class Chaos:
         self.report.drain_seconds = time.monotonic() - t0
         for n in self.nodes:
             self.stop_node(n)
+        self.final = True
         seen = self.stored()
         if self.prom is not None:
             self.check_prometheus(cutoff, caught_up, seconds, figures)
@@ -555,7 +589,9 @@ class Chaos:
         r.acked = len(self.acked)
         r.channels = self.by_channel
         r.delivered = len(seen)
-        r.lost = len(self.acked - set(seen))
+        lost = self.acked - set(seen)
+        r.lost = len(lost)
+        r.lost_requests = self.describe_lost(lost)
         r.unknown = sum(1 for s in seen if not 0 < s <= self.seq)
         r.duplicates = sum(n - 1 for n in seen.values() if n > 1)
         r.segments_left = self.segments_left()
@@ -572,19 +608,38 @@ def main() -> int:
                    help="default: ClickHouse (with the sink_down fault) when clickhouse-server is installed")
     p.add_argument("--shape", choices=sorted(SHAPES), default="user",
                    help="user (default): 2 receivers, 300 tables, 1-3 s segments, Prometheus; narrow: 1, 10, 1 s")
+    p.add_argument("--clean", action="store_true", help="remove the logs of a failed run too")
     args = p.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
     sink = args.sink or ("clickhouse" if find_binary() else "local")
-    with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
-        server = ClickHouseServer(Path(tmp) / "clickhouse") if sink == "clickhouse" else None
+    tmp = Path(tempfile.mkdtemp(prefix="chaos-"))
+    ok = False
+    try:
+        server = ClickHouseServer(tmp / "clickhouse") if sink == "clickhouse" else None
         try:
             kinds = tuple(args.kinds.split(",")) if args.kinds else None
-            report = Chaos(Path(tmp), seed, server, shape=SHAPES[args.shape]).run(args.faults, kinds)
+            report = Chaos(tmp, seed, server, shape=SHAPES[args.shape]).run(args.faults, kinds)
         finally:
             if server is not None:
                 server.stop()
-    print(report)
-    return 0 if report.ok(no_duplicates=sink == "clickhouse") else 1
+        print(report)
+        ok = report.ok(no_duplicates=sink == "clickhouse")
+    finally:
+        if ok or args.clean:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            keep(tmp)
+    return 0 if ok else 1
+
+
+def keep(tmp: Path) -> None:
+    """Keep the nodes' logs and Prometheus's of a failed run (not their data), and say where."""
+    for p in sorted(tmp.iterdir()):
+        if p.is_dir() and p.name != "prometheus":
+            subprocess.run(["umount", "-l", str(p)], capture_output=True, check=False)
+            shutil.rmtree(p, ignore_errors=True)
+    shutil.rmtree(tmp / "prometheus" / "tsdb", ignore_errors=True)
+    print(f"logs kept in {tmp}", flush=True)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ def test_random_faults_lose_no_acknowledged_row(tmp_path: Path, sink: str, shape
     assert report.disk_left <= DISK_LEFT, report
     assert report.live_after, report
     assert not report.leftovers, report
+    assert not report.errors, report
     if SHAPES[shape].prometheus:
         prom = report.prom
         assert prom is not None and prom.caught_up and prom.samples > 0, report
