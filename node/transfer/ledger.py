@@ -43,7 +43,9 @@ Hence a DONE line that cannot be written (ENOSPC) after the rename costs nothing
 answers OK, and a resend is ALREADY_EXISTS from the `publish` line. Resolving a key appends the
 DONE line it implies when it can.
 
-Entries older than `retention` are dropped when the file is compacted: at start, and when it
+Every process settles the keys of dead owners when it opens the ledger (a receiver process is
+restarted alone while the supervisor lives on), and any key when it is looked up. Entries older
+than `retention` are dropped when the file is compacted: at start, and when it
 grows past `compact_bytes` or twice its size after the last compaction, whichever is more (so a
 ledger whose entries are all recent is not rewritten at every append). Compaction resolves every
 key as above and keeps the claims that are still busy. A sender resends a transfer in doubt for
@@ -193,9 +195,12 @@ class TransferLedger:
         self._compact_at = compact_bytes
 
     def open(self) -> None:
+        """Read the file and settle what dead transfers left (their part files go): a receiver
+        process restarted alone (the supervisor lives on) does it, not only the node's start."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._locked():
-            pass
+            for key in [k for k, e in self._entries.items() if e.state in (State.CLAIM, State.PUBLISH)]:
+                self._resolve_locked(key)
 
     def close(self) -> None:
         """Close the file (a later call opens and reads it again)."""

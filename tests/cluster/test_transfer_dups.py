@@ -507,3 +507,25 @@ def test_a_node_with_two_receivers_takes_each_segment_once_whichever_process_get
         assert sorted(node.rows()) == sorted(row for segs in batches for row in all_rows(segs))
     finally:
         node.stop()
+
+
+def test_a_receiver_process_that_starts_settles_what_dead_transfers_left(tmp_path: Path) -> None:
+    """A receiver restarted alone (the node's supervisor lives on, so nothing compacts the ledger)
+    removes the part files of dead transfers and notes DONE what they published."""
+    wal = tmp_path / "wal"
+    wal.mkdir()
+    streaming, renamed = wal / "A_B_1111111111111111.wal.part", wal / "A_B_2222222222222222.wal.part"
+    streaming.write_bytes(b"half")
+    busy = wal / "A_B_3333333333333333.wal.part"
+    busy.write_bytes(b"half")
+    path = tmp_path / "transfers.ledger"
+    path.write_text(f"{NOW:.0f} a:1:00000001 claim {DEAD} {streaming}\n"
+                    f"{NOW:.0f} b:1:00000002 claim {DEAD} {renamed}\n"
+                    f"{NOW:.0f} b:1:00000002 publish {DEAD} {renamed}\n"
+                    f"{NOW:.0f} c:1:00000003 claim {live_owner()} {busy}\n")
+    ledger = TransferLedger(path, clock=lambda: NOW + 5)
+    ledger.open()
+    assert not streaming.exists() and busy.exists()
+    assert path.read_text().endswith(f"{NOW:.0f} b:1:00000002\n")  # noted DONE
+    assert ledger.seen("b:1:00000002") and not ledger.seen("a:1:00000001")
+    ledger.close()
