@@ -127,12 +127,15 @@ def _parse(line: str) -> tuple[str, Entry] | None:
 
 
 def _start_time(pid: int) -> str | None:
-    """The process's start time (field 22 of /proc/<pid>/stat), or None when it does not exist."""
+    """The process's start time (field 22 of /proc/<pid>/stat), or None when it does not exist or
+    is dead (a zombie: killed, not yet reaped by its parent)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
+        fields = Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2].split()
     except OSError:
         return None
-    return stat.rpartition(b")")[2].split()[19].decode()
+    if len(fields) < 20 or fields[0] in (b"Z", b"X"):
+        return None
+    return fields[19].decode()
 
 
 def this_owner() -> str:

@@ -24,6 +24,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import types
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -529,3 +530,20 @@ def test_a_receiver_process_that_starts_settles_what_dead_transfers_left(tmp_pat
     assert path.read_text().endswith(f"{NOW:.0f} b:1:00000002\n")  # noted DONE
     assert ledger.seen("b:1:00000002") and not ledger.seen("a:1:00000001")
     ledger.close()
+
+
+def test_a_killed_process_not_yet_reaped_is_dead() -> None:
+    """A receiver killed and not yet reaped by the supervisor (a zombie) holds nothing."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        owner = f"{proc.pid}.{ledger_module._start_time(proc.pid)}"
+        assert ledger_module.owner_alive(owner)
+        proc.kill()
+        for _ in range(500):
+            if Path(f"/proc/{proc.pid}/stat").read_bytes().rpartition(b")")[2].split()[0] == b"Z":
+                break
+            time.sleep(0.01)
+        assert not ledger_module.owner_alive(owner)
+    finally:
+        proc.kill()
+        proc.wait()
