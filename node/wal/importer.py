@@ -172,7 +172,8 @@ class SegmentImport:
     def publish(self) -> SegmentInfo:
         """Rename the verified part to its final name and index it. When the rename fails the
         part stays where it was; once it is done the segment is indexed even if the directory's
-        fsync then fails (and its error is raised)."""
+        fsync then fails, and that error is raised as it is: never as OverLimitsError, which a
+        sender takes for "not published" (it is, at least until the machine goes down)."""
         try:
             os.rename(self.part, self.final)
         except OSError as e:
@@ -181,8 +182,6 @@ class SegmentImport:
         info = SegmentInfo(self.final, self.name, self.received, self.blocks, self.rows)
         try:
             fsync_dir(self.final.parent)
-        except OSError as e:
-            raise self._disk_error(e) from e
         finally:
             self._publish(info)
         return info

@@ -547,3 +547,27 @@ def test_a_killed_process_not_yet_reaped_is_dead() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+async def test_a_directory_fsync_that_fails_after_the_rename_leaves_the_sender_in_doubt(
+        receiver: Receiver, sender: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rename is done, then the directory's fsync says ENOSPC: the segment is published (in
+    the WAL, indexed), so the answer must not be RESOURCE_EXHAUSTED, which the sender takes for
+    "not published" and sends elsewhere. It is in doubt, and the resend is ALREADY_EXISTS."""
+    from node.wal import importer
+
+    segs = segments(sender, count=1)
+    failed = []
+
+    def full_dir(path: Path) -> None:
+        failed.append(path)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(importer, "fsync_dir", full_dir)
+    first = await send(receiver.addr, segs)
+    assert failed and (first.outcome, first.in_doubt) == (Outcome.PEER_FAILED, True), first
+    monkeypatch.undo()
+    again = await send(receiver.addr, segs)
+    assert (again.outcome, again.code) == (Outcome.ALREADY_HAD, "ALREADY_EXISTS"), again
+    assert wal_rows(receiver.root) == sorted(all_rows(segs))
+    assert receiver.rows() == all_rows(segs)  # indexed: it will be uploaded
