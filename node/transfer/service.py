@@ -166,8 +166,8 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
             raise
 
     def _abort(self, imp: SegmentImport, claim: Claim | None) -> None:
-        """Before the publish: the part file goes, then the claim (in that order: a claim
-        without its part is never mistaken for a published segment)."""
+        """Before the `publish` line: the part file goes, then the claim (in that order, so that
+        no part file is left that no ledger line names)."""
         imp.abort()
         if claim is not None:
             self._ledger.release(claim)
