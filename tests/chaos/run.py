@@ -122,7 +122,7 @@ class Report:
     leftovers: list[str] = field(default_factory=list)
     """Processes of a stopped node still running after it (pid and command line)."""
     errors: list[str] = field(default_factory=list)
-    """What kept the oracle from reading a sink (a local store that cannot be opened)."""
+    """Failures besides the counts: a local store the oracle cannot open, a receiver not restarted."""
     lost_requests: list[str] = field(default_factory=list)
     """The acknowledged requests whose rows were lost (UTC time, channel, node, tables)."""
 
@@ -136,7 +136,7 @@ class Report:
         ages = ", ".join(f"{a:.1f}" for _, a in sorted(self.ages.items()))
         prom = f"; {self.prom}" if self.prom is not None else ""
         left = f"; processes left after a stop: {self.leftovers}" if self.leftovers else ""
-        left += f"; sink unreadable: {self.errors}" if self.errors else ""
+        left += f"; errors: {self.errors}" if self.errors else ""
         if self.lost_requests:
             shown = self.lost_requests[:20]
             more = len(self.lost_requests) - len(shown)
@@ -313,6 +313,17 @@ class Chaos:
         procs.signal_all(pids, signal.SIGKILL)
         procs.wait_gone(pids, 10.0)
 
+    @staticmethod
+    def _receivers(node: NodeProcess, want: int, timeout: float) -> list[int]:
+        """The node's receiver processes once there are `want` of them (or what there is after `timeout`)."""
+        assert node.proc is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            found = sorted(procs.receivers(node.proc.pid))
+            if len(found) >= want or time.monotonic() >= deadline:
+                return found
+            time.sleep(0.1)
+
     def kill_node(self, node: NodeProcess) -> None:
         """SIGKILL of the node's every process (as a container's); reaped."""
         assert node.proc is not None
@@ -378,11 +389,17 @@ class Chaos:
             victim = self.rng.choice(self.nodes)
             assert victim.proc is not None
             pick = self.rng.random()
-            children = sorted(procs.receivers(victim.proc.pid))
+            want = self.shape.receivers - 1
+            children = self._receivers(victim, want, 15.0)  # one killed just before is being restarted
             if children:
                 pid = children[int(pick * len(children))]
                 procs.signal_all([pid], signal.SIGKILL)
                 procs.wait_gone([pid], 10.0)
+                back = [p for p in self._receivers(victim, want, 15.0) if p != pid]
+                if len(back) < want:
+                    error = f"{victim.name}: receiver {pid} killed, not restarted within 15 s"
+                    self.report.errors.append(error)
+                    print(f"  ! {error}", flush=True)
             else:
                 print(f"  ({victim.name} has no receiver process to kill)", flush=True)
             self.report.faults[kind] += 1

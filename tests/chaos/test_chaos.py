@@ -17,7 +17,7 @@ import pytest
 from tests.chaos.run import DISK_LEFT, SHAPES, Chaos
 from tests.sinks.clickhouse_server import ClickHouseServer, find_binary
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # the drain of a 300-table backlog takes minutes here
 
 
 @pytest.mark.parametrize(("sink", "shape", "faults"), [("local", "user", 7), ("clickhouse", "user", 8),

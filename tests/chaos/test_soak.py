@@ -12,7 +12,7 @@ import pytest
 
 from tests.chaos.soak import soak
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # 3 minutes of load, then the drain and the oracle
 
 
 def test_three_minutes_of_load_and_restarts_leave_memory_descriptors_and_threads_flat(tmp_path: Path) -> None:
