@@ -128,3 +128,10 @@ class Sink(Protocol):
 
     def upload(self, batch: Batch) -> None:
         """Deliver every row of `batch`; return only once the destination confirmed them."""
+
+
+def batch_limit(sink: Sink) -> int | None:
+    """The largest batch (bytes of CSV) `sink` can take now, for sinks that have a say (the local
+    sink: the room on its volume); None: no limit but the configured batch size."""
+    limit = getattr(sink, "batch_limit", None)
+    return limit() if callable(limit) else None

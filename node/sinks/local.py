@@ -513,6 +513,19 @@ class LocalSink:
     def accepts(self, database: str) -> bool:
         return True
 
+    def batch_limit(self) -> int | None:
+        """The largest batch (bytes of CSV) that the room on the store's volume lets through now
+        (`needed_bytes` the other way round), at least 1 MB: the uploader plans no larger one, so
+        a volume near full is drained by small batches instead of refusing big ones forever."""
+        c = self.config
+        if c.free_factor <= 0:
+            return None
+        try:
+            room = free_space(self.directory) - c.min_free
+        except OSError:
+            return None
+        return max(1 << 20, int(room / c.free_factor))
+
     def upload(self, batch: Batch) -> None:
         # chdb's connection is opened, used and closed on one thread: the sink's own.
         self._owner.submit(self._upload, batch).result()

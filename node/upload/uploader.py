@@ -23,13 +23,13 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cluster.transfer import Outcome
 from node.errors import PermanentSinkError
 from node.metrics import NodeMetrics
-from node.sinks.base import Batch, Sink, batch_id
+from node.sinks.base import Batch, Sink, batch_id, batch_limit
 from node.upload.batcher import DEFAULT_RATIO, BatchPolicy, PlannedBatch, PlannedTransfer, plan
 from node.upload.intents import SINK, Intent, Intents
 from node.upload.router import Router
@@ -156,6 +156,9 @@ class Uploader:
             for s in segments:
                 if s.prefix not in self._ratios:
                     self._ratios[s.prefix] = await asyncio.to_thread(sample_ratio, s)
+            limit = await asyncio.to_thread(batch_limit, self._sink) if segments else None
+            if limit is not None and limit < policy.max_batch_bytes:  # a sink short of room: smaller batches
+                policy = replace(policy, max_batch_bytes=limit, min_batch_bytes=min(policy.min_batch_bytes, limit))
             batches = plan(segments, int(time.time() * 1000), policy, listed_busy | self._busy, self._ratios,
                            self._not_before, self._clock())
             for b in batches:

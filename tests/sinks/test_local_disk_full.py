@@ -137,6 +137,9 @@ class Failures:
     def accepts(self, database: str) -> bool:
         return True
 
+    def batch_limit(self) -> int | None:
+        return self.sink.batch_limit()
+
     def upload(self, batch: Batch) -> None:
         try:
             self.sink.upload(batch)
@@ -274,3 +277,44 @@ def test_deliveries_record_is_bounded_and_survives_a_torn_line(tmp_path: Path) -
     again.load()
     assert again.credit == d.credit and again.open == {"Db.T": ("tok500", count)}
     assert again.settle("Db.T", count + 7) == 7 and again.credited("Db.T", "tok500") == 7
+
+
+def test_the_uploader_plans_batches_that_fit_the_room_left(volume: Path, tmp_path: Path) -> None:
+    """A volume with less room than a whole table's backlog needs: the uploader asks the local sink
+    how large a batch may be (`batch_limit`) and drains the backlog in batches that fit, instead
+    of planning one batch the sink refuses for ever."""
+    wal_dir = tmp_path / "node" / "wal"
+    for i in range(10):
+        rows_batch(wal_dir, i * 10_000, 10_000)  # ten segments, about 1.1 MB of rows each
+    wal = Repository(WalConfig(wal_dir))
+    wal.start()
+    total = sum(csv_bytes(Batch("Metrics", "Full", (s,))) for s in wal.closed_segments())
+    config = LocalConfig(lock_wait=0.2, min_free=4 << 20)
+    sink = Failures(LocalSink(store_dir(volume), config))
+    free = os.statvfs(volume).f_bavail * os.statvfs(volume).f_frsize
+    assert 2 * total > free  # one batch of it all could never go
+    sizes: list[int] = []
+    real_upload = sink.sink.upload
+
+    def upload(batch: Batch) -> None:
+        sizes.append(csv_bytes(batch))
+        real_upload(batch)
+
+    sink.sink.upload = upload  # type: ignore[method-assign]
+    up_config = UploadConfig(interval=0.05, backoff_initial=0.05, backoff_max=0.1,
+                             policy=BatchPolicy(min_batch_bytes=0, max_wait=0))
+
+    async def run() -> None:
+        up = Uploader(wal, sink, up_config, NodeMetrics(CollectorRegistry()))
+        await up.start()
+        try:
+            deadline = asyncio.get_running_loop().time() + 60
+            while wal.closed_segments() and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.05)
+            assert not wal.closed_segments()
+        finally:
+            await up.stop()
+
+    asyncio.run(run())
+    assert stats(sink.sink) == (100_000, 100_000)
+    assert len(sizes) > 1 and sum(sizes) >= total
