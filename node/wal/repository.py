@@ -433,6 +433,8 @@ class Repository:
             self._index_locked(info)
 
     def _index_locked(self, info: SegmentInfo) -> None:
+        if info.name.segment_id in self._closed[info.prefix]:  # indexed already (a refresh saw it first)
+            return
         self._closed[info.prefix][info.name.segment_id] = info
         self._usage += info.size
         self._usage_by_db[info.database] += info.size
@@ -443,6 +445,9 @@ class Repository:
         """Index a segment this process just closed (already counted while active)."""
         with self._lock:
             if self._indexing:
+                if info.name.segment_id in self._closed[info.prefix]:
+                    # a refresh found the renamed file first and counted it: it was counted already
+                    self._forget_locked(info)
                 self._closed[info.prefix][info.name.segment_id] = info
             else:  # a writer process: the supervisor indexes and accounts closed segments
                 self._usage -= info.size

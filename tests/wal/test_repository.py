@@ -364,3 +364,29 @@ def test_min_free_disk_refuses_writes_before_the_volume_is_full(tiny_fs: Path) -
     assert repo.over_limits() == "" or "refused" in repo.over_limits()
     repo.write("Db", "T", fmt.KIND_METRIC, b"after\n", 1)
     assert len(accepted) > 5
+
+
+def test_a_refresh_between_a_close_and_its_indexing_counts_the_segment_once(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A segment this process closes is renamed into the directory, then indexed: a refresh (for
+    the other receivers' segments) in between indexed it first, and its bytes were counted twice
+    (disk usage drifting up until writes were refused for limits that were not reached)."""
+    import node.wal.table as table_mod
+
+    repo = _repo(tmp_path)
+    repo.write("Db", "T", fmt.KIND_METRIC, b"a\n", 1)
+    real_rename = os.rename
+
+    def rename_then_refresh(src: str | Path, dst: str | Path) -> None:
+        real_rename(src, dst)
+        t = threading.Thread(target=repo.refresh)
+        t.start()
+        t.join(5)
+
+    monkeypatch.setattr(table_mod.os, "rename", rename_then_refresh)
+    [info] = repo.rotate_all()
+    monkeypatch.undo()
+    assert repo.closed_segments() == [info]
+    assert repo.disk_usage() == info.size and repo.stats().segment_count == 1
+    repo.remove([info])
+    assert (repo.disk_usage(), repo.stats().segment_count) == (0, 0)
