@@ -218,6 +218,8 @@ class Chaos:
         self.down: set[str] = set()
         self.final = False
         """The nodes stopped: the sink is read for the oracle (a failure to read it is one)."""
+        self.drain_timeout = 300.0
+        """Seconds the cluster gets to deliver everything once the faults and the load stopped."""
 
     # -- load -------------------------------------------------------------------------------
 
@@ -291,6 +293,11 @@ class Chaos:
                 out.append(f"{stamp} {channel} to {node}: {len(missing)} of {n} rows (seq {first}..{first + n - 1}) "
                            f"lost, tables {', '.join(tables[:6])}{' ...' if len(tables) > 6 else ''}")
         return out
+
+    @property
+    def loading(self) -> bool:
+        """The load runs (from the start until the faults and the tail are over)."""
+        return not self._stop.is_set()
 
     def _load(self) -> None:
         while not self._stop.is_set():
@@ -586,7 +593,7 @@ class Chaos:
             print(f"  Prometheus caught up: {caught_up} ({seconds:.1f}s)", flush=True)
         t0 = time.monotonic()
         self.report.live_after = self.send_one(self.nodes[0], points=1)
-        deadline = t0 + 180
+        deadline = t0 + self.drain_timeout
         while time.monotonic() < deadline:
             if self.segments_left() == 0:
                 seen = self.stored()
