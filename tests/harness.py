@@ -39,6 +39,8 @@ class NodeProcess:
         self.env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = storage_dir.parent / f"{name}.log"
+        self.not_ready = ""
+        """Why the last readiness probe failed."""
 
     @property
     def grpc_addr(self) -> str:
@@ -62,13 +64,17 @@ class NodeProcess:
             if self.ready():
                 return self
             time.sleep(0.05)
-        raise TimeoutError(f"node not ready within {timeout}s:\n{self.log()}")
+        raise TimeoutError(f"node not ready within {timeout}s ({self.not_ready}):\n{self.log()}")
 
     def ready(self) -> bool:
         try:
             with urllib.request.urlopen(self.http_url + "/readyz", timeout=1) as r:
                 return bool(r.status == 200)
-        except (urllib.error.URLError, OSError):
+        except urllib.error.HTTPError as e:
+            self.not_ready = f"/readyz answered {e.code}: {e.read().decode(errors='replace').strip()}"
+            return False
+        except (urllib.error.URLError, OSError) as e:
+            self.not_ready = f"/readyz: {e}"
             return False
 
     def log(self) -> str:

@@ -89,8 +89,9 @@ CHANNELS = ("otlp-metrics", "otlp-logs", "remote-write")
 TOKEN = "chaos-token"
 KINDS = ("kill9", "sigterm", "kill_owner", "peer_unreachable")
 SINK_KINDS = ("sink_down", "disk_full")
-SMALL_DISK = 96 << 20
-SMALL_DISK_LOCAL = 384 << 20
+SMALL_DISK = 384 << 20
+"""The node refuses writes under 256 MiB free (`--min-free-disk`): the small disk is made larger."""
+SMALL_DISK_LOCAL = 640 << 20
 """With the local sink the node's embedded store shares the small disk with its WAL."""
 DISK_FREE = 64 << 10
 """What the disk_full fault leaves free."""
