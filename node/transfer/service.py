@@ -24,6 +24,7 @@ published and a resend is ALREADY_EXISTS from the `publish` line.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import time
@@ -50,6 +51,12 @@ TRANSFER_SERVICE = transfer_pb2.DESCRIPTOR.services_by_name["Transfer"].full_nam
 TOKEN_HEADER = "authorization"
 MAX_TRANSFER_BYTES = 4 << 30
 """Largest segment accepted in one call (a sender transfers at most --max-transfer-size)."""
+
+
+def _log_orphan(what: str, commit: asyncio.Future[SegmentInfo]) -> None:
+    """The outcome of a commit whose call was cancelled meanwhile: nobody else reads it."""
+    if not commit.cancelled() and commit.exception() is not None:
+        log.info("%s: commit failed: %s", what, commit.exception())
 
 
 class PeerAuth:
@@ -101,6 +108,7 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
         imp: SegmentImport | None = None
         claim: Claim | None = None
         committing: SegmentImport | None = None
+        commit: asyncio.Future[SegmentInfo] | None = None
         try:
             # The first message is read before any check, so that a refusal reaches a sender that
             # waits for the go-ahead (initial metadata), never one still writing.
@@ -129,7 +137,8 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
             # claim itself, whatever happens).
             committing, imp, held, claim = imp, None, claim, None
             # shielded: a cancelled call must not cancel the commit before its thread started
-            info = await asyncio.shield(asyncio.to_thread(self._commit, committing, meta.crc32, held))
+            commit = asyncio.ensure_future(asyncio.to_thread(self._commit, committing, meta.crc32, held))
+            info = await asyncio.shield(commit)
             committing = None
         except Exception as e:
             if imp is not None:
@@ -139,6 +148,8 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
         except asyncio.CancelledError:  # the sender went away (or its deadline passed)
             self._metrics.transfers_received.labels("CANCELLED").inc()
             if committing is not None:
+                if commit is not None:  # its outcome, which nobody else reads, goes to the log
+                    commit.add_done_callback(functools.partial(_log_orphan, what))
                 log.warning("%s: the sender went away as the stream ended; the commit finishes on its own (a whole "
                             "segment is kept, and a resend hears ALREADY_EXISTS)", what)
             else:  # mid-stream: nothing stays

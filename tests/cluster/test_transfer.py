@@ -241,6 +241,10 @@ async def test_a_stream_cut_half_way_leaves_nothing_then_the_resend_is_accepted(
         call = transfer_pb2_grpc.TransferStub(ch).TransferSegment(gen(), metadata=(("authorization",
                                                                                        f"Bearer {TOKEN}"),))
         await half_sent.wait()
+        for _ in range(200):  # the part file is created with the first chunk written
+            if any(f.endswith(".part") for f in receiver.files()):
+                break
+            await asyncio.sleep(0.02)
         await asyncio.sleep(0.2)
         assert any(f.endswith(".part") for f in receiver.files())  # received so far, not visible
         call.cancel()
