@@ -28,6 +28,12 @@ from typing import Any
 
 import grpc
 
+try:  # grpc raises its core's batch error, not AioRpcError, from a write the deadline ended
+    from grpc._cython.cygrpc import ExecuteBatchError as _BatchError
+except ImportError:  # pragma: no cover - another grpc build
+    class _BatchError(Exception):  # type: ignore[no-redef]
+        pass
+
 from cluster.membership import Peer
 from node.gen.ingestor.v1 import transfer_pb2, transfer_pb2_grpc
 from node.wal import format as fmt
@@ -177,8 +183,8 @@ class TransferClient:
                     await call.write(request)
                 sent_all = True  # from here on, the peer may commit whatever we hear
                 await call.done_writing()
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            pass  # the call is over: its status comes below
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError, _BatchError):
+            pass  # the call is over (a write or done_writing as the deadline passed): its status comes below
         except OSError as e:  # a local file went away mid-send
             call.cancel()
             return TransferResult(Outcome.REFUSED, "LOCAL", str(e))

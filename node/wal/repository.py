@@ -1,6 +1,8 @@
 """All tables' WALs in one directory: writes, the index of closed segments, disk accounting.
 
-At start the directory is scanned: stale `*.tmp` files are deleted, every segment is checked and
+At start the directory is scanned: stale `*.tmp` files are deleted (never `*.part` files: those
+belong to the transfer ledger, whose verdict on a transfer killed at its publication depends on
+whether its part file is still there), every segment is checked and
 a torn or corrupt tail truncated at the last good block, header-only segments are deleted, and
 every remaining segment goes back into the index as closed (a segment that was active when the
 process died is closed now; new writes go to new segments).
