@@ -532,9 +532,10 @@ class Chaos:
 
     def run(self, faults: int, kinds: tuple[str, ...] | None = None, steady: float | None = None,
             gap: tuple[float, float] = (0.5, 2.5), tail: float = 0.0, in_turn: bool = False) -> Report:
-        """`faults` random faults of `kinds` (`in_turn`: the kinds in their order, cycled), `gap`
-        seconds apart, then `tail` seconds of load, then the oracle; `steady`: seconds of load
-        before the faults."""
+        """`faults` random faults of `kinds`, `gap` seconds apart, then `tail` seconds of load, then
+        the oracle; `steady`: seconds of load before the faults. `in_turn`: the kinds in their
+        order, cycled, one every `gap[0]` seconds of the clock (the run lasts faults x gap + tail
+        however long the restarts take)."""
         kinds = kinds or self.kinds()
         sink = "ClickHouse" if self.clickhouse is not None else "local"
         hosts = "a network namespace each" if self.net is not None else "loopback"
@@ -579,11 +580,15 @@ class Chaos:
             self.rng.shuffle(schedule)
             if in_turn:
                 schedule = [kinds[i % len(kinds)] for i in range(faults)]
-            for kind in schedule:
-                time.sleep(self.rng.uniform(*gap))
+            start = time.monotonic()
+            for k, kind in enumerate(schedule):
+                if in_turn:  # on a fixed clock: a fault's restart does not push the next ones back
+                    time.sleep(max(0.0, start + (k + 1) * gap[0] - time.monotonic()))
+                else:
+                    time.sleep(self.rng.uniform(*gap))
                 print(f"  fault: {kind}", flush=True)
                 self.fault(kind)
-            time.sleep(tail)
+            time.sleep(max(0.0, start + len(schedule) * gap[0] + tail - time.monotonic()) if in_turn else tail)
         finally:
             self._stop.set()
             loader.join(30)
