@@ -101,3 +101,40 @@ def usage(pid: int) -> tuple[int, int, int]:
         except OSError:
             continue
     return rss, fds, threads
+
+
+def fd_kinds(pid: int) -> dict[str, int]:
+    """Open descriptors of the tree of `pid` by what they point at: `wal` (closed segments),
+    `wal/active`, `wal/other`, `local` (the local sink's store), `deliveries`, `socket`, `pipe`,
+    `anon` (eventfd, epoll...), `proc`, `other`."""
+    out: dict[str, int] = {}
+    for p in tree(pid):
+        try:
+            names = os.listdir(f"/proc/{p}/fd")
+        except OSError:
+            continue
+        for fd in names:
+            try:
+                target = os.readlink(f"/proc/{p}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:"):
+                kind = "socket"
+            elif target.startswith("pipe:"):
+                kind = "pipe"
+            elif target.startswith("anon_inode:"):
+                kind = "anon"
+            elif target.startswith("/proc/"):
+                kind = "proc"
+            elif "/wal/active/" in target:
+                kind = "wal/active"
+            elif "/wal/" in target:
+                kind = "wal" if target.endswith(".wal") else "wal/other"
+            elif "/local/" in target:
+                kind = "local"
+            elif "/deliveries" in target:
+                kind = "deliveries"
+            else:
+                kind = "other"
+            out[kind] = out.get(kind, 0) + 1
+    return out

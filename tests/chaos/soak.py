@@ -51,6 +51,25 @@ def rss_bytes(pid: int) -> int:
 class Series:
     samples: list[tuple[float, int, int, int, int]] = field(default_factory=list)
     """(seconds since start, supervisor pid, rss, fds, threads)"""
+    kinds: list[tuple[float, int, dict[str, int]]] = field(default_factory=list)
+    """Every 10 s: (seconds since start, supervisor pid, descriptors by kind), to tell what grew."""
+    segments: list[tuple[float, int]] = field(default_factory=list)
+    """Every 10 s: (seconds since start, segment files in the node's WAL), the backlog."""
+
+    def kinds_growth(self) -> dict[str, int]:
+        """Descriptors by kind: the last snapshot of the last life minus the first after its warm-up."""
+        if not self.samples:
+            return {}
+        pid = self.samples[-1][1]
+        life = [k for k in self.kinds if k[1] == pid]
+        if len(life) < 2:
+            return {}
+        begin, end = life[0][0], life[-1][0]
+        warm = begin + max(WINDOW, (end - begin) / 5)
+        first = next((k for k in life if k[0] >= warm), life[-1])[2]
+        last = life[-1][2]
+        return {k: last.get(k, 0) - first.get(k, 0) for k in sorted({*first, *last})
+                if last.get(k, 0) != first.get(k, 0)}
 
     def median(self, start: float, end: float, index: int, pid: int) -> float:
         values = [s[index] for s in self.samples if start <= s[0] < end and s[1] == pid]
@@ -82,6 +101,10 @@ class SoakReport:
     chaos: Report
     no_duplicates: bool = False
     """ClickHouse sink: duplicates fail the soak."""
+    fd_kinds: dict[str, dict[str, int]] = field(default_factory=dict)
+    """node -> growth of its descriptors by kind (procs.fd_kinds), over its last life"""
+    backlog: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    """node -> closed segments in its WAL: (first sample, most, last sample under load)"""
 
     @property
     def prom(self) -> PromReport | None:
@@ -105,9 +128,12 @@ class SoakReport:
             return f"{n}: RSS {g[0] / 2**20:+.1f} MiB ({peak}), fds {g[1]:+.0f}, threads {g[2]:+.0f}"
 
         nodes = "; ".join(node(n) for n in sorted(self.growth))
+        kinds = "; ".join(f"{n}: {k}" for n, k in sorted(self.fd_kinds.items()))
+        backlog = "; ".join(f"{n}: {a} / {b} / {c}" for n, (a, b, c) in sorted(self.backlog.items()))
         return (f"soak {self.seconds:.0f}s: {self.rows} rows acknowledged, {self.lost} lost, {self.duplicates} "
                 f"duplicates; growth after warm-up (bounds {RSS_BOUND >> 20} MiB, {FD_BOUND} fds, {THREAD_BOUND} "
-                f"threads): {nodes}\n  chaos: {self.chaos}")
+                f"threads): {nodes}\n  descriptors grown, by kind: {kinds}\n  closed segments in the WAL "
+                f"(first / most / last under load): {backlog}\n  chaos: {self.chaos}")
 
 
 def soak(root: Path, seconds: float, seed: int = 1, clickhouse: ClickHouseServer | None = None,
@@ -119,11 +145,17 @@ def soak(root: Path, seconds: float, seed: int = 1, clickhouse: ClickHouseServer
 
     def sample() -> None:
         t0 = time.monotonic()
+        tick = 0
         while not stop.wait(1.0) and chaos.loading:  # under load only: not the drain that follows
+            tick += 1
             for n in chaos.nodes:
                 if n.proc is not None and n.proc.poll() is None:
                     rss, fds, threads = procs.usage(n.proc.pid)
-                    series[n.name].samples.append((time.monotonic() - t0, n.proc.pid, rss, fds, threads))
+                    now = time.monotonic() - t0
+                    series[n.name].samples.append((now, n.proc.pid, rss, fds, threads))
+                    if tick % 10 == 0:
+                        series[n.name].kinds.append((now, n.proc.pid, procs.fd_kinds(n.proc.pid)))
+                        series[n.name].segments.append((now, len(list((n.storage_dir / "wal").glob("*.wal")))))
 
     faults = max(0, int(seconds // period) - 1)
     kinds = SOAK_KINDS if SHAPES[shape].receivers > 1 else SOAK_KINDS[:2]
@@ -136,8 +168,11 @@ def soak(root: Path, seconds: float, seed: int = 1, clickhouse: ClickHouseServer
         sampler.join(10)
     growth = {name: s.growth() for name, s in series.items()}
     peak = {name: max((x[2] for x in s.samples), default=0) for name, s in series.items()}
+    fd_growth = {name: s.kinds_growth() for name, s in series.items()}
+    backlog = {name: (s.segments[0][1] if s.segments else 0, max((b for _, b in s.segments), default=0),
+                      s.segments[-1][1] if s.segments else 0) for name, s in series.items()}
     return SoakReport(seconds, report.acked, report.lost, report.duplicates, growth, peak, report,
-                      no_duplicates=clickhouse is not None)
+                      no_duplicates=clickhouse is not None, fd_kinds=fd_growth, backlog=backlog)
 
 
 def main() -> int:
