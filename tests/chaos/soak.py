@@ -156,7 +156,7 @@ class SoakReport:
 def soak(root: Path, seconds: float, seed: int = 1, clickhouse: ClickHouseServer | None = None,
          period: float = 60.0, shape: str = "user") -> SoakReport:
     chaos = Chaos(root, seed, clickhouse, shape=SHAPES[shape], small_disk=False, victims=(2,), prom_target=2)
-    chaos.drain_timeout = 900.0
+    chaos.drain_timeout = min(900.0, 300.0 + seconds / 4)  # within the suite's 15 minutes for 3 of load
     series = {n.name: Series() for n in chaos.nodes}
     stop = threading.Event()
 
