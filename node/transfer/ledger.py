@@ -191,6 +191,8 @@ class TransferLedger:
         self._clock = clock
         self._owner = this_owner()
         self._entries: dict[str, Entry] = {}
+        self._parts_to_drop: list[Path] = []
+        """Part files a compaction settled as never published: deleted once the new file is in place."""
         self._fd = -1
         self._ino = -1
         self._offset = 0
@@ -296,8 +298,20 @@ class TransferLedger:
             return State.CLAIM
         part = Path(entry.part)
         if entry.state is State.CLAIM or part.exists():  # never renamed: what it received goes
+            if entry.state is State.PUBLISH and durable:
+                # Say FREE on disk before the part goes: another process that read `publish` and
+                # found no part would take the key for DONE, and refuse the resend (a loss).
+                try:
+                    self._append_locked(key, Entry(entry.stamp, State.FREE), sync=True)
+                except (OverLimitsError, OSError) as e:
+                    log.warning("transfer %s: cannot note it free (%s); its part file stays, which says the same",
+                                key, e)
+                    return State.FREE
             if part.name.endswith(PART_SUFFIX):  # nothing else, whatever the file says
-                part.unlink(missing_ok=True)
+                if durable:
+                    part.unlink(missing_ok=True)
+                else:  # compaction: once the new file (without the `publish` line) is in place
+                    self._parts_to_drop.append(part)
             self._entries[key] = Entry(entry.stamp, State.FREE)
             log.info("transfer %s: %s by %s settled: never published (%s removed)", key, entry.state.value,
                      entry.owner, part.name)
@@ -397,6 +411,7 @@ class TransferLedger:
     def _compact_locked(self) -> int:
         now = self._clock()
         keep = {}
+        self._parts_to_drop = []
         for key in list(self._entries):
             state = self._resolve_locked(key, durable=False)
             entry = self._entries[key]
@@ -411,6 +426,9 @@ class TransferLedger:
         self.close()
         self._ino = -1
         self._catch_up()
+        for part in self._parts_to_drop:
+            part.unlink(missing_ok=True)
+        self._parts_to_drop.clear()
         self._compact_at = max(self.compact_bytes, 2 * self._offset)
         log.info("transfer ledger compacted: %d entries kept", len(keep))
         return len(keep)

@@ -571,3 +571,35 @@ async def test_a_directory_fsync_that_fails_after_the_rename_leaves_the_sender_i
     assert (again.outcome, again.code) == (Outcome.ALREADY_HAD, "ALREADY_EXISTS"), again
     assert wal_rows(receiver.root) == sorted(all_rows(segs))
     assert receiver.rows() == all_rows(segs)  # indexed: it will be uploaded
+
+
+@pytest.mark.parametrize("settled_by", ["lookup", "compaction"])
+def test_two_processes_reach_one_verdict_on_a_publish_that_never_renamed(tmp_path: Path, settled_by: str) -> None:
+    """Regression (the suite's soak, 2026-11-30): a receiver killed between its `publish` line and
+    the rename. The restarted receiver settled it "never published" and removed the part file,
+    but wrote nothing; the supervisor then read `publish` with no part file, took it for DONE, and
+    refused the sender's resend as ALREADY_EXISTS: 2 acknowledged rows lost. The verdict is now
+    written (a `free` line) before the part file goes, so every process reads the same one."""
+    part = tmp_path / "wal" / "Metrics_Cpu_0123456789abcdef.wal.part"
+    part.parent.mkdir()
+    part.write_bytes(b"every byte, never renamed")
+    key = transfer_key("Metrics_Cpu_1111111111111111.wal", 100, 7)
+    path = tmp_path / "transfers.ledger"
+    path.write_text(f"{NOW - 5:.0f} {key} claim {DEAD} {part}\n{NOW - 5:.0f} {key} publish {DEAD} {part}\n")
+    supervisor = TransferLedger(path, clock=lambda: NOW)
+    supervisor.open()  # read the file (and, this once, settled the dead transfer as well)
+    # what a restarted receiver does when it meets the key: a lookup, or a compaction
+    part.write_bytes(b"every byte, never renamed")  # as it was before the supervisor looked
+    path.write_text(f"{NOW - 5:.0f} {key} claim {DEAD} {part}\n{NOW - 5:.0f} {key} publish {DEAD} {part}\n")
+    receiver = TransferLedger(path, clock=lambda: NOW)
+    if settled_by == "lookup":
+        assert not receiver.seen(key)
+    else:
+        receiver.compact()
+    assert not part.exists()
+    fresh = TransferLedger(path, clock=lambda: NOW)
+    assert not fresh.seen(key)
+    assert not supervisor.seen(key), "another process took a transfer that never renamed for published"
+    supervisor.claim(key, tmp_path / "wal" / "Metrics_Cpu_2222222222222222.wal.part")  # the resend is taken
+    for ledger in (supervisor, fresh, receiver):
+        ledger.close()
