@@ -202,22 +202,20 @@ class SegmentImport:
 
     def abort(self) -> None:
         """Remove the part file and give back the reserved space (idempotent)."""
-        if self._done:
-            return
-        self._done = True
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        self.part.unlink(missing_ok=True)
-        self._release()
+        self._end(remove_part=True)
 
     def abandon(self) -> None:
         """Give the reserved space back but leave the part file: a publish failed, and the
         transfer ledger decides from the file whether the segment was published (idempotent)."""
+        self._end(remove_part=False)
+
+    def _end(self, *, remove_part: bool) -> None:
         if self._done:
             return
         self._done = True
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        if remove_part:
+            self.part.unlink(missing_ok=True)
         self._release()

@@ -55,6 +55,19 @@ def record(root: Path, segments: list[SegmentInfo]) -> None:
                                                time.time()))
 
 
+def recorded_delivery(root: Path, sink_took_it: bool) -> tuple[list[SegmentInfo], Path]:
+    """Three closed segments of Db/T whose delivery to the local sink was recorded (and, when
+    `sink_took_it`, stored): the segments and the sink's directory."""
+    wal = Repository(WalConfig(root / "wal"))
+    wal.start()
+    first = write(wal, 0, 3)
+    sink_dir = store_dir(root / "storage")
+    if sink_took_it:
+        LocalSink(sink_dir).upload(Batch("Db", "T", tuple(first)))
+    record(root, first)
+    return first, sink_dir
+
+
 def uploader(root: Path, wal: Repository, sink: object) -> Uploader:
     cfg = UploadConfig(interval=0.05, policy=BatchPolicy(min_batch_bytes=0, max_wait=0), backoff_initial=0.05,
                        backoff_max=0.1)
@@ -171,14 +184,11 @@ async def test_after_a_kill_between_confirmation_and_deletion_the_same_batch_is_
 
 async def test_a_confirmed_record_whose_segments_are_partly_gone_has_the_rest_deleted(tmp_path: Path) -> None:
     """Killed while deleting a confirmed batch's segments: the rest are deleted, not sent again."""
-    wal = Repository(WalConfig(tmp_path / "wal"))
-    wal.start()
-    first = write(wal, 0, 3)
-    sink_dir = store_dir(tmp_path / "storage")
-    LocalSink(sink_dir).upload(Batch("Db", "T", tuple(first)))
-    record(tmp_path, first)
+    first, sink_dir = recorded_delivery(tmp_path, sink_took_it=True)
     Intents(tmp_path / "deliveries").confirm(first[0].prefix, tuple(s.path.name for s in first), SINK)
     first[0].path.unlink()
+    wal = Repository(WalConfig(tmp_path / "wal"))
+    wal.start()
     later = write(wal, 3, 1)
 
     calls = await restart_and_deliver(tmp_path, sink_dir)
@@ -191,11 +201,7 @@ async def test_an_unconfirmed_record_whose_segments_are_partly_gone_is_delivered
     is gone (here a person deleted it; in the field a ghost segment left by the index race), was
     taken as proof that the sink had confirmed it, and its other segments were deleted: lost.
     Missing files are never evidence: the rest is delivered, under the recorded delivery's token."""
-    wal = Repository(WalConfig(tmp_path / "wal"))
-    wal.start()
-    first = write(wal, 0, 3)
-    sink_dir = store_dir(tmp_path / "storage")
-    record(tmp_path, first)  # the delivery started, the sink never got it
+    first, sink_dir = recorded_delivery(tmp_path, sink_took_it=False)  # started; the sink never got it
     first[0].path.unlink()
 
     calls = await restart_and_deliver(tmp_path, sink_dir)
@@ -207,12 +213,7 @@ async def test_an_unconfirmed_record_whose_segments_are_partly_gone_is_delivered
 async def test_what_is_left_of_a_delivery_the_sink_took_is_recognised_by_its_token(tmp_path: Path) -> None:
     """The sink took the whole delivery, the confirmation never came, then a segment vanished: the
     rest goes under the whole's token, so the sink does not store it twice."""
-    wal = Repository(WalConfig(tmp_path / "wal"))
-    wal.start()
-    first = write(wal, 0, 3)
-    sink_dir = store_dir(tmp_path / "storage")
-    LocalSink(sink_dir).upload(Batch("Db", "T", tuple(first)))
-    record(tmp_path, first)
+    first, sink_dir = recorded_delivery(tmp_path, sink_took_it=True)
     first[0].path.unlink()
 
     calls = await restart_and_deliver(tmp_path, sink_dir)
