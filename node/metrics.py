@@ -12,6 +12,8 @@ import os
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from node import metrics_files
+
 NS = "ingestor"
 
 
@@ -19,6 +21,7 @@ class NodeMetrics:
     """Every metric the node exports; one instance per node, on the node's registry."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        metrics_files.install()  # before the first value: files that a full volume cannot SIGBUS
         self.registry = registry
         self.requests = Counter(f"{NS}_requests", "Requests received, by signal, transport and result",
                                 ["signal", "transport", "code"], registry=registry)

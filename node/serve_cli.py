@@ -6,10 +6,12 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import sys
 
 from node import config as node_config
+from node import debug
 
 log = logging.getLogger("node")
 
@@ -53,6 +55,7 @@ async def run(config: node_config.NodeConfig) -> None:
     loop = asyncio.get_running_loop()
     for s in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(s, on_signal, s)
+    debug.install_task_dump(loop)
     await node.start_wal()
     if receivers is not None:
         await receivers.start()
@@ -74,9 +77,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # Before prometheus_client is imported (the checks below import it), here and in every
         # receiver process: otherwise this process counts in memory and /metrics misses its share.
         assert "prometheus_client" not in sys.modules, "prometheus_client imported before multiprocess mode"
-        metrics_dir = config.storage_dir / "metrics"
-        import shutil
+        from node import metrics_files
 
+        metrics_dir = metrics_files.directory(config.storage_dir)
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
@@ -93,5 +96,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from node.server import tune_malloc  # after the config: importing the node is not free
 
     tune_malloc()
-    asyncio.run(run(config))
+    debug.install()
+    try:
+        asyncio.run(run(config))
+    finally:
+        if config.receivers > 1:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0

@@ -25,6 +25,7 @@ import os
 import signal
 from typing import Any
 
+from node import debug
 from node.config import NodeConfig
 from node.wal.names import host_id
 
@@ -72,6 +73,7 @@ def child_main(config: NodeConfig, index: int, array: Any, ready: Any) -> None:
     from node.server import Node, tune_malloc
 
     tune_malloc()
+    debug.install()
 
     async def run() -> None:
         node = Node(config, worker=index, shared=SlotUsage(array, index, config.receivers))
@@ -79,6 +81,7 @@ def child_main(config: NodeConfig, index: int, array: Any, ready: Any) -> None:
         loop = asyncio.get_running_loop()
         for s in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(s, stop.set)
+        debug.install_task_dump(loop)
         await node.start()
         ready[index] = 1
         await stop.wait()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -10,11 +12,45 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from node.wal.segment import iter_rows
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def tmpfs(mnt: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` (mount's syntax: 16m) on `mnt`, unmounted at the end; the test is skipped
+    where mounting is impossible (root and CAP_SYS_ADMIN needed)."""
+    import pytest
+
+    mnt.mkdir(parents=True, exist_ok=True)
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True,
+                              text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        pytest.skip(f"cannot mount a tmpfs: {e}")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (root and CAP_SYS_ADMIN needed): {done.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
+
+
+def fill(directory: Path, leave: int = 0) -> Path:
+    """Fill `directory`'s volume but `leave` bytes with one file (returned: unlink it to free)."""
+    filler = directory / "filler"
+    with open(filler, "wb") as f, contextlib.suppress(OSError):
+        left = max(0, shutil.disk_usage(directory).free - leave)
+        while left > 0:
+            chunk = min(left, 1 << 20)
+            f.write(b"\0" * chunk)
+            left -= chunk
+        f.flush()
+    return filler
 
 
 def free_port() -> int:

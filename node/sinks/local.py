@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+from node import debug
 from node.errors import PermanentSinkError, SinkError
 from node.sinks import chschema
 from node.sinks.base import Batch
@@ -149,6 +150,8 @@ def open_store(directory: Path, wait: float, read_only: bool = False,
                     conn = chdb.connect(target)  # type: ignore[no-untyped-call]
                 except RuntimeError as e:  # never the batch's fault (e.g. a process that did not take our lock)
                     raise SinkError(f"opening the local store {directory}: {e}") from None
+                finally:
+                    debug.default_fatal_signals()  # chdb took them again: see there
                 try:
                     yield conn
                 finally:
@@ -496,6 +499,7 @@ class LocalSink:
             import chdb  # noqa: F401
         except ImportError as e:
             raise SinkError(f"the local sink needs chdb: {e}") from None
+        debug.default_fatal_signals()  # chdb takes them when it loads
         self.directory.mkdir(parents=True, exist_ok=True)
         self._stopping.clear()
         self._closer_thread = threading.Thread(target=self._closer, name="local-store-closer", daemon=True)

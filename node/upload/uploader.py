@@ -92,6 +92,8 @@ class Uploader:
         self._sem = asyncio.Semaphore(config.uploads)
         self._busy: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._transfers: set[asyncio.Task[None]] = set()
+        """The transfer tasks among `_tasks` (cancelled by `stop`)."""
         self._failures: dict[str, int] = {}
         self._not_before: dict[str, float] = {}
         self._ratios: dict[str, float] = {}
@@ -111,11 +113,16 @@ class Uploader:
         self._loop_task = asyncio.create_task(self._loop(), name="uploader")
 
     async def stop(self) -> None:
-        """Stop planning; batches in flight finish (their threads cannot be interrupted)."""
+        """Stop planning; batches in flight finish (their threads cannot be interrupted); transfers
+        in flight are cancelled, so that a peer that hangs cannot hold the shutdown past its grace:
+        each stays recorded, in doubt, and the next start sends it to the same peer again, whose
+        ledger recognises it (the same as after a kill)."""
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
+        for task in self._transfers:
+            task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.to_thread(self._sink.stop)
@@ -175,7 +182,9 @@ class Uploader:
         self._busy.add(t.prefix)
         task = asyncio.create_task(self._transfer(t), name=f"transfer-{t.prefix}")
         self._tasks.add(task)
+        self._transfers.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._transfers.discard)
 
     def _resume(self, segments: list[SegmentInfo]) -> list[SegmentInfo]:
         """Start again the recorded deliveries that are not in flight (once their backoff is over);

@@ -60,6 +60,15 @@ def receivers(pid: int) -> list[int]:
     return out
 
 
+def is_node(pid: int) -> bool:
+    """A node's supervisor or receiver process (which handle SIGUSR1/SIGUSR2, node/debug.py)."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"node.cli" in cmd or b"spawn_main" in cmd
+
+
 def signal_all(pids: list[int], sig: int) -> None:
     for p in pids:
         with contextlib.suppress(ProcessLookupError):

@@ -97,6 +97,8 @@ DISK_FREE = 64 << 10
 """What the disk_full fault leaves free."""
 DISK_LEFT = 64 << 10
 """At most this many bytes left in WALs and delivery records once the cluster drained."""
+STUCK_AFTER = 60.0
+"""A drain still running after this many seconds gets its nodes' stacks dumped (dump_stuck)."""
 
 
 @dataclass
@@ -517,6 +519,25 @@ class Chaos:
         compare(want, self.prom_stored(lo, hi), r)
         self.report.prom = r
 
+    def dump_stuck(self) -> None:
+        """A drain that takes long: every process of a node still holding segments writes its
+        threads' and its asyncio tasks' stacks to its log (node/debug.py), and the log's tail is printed."""
+        for n in self.nodes:
+            left = len(list((n.storage_dir / "wal").rglob("*.wal")))
+            if not left or n.proc is None or n.proc.poll() is not None:
+                continue
+            print(f"  ! {n.name}: {left} segments left after {STUCK_AFTER:.0f}s of drain; stacks in {n.log_path}",
+                  flush=True)
+            for pid in procs.tree(n.proc.pid):
+                if not procs.is_node(pid):  # e.g. multiprocessing's resource tracker: SIGUSR1 would end it
+                    continue
+                procs.signal_all([pid], signal.SIGUSR1)
+                time.sleep(0.5)
+                procs.signal_all([pid], signal.SIGUSR2)
+                time.sleep(0.5)
+            tail = n.log().splitlines()[-400:]
+            print("\n".join(f"    | {line}" for line in tail), flush=True)
+
     def segments_left(self) -> int:
         return sum(len(list((n.storage_dir / "wal").rglob("*.wal"))) for n in self.nodes)
 
@@ -600,11 +621,15 @@ class Chaos:
         t0 = time.monotonic()
         self.report.live_after = self.send_one(self.nodes[0], points=1)
         deadline = t0 + self.drain_timeout
+        dumped = False
         while time.monotonic() < deadline:
             if self.segments_left() == 0:
                 seen = self.stored()
                 if self.acked <= set(seen):
                     break
+            if not dumped and time.monotonic() - t0 > STUCK_AFTER:
+                dumped = True
+                self.dump_stuck()
             time.sleep(1.0)
         self.report.drain_seconds = time.monotonic() - t0
         for n in self.nodes:

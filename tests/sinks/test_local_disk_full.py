@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from node.upload.batcher import BatchPolicy
 from node.upload.uploader import UploadConfig, Uploader
 from node.wal import format as fmt
 from node.wal.repository import Repository, WalConfig
+from tests.harness import fill, tmpfs
 from tests.sinks import metrics, write_batch
 
 pytest.importorskip("chdb")
@@ -45,19 +45,8 @@ NO_SPACE_CHECK = LocalConfig(lock_wait=0.2, min_free=0, free_factor=0)
 @pytest.fixture
 def volume(tmp_path: Path) -> Iterator[Path]:
     """A 16 MB tmpfs, unmounted at the end."""
-    mnt = tmp_path / "vol"
-    mnt.mkdir()
-    try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True,
-                              text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        pytest.skip(f"cannot mount a tmpfs: {e}")
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (root and CAP_SYS_ADMIN needed): {done.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "vol", "16m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
 
 
 def rows_batch(wal_dir: Path, first: int, n: int, table: str = "Full") -> Batch:
@@ -85,15 +74,6 @@ def stats(sink: LocalSink, table: str = "Full") -> tuple[int, int]:
 def _stats(conn: ChdbConn, table: str) -> tuple[int, int]:
     (row,) = conn.query(f"SELECT count(), uniqExact(SeriesId) FROM Metrics.{table}")
     return int(row[0]), int(row[1])
-
-
-def fill(volume: Path, leave: int) -> Path:
-    """Fill `volume` up to its last `leave` bytes."""
-    st = os.statvfs(volume)
-    filler = volume / "filler"
-    with open(filler, "wb") as f:
-        f.write(bytes(max(0, st.f_bavail * st.f_frsize - leave)))
-    return filler
 
 
 def test_a_full_disk_fails_the_upload_and_the_retry_stores_every_row_once(volume: Path, tmp_path: Path) -> None:
