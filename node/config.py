@@ -43,6 +43,12 @@ class NodeConfig:
     max_segment_count: int = 10000
     wal_fsync: FsyncPolicy = FsyncPolicy.ON_ROTATE
     max_request_bytes: int = 64 * MiB
+    max_memory: int = 0
+    """0: from the cgroup's memory limit (`memory_budget`)."""
+    idle_timeout: float = 300.0
+    stall_timeout: float = 30.0
+    min_request_rate: int = 4096
+    max_connections: int = 1000
     receivers: int = 1
     shutdown_grace: float = 60.0
     log_level: str = "info"
@@ -153,6 +159,20 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
       help="never | on-rotate | always (default %(default)s; see docs/wal.md for the durability each gives)")
     a("--max-request-bytes", type=_flag("size"), default=d.max_request_bytes,
       help="largest request body, after decompression (default 64MiB)")
+    a("--max-memory", type=_flag("size"), default=d.max_memory,
+      help="bytes of requests and transfers in flight (received, decompressed, decoded) the node holds at once; "
+           "past it new work waits, then is refused with 429 / RESOURCE_EXHAUSTED and a retry hint (default 0: "
+           "half the container's memory limit, 1GiB without one)")
+    a("--idle-timeout", type=_flag("duration"), default=d.idle_timeout,
+      help="close a connection (HTTP or gRPC) with no request for this long (default 5m)")
+    a("--stall-timeout", type=_flag("duration"), default=d.stall_timeout,
+      help="cut a request body or transfer that gets no byte for this long (default 30s)")
+    a("--min-request-rate", type=_flag("size"), default=d.min_request_rate,
+      help="cut a request body or transfer slower than this many bytes per second on average once it has "
+           "lasted --stall-timeout (default 4KiB)")
+    a("--max-connections", type=int, default=d.max_connections,
+      help="open connections each port (HTTP, gRPC) takes at once, per receiver process; more wait in the "
+           "kernel's queue (default %(default)s; 0: no limit)")
     a("--receivers", type=int, default=d.receivers,
       help="receiver processes sharing the ports with SO_REUSEPORT (default %(default)s; 0: one per CPU)")
     a("--shutdown-grace", type=_flag("duration"), default=d.shutdown_grace,
@@ -272,6 +292,11 @@ def from_args(args: argparse.Namespace) -> NodeConfig:
         max_segment_count=args.max_segment_count,
         wal_fsync=FsyncPolicy(args.wal_fsync),
         max_request_bytes=args.max_request_bytes,
+        max_memory=args.max_memory or memory_budget(),
+        idle_timeout=args.idle_timeout,
+        stall_timeout=args.stall_timeout,
+        min_request_rate=args.min_request_rate,
+        max_connections=args.max_connections,
         receivers=receivers,
         shutdown_grace=args.shutdown_grace,
         log_level=args.log_level,
@@ -310,6 +335,23 @@ def from_args(args: argparse.Namespace) -> NodeConfig:
         tls_key=args.tls_key,
         tls_ca=args.tls_ca,
     )
+
+
+CGROUP_LIMITS = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+DEFAULT_MEMORY_BUDGET = 1 << 30
+
+
+def memory_budget(limits: Sequence[Path] = CGROUP_LIMITS) -> int:
+    """The default of --max-memory: half the container's memory limit (cgroup v2, then v1), so that
+    the WAL's buffers, caches and the sink's client keep the other half; 1 GiB without a limit."""
+    for path in limits:
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 1 << 60:  # v1 says "no limit" with a huge number, v2 with "max"
+            return max(64 * MiB, int(text) // 2)
+    return DEFAULT_MEMORY_BUDGET
 
 
 def _token(args: argparse.Namespace) -> str | None:
