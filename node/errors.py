@@ -5,8 +5,11 @@
     │   ├── InvalidNameError         a database/table/segment name that fails validation
     │   ├── DecodeError              a body that does not decode (protobuf, snappy, JSON, gzip)
     │   ├── RequestTooLargeError     a body over --max-request-bytes
-    │   └── UnsupportedMediaError    an unknown content type or encoding
+    │   ├── UnsupportedMediaError    an unknown content type or encoding
+    │   ├── StalledError             a body or transfer too slow (--stall-timeout, --min-request-rate)
+    │   └── ClientGoneError          the client went away before its body was read (nobody to answer)
     ├── OverLimitsError              disk or segment limits reached: backpressure, retry later
+    │   └── OverMemoryError          the memory budget (--max-memory) is taken: retry later
     ├── UnavailableError             the node is starting or draining: retry elsewhere/later
     ├── CorruptionError              a segment is damaged at (path, offset), with a reason
     ├── UnauthenticatedError         a caller that is not a peer
@@ -50,12 +53,28 @@ class UnsupportedMediaError(InvalidInputError):
     """An unknown content type or content encoding."""
 
 
+class StalledError(InvalidInputError):
+    """A request body or transfer that got no byte for --stall-timeout, or averaged under
+    --min-request-rate: cut, its reservation released."""
+
+
+class ClientGoneError(InvalidInputError):
+    """The client closed the connection before its body was read: nothing to answer, not the
+    node's fault (counted, logged rate-limited, never a 500)."""
+
+
 class OverLimitsError(IngestorError):
     """Disk usage or segment count over the configured limit; the write was not done."""
 
     def __init__(self, message: str, retry_after_seconds: float = 5.0) -> None:
         super().__init__(message)
         self.retry_after_seconds = retry_after_seconds
+
+
+class OverMemoryError(OverLimitsError):
+    """The node's memory budget for requests in flight is taken (node/budget.py); nothing was
+    read or written for this request. Unlike the disk limits, it says nothing about readiness:
+    it ends as the requests in flight end."""
 
 
 class UnavailableError(IngestorError):
@@ -107,6 +126,10 @@ def status_of(err: BaseException) -> Status:
         return Status(grpc.StatusCode.RESOURCE_EXHAUSTED, 413)
     if isinstance(err, UnsupportedMediaError):
         return Status(grpc.StatusCode.INVALID_ARGUMENT, 415)
+    if isinstance(err, StalledError):
+        return Status(grpc.StatusCode.DEADLINE_EXCEEDED, 408)
+    if isinstance(err, ClientGoneError):
+        return Status(grpc.StatusCode.CANCELLED, 499)
     if isinstance(err, InvalidInputError):
         return Status(grpc.StatusCode.INVALID_ARGUMENT, 400)
     if isinstance(err, OverLimitsError):

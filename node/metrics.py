@@ -33,6 +33,14 @@ class NodeMetrics:
                                   ["database", "table"], registry=registry)
         self.rejected = Counter(f"{NS}_rejected_rows", "Points, records or spans refused, by reason",
                                 ["signal", "reason"], registry=registry)
+        self.memory_in_flight = Gauge(f"{NS}_memory_in_flight_bytes", "Bytes of requests and transfers in flight "
+                                      "reserved from the memory budget (--max-memory)", registry=registry,
+                                      multiprocess_mode="livesum")
+        self.memory_refused = Counter(f"{NS}_memory_refused", "Requests and transfers refused because the memory "
+                                      "budget stayed taken, by what", ["what"], registry=registry)
+        self.slow_clients = Counter(f"{NS}_slow_clients", "Request bodies and transfers cut for being too slow "
+                                    "(--stall-timeout, --min-request-rate), by transport", ["transport"],
+                                    registry=registry)
         self.wal_write_seconds = Histogram(
             f"{NS}_wal_write_seconds", "Time to append one request's rows to the WAL", registry=registry,
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0))
