@@ -26,6 +26,7 @@ from node.gen.ingestor.v1 import admin_pb2, transfer_pb2_grpc
 from node.ingest import Converters, Ingest
 from node.metrics import NodeMetrics
 from node.peers import ClusterParts, cluster_of, peer_auth, server_credentials
+from node.ratelog import RateLimitedLog
 from node.receivers.grpc import GrpcServer
 from node.receivers.http import HttpServer, build_app
 from node.rows.logs import LogsConfig, LogsConverter
@@ -133,6 +134,7 @@ class Node:
         self._started = time.time()
         self._stop_started = 0.0
         self.shutdown_watcher: Any = None
+        self._was_ready: bool | None = None
         self.receivers_stopped = asyncio.Event()
         """Set by the supervisor once the other receiver processes have exited."""
 
@@ -184,34 +186,44 @@ class Node:
                  self.worker, self.grpc.port, self.http.port)
 
     async def _tick(self) -> None:
-        """Once a second: close segments past max age, refresh gauges and health."""
-        was_ready: bool | None = None
+        """Once a second: close segments past max age, refresh gauges and health. A tick that
+        fails (a full disk as it closes a segment or writes cluster.json) is logged and the next
+        one runs: this loop ending would leave segments open, and their rows undelivered, until a
+        restart."""
+        said = RateLimitedLog(log, interval=60.0)
         while True:
-            await asyncio.to_thread(self.wal.rotate_expired)
-            if self.worker == 0:
-                stats = await asyncio.to_thread(directory_stats, self.wal.directory)
-                self.metrics.wal_bytes.set(stats.disk_usage)
-                self.metrics.wal_segments.set(stats.segment_count)
-                if self.config.max_disk_usage_per_database and self.config.receivers > 1:
-                    await asyncio.to_thread(self._publish_blocked, stats)
-                if self.cluster is not None:
-                    await asyncio.to_thread(self._publish_cluster, stats)
-            else:
-                if self.config.max_disk_usage_per_database:
-                    await asyncio.to_thread(self._read_blocked)
-                if self.state.phase is Phase.SERVING and (self.config.storage_dir / LEAVING_FILE).exists():
-                    self.state.detail = "leaving the cluster"
-                    self.state.set_phase(Phase.DRAINING)
-                    if self.grpc is not None:
-                        await self.grpc.health.update()
-                    await asyncio.sleep(LEAVE_SETTLE_SECONDS)
-                    await asyncio.to_thread(self.wal.rotate_all)
-            ready = not self.state.not_ready_reason()
-            self.metrics.ready.set(1 if ready else 0)
-            if ready != was_ready and self.grpc is not None:
-                await self.grpc.health.update()
-                was_ready = ready
+            try:
+                await self._tick_once()
+            except Exception as e:
+                said.log(logging.ERROR, type(e).__name__, "node %s: tick failed (retried every %.0fs): %s",
+                         self.config.node_name, TICK_SECONDS, e)
             await asyncio.sleep(TICK_SECONDS)
+
+    async def _tick_once(self) -> None:
+        await asyncio.to_thread(self.wal.rotate_expired)
+        if self.worker == 0:
+            stats = await asyncio.to_thread(directory_stats, self.wal.directory)
+            self.metrics.wal_bytes.set(stats.disk_usage)
+            self.metrics.wal_segments.set(stats.segment_count)
+            if self.config.max_disk_usage_per_database and self.config.receivers > 1:
+                await asyncio.to_thread(self._publish_blocked, stats)
+            if self.cluster is not None:
+                await asyncio.to_thread(self._publish_cluster, stats)
+        else:
+            if self.config.max_disk_usage_per_database:
+                await asyncio.to_thread(self._read_blocked)
+            if self.state.phase is Phase.SERVING and (self.config.storage_dir / LEAVING_FILE).exists():
+                self.state.detail = "leaving the cluster"
+                self.state.set_phase(Phase.DRAINING)
+                if self.grpc is not None:
+                    await self.grpc.health.update()
+                await asyncio.sleep(LEAVE_SETTLE_SECONDS)
+                await asyncio.to_thread(self.wal.rotate_all)
+        ready = not self.state.not_ready_reason()
+        self.metrics.ready.set(1 if ready else 0)
+        if ready != self._was_ready and self.grpc is not None:
+            await self.grpc.health.update()
+            self._was_ready = ready
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.config.shutdown_grace if grace is None else grace

@@ -123,17 +123,24 @@ class Receivers:
         self._watch = asyncio.create_task(self._watch_loop(), name="receivers-watch")
 
     async def _watch_loop(self) -> None:
+        """Restart the receivers that died; a restart that fails (a full disk as their segments
+        are recovered) is tried again at the next look, never given up."""
         while not self._stopping:
             await asyncio.sleep(RESTART_DELAY_SECONDS)
             for index, p in list(self._procs.items()):
                 if p.is_alive() or self._stopping:
                     continue
-                log.error("receiver %d exited with %s; recovering its active segments and restarting it",
-                          index, p.exitcode)
-                found = await asyncio.to_thread(self._adopt, host_id(self._config.node_name, index))
-                log.info("receiver %d: %d active segments recovered", index, len(found))
-                self._array[2 * index] = self._array[2 * index + 1] = 0
-                self._spawn(index)
+                try:
+                    await self._restart(index, p.exitcode)
+                except Exception:
+                    log.exception("receiver %d: restart failed; trying again in %.0fs", index, RESTART_DELAY_SECONDS)
+
+    async def _restart(self, index: int, exitcode: int | None) -> None:
+        log.error("receiver %d exited with %s; recovering its active segments and restarting it", index, exitcode)
+        found = await asyncio.to_thread(self._adopt, host_id(self._config.node_name, index))
+        log.info("receiver %d: %d active segments recovered", index, len(found))
+        self._array[2 * index] = self._array[2 * index + 1] = 0
+        self._spawn(index)
 
     async def stop(self, grace: float) -> None:
         """SIGTERM every receiver, wait for them (within `grace`), SIGKILL what is left."""

@@ -460,15 +460,30 @@ class Repository:
             fn(info)
 
     def rotate_all(self) -> list[SegmentInfo]:
-        with self._lock:
-            wals = list(self._wals.values())
-        return [i for w in wals if (i := w.rotate()) is not None]
+        return self._rotate_each(lambda w: w.rotate())
 
     def rotate_expired(self) -> list[SegmentInfo]:
         """Close the active segments older than max-segment-age; call it periodically."""
+        return self._rotate_each(lambda w: w.rotate_if_expired())
+
+    def _rotate_each(self, rotate: Callable[[TableWal], SegmentInfo | None]) -> list[SegmentInfo]:
+        """`rotate` every table; one that fails (a full disk) does not keep the others open: its
+        error is raised once they are all done, and it is tried again next time."""
         with self._lock:
             wals = list(self._wals.values())
-        return [i for w in wals if (i := w.rotate_if_expired()) is not None]
+        closed: list[SegmentInfo] = []
+        error: OSError | None = None
+        for w in wals:
+            try:
+                info = rotate(w)
+            except OSError as e:
+                error = error or e
+                continue
+            if info is not None:
+                closed.append(info)
+        if error is not None:
+            raise error
+        return closed
 
     def closed_segments(self, prefix: str | None = None) -> list[SegmentInfo]:
         """Closed segments, oldest first (per prefix when given)."""

@@ -77,6 +77,10 @@ class TableWal:
         self._active: SegmentWriter | None = None
         self._active_name: SegmentName | None = None
         self._opened = 0.0
+        self._closing: list[tuple[SegmentWriter, SegmentName]] = []
+        """Segments taken out of service whose publication into the WAL failed (a full disk, an
+        I/O error): tried again at every rotate, so that their rows are not left in `active/`
+        until a restart."""
 
     @property
     def is_open(self) -> bool:
@@ -152,12 +156,14 @@ class TableWal:
         return None
 
     def rotate(self, *, older_than: float | None = None) -> SegmentInfo | None:
-        """Close the active segment (only if open longer than `older_than` seconds, when given)."""
+        """Close the active segment (only if open longer than `older_than` seconds, when given);
+        first publish what an earlier close could not."""
         with self._lock:
+            done = self._publish_closing() if self._closing else None
             if self._active is None:
-                return None
+                return done
             if older_than is not None and time.monotonic() - self._opened < older_than:
-                return None
+                return done
             return self._close_locked()
 
     def rotate_if_expired(self) -> SegmentInfo | None:
@@ -166,12 +172,25 @@ class TableWal:
     def _close_locked(self) -> SegmentInfo:
         active, name = self._active, self._active_name
         assert active is not None and name is not None
-        self._active = self._active_name = None
-        active.close()
-        closed = self._dir / name.filename
-        os.rename(active.path, closed)
-        if self._fsync is not FsyncPolicy.NEVER:
-            fsync_dir(self._dir)
-        info = SegmentInfo(closed, name, active.size, active.blocks, active.rows)
-        self._on_close(info)
+        self._active = self._active_name = None  # the next write opens a new segment, whatever happens here
+        self._closing.append((active, name))
+        info = self._publish_closing()
+        assert info is not None
+        return info
+
+    def _publish_closing(self) -> SegmentInfo | None:
+        """Close and rename into the WAL the segments taken out of service, oldest first; an
+        error leaves the rest for the next try. Returns the last one published."""
+        info = None
+        while self._closing:
+            active, name = self._closing[0]
+            active.close()
+            closed = self._dir / name.filename
+            if active.path.exists() or not closed.exists():  # not renamed by an earlier try
+                os.rename(active.path, closed)
+            if self._fsync is not FsyncPolicy.NEVER:
+                fsync_dir(self._dir)
+            self._closing.pop(0)
+            info = SegmentInfo(closed, name, active.size, active.blocks, active.rows)
+            self._on_close(info)
         return info

@@ -233,3 +233,27 @@ def _table_counts(node: NodeProcess) -> dict[str, int]:
                         "--format", "json", sql], capture_output=True, text=True, timeout=120, cwd=ROOT)
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     return {row["_table"]: int(row["count()"]) for row in rows}
+
+
+def test_a_full_disk_does_not_stop_the_tick_that_closes_segments(tmp_path: Path) -> None:
+    """The node of the chaos run with the ClickHouse sink (seed 3822227962): the supervisor's tick
+    raised ENOSPC writing cluster.json on the full disk and was never run again, so its active
+    segments (310: one per table) never closed, and their rows waited for a restart."""
+    with tmpfs(tmp_path / "vol", "400m") as vol:
+        node = NodeProcess(vol / "data", "--receivers", "2", "--max-segment-age", "1s", "--upload-interval", "0.5s",
+                           "--shutdown-grace", "10s")
+        node.args += ["--peers", f"{node.name}={node.grpc_addr}", "--peer-token", "t"]  # cluster.json every tick
+        node.log_path = tmp_path / "node.log"
+        node.start(timeout=60)
+        try:
+            filler = fill(vol)
+            time.sleep(3)  # ticks meet the full disk
+            filler.unlink()
+            names = [f"after_tick_{k}" for k in range(16)]
+            for name in names:  # a connection each: both receivers take some
+                with grpc.insecure_channel(node.grpc_addr) as ch:
+                    metrics_service_pb2_grpc.MetricsServiceStub(ch).Export(gauge_request(name, points=5), timeout=10)
+            counts = _wait_stored(node, names, 30)
+            assert all(counts.get(_table(n), 0) == 5 for n in names), (counts, node.log()[-3000:])
+        finally:
+            node.stop()

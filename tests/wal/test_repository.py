@@ -56,6 +56,36 @@ def test_rotation_at_max_age(tmp_path: Path) -> None:
     assert info.rows == 1 and repo.closed_segments() == [info]
 
 
+def test_a_close_that_fails_is_tried_again_and_does_not_keep_the_other_tables_open(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk as a segment is published (the rename, its directory fsync) used to leave the
+    segment in active/ with its rows until a restart, and stopped the other tables' closes."""
+    repo = _repo(tmp_path, max_segment_age=0.1)
+    repo.write("Db", "A", fmt.KIND_METRIC, b"a1\n", 1)
+    repo.write("Db", "B", fmt.KIND_METRIC, b"b1\n", 1)
+    time.sleep(0.15)
+    real_rename = os.rename
+    failing = {"A"}
+
+    def rename(src: object, dst: object) -> None:
+        if any(f"_{t}_" in str(dst) for t in failing):
+            raise OSError(28, "No space left on device")
+        real_rename(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(OSError):
+        repo.rotate_expired()
+    assert [i.name.table for i in repo.closed_segments()] == ["B"]  # B closed all the same
+    repo.write("Db", "A", fmt.KIND_METRIC, b"a2\n", 1)  # taken: a new segment
+    failing.clear()
+    time.sleep(0.15)
+    repo.rotate_expired()  # the first A, then the second
+    a = [i for i in repo.closed_segments() if i.name.table == "A"]
+    assert [i.rows for i in a] == [1, 1]
+    assert b"".join(b"".join(iter_rows(i.path)) for i in a) == b"a1\na2\n"
+    assert list((tmp_path / "active").iterdir()) == []
+
+
 def test_one_active_segment_per_table_and_schema(tmp_path: Path) -> None:
     repo = _repo(tmp_path)
     s1 = (("A", "string"),)
