@@ -2,7 +2,10 @@
 
 The bytes go to `<final name>.part` as they arrive (memory stays at one block plus one chunk,
 whatever the segment's size); every block's framing, CRC and compression is checked as soon as it
-is complete. `verify()` checks the declared size and CRC-32 and fsyncs; `publish()` renames to the
+is complete, and decoded once, there (a block that declares more than the block limit is refused
+from its header, before anything is allocated). `memory_for()` says, before a chunk is fed and
+from the block headers alone, how much it will hold: the caller reserves that from its memory
+budget. `verify()` checks the declared size and CRC-32 and fsyncs; `publish()` renames to the
 final name and fsyncs the directory: the segment appears whole or not at all. `commit()` is both.
 `abort()` removes the part file.
 
@@ -21,12 +24,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from node.errors import InvalidInputError, OverLimitsError
+from node.wal import codec, s2
 from node.wal import format as fmt
 from node.wal.names import SegmentName
 from node.wal.segment import fsync_dir
 from node.wal.table import SegmentInfo
 
 PART_SUFFIX = ".part"
+DECODE_FACTOR = 2
+"""Bytes held per decoded byte while a block is checked: the decoder's output, then its copy
+without the sample header (`format.decode_sample`)."""
 
 
 class SegmentImport:
@@ -68,6 +75,52 @@ class SegmentImport:
         with memoryview(chunk) as view:
             self._verify(view)
         self.received += n
+
+    def memory_for(self, chunk: bytes | bytearray | memoryview) -> int:
+        """Bytes beyond `chunk` itself that `feed(chunk)` holds at its peak: the block split across
+        chunks, gathered whole, and the decoded output of the largest block it completes. Read from
+        the block headers (one step per block, nothing decoded); bytes that do not parse count as
+        nothing, since `feed` refuses them before it allocates."""
+        with memoryview(chunk) as view:
+            return self._memory_for(view)
+
+    def _memory_for(self, view: memoryview) -> int:
+        hs = fmt.BLOCK_HEADER.size
+        size, pos, pending = len(view), 0, len(self._pending)
+        if not self._magic_seen:
+            pos, pending = min(size, len(fmt.MAGIC) - pending), 0
+
+        def gathered(a: int, b: int) -> bytes:  # bytes a..b of the block being gathered
+            head = bytes(self._pending[a:b]) if a < pending else b""
+            return head + bytes(view[pos + max(a - pending, 0): pos + max(b - pending, 0)])
+
+        peak = 0
+        if pending:  # finishing the block split across the previous chunk and this one
+            if pending + size - pos < hs:
+                return pending + size - pos
+            length = fmt.BLOCK_HEADER.unpack_from(gathered(0, hs))[0]
+            whole = hs + length
+            if whole - pending > size - pos:  # still gathering
+                return pending + size - pos
+            peak = whole + self._decode_cost(gathered(hs, hs + min(length, s2.MAX_HEADER_BYTES)))
+            pos += whole - pending
+        while size - pos >= hs:
+            length = fmt.BLOCK_HEADER.unpack_from(view, pos)[0]
+            end = pos + hs + length
+            if length == 0 or length > fmt.MAX_BLOCK_LEN or end > size:
+                break
+            peak = max(peak, self._decode_cost(bytes(view[pos + hs: pos + hs + min(length, s2.MAX_HEADER_BYTES)])))
+            pos = end
+        return max(peak, size - pos)
+
+    def _decode_cost(self, head: bytes) -> int:
+        if not self.decode:
+            return 0
+        try:
+            n = codec.decoded_length(head)
+        except codec.CodecError:
+            return 0
+        return DECODE_FACTOR * n if n <= codec.MAX_DECODED_LEN else 0
 
     def _write(self, chunk: bytes | bytearray | memoryview) -> None:
         view = memoryview(chunk)

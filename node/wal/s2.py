@@ -34,18 +34,24 @@ what it tolerates: length fields wider than needed (a 5-byte literal header for 
 a non-minimal varint header), copy2/copy4 lengths below 4 and offsets any copy form could hold.
 
 Use :func:`decode_block`; every malformed input raises :class:`S2DecodeError`, a ``ValueError``.
-The decoder allocates the declared length once (after checking it against ``max_output`` and
-against the most that the input could possibly expand to), and every element consumes at least
-one input byte, so it always terminates.
+The decoder allocates the declared length once (after checking it against ``max_output``, by
+default the segment format's block limit, and against the most that the input could possibly
+expand to), and every element consumes at least one input byte, so it always terminates.
+:func:`declared_length` reads the header alone, for a caller that checks (or budgets) a block's
+decoded size before anything decodes it.
 """
 
 from __future__ import annotations
 
-__all__ = ["MAX_HEADER_BYTES", "S2DecodeError", "decode_block"]
+__all__ = ["MAX_HEADER_BYTES", "MAX_OUTPUT", "S2DecodeError", "declared_length", "decode_block"]
 
 #: The decoded-length varint is at most this many bytes long (and at most 2**32 - 1).
 MAX_HEADER_BYTES = 5
 _MAX_DECLARED = 0xFFFF_FFFF
+MAX_OUTPUT = 256 << 20
+"""The default ``max_output``: the segment format's block limit (``format.MAX_BLOCK_LEN``). A
+block that declares more is not believed, whatever its input could expand to (a 340-byte block of
+repeats can declare a gigabyte)."""
 
 # The most output any element yields per input byte: a 5-byte repeat of 65540 + 0xFFFFFF bytes.
 # A block body of n bytes can therefore never produce more than n * _MAX_EXPANSION bytes; a header
@@ -73,8 +79,11 @@ def _as_bytes(data: bytes | bytearray | memoryview) -> bytes:
     raise TypeError(f"decode_block() wants bytes, bytearray or memoryview, not {type(data).__name__}")
 
 
-def _read_header(src: bytes) -> tuple[int, int]:
-    """The declared decoded length and the offset of the first element."""
+def declared_length(src: bytes | bytearray | memoryview) -> tuple[int, int]:
+    """The declared decoded length and the offset of the first element: the block's header alone,
+    nothing allocated. S2DecodeError for a header that is truncated, too long or over 2**32 - 1."""
+    if not isinstance(src, bytes | bytearray | memoryview):
+        raise TypeError(f"an S2 block is bytes, bytearray or memoryview, not {type(src).__name__}")
     value = 0
     for i in range(min(len(src), MAX_HEADER_BYTES)):
         byte = src[i]
@@ -88,17 +97,17 @@ def _read_header(src: bytes) -> tuple[int, int]:
     raise S2DecodeError(f"length header longer than {MAX_HEADER_BYTES} bytes", 0)
 
 
-def decode_block(data: bytes | bytearray | memoryview, max_output: int = 1 << 30) -> bytes:
+def decode_block(data: bytes | bytearray | memoryview, max_output: int = MAX_OUTPUT) -> bytes:
     """Decode one S2 (or Snappy) block and return the decoded bytes.
 
     Raises :class:`S2DecodeError` for any malformed block, including one whose declared decoded
     length is over ``max_output``.
     """
+    declared, s = declared_length(data)
+    if declared > max_output:  # before the input is even copied
+        raise S2DecodeError(f"declared length {declared} is over the limit of {max_output}", 0)
     src = _as_bytes(data)
     n = len(src)
-    declared, s = _read_header(src)
-    if declared > max_output:
-        raise S2DecodeError(f"declared length {declared} is over the limit of {max_output}", 0)
     if declared > (n - s) * _MAX_EXPANSION:
         raise S2DecodeError(f"declared length {declared} is more than {n - s} input bytes can yield", 0)
 
