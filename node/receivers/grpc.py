@@ -2,13 +2,19 @@
 
 Errors leave through `abort()`, which takes the status from `node.errors.status_of()` and adds a
 `google.rpc.RetryInfo` (trailer `google.rpc.retryinfo-bin`, as OTLP exporters read it, and in
-`grpc-status-details-bin`) when the client should come back later.
+`grpc-status-details-bin`) when the client should come back later. What a client did wrong is
+logged once per reason and minute, without a traceback (a hostile client must not flood the log);
+the node's own failures always, with one.
+
+The port's connections are bounded by `GrpcLimits`: idle ones closed, a cap per process, pings
+paced, slow handshakes cut (see its fields).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
@@ -19,25 +25,35 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from node.config import NodeConfig
 from node.errors import DecodeError, IngestorError, status_of
 from node.gen.ingestor.v1 import admin_pb2, admin_pb2_grpc
 from node.ingest import Ingest
 from node.metrics import NodeMetrics
+from node.ratelog import RateLimitedLog
 from node.receivers.otlp import SIGNALS, OtlpSignal
 from node.state import NodeState
 
 log = logging.getLogger(__name__)
+_said = RateLimitedLog(log)
 
 OTLP_SERVICES = tuple(sig.service for sig in SIGNALS)
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
 
 
-async def abort(context: grpc.aio.ServicerContext[Any, Any], err: BaseException, what: str) -> NoReturn:
-    """End the call with the status that `err` maps to (and a retry hint where there is one)."""
+async def abort(context: grpc.aio.ServicerContext[Any, Any], err: BaseException, what: str,
+                reason: str | None = None) -> NoReturn:
+    """End the call with the status that `err` maps to (and a retry hint where there is one).
+
+    A refusal (an IngestorError: the client's mistake, or backpressure) is logged at most once a
+    minute per `reason` (default: `what`) and kind of error, without a traceback; anything else is
+    the node's fault: logged every time, with its traceback.
+    """
     status = status_of(err)
     message = f"{what}: {err}" if isinstance(err, IngestorError) else f"{what}: internal error"
     if isinstance(err, IngestorError):
-        log.info("%s refused: %s", what, err)
+        _said.log(logging.INFO, f"{reason or what}:{type(err).__name__}", "%s refused (%s): %s", what,
+                  status.grpc_code.name, err)
     else:
         log.error("%s failed", what, exc_info=err)
     if status.retry_after_seconds is not None:
@@ -112,6 +128,57 @@ class Health:
             await self.servicer.set(name, status)
 
 
+MAX_STREAMS_PER_CONNECTION = 32
+"""Calls in flight on one connection (HTTP/2 MAX_CONCURRENT_STREAMS): more wait in the client, not
+refused. An OTLP exporter sends ~10 at once (the collector's default consumers), a peer
+--transfers (4); with --max-connections, calls in flight per process are at most their product."""
+KEEPALIVE_SECONDS, KEEPALIVE_TIMEOUT_SECONDS = 60.0, 20.0
+"""The node pings a connection after this long without data, and drops it when the ping goes
+unanswered this long: a dead client's calls end within a minute and a half."""
+MIN_CLIENT_PING_SECONDS = 10.0
+"""A client may ping this often (keepalive); pinging faster twice (`max_ping_strikes`) closes the
+connection with GOAWAY ENHANCE_YOUR_CALM. Pings are not calls: they keep no connection from being idle."""
+
+
+def ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+@dataclass(frozen=True)
+class GrpcLimits:
+    """What the gRPC port of one process holds at most; defaults from NodeConfig."""
+
+    idle_timeout: float = NodeConfig.idle_timeout
+    """A connection with no call in flight for this long is closed (`grpc.max_connection_idle_ms`,
+    a GOAWAY: clients reconnect when they next call)."""
+    max_connections: int = NodeConfig.max_connections
+    """Connections open at once (`grpc.max_allowed_incoming_connections`); over it a new connection
+    is closed as it is accepted, before its handshake, and its client retries with backoff. 0: no
+    limit."""
+    handshake_timeout: float = NodeConfig.stall_timeout
+    """A connection that has not finished its TLS and HTTP/2 handshake by then is closed
+    (`grpc.server_handshake_timeout_ms`; grpc's default is 120 s)."""
+
+    @classmethod
+    def of(cls, config: NodeConfig) -> GrpcLimits:
+        return cls(config.idle_timeout, config.max_connections, config.stall_timeout)
+
+    def options(self) -> list[tuple[str, int]]:
+        options = [
+            ("grpc.max_connection_idle_ms", ms(self.idle_timeout)),
+            ("grpc.server_handshake_timeout_ms", ms(self.handshake_timeout)),
+            ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+            ("grpc.keepalive_time_ms", ms(KEEPALIVE_SECONDS)),
+            ("grpc.keepalive_timeout_ms", ms(KEEPALIVE_TIMEOUT_SECONDS)),
+            ("grpc.keepalive_permit_without_calls", 1),  # a client's keepalive on an idle connection is no abuse
+            ("grpc.http2.min_ping_interval_without_data_ms", ms(MIN_CLIENT_PING_SECONDS)),
+            ("grpc.http2.max_ping_strikes", 2),
+        ]
+        if self.max_connections > 0:
+            options.append(("grpc.max_allowed_incoming_connections", self.max_connections))
+        return options
+
+
 class GrpcServer:
     """Owns the grpc.aio server and what is registered on it."""
 
@@ -119,10 +186,11 @@ class GrpcServer:
                  status: Callable[[], admin_pb2.NodeStatus], max_request_bytes: int,
                  reuse_port: bool = False,
                  extra: Sequence[tuple[Callable[[Any, grpc.aio.Server], None], Any, str]] = (),
-                 credentials: grpc.ServerCredentials | None = None) -> None:
+                 credentials: grpc.ServerCredentials | None = None, limits: GrpcLimits | None = None) -> None:
         options = [
             ("grpc.max_receive_message_length", max_request_bytes),
             ("grpc.so_reuseport", 1 if reuse_port else 0),
+            *(limits or GrpcLimits()).options(),
         ]
         self.server = grpc.aio.server(options=options)
         self.server.add_generic_rpc_handlers(OtlpHandlers(ingest, metrics).generic_handlers())
