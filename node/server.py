@@ -21,13 +21,14 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from node import __version__
-from node.config import NodeConfig
+from node.budget import MemoryBudget, per_process
+from node.config import NodeConfig, memory_budget
 from node.gen.ingestor.v1 import admin_pb2, transfer_pb2_grpc
 from node.ingest import Converters, Ingest
 from node.metrics import NodeMetrics
 from node.peers import ClusterParts, cluster_of, peer_auth, server_credentials
 from node.ratelog import RateLimitedLog
-from node.receivers.grpc import GrpcServer
+from node.receivers.grpc import GrpcLimits, GrpcServer
 from node.receivers.http import HttpServer, build_app
 from node.rows.logs import LogsConfig, LogsConverter
 from node.rows.metrics import MetricsConfig, MetricsConverter
@@ -125,8 +126,14 @@ class Node:
                                                   policy=policy),
                                      self.metrics, refresh=config.receivers > 1,
                                      router=self.cluster.router if self.cluster is not None else None)
+        self.budget = MemoryBudget(per_process(config.max_memory or memory_budget(), config.receivers),
+                                   on_change=self.metrics.memory_in_flight.set,
+                                   on_refused=lambda what: self.metrics.memory_refused.labels(what).inc())
+        """This process's share of --max-memory: requests and transfers in flight (node/budget.py)."""
         self.ledger = TransferLedger(config.storage_dir / LEDGER_FILE)
-        self.transfer = TransferService(self.wal, self.state, self.ledger, peer_auth(config), self.metrics)
+        self.transfer = TransferService(self.wal, self.state, self.ledger, peer_auth(config), self.metrics,
+                                        budget=self.budget, stall_timeout=config.stall_timeout,
+                                        min_request_rate=config.min_request_rate)
         self.ingest = Ingest(self.wal, converters, self.state, self.metrics)
         self.grpc: GrpcServer | None = None
         self.http: HttpServer | None = None
@@ -165,7 +172,7 @@ class Node:
                                self.config.max_request_bytes, reuse_port=self.config.receivers > 1,
                                extra=[(transfer_pb2_grpc.add_TransferServicer_to_server, self.transfer,
                                        TRANSFER_SERVICE)],
-                               credentials=server_credentials(self.config))
+                               credentials=server_credentials(self.config), limits=GrpcLimits.of(self.config))
         host, port = split_addr(self.config.http_addr)
         self.http = HttpServer(build_app(self.ingest, self.state, self.metrics, self.config.max_request_bytes),
                                host, port, reuse_port=self.config.receivers > 1)
