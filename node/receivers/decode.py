@@ -41,49 +41,99 @@ def media_type(content_type: str | None) -> tuple[str, dict[str, str]]:
     return main.strip().lower(), out
 
 
-def _uvarint(data: bytes) -> int:
+SNAPPY_MAX_RATIO = 22
+"""Most bytes a snappy block can inflate to per byte of block: its densest element, a copy of 64
+bytes, takes 3 (21.3:1). A preamble that declares more than this is a lie, refused unallocated."""
+
+INFLATE_IN, INFLATE_OUT = 64 << 10, 256 << 10
+"""Gzip is fed to zlib, and taken from it, in pieces this large: neither the input left over between
+members nor one call's output is ever more."""
+MAX_GZIP_MEMBERS = 4096
+"""Members in one gzip body (each costs a fresh inflater: ~15 us; 64 MiB of empty members would be
+3 million). Writers make one (Go, the OTel collector) or a few (concatenated files)."""
+
+
+def snappy_declared_length(prefix: bytes | memoryview) -> int | None:
+    """The decompressed length a snappy block's preamble (a uvarint) declares; None while `prefix`
+    is too short to hold all of it."""
     n = shift = 0
-    for i, b in enumerate(data[:10]):
+    for i, b in enumerate(bytes(prefix[:10])):
         n |= (b & 0x7F) << shift
         if b < 0x80:
             return n
         shift += 7
         if i == 9:
             break
+    if len(prefix) < 10:
+        return None
     raise DecodeError("snappy: bad length header")
+
+
+def check_snappy_length(declared: int, block_bytes: int | None, max_bytes: int) -> None:
+    """Refuse a declared length over `max_bytes` (413) or over what `block_bytes` can hold (400),
+    before anything is allocated for it; `block_bytes` None: not known yet."""
+    if declared > max_bytes:
+        raise RequestTooLargeError(f"snappy body declares {declared} bytes, over the {max_bytes}-byte limit")
+    if block_bytes is not None and declared > SNAPPY_MAX_RATIO * block_bytes:
+        raise DecodeError(f"snappy body declares {declared} bytes, more than its {block_bytes} bytes can hold")
 
 
 def snappy_block(body: bytes, max_bytes: int) -> bytes:
     """Decompress a raw snappy block, refusing a declared length over `max_bytes` first."""
     if not body:
         raise DecodeError("empty body")
-    declared = _uvarint(body)
-    if declared > max_bytes:
-        raise RequestTooLargeError(f"snappy body declares {declared} bytes, over the {max_bytes}-byte limit")
+    declared = snappy_declared_length(body)
+    if declared is None:
+        raise DecodeError("snappy: bad length header")
+    check_snappy_length(declared, len(body), max_bytes)
     try:
         return bytes(cramjam.snappy.decompress_raw(body))
     except Exception as e:  # cramjam's DecompressionError
         raise DecodeError(f"body is not a snappy block: {e}") from e
 
 
-def gunzip(body: bytes, max_bytes: int) -> bytes:
-    """Gzip (or zlib) decompression of at most `max_bytes` output. A gzip body may be several
-    members one after the other (RFC 1952, as Go's gzip reader and `pigz` read and write them):
-    every member is inflated, and bytes after the last one that are not a member are an error."""
+def _inflate(body: bytes, max_bytes: int, keep: bool) -> tuple[bytearray, int]:
+    """Gzip (or zlib) members one after the other, at most `max_bytes` of output (RFC 1952, as Go's
+    gzip reader and `pigz` write them), at most MAX_GZIP_MEMBERS; bytes after the last member that
+    are not one are an error. Input goes in by pieces, so that many members cost linear time (zlib
+    hands back a member's leftover input as a copy); output is kept only if `keep`."""
     out = bytearray()
-    while True:
+    total = 0
+    view = memoryview(body)
+    pos = 0
+    for _ in range(MAX_GZIP_MEMBERS):
         d = zlib.decompressobj(wbits=47)  # gzip or zlib header, detected
-        try:
-            out += d.decompress(body, max_bytes + 1 - len(out))
-        except zlib.error as e:
-            raise DecodeError(f"body is not valid gzip: {e}") from e
-        if len(out) > max_bytes or d.unconsumed_tail:
-            raise RequestTooLargeError(f"gzip body inflates past the {max_bytes}-byte limit")
-        if not d.eof:
-            raise DecodeError("gzip body is truncated")
-        body = d.unused_data
-        if not body:
-            return bytes(out)
+        while not d.eof:
+            data: bytes | memoryview = d.unconsumed_tail
+            if not data:
+                if pos >= len(body):
+                    raise DecodeError("gzip body is truncated")
+                data = view[pos:pos + INFLATE_IN]
+                pos += len(data)
+            try:
+                chunk = d.decompress(data, INFLATE_OUT)
+            except zlib.error as e:
+                raise DecodeError(f"body is not valid gzip: {e}") from e
+            total += len(chunk)
+            if total > max_bytes:
+                raise RequestTooLargeError(f"gzip body inflates past the {max_bytes}-byte limit")
+            if keep:
+                out += chunk
+        pos -= len(d.unused_data)  # the next member starts there
+        if pos >= len(body):
+            return out, total
+    raise DecodeError(f"gzip body of more than {MAX_GZIP_MEMBERS} members")
+
+
+def gunzip(body: bytes, max_bytes: int) -> bytes:
+    """Gzip (or zlib) decompression of at most `max_bytes` output, every member of the body."""
+    return bytes(_inflate(body, max_bytes, keep=True)[0])
+
+
+def gunzip_size(body: bytes, max_bytes: int) -> int:
+    """What `gunzip` would return, counted without keeping it (memory: one piece of output), with
+    the same errors: a gzip bomb is refused without the memory it asks for."""
+    return _inflate(body, max_bytes, keep=False)[1]
 
 
 def decode_remote_write(body: bytes, content_encoding: str | None, content_type: str | None,
