@@ -29,7 +29,7 @@ from node.metrics import NodeMetrics
 from node.peers import ClusterParts, cluster_of, peer_auth, server_credentials
 from node.ratelog import RateLimitedLog
 from node.receivers.grpc import GrpcLimits, GrpcServer
-from node.receivers.http import HttpServer, build_app
+from node.receivers.http import HttpLimits, HttpServer, build_app
 from node.rows.logs import LogsConfig, LogsConverter
 from node.rows.metrics import MetricsConfig, MetricsConverter
 from node.rows.traces import TracesConfig, TracesConverter
@@ -134,7 +134,7 @@ class Node:
         self.transfer = TransferService(self.wal, self.state, self.ledger, peer_auth(config), self.metrics,
                                         budget=self.budget, stall_timeout=config.stall_timeout,
                                         min_request_rate=config.min_request_rate)
-        self.ingest = Ingest(self.wal, converters, self.state, self.metrics)
+        self.ingest = Ingest(self.wal, converters, self.state, self.metrics, self.budget)
         self.grpc: GrpcServer | None = None
         self.http: HttpServer | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -174,8 +174,10 @@ class Node:
                                        TRANSFER_SERVICE)],
                                credentials=server_credentials(self.config), limits=GrpcLimits.of(self.config))
         host, port = split_addr(self.config.http_addr)
-        self.http = HttpServer(build_app(self.ingest, self.state, self.metrics, self.config.max_request_bytes),
-                               host, port, reuse_port=self.config.receivers > 1)
+        limits = HttpLimits.of(self.config)
+        self.http = HttpServer(build_app(self.ingest, self.state, self.metrics, self.config.max_request_bytes,
+                                         limits, self.budget), host, port, reuse_port=self.config.receivers > 1,
+                               limits=limits)
         await self.grpc.start()
         await self.http.start()
         self.state.set_phase(Phase.SERVING)
