@@ -1,27 +1,85 @@
-"""Decoded request in, rows in the WAL out: the one path every receiver (gRPC, HTTP) takes.
+"""Requests in, rows in the WAL out: the one path every receiver (gRPC, HTTP) takes.
 
 A request is answered only after every accepted row is appended to the WAL. Rows that a
 converter refused are reported back (OTLP partial success), never dropped silently.
+
+Where the work runs, so that the event loop stays free to answer probes and take other requests:
+
+* A request larger than `INLINE_BYTES` is parsed, converted and written in the process's one
+  converter thread. Requests go through it one at a time, in the order they came: the
+  converters' caches are not thread-safe, and the WAL receives requests in the order they were
+  converted, as when everything ran on the loop. A smaller request runs on the loop when that
+  thread is idle (it takes a millisecond or two, less than the hop to a thread and back), and
+  queues behind it otherwise.
+* A request given as its serialized protobuf (gRPC) is parsed in pieces of about a megabyte
+  (`node.rows.wire.pieces`), each converted before the next is parsed: no single step holds the
+  GIL for long, and only one piece's messages are alive at a time. A request given as a function
+  that decodes it (the HTTP port: decompression, JSON) is decoded in the converter thread; what
+  it returns is parsed in pieces when it is serialized protobuf, and taken whole when a message
+  (node/receivers/decode.py returns messages: their parse holds the GIL, ~0.5 s for a million
+  series).
+* Memory: the receiver says what the request may hold while it is decoded and converted
+  (`reserve`, bytes taken from the process's `MemoryBudget` for the whole call, waiting then
+  refusing with OverMemoryError); 0 when the receiver has reserved it itself (the HTTP port does,
+  as it reads the body: node/receivers/body.py).
+* The converters' caches forget what was not used for one to two `--max-segment-age`s
+  (node/rows/cache.py), and the freed memory is handed back to the system then.
+* A request with rows for more tables than `--max-segment-count` allows segments can never be
+  written: it is refused at once with RequestTooLargeError (RESOURCE_EXHAUSTED without a retry
+  hint, 413), which senders do not retry, and which says nothing about the node's readiness.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from google.protobuf.message import DecodeError as ProtobufDecodeError
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from node.budget import MemoryBudget
+from node.errors import DecodeError, RequestTooLargeError
+from node.gen.prometheus.remote_pb2 import WriteRequest
 from node.metrics import NodeMetrics
 from node.rows.batch import ConvertResult
+from node.rows.cache import Generations
 from node.rows.logs import LogsConverter
 from node.rows.metrics import MetricsConverter
 from node.rows.traces import TracesConverter
+from node.rows.wire import (
+    OTLP_LOGS_LEVELS,
+    OTLP_METRICS_LEVELS,
+    OTLP_TRACES_LEVELS,
+    REMOTE_WRITE_LEVELS,
+    Level,
+    Unsplittable,
+    pieces,
+)
 from node.state import NodeState
 from node.wal.repository import Block, Repository
 from node.wal.segment import FsyncPolicy
 
+log = logging.getLogger(__name__)
+
+INLINE_BYTES = 64 << 10
+"""Requests of at most this many bytes run on the event loop when the converter thread is idle."""
 MAX_CACHED_COUNTERS = 100_000
+"""Per-table row counters (children of `ingestor_table_rows`) kept at most; cold ones are removed."""
+
+Source = bytes | Callable[[], Any]
+"""A request: its serialized protobuf, or a function that decodes it (raising DecodeError & co),
+to the message or to its serialized protobuf (which is then parsed in pieces, as bytes given here)."""
 
 
 @dataclass(frozen=True)
@@ -30,57 +88,204 @@ class Converters:
     logs: LogsConverter
     traces: TracesConverter
 
+    def turn(self) -> None:
+        """Let every cache forget what was not used since the previous turn."""
+        self.metrics.turn()
+        self.logs.turn()
+        self.traces.turn()
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of request: its signal, message, how it splits, and its converter."""
+
+    signal: str
+    message: Any
+    levels: tuple[Level, ...]
+    convert: Callable[[Converters, Iterable[Any]], ConvertResult]
+
+
+REMOTE_WRITE = Kind("metrics", WriteRequest, REMOTE_WRITE_LEVELS,
+                    lambda c, reqs: c.metrics.convert_remote_write_pieces(reqs))
+OTLP_METRICS = Kind("metrics", ExportMetricsServiceRequest, OTLP_METRICS_LEVELS,
+                    lambda c, reqs: c.metrics.convert_otlp_pieces(reqs))
+OTLP_LOGS = Kind("logs", ExportLogsServiceRequest, OTLP_LOGS_LEVELS, lambda c, reqs: c.logs.convert_pieces(reqs))
+OTLP_TRACES = Kind("traces", ExportTraceServiceRequest, OTLP_TRACES_LEVELS,
+                   lambda c, reqs: c.traces.convert_pieces(reqs))
+
+
+def _parse(kind: Kind, data: bytes) -> Any:
+    try:
+        return kind.message.FromString(data)
+    except ProtobufDecodeError as e:
+        raise DecodeError(f"malformed {kind.message.DESCRIPTOR.full_name}: {e}") from e
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    with contextlib.suppress(OSError, AttributeError):
+        if name:
+            fn: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
+            return fn
+    return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def trim_memory() -> None:
+    """Hand freed memory back to the system: glibc's malloc_trim(0) (node/server.py's tune_malloc
+    has glibc keep up to 256 MiB of it otherwise); nothing elsewhere. It runs without the GIL."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
 
 class Ingest:
     """Converts requests to rows and appends them to the WAL; shared by every receiver."""
 
-    def __init__(self, wal: Repository, converters: Converters, state: NodeState, metrics: NodeMetrics) -> None:
+    def __init__(self, wal: Repository, converters: Converters, state: NodeState, metrics: NodeMetrics,
+                 budget: MemoryBudget | None = None, *, inline_bytes: int = INLINE_BYTES) -> None:
         self._wal = wal
         self._conv = converters
         self._state = state
         self._metrics = metrics
+        self.budget = budget
+        """The process's memory budget, for `reserve` (None: nothing is reserved)."""
+        self._inline_bytes = inline_bytes
         # Under `always` each block is fsynced: keep that off the event loop.
         self._offload = wal.config.fsync is FsyncPolicy.ALWAYS
-        self._counters: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="convert")
+        self._queued = 0
+        """Requests handed to the converter thread and not finished: while any is, none runs inline."""
+        self._turn_every = wal.config.max_segment_age
+        self._turned = time.monotonic()
+        self._counters_lock = threading.Lock()  # _write runs in several threads under `always`
+        self._db_counters: dict[tuple[str, str], Any] = {}
+        self._table_counters: Generations[tuple[str, str], Any] = Generations(MAX_CACHED_COUNTERS)
 
-    async def remote_write(self, req: Any) -> ConvertResult:
-        return await self._ingest("metrics", self._conv.metrics.convert_remote_write, req)
+    async def remote_write(self, request: Source, reserve: int = 0) -> ConvertResult:
+        return await self.take(REMOTE_WRITE, request, reserve)
 
-    async def otlp_metrics(self, req: Any) -> ConvertResult:
-        return await self._ingest("metrics", self._conv.metrics.convert_otlp, req)
+    async def otlp_metrics(self, request: Source, reserve: int = 0) -> ConvertResult:
+        return await self.take(OTLP_METRICS, request, reserve)
 
-    async def otlp_logs(self, req: Any) -> ConvertResult:
-        return await self._ingest("logs", self._conv.logs.convert, req)
+    async def otlp_logs(self, request: Source, reserve: int = 0) -> ConvertResult:
+        return await self.take(OTLP_LOGS, request, reserve)
 
-    async def otlp_traces(self, req: Any) -> ConvertResult:
-        return await self._ingest("traces", self._conv.traces.convert, req)
+    async def otlp_traces(self, request: Source, reserve: int = 0) -> ConvertResult:
+        return await self.take(OTLP_TRACES, request, reserve)
 
-    async def _ingest(self, signal: str, convert: Callable[[Any], ConvertResult], req: Any) -> ConvertResult:
+    async def take(self, kind: Kind, request: Source, reserve: int = 0) -> ConvertResult:
+        """Decode, convert and write one request, holding `reserve` bytes of the budget meanwhile."""
         self._state.check_accepting()
-        result = convert(req)
-        if result.tables:
-            if self._offload:
-                await asyncio.to_thread(self._write, signal, result)
-            else:
-                self._write(signal, result)
+        if reserve and self.budget is not None:
+            async with self.budget.reserve(reserve, f"{kind.signal} export"):
+                result = await self._take(kind, request)
+        else:
+            result = await self._take(kind, request)
         if result.rejected:
             for reason in result.reasons[:1]:
-                self._metrics.rejected.labels(signal, reason.split(":", 1)[0][:80]).inc(result.rejected)
+                self._metrics.rejected.labels(kind.signal, reason.split(":", 1)[0][:80]).inc(result.rejected)
         return result
 
-    def _write(self, signal: str, result: ConvertResult) -> None:
+    async def _take(self, kind: Kind, request: Source) -> ConvertResult:
+        inline = (isinstance(request, bytes) and len(request) <= self._inline_bytes and not self._queued
+                  and time.monotonic() - self._turned < self._turn_every)
+        if not inline:
+            return await self._in_thread(lambda: self._convert_and_write(kind, request))
+        result = self._convert(kind, request)
+        if result.tables:
+            if self._offload:
+                await asyncio.to_thread(self._write, kind.signal, result)
+            else:
+                self._write(kind.signal, result)
+        return result
+
+    async def _in_thread(self, fn: Callable[[], ConvertResult]) -> ConvertResult:
+        """`fn()` in the converter thread. A caller cancelled while it runs waits for it to end (its
+        rows are written; its memory is held until then); one cancelled before it runs, never runs."""
+        loop = asyncio.get_running_loop()
+        self._queued += 1
+
+        def done(_: Future[ConvertResult]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody left to count
+                loop.call_soon_threadsafe(self._finished)
+
+        job = self._thread.submit(fn)
+        job.add_done_callback(done)
+        fut = asyncio.wrap_future(job)
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            if not job.cancel():
+                with contextlib.suppress(BaseException):
+                    await fut
+            raise
+
+    def _finished(self) -> None:
+        self._queued -= 1
+
+    def _convert_and_write(self, kind: Kind, request: Source) -> ConvertResult:
+        if time.monotonic() - self._turned >= self._turn_every:
+            self._turn()
+        result = self._convert(kind, request)
+        if result.tables:
+            self._write(kind.signal, result)
+        return result
+
+    def _convert(self, kind: Kind, request: Source) -> ConvertResult:
+        if not isinstance(request, bytes):
+            request = request()
+            if not isinstance(request, bytes):
+                return kind.convert(self._conv, (request,))
+        try:
+            return kind.convert(self._conv, (_parse(kind, piece) for piece in pieces(request, kind.levels)))
+        except Unsplittable:
+            return kind.convert(self._conv, (_parse(kind, request),))
+
+    def _turn(self) -> None:
+        """The caches forget what went cold; the memory it held goes back to the system."""
         t0 = time.perf_counter()
-        counters = self._counters
+        self._turned = time.monotonic()
+        self._conv.turn()
+        with self._counters_lock:
+            self._turn_counters()
+        trim_memory()
+        log.debug("caches turned in %.3fs", time.perf_counter() - t0)
+
+    def _turn_counters(self) -> None:
+        """Turn the per-table counters; those that go are taken out of the registry too, so that
+        /metrics does not keep every table ever written (lock held)."""
+        dropped = self._table_counters.old
+        self._table_counters.turn()
+        for key in dropped.keys() - self._table_counters.old.keys():
+            with contextlib.suppress(KeyError):
+                self._metrics.table_rows.remove(*key)
+
+    def _write(self, signal: str, result: ConvertResult) -> None:
+        limit = self._wal.config.max_segment_count
+        if limit and len(result.tables) > limit:
+            raise RequestTooLargeError(
+                f"the request has rows for {len(result.tables)} tables, and a node holds at most {limit} segments, "
+                f"one per table at least (--max-segment-count): split it, or raise --max-segment-count")
+        t0 = time.perf_counter()
         batches = result.tables.values()
         self._wal.write_many([Block(b.database, b.table, b.kind, b.data, b.count, b.schema) for b in batches])
-        for batch in batches:
-            key = (signal, batch.database, batch.table)
-            pair = counters.get(key)
-            if pair is None:  # labels() costs a lock and a lookup: keep the children
-                if len(counters) > MAX_CACHED_COUNTERS:
-                    counters.clear()
-                pair = counters[key] = (self._metrics.rows.labels(signal, batch.database),
-                                        self._metrics.table_rows.labels(batch.database, batch.table))
-            pair[0].inc(batch.count)
-            pair[1].inc(batch.count)
+        with self._counters_lock:
+            dbs, tables = self._db_counters, self._table_counters
+            for batch in batches:  # labels() costs a lock and a lookup: keep the children
+                db = dbs.get((signal, batch.database))
+                if db is None:
+                    if len(dbs) >= MAX_CACHED_COUNTERS:
+                        dbs.clear()
+                    db = dbs[(signal, batch.database)] = self._metrics.rows.labels(signal, batch.database)
+                db.inc(batch.count)
+                key = (batch.database, batch.table)
+                table = tables.get(key)
+                if table is None:
+                    if len(tables.young) >= MAX_CACHED_COUNTERS // 2:
+                        self._turn_counters()
+                        tables = self._table_counters
+                    table = tables.put(key, self._metrics.table_rows.labels(*key))
+                table.inc(batch.count)
         self._metrics.wal_write_seconds.observe(time.perf_counter() - t0)

@@ -13,25 +13,26 @@ paced, slow handshakes cut (see its fields).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
-from google.protobuf.message import DecodeError as ProtobufDecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from node.budget import EXPANSION
 from node.config import NodeConfig
-from node.errors import DecodeError, IngestorError, status_of
+from node.errors import IngestorError, status_of
 from node.gen.ingestor.v1 import admin_pb2, admin_pb2_grpc
 from node.ingest import Ingest
 from node.metrics import NodeMetrics
 from node.ratelog import RateLimitedLog
 from node.receivers.otlp import SIGNALS, OtlpSignal
+from node.rows.batch import ConvertResult
 from node.state import NodeState
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,11 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], err: BaseException,
 class OtlpHandlers:
     """Export handlers of the three OTLP services.
 
-    They take the raw request bytes and parse them here, so that a malformed protobuf is
-    INVALID_ARGUMENT with the parser's message (grpc's own deserializer would report INTERNAL).
+    They take the raw request bytes and hand them to Ingest, which parses them (in pieces, off the
+    event loop when large), so that a malformed protobuf is INVALID_ARGUMENT with the parser's
+    message (grpc's own deserializer would report INTERNAL). The bytes are in memory already when
+    a handler runs (grpc has read and inflated them); what parsing and conversion make of them,
+    `EXPANSION` times as much, is reserved from the memory budget while Ingest works.
     """
 
     def __init__(self, ingest: Ingest, metrics: NodeMetrics) -> None:
@@ -82,16 +86,13 @@ class OtlpHandlers:
         self._metrics = metrics
 
     def _handler(self, sig: OtlpSignal) -> grpc.RpcMethodHandler[Any, Any]:
-        metrics, signal, export = self._metrics, sig.signal, sig.export(self._ingest)
+        metrics, signal = self._metrics, sig.signal
+        export: Callable[..., Awaitable[ConvertResult]] = getattr(self._ingest, sig.ingest_method)
 
         async def handle(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
             metrics.request_bytes.labels(signal, "grpc").inc(len(raw))
             try:
-                try:
-                    request = sig.request_cls.FromString(raw)
-                except ProtobufDecodeError as e:
-                    raise DecodeError(f"malformed {sig.request_cls.DESCRIPTOR.full_name}: {e}") from e
-                result = await export(request)
+                result = await export(raw, reserve=len(raw) * EXPANSION)
             except Exception as e:
                 metrics.requests.labels(signal, "grpc", status_of(e).grpc_code.name).inc()
                 await abort(context, e, f"{signal} export")

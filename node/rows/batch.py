@@ -45,16 +45,35 @@ class ConvertResult:
     reasons: list[str] = field(default_factory=list)
 
 
+JOIN_ROWS = 16384
+"""Rows joined into text at once: a request of a million rows is encoded in steps of a few
+milliseconds each, so that a conversion in a worker thread lets the event loop run."""
+
+
+def _encode(rows: list[str], into: bytearray | None) -> bytearray:
+    """`rows` as UTF-8, appended to `into` (a new bytearray when None)."""
+    if into is None and len(rows) <= JOIN_ROWS:
+        return bytearray("".join(rows), "utf-8")
+    out = bytearray() if into is None else into
+    for i in range(0, len(rows), JOIN_ROWS):
+        out += "".join(rows[i:i + JOIN_ROWS]).encode("utf-8")
+    return out
+
+
 class ResultBuilder:
     """Collects rows (one `str` per row, ending in "\\n") per destination, and refusals.
 
-    Converters append to the list that `rows(dest)` returns; `result()` joins them once.
+    Converters append to the list that `rows(dest)` returns; `flush()` (between the pieces of a
+    large request, when no converter holds a row list) turns the rows so far into bytes, and
+    `result()` does so with the rest.
     """
 
     def __init__(self, kind: int, schema: Schema) -> None:
         self._kind = kind
         self._schema = schema
         self._rows: dict[tuple[str, str], list[str]] = {}
+        self._data: dict[tuple[str, str], bytearray] = {}
+        self._counts: dict[tuple[str, str], int] = {}
         self._reasons: dict[str, None] = {}
         self.rejected = 0
 
@@ -71,14 +90,20 @@ class ResultBuilder:
         if len(self._reasons) < MAX_REASONS:
             self._reasons[reason] = None
 
+    def flush(self) -> None:
+        """Encode the rows collected so far; the row lists are emptied in place."""
+        for dest, rows in self._rows.items():
+            if rows:
+                self._data[dest] = _encode(rows, self._data.get(dest))
+                self._counts[dest] = self._counts.get(dest, 0) + len(rows)
+                rows.clear()
+
     def result(self) -> ConvertResult:
+        self.flush()
         tables: dict[tuple[str, str], TableBatch] = {}
         accepted = 0
-        for dest, rows in self._rows.items():
-            if not rows:
-                continue
-            tables[dest] = TableBatch(
-                dest[0], dest[1], self._kind, self._schema, bytearray("".join(rows), "utf-8"), len(rows)
-            )
-            accepted += len(rows)
+        for dest, data in self._data.items():
+            count = self._counts[dest]
+            tables[dest] = TableBatch(dest[0], dest[1], self._kind, self._schema, data, count)
+            accepted += count
         return ConvertResult(tables, accepted, self.rejected, list(self._reasons))

@@ -14,6 +14,7 @@ removed. Routing and refusals: routing.py.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -62,8 +63,22 @@ class LogsConverter:
         self._ts = Timestamps(9)
         self._severity: dict[str, str] = {}
 
+    def turn(self) -> None:
+        """Forget the destinations not used since the previous turn (cache.py)."""
+        self._router.turn()
+
     def convert(self, req: ExportLogsServiceRequest) -> ConvertResult:
+        return self.convert_pieces((req,))
+
+    def convert_pieces(self, reqs: Iterable[ExportLogsServiceRequest]) -> ConvertResult:
+        """Rows of a request given in pieces (wire.pieces), parsed one at a time."""
         out = ResultBuilder(KIND_LOG, LOGS_SCHEMA)
+        for req in reqs:
+            self._convert(req, out)
+            out.flush()
+        return out.result()
+
+    def _convert(self, req: ExportLogsServiceRequest, out: ResultBuilder) -> None:
         tget = self._ts.cache.get
         tformat = self._ts.format
         resolve = self._router.resolve
@@ -97,4 +112,3 @@ class LogsConverter:
                         f"{stamp},{observed_stamp},{hex_id(rec.trace_id)},{hex_id(rec.span_id)},{sev},"
                         f"{rec.severity_number},{body},{resource},{quoted(encode_json(attrs))}\n"
                     )
-        return out.result()

@@ -15,12 +15,14 @@ data points.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
 from node.gen.prometheus.remote_pb2 import WriteRequest
 from node.rows.batch import KIND_METRIC, ConvertResult, ResultBuilder, Schema
+from node.rows.cache import Generations
 from node.rows.csvtext import Timestamps, real
 from node.rows.otlpmetrics import OtlpMetrics
 from node.rows.series import Entry, SeriesEncoder
@@ -44,7 +46,7 @@ class MetricsConfig:
     promote_resource_attributes: tuple[str, ...] = ()
     """OTLP resource attributes copied as labels onto every series of the resource."""
     max_cached_series: int = 200_000
-    """Series entries kept per cache before the cache is cleared."""
+    """Series entries each cache (remote write, OTLP) holds at most; see cache.py for which go."""
 
 
 def _varint(n: int) -> bytes:
@@ -71,12 +73,22 @@ class MetricsConverter:
         self.cfg = cfg = cfg or MetricsConfig()
         self._series = SeriesEncoder(cfg.default_database, cfg.lift_labels, cfg.allowed_databases)
         self.schema: Schema = self._series.schema
-        self._remote: dict[bytes, Entry] = {}
+        self._remote: Generations[bytes, Entry] = Generations(cfg.max_cached_series)
         self._ms = Timestamps(3)
         self._otlp = OtlpMetrics(self._series, cfg.promote_resource_attributes, cfg.max_cached_series)
 
+    def turn(self) -> None:
+        """Let the caches forget what was not used since the previous turn (cache.py)."""
+        self._remote.turn()
+        self._otlp.turn()
+        self._series.turn()
+
     def convert_remote_write(self, req: WriteRequest) -> ConvertResult:
-        """Rows of a decoded `prometheus.WriteRequest`.
+        """Rows of a decoded `prometheus.WriteRequest`."""
+        return self.convert_remote_write_pieces((req,))
+
+    def convert_remote_write_pieces(self, reqs: Iterable[WriteRequest]) -> ConvertResult:
+        """Rows of a `prometheus.WriteRequest` given in pieces (wire.pieces), parsed one at a time.
 
         The cache key of a series is its serialization up to its samples. Labels (field 1) come
         first on the wire and samples (field 2, tag 0x12) right after them, so cutting the sample
@@ -86,9 +98,15 @@ class MetricsConverter:
         the labels are measured field by field instead.
         """
         out = ResultBuilder(KIND_METRIC, self.schema)
+        for req in reqs:
+            self._remote.turn_if_full()
+            self._remote_write(req, out)
+            out.flush()
+        return out.result()
+
+    def _remote_write(self, req: WriteRequest, out: ResultBuilder) -> None:
         cache = self._remote
-        if len(cache) > self.cfg.max_cached_series:
-            cache.clear()
+        get = cache.young.get
         tget = self._ms.cache.get
         tformat = self._ms.format
         last_dest: tuple[str, str] | None = None
@@ -105,9 +123,10 @@ class MetricsConverter:
             if b[cut] != _SAMPLE_TAG:
                 cut = _labels_end(b)
             key = b[:cut]
-            entry = cache.get(key)
+            entry = get(key)
             if entry is None:
-                entry = cache[key] = self._series.encode([(label.name, label.value) for label in ts.labels])
+                entry = cache.get(key) or cache.put(key, self._series.encode([(label.name, label.value)
+                                                                               for label in ts.labels]))
             dest, mid, tail = entry
             if dest is None:
                 out.reject(mid, len(samples))
@@ -124,10 +143,18 @@ class MetricsConverter:
                     continue
                 v = s.value
                 rows.append(f"{stamp}{mid}{repr(v) if v - v == 0.0 else real(v)}{tail}")
-        return out.result()
 
     def convert_otlp(self, req: ExportMetricsServiceRequest) -> ConvertResult:
         """Rows of a decoded `ExportMetricsServiceRequest`."""
+        return self.convert_otlp_pieces((req,))
+
+    def convert_otlp_pieces(self, reqs: Iterable[ExportMetricsServiceRequest]) -> ConvertResult:
+        """Rows of an `ExportMetricsServiceRequest` given in pieces (wire.pieces), parsed one at a
+        time; one TargetInfo row per resource of the request, after its pieces."""
         out = ResultBuilder(KIND_METRIC, self.schema)
-        self._otlp.convert(req, out)
+        latest = self._otlp.start()
+        for req in reqs:
+            self._otlp.convert(req, out, latest)
+            out.flush()
+        self._otlp.finish(latest, out)
         return out.result()

@@ -10,7 +10,8 @@
   `adxmon.database`) if present, become labels of every series unless a data point sets them.
   Every other resource attribute is kept the way Prometheus keeps it: one `target_info` series per
   resource (table `TargetInfo`, value 1, at the latest timestamp of the resource's points in the
-  request) whose labels are `job`, `instance` and all the other resource attributes. Join on
+  request; one row per distinct resource of a request, however often the request repeats it) whose
+  labels are `job`, `instance` and all the other resource attributes. Join on
   `Labels.job`/`Labels.instance` to get them. Scope names and versions are not kept.
 * gauge, sum -> one row per data point (delta sums are written as they come).
   histogram -> `<name>_count`, `<name>_sum` (when set), `<name>_bucket` with cumulative counts per
@@ -31,6 +32,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from node.rows.anyvalue import to_label
 from node.rows.batch import ResultBuilder
+from node.rows.cache import Generations
 from node.rows.csvtext import Timestamps, label_float, real
 from node.rows.exphist import cumulative_buckets
 from node.rows.names import prometheus_label_name, prometheus_metric_name
@@ -43,12 +45,14 @@ _EXEMPLARS_TAG = 0x2A  # NumberDataPoint field 5 (length-delimited)
 _RESOURCE_SERVICE_KEYS = ("service.name", "service.namespace", "service.instance.id")
 
 Labels = Iterable[tuple[str, str]]
+_NONE: dict[Any, Entry] = {}
+"""The old series of a metric that has none (never written to)."""
 _Series = tuple[str, tuple[str, str] | None, str]  # (metric name, extra label, value text)
 
 
 class _Resource:
     """What one OTLP resource contributes. Hashed by identity: the converter keeps one per
-    distinct serialized resource, so it can key the series cache."""
+    distinct serialized resource (while it is cached), so it can key the series cache."""
 
     __slots__ = ("defaults", "info", "info_entry", "overrides")
 
@@ -59,35 +63,54 @@ class _Resource:
         self.info_entry: Entry | None = None
 
 
+Latest = dict[bytes, tuple[_Resource, int]]
+"""Per serialized resource of one request: its TargetInfo and the latest timestamp of its points."""
+
+
 class OtlpMetrics:
-    """Holds the caches of OTLP metric conversion: resources, label names, series entries."""
+    """Holds the caches of OTLP metric conversion: resources, names, label names, series entries.
+
+    Each is two generations (cache.py). The series entries are kept per (resource, metric name),
+    each a dict of the metric's series, in a young and an old generation of such dicts: a series
+    is found with one lookup in the young dict of its metric, and one not used for two turns goes.
+    """
 
     def __init__(self, series: SeriesEncoder, promote: tuple[str, ...], max_series: int) -> None:
         self._series = series
         self._promote = promote
-        self._max_series = max_series
+        self._half = max(1, max_series // 2)
         self._ts = Timestamps(9)
-        self._resources: dict[bytes, _Resource] = {}
-        self._entries: dict[tuple[_Resource, str], dict[Any, Entry]] = {}
-        self._names: dict[str, str] = {}
-        self._label_names: dict[str, str] = {}
+        self._resources: Generations[bytes, _Resource] = Generations(max_series)
+        self._young: dict[tuple[_Resource, str], dict[Any, Entry]] = {}
+        self._old: dict[tuple[_Resource, str], dict[Any, Entry]] = {}
         self._size = 0
+        """Series entries in the young generation."""
+        self._names: Generations[str, str] = Generations(max_series)
+        self._label_names: Generations[str, str] = Generations(max_series)
 
-    def convert(self, req: ExportMetricsServiceRequest, out: ResultBuilder) -> None:
-        if max(self._size, len(self._entries), len(self._resources), len(self._names)) > self._max_series:
-            self._resources.clear()
-            self._entries.clear()
-            self._names.clear()
-            self._label_names.clear()
-            self._size = 0
+    def turn(self) -> None:
+        """Forget what was not used since the previous turn."""
+        self._resources.turn()
+        self._old, self._young, self._size = self._young, {}, 0
+        self._names.turn()
+        self._label_names.turn()
+
+    def start(self) -> Latest:
+        """A request begins: what `convert` notes for `finish`."""
+        return {}
+
+    def convert(self, req: ExportMetricsServiceRequest, out: ResultBuilder, latest: Latest) -> None:
+        """Rows of `req` (one request, or one piece of one) into `out`; TargetInfo into `latest`."""
+        if max(self._size, len(self._young), len(self._resources.young), len(self._names.young)) >= self._half:
+            self.turn()
         for rm in req.resource_metrics:
-            res = self._resource(rm.resource)
-            latest = -1
+            key, res = self._resource(rm.resource)
+            t_max = -1
             for sm in rm.scope_metrics:
                 for m in sm.metrics:
                     name = self._names.get(m.name)
                     if name is None:
-                        name = self._names[m.name] = prometheus_metric_name(m.name)
+                        name = self._names.put(m.name, prometheus_metric_name(m.name))
                     kind = m.WhichOneof("data")
                     if kind == "gauge":
                         t = self._numbers(m.gauge.data_points, name, res, out)
@@ -101,18 +124,25 @@ class OtlpMetrics:
                         t = self._points(m.summary.data_points, name, res, out, self._summary)
                     else:
                         continue
-                    latest = max(latest, t)
-            if res.info is not None and latest >= 0:
-                self._target_info(res, latest, out)
+                    t_max = max(t_max, t)
+            if res.info is not None and t_max >= 0:
+                seen = latest.get(key)
+                if seen is None or t_max > seen[1]:
+                    latest[key] = (res, t_max)
+
+    def finish(self, latest: Latest, out: ResultBuilder) -> None:
+        """The TargetInfo rows of the request."""
+        for res, t in latest.values():
+            self._target_info(res, t, out)
 
     # -- resources and labels -------------------------------------------------------------
 
-    def _resource(self, resource: Resource) -> _Resource:
+    def _resource(self, resource: Resource) -> tuple[bytes, _Resource]:
         key = resource.SerializeToString()
         res = self._resources.get(key)
         if res is None:
-            res = self._resources[key] = self._new_resource(resource.attributes)
-        return res
+            res = self._resources.put(key, self._new_resource(resource.attributes))
+        return key, res
 
     def _new_resource(self, attributes: Iterable[KeyValue]) -> _Resource:
         attrs = {kv.key: to_label(kv.value) for kv in attributes if kv.key}
@@ -141,7 +171,7 @@ class OtlpMetrics:
     def _label_name(self, key: str) -> str:
         name = self._label_names.get(key)
         if name is None:
-            name = self._label_names[key] = prometheus_label_name(key)
+            name = self._label_names.put(key, prometheus_label_name(key))
         return name
 
     def _join_collisions(self, pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -174,11 +204,13 @@ class OtlpMetrics:
             stamp = self._ts.cache.get(latest) or self._ts.format(latest)
             out.rows(dest).append(f"{stamp}{mid}1{tail}")
 
-    def _inner(self, res: _Resource, name: str) -> dict[Any, Entry]:
-        inner = self._entries.get((res, name))
+    def _inner(self, res: _Resource, name: str) -> tuple[dict[Any, Entry], dict[Any, Entry]]:
+        """The young and the old series dicts of a metric of a resource."""
+        key = (res, name)
+        inner = self._young.get(key)
         if inner is None:
-            inner = self._entries[(res, name)] = {}
-        return inner
+            inner = self._young[key] = {}
+        return inner, self._old.get(key) or _NONE
 
     # -- gauge and sum: the hot path --------------------------------------------------------
 
@@ -189,7 +221,7 @@ class OtlpMetrics:
         fields 2-6 (times, value, exemplars) come first on the wire, so the key is attributes +
         flags (+ unknown fields), without reading a single attribute when the series is known.
         """
-        inner = self._inner(res, name)
+        inner, old = self._inner(res, name)
         tget = self._ts.cache.get
         tformat = self._ts.format
         latest = -1
@@ -210,10 +242,12 @@ class OtlpMetrics:
             key = b[i:]
             entry = inner.get(key)
             if entry is None:
-                if dp.flags & _NO_RECORDED_VALUE:
-                    entry = SKIP
-                else:
-                    entry = self._series.encode(self._labels(dp.attributes, res, name, None))
+                entry = old.get(key)
+                if entry is None:
+                    if dp.flags & _NO_RECORDED_VALUE:
+                        entry = SKIP
+                    else:
+                        entry = self._series.encode(self._labels(dp.attributes, res, name, None))
                 inner[key] = entry
                 self._size += 1
             dest, mid, tail = entry
@@ -269,11 +303,12 @@ class OtlpMetrics:
         akey = tuple([kv.SerializeToString() for kv in attrs])
         entries: list[Entry] = []
         for name, extra, _ in rows:
-            inner = self._inner(res, name)
+            inner, old = self._inner(res, name)
             key = (akey, extra)
             entry = inner.get(key)
             if entry is None:
-                entry = inner[key] = self._series.encode(self._labels(attrs, res, name, extra))
+                entry = old.get(key) or self._series.encode(self._labels(attrs, res, name, extra))
+                inner[key] = entry
                 self._size += 1
             entries.append(entry)
         dest, reason, _ = entries[0]

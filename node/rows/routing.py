@@ -14,11 +14,15 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from node.errors import InvalidNameError
 from node.rows.anyvalue import JsonValue, to_json
+from node.rows.cache import Generations
 from node.rows.names import MAX_DATABASE_LEN, MAX_TABLE_LEN, is_valid_name, show, validate_name
 
 DATABASE_KEY = "kusto.database"
 TABLE_KEY = "kusto.table"
 ROUTING_PREFIX = "kusto."
+
+MAX_CACHED_DESTINATIONS = 131072
+"""(database, table) pairs the router keeps one tuple of, at most."""
 
 Choice = str | InvalidNameError | None
 """A routing value: a valid name, the error of an invalid one, or None when absent."""
@@ -68,7 +72,11 @@ class Router:
         self._default_database = default_database
         self._default_table = default_table
         self._allowed = allowed_databases
-        self._dests: dict[tuple[str, str], tuple[str, str]] = {}
+        self._dests: Generations[tuple[str, str], tuple[str, str]] = Generations(MAX_CACHED_DESTINATIONS)
+
+    def turn(self) -> None:
+        """Forget the destinations not used since the previous turn (cache.py)."""
+        self._dests.turn()
 
     def resolve(
         self, database: Choice, table: Choice, resource_database: Choice, resource_table: Choice
@@ -91,7 +99,6 @@ class Router:
             return f"database has no configured sink: {show(db)}"
         dest = self._dests.get((db, tb))
         if dest is None:
-            if len(self._dests) > 65536:
-                self._dests.clear()
-            dest = self._dests[(db, tb)] = (db, tb)
+            self._dests.turn_if_full()
+            dest = self._dests.put((db, tb), (db, tb))
         return dest

@@ -22,6 +22,7 @@ import xxhash
 
 from node.rows.anyvalue import encode_json
 from node.rows.batch import Schema
+from node.rows.cache import Generations
 from node.rows.csvtext import field, quoted
 from node.rows.names import MAX_DATABASE_LEN, MAX_TABLE_LEN, is_valid_name, normalize_name, show
 
@@ -33,6 +34,9 @@ SKIP: Entry = (None, "", "")
 NAME_LABEL = "__name__"
 DATABASE_LABEL = "adxmon_database"
 RESERVED_PREFIX = "adxmon_"
+
+MAX_CACHED_NAMES = 131072
+"""Metric names and destinations each cache holds at most."""
 
 BASE_SCHEMA: Schema = (("Timestamp", "datetime"), ("SeriesId", "long"), ("Labels", "dynamic"), ("Value", "real"))
 
@@ -70,16 +74,20 @@ class SeriesEncoder:
         for name, column in zip(lifted, columns[len(BASE_SCHEMA) :], strict=True):
             if not column or columns.count(column) > 1:
                 raise ValueError(f"lift label {name!r} makes column {column!r}, which is empty or not unique")
-        self._tables: dict[str, str] = {}
-        self._dests: dict[tuple[str, str], tuple[str, str]] = {}
+        self._tables: Generations[str, str] = Generations(MAX_CACHED_NAMES)
+        self._dests: Generations[tuple[str, str], tuple[str, str]] = Generations(MAX_CACHED_NAMES)
+
+    def turn(self) -> None:
+        """Forget the names not used since the previous turn (cache.py)."""
+        self._tables.turn()
+        self._dests.turn()
 
     def table_of(self, metric: str) -> str:
         """Table name of a metric name (cached; "" if it has no [A-Za-z0-9] character)."""
         table = self._tables.get(metric)
         if table is None:
-            if len(self._tables) >= 65536:
-                self._tables.clear()
-            table = self._tables[metric] = normalize_name(metric, MAX_TABLE_LEN)
+            self._tables.turn_if_full()
+            table = self._tables.put(metric, normalize_name(metric, MAX_TABLE_LEN))
         return table
 
     def encode(self, labels: Iterable[tuple[str, str]]) -> Entry:
@@ -121,7 +129,8 @@ class SeriesEncoder:
         sid = series_id(pairs)
         mid = f",{sid},{quoted(encode_json(shown))},"
         tail = "".join(["," + field(v) for v in lifted]) + "\n"
-        dest = self._dests.setdefault((database, table), (database, table))
-        if len(self._dests) > 65536:
-            self._dests.clear()
+        dest = self._dests.get((database, table))
+        if dest is None:
+            self._dests.turn_if_full()
+            dest = self._dests.put((database, table), (database, table))
         return dest, mid, tail

@@ -18,6 +18,7 @@ which are left out of ResourceAttributes.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -79,8 +80,22 @@ class TracesConverter:
     def _stamp(self, t: int) -> str:
         return self._ts.cache.get(t) or self._ts.format(t)
 
+    def turn(self) -> None:
+        """Forget the destinations not used since the previous turn (cache.py)."""
+        self._router.turn()
+
     def convert(self, req: ExportTraceServiceRequest) -> ConvertResult:
+        return self.convert_pieces((req,))
+
+    def convert_pieces(self, reqs: Iterable[ExportTraceServiceRequest]) -> ConvertResult:
+        """Rows of a request given in pieces (wire.pieces), parsed one at a time."""
         out = ResultBuilder(KIND_TRACE, TRACES_SCHEMA)
+        for req in reqs:
+            self._convert(req, out)
+            out.flush()
+        return out.result()
+
+    def _convert(self, req: ExportTraceServiceRequest, out: ResultBuilder) -> None:
         for rs in req.resource_spans:
             rattrs, rdb, rtable = split_attributes(rs.resource.attributes, "resource")
             dest = self._router.resolve(None, None, rdb, rtable)
@@ -100,7 +115,6 @@ class TracesConverter:
                         rows.append(self._row(span, scope, resource))
                     except ValueError as err:
                         out.reject(str(err))
-        return out.result()
 
     def _row(self, span: Span, scope: dict[str, JsonValue], resource: str) -> str:
         attrs = attributes_json(span.attributes)
