@@ -42,12 +42,14 @@ def decoded_length(payload: bytes | bytearray | memoryview) -> int:
         raise CodecError(str(e)) from e
 
 
-def decompress(payload: bytes | bytearray | memoryview, max_len: int = MAX_DECODED_LEN) -> bytes:
+def decompress(payload: bytes | bytearray | memoryview, max_len: int | None = None) -> bytes:
     """Decode a Snappy or S2 block: the fast C Snappy decoder first, ours for S2 extensions.
 
     CodecError for a block that does not decode, or that declares more than `max_len` bytes
-    (checked first: the C decoder allocates whatever a block declares, up to 4 GiB).
+    (default MAX_DECODED_LEN; checked first: the C decoder allocates whatever a block declares,
+    up to 4 GiB).
     """
+    max_len = MAX_DECODED_LEN if max_len is None else max_len
     declared = decoded_length(payload)
     if declared > max_len:
         raise CodecError(f"block declares {declared} decoded bytes, over the block limit of {max_len}")

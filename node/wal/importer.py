@@ -88,7 +88,9 @@ class SegmentImport:
         hs = fmt.BLOCK_HEADER.size
         size, pos, pending = len(view), 0, len(self._pending)
         if not self._magic_seen:
-            pos, pending = min(size, len(fmt.MAGIC) - pending), 0
+            if pending + size < len(fmt.MAGIC):
+                return pending + size
+            pos, pending = len(fmt.MAGIC) - pending, 0
 
         def gathered(a: int, b: int) -> bytes:  # bytes a..b of the block being gathered
             head = bytes(self._pending[a:b]) if a < pending else b""

@@ -38,12 +38,17 @@ from cluster.health import PeerHealth
 from cluster.membership import Peer, StaticMembership
 from cluster.transfer import READY_HEADER, Outcome, TransferClient, TransferResult
 from cluster.view import ClusterView
+from node.errors import RequestTooLargeError
 from node.gen.ingestor.v1 import transfer_pb2, transfer_pb2_grpc
 from node.metrics import NodeMetrics
+from node.transfer.service import message_memory
 from node.upload.batcher import PlannedTransfer
 from node.upload.router import Router, TransferConfig
+from node.wal import codec
 from node.wal import format as fmt
+from node.wal.importer import DECODE_FACTOR
 from node.wal.repository import Repository, WalConfig
+from node.wal.segment import iter_rows
 from node.wal.table import SegmentInfo
 from tests.cluster.test_transfer import metadata, segments
 from tests.harness import ROOT, NodeProcess, scrape
@@ -309,6 +314,42 @@ async def test_a_block_that_declares_more_than_the_block_limit_is_refused_from_i
         assert len(published(node)) == 1
 
 
+def test_the_writer_never_writes_a_block_over_the_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a reader refuses, no writer here writes: at start-up it would be cut off as corrupt."""
+    monkeypatch.setattr(codec, "MAX_DECODED_LEN", 1000)
+    wal = Repository(WalConfig(tmp_path / "wal"))
+    wal.start()
+    wal.write("Metrics", "Cpu", fmt.KIND_METRIC, b"x" * 900, 1)
+    with pytest.raises(RequestTooLargeError, match="block limit"):
+        wal.write("Metrics", "Cpu", fmt.KIND_METRIC, b"x" * 1000, 1)
+    assert [len(v) for s in wal.rotate_all() for v in iter_rows(s.path)] == [900]
+    with pytest.raises(codec.CodecError, match="block limit"):
+        codec.decompress(uvarint(1001) + b"\x00x")
+
+
+def test_memory_for_covers_what_feeding_each_chunk_holds(tmp_path: Path) -> None:
+    wal = Repository(WalConfig(tmp_path / "wal"))
+    wal.start()
+    values = [os.urandom(n).hex().encode() for n in (10, 5000, 50_000, 30, 20_000)]
+    data = segment_bytes(*(fmt.encode_block(fmt.KIND_METRIC, 1, v)[1] for v in values))
+    decoded = [fmt.SAMPLE_HEADER.size + len(v) for v in values]
+    for size in (3, 100, 4096, 65536, len(data)):
+        imp = wal.begin_import("Metrics_Cpu", len(data))
+        try:
+            for i in range(0, len(data), size):
+                chunk = data[i:i + size]
+                done = imp.blocks
+                need = imp.memory_for(chunk)
+                imp.feed(chunk)
+                assert need >= max([DECODE_FACTOR * n for n in decoded[done:imp.blocks]], default=0)
+                assert need >= len(imp._pending)  # the block being gathered
+                assert need <= DECODE_FACTOR * max(decoded) + len(data)
+            imp.verify(zlib.crc32(data))
+            assert imp.blocks == len(values)
+        finally:
+            imp.abort()
+
+
 async def test_a_chunk_over_the_chunk_size_is_invalid(tmp_path: Path) -> None:
     data = segment_bytes(fmt.encode_block(fmt.KIND_METRIC, 1, b"x\n")[1]) + bytes(5 * MiB)
     with node_process(tmp_path) as node:
@@ -326,16 +367,19 @@ async def test_a_chunk_over_the_chunk_size_is_invalid(tmp_path: Path) -> None:
 
 async def test_transfers_past_the_memory_budget_are_resource_exhausted_and_the_sender_keeps_its_copy(
         tmp_path: Path, sender: Repository) -> None:
-    """--max-memory 20MiB holds two transfers (a message of 4 MiB, twice, each): the third waits
-    for the budget, then hears RESOURCE_EXHAUSTED with a retry hint; the sender's router keeps its
-    segments and routes around the peer."""
+    """Two transfers of large segments hold a message of 4 MiB each (twice: as received and as
+    bytes) and --max-memory leaves 64 KiB beside them: a third, and a small one from a peer's
+    router, wait for the budget, then hear RESOURCE_EXHAUSTED with a retry hint; the router keeps
+    its segments and routes around the peer."""
     segs = segments(sender, count=2)
     data = b"".join(s.path.read_bytes() for s in segs)  # any bytes: the holders never send them
-    with node_process(tmp_path, "--max-memory", "20MiB") as node:
+    budget = 2 * message_memory(100 * MiB) + (64 << 10)
+    with node_process(tmp_path, "--max-memory", str(budget)) as node:
         async with call(node) as h1, call(node) as h2:
-            assert await go_ahead(h1, metadata("Metrics_Cpu_0000000000000001.wal", data))
-            assert await go_ahead(h2, metadata("Metrics_Cpu_0000000000000002.wal", data))
-            assert metric(node, "ingestor_memory_in_flight_bytes") > 16 * MiB
+            big = 100 * MiB  # what they declare: each will send chunks of 4 MiB
+            assert await go_ahead(h1, metadata("Metrics_Cpu_0000000000000001.wal", data, size=big))
+            assert await go_ahead(h2, metadata("Metrics_Cpu_0000000000000002.wal", data, size=big))
+            assert metric(node, "ingestor_memory_in_flight_bytes") == 2 * message_memory(big)
 
             metrics = NodeMetrics(CollectorRegistry())
             view = ClusterView("sender", "127.0.0.1:1",
@@ -345,7 +389,7 @@ async def test_transfers_past_the_memory_budget_are_resource_exhausted_and_the_s
 
             async def third() -> tuple[grpc.StatusCode, str, dict[str, Any]]:
                 async with call(node) as c:
-                    assert not await go_ahead(c, metadata("Metrics_Cpu_0000000000000003.wal", data))
+                    assert not await go_ahead(c, metadata("Metrics_Cpu_0000000000000003.wal", data, size=big))
                     return await outcome(c)
 
             try:
