@@ -37,7 +37,7 @@ import functools
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -70,21 +70,19 @@ Python server has one receive limit for every method of the port (--max-request-
 OTLP needs), so the limit of this method is checked here, once the message is in."""
 MAX_METADATA_BYTES = 64 << 10
 MESSAGE_OVERHEAD = 64 << 10
-
-
 MESSAGE_FACTOR = 4
 """Copies of a chunk a call holds at once: the next message, received by grpc while this one is
 handled, and this one as received, parsed, and as bytes. Measured: six concurrent transfers of
 20 MiB segments (4 MiB chunks, 64 KiB blocks) raised the node's peak RSS by 148 MiB, ~25 MiB each,
-allocator slack included; two at a time (a budget of 20 MiB) by 59 MiB."""
+allocator slack included; under a budget of 40 MiB (two at a time) by 74 MiB."""
+BUDGET_WHAT = "transfer"
+"""How transfers are named to the memory budget (and in `memory_refused{what}`)."""
 
 
 def message_memory(size: int) -> int:
     """Memory the messages of a call for a segment of `size` bytes hold while they are handled (a
     chunk is at most MAX_CHUNK, and at most the segment)."""
     return MESSAGE_FACTOR * (min(MAX_CHUNK, size) + MESSAGE_OVERHEAD)
-BUDGET_WHAT = "transfer"
-"""How transfers are named to the memory budget (and in `memory_refused{what}`)."""
 
 
 def _log_orphan(what: str, commit: asyncio.Future[SegmentInfo]) -> None:
@@ -102,7 +100,7 @@ class Pace:
     `min_rate` <= 0: no rate.
     """
 
-    def __init__(self, stall: float, min_rate: float, clock: Any = time.monotonic) -> None:
+    def __init__(self, stall: float, min_rate: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.stall = stall
         self.min_rate = min_rate
         self.waited = 0.0
