@@ -141,7 +141,7 @@ MIN_CLIENT_PING_SECONDS = 10.0
 connection with GOAWAY ENHANCE_YOUR_CALM. Pings are not calls: they keep no connection from being idle."""
 
 
-def ms(seconds: float) -> int:
+def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
@@ -166,13 +166,13 @@ class GrpcLimits:
 
     def options(self) -> list[tuple[str, int]]:
         options = [
-            ("grpc.max_connection_idle_ms", ms(self.idle_timeout)),
-            ("grpc.server_handshake_timeout_ms", ms(self.handshake_timeout)),
+            ("grpc.max_connection_idle_ms", _ms(self.idle_timeout)),
+            ("grpc.server_handshake_timeout_ms", _ms(self.handshake_timeout)),
             ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
-            ("grpc.keepalive_time_ms", ms(KEEPALIVE_SECONDS)),
-            ("grpc.keepalive_timeout_ms", ms(KEEPALIVE_TIMEOUT_SECONDS)),
+            ("grpc.keepalive_time_ms", _ms(KEEPALIVE_SECONDS)),
+            ("grpc.keepalive_timeout_ms", _ms(KEEPALIVE_TIMEOUT_SECONDS)),
             ("grpc.keepalive_permit_without_calls", 1),  # a client's keepalive on an idle connection is no abuse
-            ("grpc.http2.min_ping_interval_without_data_ms", ms(MIN_CLIENT_PING_SECONDS)),
+            ("grpc.http2.min_ping_interval_without_data_ms", _ms(MIN_CLIENT_PING_SECONDS)),
             ("grpc.http2.max_ping_strikes", 2),
         ]
         if self.max_connections > 0:
