@@ -171,8 +171,9 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
       help="cut a request body or transfer slower than this many bytes per second on average once it has "
            "lasted --stall-timeout (default 4KiB)")
     a("--max-connections", type=int, default=d.max_connections,
-      help="open connections each port (HTTP, gRPC) takes at once, per receiver process; more wait in the "
-           "kernel's queue (default %(default)s; 0: no limit)")
+      help="open connections each port (HTTP, gRPC) takes at once, per receiver process; past it HTTP drops "
+           "its longest-idle connection for the new one (or leaves new ones in the kernel's queue while every one "
+           "is busy) and gRPC closes the new one (default %(default)s; 0: no limit)")
     a("--receivers", type=int, default=d.receivers,
       help="receiver processes sharing the ports with SO_REUSEPORT (default %(default)s; 0: one per CPU)")
     a("--shutdown-grace", type=_flag("duration"), default=d.shutdown_grace,
