@@ -33,6 +33,7 @@ from node.sinks.base import Batch, Sink, batch_id, batch_limit
 from node.upload.batcher import DEFAULT_RATIO, BatchPolicy, PlannedBatch, PlannedTransfer, plan
 from node.upload.intents import SINK, Intent, Intents
 from node.upload.router import Router
+from node.wal import codec
 from node.wal import format as fmt
 from node.wal.repository import Repository
 from node.wal.segment import mapped
@@ -57,17 +58,18 @@ class UploadConfig:
 
 
 def sample_ratio(segment: SegmentInfo, max_blocks: int = 4) -> float:
-    """Uncompressed bytes of rows per segment byte, measured on the segment's first blocks."""
+    """Uncompressed bytes of rows per segment byte, from the decoded lengths the segment's first
+    blocks declare (read from their first bytes: nothing is decompressed)."""
     raw_bytes = framed = 0
     try:
         with mapped(segment.path) as data:
             for i, block in enumerate(fmt.iter_raw_blocks(data)):
                 if i >= max_blocks:
                     break
-                raw_bytes += len(fmt.decode_payload(block).value)
+                raw_bytes += max(0, codec.decoded_length(block.payload) - fmt.SAMPLE_HEADER.size)
                 framed += block.end - block.offset
                 del block
-    except (fmt.FormatError, OSError):
+    except (fmt.FormatError, codec.CodecError, OSError):
         pass
     return raw_bytes / framed if framed else DEFAULT_RATIO
 

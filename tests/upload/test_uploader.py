@@ -203,3 +203,25 @@ async def test_a_round_never_plans_segments_a_delivery_removed_while_it_waited(
         await up.stop()
     assert sorted(seen) == sorted(set(seen)) and len(seen) == 2, seen  # every segment handed to the sink once
     assert sink.calls == 2
+
+
+def test_the_size_ratio_is_read_from_block_headers_without_decompressing(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from node.upload import uploader as uploader_mod
+    from node.wal import codec
+
+    repo = Repository(WalConfig(tmp_path / "wal"))
+    repo.start()
+    values = [b"".join(b"series_%d,%d,label=value\n" % (i, j) for j in range(200)) for i in range(6)]
+    for v in values:
+        repo.write("Db", "T", fmt.KIND_METRIC, v, 200)
+    [segment] = repo.rotate_all()
+    measured = sum(len(v) for v in values[:4]) / sum(b.end - b.offset for b in list(
+        fmt.iter_raw_blocks(segment.path.read_bytes()))[:4])
+
+    def no_decompress(*_: object, **__: object) -> bytes:
+        raise AssertionError("decompressed")
+
+    monkeypatch.setattr(codec, "decompress", no_decompress)
+    assert uploader_mod.sample_ratio(segment) == pytest.approx(measured, rel=1e-6)
+    assert measured > 2  # rows compress: the ratio is not the default's guess
