@@ -74,6 +74,9 @@ log = logging.getLogger(__name__)
 
 INLINE_BYTES = 64 << 10
 """Requests of at most this many bytes run on the event loop when the converter thread is idle."""
+TRIM_AFTER_BYTES = 16 << 20
+"""After a request with this many bytes of rows, the memory it freed goes back to the system at
+once (a few milliseconds, against seconds for the request)."""
 MAX_CACHED_COUNTERS = 100_000
 """Per-table row counters (children of `ingestor_table_rows`) kept at most; cold ones are removed."""
 
@@ -194,12 +197,9 @@ class Ingest:
         if not inline:
             return await self._in_thread(lambda: self._convert_and_write(kind, request))
         result = self._convert(kind, request)
-        if result.tables:
-            if self._offload:
-                await asyncio.to_thread(self._write, kind.signal, result)
-            else:
-                self._write(kind.signal, result)
-        return result
+        if self._offload and result.tables:
+            return await asyncio.to_thread(self._written, kind, result)
+        return self._written(kind, result)
 
     async def _in_thread(self, fn: Callable[[], ConvertResult]) -> ConvertResult:
         """`fn()` in the converter thread. A caller cancelled while it runs waits for it to end (its
@@ -229,9 +229,13 @@ class Ingest:
         if time.monotonic() - self._turned >= self._turn_every:
             self._turn()
         result = self._convert(kind, request)
-        if result.tables:
-            self._write(kind.signal, result)
-        return result
+        large = sum(len(batch.data) for batch in result.tables.values()) >= TRIM_AFTER_BYTES
+        try:
+            return self._written(kind, result)
+        finally:
+            if large:
+                del result
+                trim_memory()
 
     def _convert(self, kind: Kind, request: Source) -> ConvertResult:
         if not isinstance(request, bytes):
@@ -242,6 +246,13 @@ class Ingest:
             return kind.convert(self._conv, (_parse(kind, piece) for piece in pieces(request, kind.levels)))
         except Unsplittable:
             return kind.convert(self._conv, (_parse(kind, request),))
+
+    def _written(self, kind: Kind, result: ConvertResult) -> ConvertResult:
+        """`result` appended to the WAL; what is left of it for the answer: its counts and reasons
+        (the rows, which may be hundreds of megabytes, are not kept while the answer is sent)."""
+        if result.tables:
+            self._write(kind.signal, result)
+        return ConvertResult({}, result.accepted, result.rejected, result.reasons)
 
     def _turn(self) -> None:
         """The caches forget what went cold; the memory it held goes back to the system."""
