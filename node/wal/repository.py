@@ -393,9 +393,11 @@ class Repository:
                 raise OverLimitsError(f"disk usage {self._usage + other_bytes} + {nbytes} bytes over "
                                       f"max-disk-usage {limit}")
             if new_segments and seg_limit and self._segments + other_segments + new_segments > seg_limit:
-                self._refused_at = time.monotonic()
+                # Not a hold on readiness: a node at its limit says so by itself (over_limits), and
+                # one under it takes requests that need fewer new segments than this one.
                 raise OverLimitsError(f"{self._segments + other_segments} segments + {new_segments} new over "
-                                      f"max-segment-count {seg_limit}")
+                                      f"max-segment-count {seg_limit} (one segment per table: raise "
+                                      f"--max-segment-count for more tables)")
             for database, n in need.items():
                 self._usage += n
                 self._usage_by_db[database] += n
