@@ -24,9 +24,16 @@ import cramjam
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 
+from node import ingest
+from node.rows import wire
+from node.rows.metrics import MetricsConverter
 from node.wal.segment import iter_rows
 from tests.harness import ROOT, NodeProcess
+from tests.node.conftest import GrpcNode
+from tests.node.test_grpc import gauge_request, rows
 
 T_NS = 1_795_492_800_123_456_789
 MiB = 1 << 20
@@ -256,3 +263,50 @@ def series_by_prefix(node: NodeProcess, table: str) -> dict[str, int]:
         prefix = row.split(b'""series"":""', 1)[1][:1].decode()
         counts[prefix] = counts.get(prefix, 0) + 1
     return counts
+
+
+# -- the pieces' edge cases, in process ---------------------------------------------------------------
+
+
+@pytest.fixture
+def small_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ingest, "pieces", lambda data, levels: wire.pieces(data, levels, 300))
+
+
+async def export(node: GrpcNode, raw: bytes) -> None:
+    async with grpc.aio.insecure_channel(node.addr) as ch:
+        await ch.unary_unary(EXPORT)(raw)
+
+
+async def test_a_request_in_pieces_is_written_as_the_whole_would_be(grpc_node: GrpcNode, small_pieces: None) -> None:
+    req = gauge_request("split_me", points=200, attrs=3)
+    await export(grpc_node, req.SerializeToString())
+    expected = MetricsConverter().convert_otlp(req).tables[("Metrics", "SplitMe")].data
+    assert rows(grpc_node, "SplitMe") == sorted(bytes(expected).splitlines())
+
+
+async def test_a_request_whose_nested_fields_do_not_split_is_converted_whole(grpc_node: GrpcNode,
+                                                                            small_pieces: None) -> None:
+    """A metric with a gauge and then a sum on the wire is its sum once parsed: its gauge's points,
+    which a converter of pieces would have seen, make no rows."""
+    both = gauge_request("both", points=50).resource_metrics[0].scope_metrics[0].metrics[0].SerializeToString()
+    summed = Metric()
+    summed.sum.data_points.add(time_unix_nano=T_NS, as_int=7)
+    raw = gauge_request("first", points=20).SerializeToString() + _field(
+        0x0A, _field(0x12, _field(0x12, both + summed.SerializeToString())))
+    await export(grpc_node, raw)
+    assert len(rows(grpc_node, "First")) == 20
+    (row,) = rows(grpc_node, "Both")
+    assert row.endswith(b",7")
+    assert len(ExportMetricsServiceRequest.FromString(raw).resource_metrics) == 2
+
+
+async def test_a_request_malformed_past_its_first_pieces_is_refused_whole(grpc_node: GrpcNode,
+                                                                         small_pieces: None) -> None:
+    bad = gauge_request("bad", points=50).resource_metrics[0].scope_metrics[0].metrics[0].SerializeToString()
+    raw = gauge_request("first", points=20).SerializeToString() + _field(
+        0x0A, _field(0x12, _field(0x12, bad + b"\x0a\x05ab")))  # a name 5 bytes long, 2 bytes there
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await export(grpc_node, raw)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert rows(grpc_node, "First") == []  # the pieces converted before the bad one are not written
