@@ -26,7 +26,7 @@ from node.rows.cache import Generations
 from node.rows.csvtext import Timestamps, real
 from node.rows.otlpmetrics import OtlpMetrics
 from node.rows.series import Entry, SeriesEncoder
-from node.rows.wire import skip_length_delimited
+from node.rows.wire import skip_length_delimited, uvarint
 
 _LABEL_TAG = 0x0A  # TimeSeries field 1 (labels), length-delimited
 _SAMPLE_TAG = 0x12  # TimeSeries field 2 (samples), length-delimited
@@ -47,15 +47,6 @@ class MetricsConfig:
     """OTLP resource attributes copied as labels onto every series of the resource."""
     max_cached_series: int = 200_000
     """Series entries each cache (remote write, OTLP) holds at most; see cache.py for which go."""
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def _labels_end(b: bytes) -> int:
@@ -119,7 +110,7 @@ class MetricsConverter:
             cut = len(b)
             for s in samples:
                 size = s.ByteSize()  # a Sample is at most 20 bytes, unless it carries unknown fields
-                cut -= 2 + size if size < 0x80 else 1 + len(_varint(size)) + size
+                cut -= 2 + size if size < 0x80 else 1 + len(uvarint(size)) + size
             if b[cut] != _SAMPLE_TAG:
                 cut = _labels_end(b)
             key = b[:cut]

@@ -71,7 +71,7 @@ class _Unsplittable(Exception):
     request is parsed whole, and the parser says what is wrong with it, if anything."""
 
 
-def _uvarint(b: bytes | memoryview, i: int, end: int) -> tuple[int, int]:
+def _read_uvarint(b: bytes | memoryview, i: int, end: int) -> tuple[int, int]:
     n = shift = 0
     while i < end and shift < 64:
         byte = b[i]
@@ -83,7 +83,8 @@ def _uvarint(b: bytes | memoryview, i: int, end: int) -> tuple[int, int]:
     raise _Unsplittable
 
 
-def _encode_uvarint(n: int) -> bytes:
+def uvarint(n: int) -> bytes:
+    """`n` as a protobuf varint."""
     out = bytearray()
     while n >= 0x80:
         out.append(n & 0x7F | 0x80)
@@ -114,14 +115,14 @@ def _plan(b: bytes | memoryview, level: Level, deeper: bool,
         if key < 0x80:
             i += 1
         else:
-            key, i = _uvarint(b, i, end)
+            key, i = _read_uvarint(b, i, end)
         wire = key & 7
         if wire == 2:
             length = b[i] if i < end else 0x80
             if length < 0x80:
                 i += 1
             else:
-                length, i = _uvarint(b, i, end)
+                length, i = _read_uvarint(b, i, end)
             value = i
             i += length
             if i > end:
@@ -143,7 +144,7 @@ def _plan(b: bytes | memoryview, level: Level, deeper: bool,
                     run_start, run_end = start, i
                 continue
         elif wire == 0:
-            _, i = _uvarint(b, i, end)
+            _, i = _read_uvarint(b, i, end)
         elif wire == 1:
             i += 8
         elif wire == 5:
@@ -171,9 +172,9 @@ def _pieces(b: bytes | memoryview, levels: tuple[Level, ...], size: int,
         if number < 0:
             yield b"".join((head, b[start:end]))
             continue
-        tag = _encode_uvarint(number << 3 | 2)
+        tag = uvarint(number << 3 | 2)
         for sub in _pieces(b[value:end], levels[1:], max(1, size - len(head))):
-            yield b"".join((head, tag, _encode_uvarint(len(sub)), sub))
+            yield b"".join((head, tag, uvarint(len(sub)), sub))
 
 
 class Unsplittable(Exception):

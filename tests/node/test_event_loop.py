@@ -40,17 +40,8 @@ MiB = 1 << 20
 EXPORT = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _field(tag: int, value: bytes) -> bytes:
-    return bytes([tag]) + _varint(len(value)) + value
+    return bytes([tag]) + wire.uvarint(len(value)) + value
 
 
 def otlp_gauge(series: int, prefix: str = "s") -> bytes:
@@ -68,7 +59,7 @@ def otlp_gauge(series: int, prefix: str = "s") -> bytes:
 
 def remote_write(series: int) -> bytes:
     """A prometheus.WriteRequest of `series` series with one sample each, snappy-compressed."""
-    sample = _field(0x12, b"\x09" + struct.pack("<d", 0.5) + b"\x10" + _varint(T_NS // 1_000_000))
+    sample = _field(0x12, b"\x09" + struct.pack("<d", 0.5) + b"\x10" + wire.uvarint(T_NS // 1_000_000))
     name = _field(0x0A, _field(0x0A, b"__name__") + _field(0x12, b"big_counter"))
     body = b"".join([_field(0x0A, name + _field(0x0A, _field(0x0A, b"series") + _field(0x12, f"s{i:09d}".encode()))
                                      + sample) for i in range(series)])

@@ -29,6 +29,7 @@ from node.rows.wire import (
     Level,
     Unsplittable,
     pieces,
+    uvarint,
 )
 from tests.rows.build import T_MS, T_NS, kvs
 
@@ -176,12 +177,7 @@ def test_what_the_splitter_cannot_read_is_given_whole_to_the_parser() -> None:
 
 def _field(tag: int, value: bytes) -> bytes:
     """A length-delimited field as it is on the wire (protobuf would merge what it parses)."""
-    out, n = bytearray([tag]), len(value)
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out) + value
+    return bytes([tag]) + uvarint(len(value)) + value
 
 
 def test_generations_forget_what_was_not_used_for_two_turns() -> None:
