@@ -132,6 +132,7 @@ class Repository:
         self._listeners: list[Callable[[SegmentInfo], None]] = []
         self._indexing = True
         self._refused_at = 0.0  # monotonic time of the last write refused for limits
+        self._refused_usage = 0  # this process's bytes of segments then
         self._refused_at_db: dict[str, float] = {}
         self._shared = shared
         self._schemas: dict[Schema, tuple[str, bytes]] = {}  # a handful: one per table layout
@@ -333,7 +334,7 @@ class Repository:
                         undone += nbytes
                         self._account(w.database, -counted[id(w)], -segments)
                     if isinstance(e, OverLimitsError):
-                        self._refused_at = time.monotonic()
+                        self._note_refused()
                     if undone:
                         log.warning("write of a request failed part way (%s); the %d bytes it had appended were cut "
                                     "back out: nothing of it stays", e, undone)
@@ -385,11 +386,11 @@ class Repository:
                                               f"over max-disk-usage-per-database {db_limit} (its sink is behind)")
             floor = self.config.min_free_disk
             if floor and (free := self._free_disk()) - nbytes < floor:
-                self._refused_at = time.monotonic()
+                self._note_refused()
                 raise OverLimitsError(f"{free} bytes free on the volume of {self.directory}, under min-free-disk "
                                       f"{floor} with this write's {nbytes} (kept for the uploads that free it)")
             if limit and self._usage + other_bytes + nbytes > limit:
-                self._refused_at = time.monotonic()
+                self._note_refused()
                 raise OverLimitsError(f"disk usage {self._usage + other_bytes} + {nbytes} bytes over "
                                       f"max-disk-usage {limit}")
             if new_segments and seg_limit and self._segments + other_segments + new_segments > seg_limit:
@@ -417,7 +418,7 @@ class Repository:
         other_segments = self._others()[1] if limit else 0
         with self._lock:
             if delta > 0 and limit and self._segments + other_segments >= limit:
-                self._refused_at = time.monotonic()
+                self._note_refused()
                 raise OverLimitsError(f"{self._segments + other_segments} segments at max-segment-count {limit}")
             self._segments += delta
             self._publish()
@@ -569,20 +570,28 @@ class Repository:
 
     # -- accounting -------------------------------------------------------------------------
 
+    def _note_refused(self) -> None:
+        """A write was refused for the limits: readiness holds (`over_limits`) until the node's
+        segments shrink, or a few seconds pass."""
+        self._refused_at = time.monotonic()
+        self._refused_usage = self._usage
+
     def over_limits(self) -> str:
         """Why writes are being refused ("" when they are not): a limit reached, or a write
-        refused in the last few seconds."""
+        refused in the last few seconds while nothing was freed since (an upload that deletes
+        segments ends the hold at once: the node is no longer over)."""
         c = self.config
         other_bytes, other_segments = self._others()
         with self._lock:
             usage, segments, refused = self._usage + other_bytes, self._segments + other_segments, self._refused_at
+            freed = self._usage < self._refused_usage
         if c.max_disk_usage and usage >= c.max_disk_usage * 0.99:
             return f"disk usage {usage} of max {c.max_disk_usage} bytes"
         if c.max_segment_count and segments >= c.max_segment_count:
             return f"{segments} segments of max {c.max_segment_count}"
         if c.min_free_disk and (free := self._free_disk()) < c.min_free_disk:
             return f"{free} bytes free on the volume, under min-free-disk {c.min_free_disk}"
-        if refused and time.monotonic() - refused < OVER_LIMITS_HOLD_SECONDS:
+        if refused and not freed and time.monotonic() - refused < OVER_LIMITS_HOLD_SECONDS:
             return f"a write was refused {time.monotonic() - refused:.1f}s ago (disk usage {usage} bytes)"
         return ""
 

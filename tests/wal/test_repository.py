@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import threading
 import time
@@ -114,6 +115,26 @@ def test_max_disk_usage_refuses_writes_without_loss(tmp_path: Path) -> None:
     repo.remove(repo.closed_segments())
     assert repo.disk_usage() == 0
     repo.write("Db", "T", fmt.KIND_METRIC, b"again\n", 1)  # room again
+
+
+def test_readiness_holds_after_a_refusal_only_until_something_is_freed(tmp_path: Path) -> None:
+    """Issue 13: readiness says "over limits" only while the node is over them. A refused write
+    held it 5 s even when an upload had freed room the moment after."""
+    repo = _repo(tmp_path, max_disk_usage=20_000)
+    def noise(seed: int) -> bytes:  # rows that do not compress much: ~8 KB in a segment
+        return random.Random(seed).randbytes(4_000).hex().encode() + b"\n"
+
+    repo.write("Db", "A", fmt.KIND_METRIC, noise(1), 1)
+    repo.rotate_all()
+    repo.write("Db", "B", fmt.KIND_METRIC, noise(2), 1)
+    assert repo.over_limits() == ""
+    with pytest.raises(OverLimitsError):
+        repo.write("Db", "C", fmt.KIND_METRIC, noise(3), 1)  # under the limit, but not with this
+    assert "refused" in repo.over_limits()  # the hold: the next such write would be refused too
+    repo.write("Db", "B", fmt.KIND_METRIC, b"y\n", 1)  # writing more does not end it
+    assert "refused" in repo.over_limits()
+    repo.remove([s for s in repo.closed_segments() if s.name.table == "A"])  # an upload freed room
+    assert repo.over_limits() == ""
 
 
 def test_max_segment_count(tmp_path: Path) -> None:
