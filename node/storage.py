@@ -1,0 +1,101 @@
+"""The storage directory (`--storage-dir`): every path under it is named here, and nowhere else.
+
+    <storage-dir>/
+        wal/                    closed segments (node/wal/repository.py)
+        wal/active/             segments being written, one per table and receiver process
+        wal/blocked-databases   databases over --max-disk-usage-per-database (supervisor -> receivers)
+        quarantine/             segments a sink refused for good, kept for a person to look at
+        deliveries/             one record per delivery in progress (node/upload/intents.py)
+        transfers.ledger        transfers received from peers, so a resend is not stored twice
+        local/                  the local sink's embedded ClickHouse (node/sinks/local.py)
+        metrics/                Prometheus multi-process files, when /dev/shm cannot hold them
+        leaving                 the node is leaving the cluster (supervisor -> receivers)
+        cluster.json            the ring as the supervisor sees it (supervisor -> receivers)
+
+Also here: `atomic_write`, the one way a small file is replaced so that a crash leaves either the
+old bytes or the new ones, never a mix or nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+ACTIVE_DIR = "active"
+
+
+@dataclass(frozen=True)
+class StorageLayout:
+    """The paths of one node's storage directory."""
+
+    root: Path
+
+    @property
+    def wal(self) -> Path:
+        return self.root / "wal"
+
+    @property
+    def wal_active(self) -> Path:
+        return self.wal / ACTIVE_DIR
+
+    @property
+    def blocked_databases(self) -> Path:
+        return self.wal / "blocked-databases"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "quarantine"
+
+    @property
+    def deliveries(self) -> Path:
+        return self.root / "deliveries"
+
+    @property
+    def ledger(self) -> Path:
+        return self.root / "transfers.ledger"
+
+    @property
+    def local(self) -> Path:
+        return self.root / "local"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics"
+
+    @property
+    def leaving(self) -> Path:
+        return self.root / "leaving"
+
+    @property
+    def cluster(self) -> Path:
+        return self.root / "cluster.json"
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or an unlink in `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes | str, *, durable: bool = True) -> None:
+    """Replace `path` with `data`: written under a temporary name, fsynced, renamed over `path`,
+    and the directory fsynced (`durable=False` skips both fsyncs, for files a crash may lose as
+    long as it does not tear them). Raises OSError (a full disk: ENOSPC) with `path` unchanged."""
+    payload = data.encode() if isinstance(data, str) else data
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(payload)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if durable:
+        fsync_dir(path.parent)
