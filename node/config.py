@@ -313,7 +313,7 @@ def _argtype(kind: str) -> Callable[[str], Any]:
 def _default_text(f: dataclasses.Field[Any], spec: Flag) -> str:
     if spec.default_note is not None:
         return spec.default_note
-    value = f.default() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
+    value: Any = f.default
     if spec.parse == "size":
         return _show_size(value)
     if spec.parse == "duration":
