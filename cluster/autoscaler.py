@@ -35,30 +35,17 @@ Decisions where cluster.md is silent (each is a row of the tests):
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from cluster.annotations import rfc3339
+from cluster.units import parse_duration
 
 SHUTDOWN_TIMEOUT = 15 * 60.0
 
-_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+)ms)?$")
-
-
-def parse_duration(value: Any, what: str) -> float:
-    """Go-style durations ("5m", "90s", "1h30m", "500ms") or a number of seconds."""
-    if isinstance(value, bool):
-        raise ValueError(f"{what}: not a duration: {value!r}")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        m = _DURATION.match(str(value).strip())
-        if m is None or not str(value).strip():
-            raise ValueError(f"{what}: not a duration: {value!r} (use e.g. 5m, 90s, 1h30m)")
-        h, mi, s, ms = (float(x) if x else 0.0 for x in m.groups())
-        seconds = h * 3600 + mi * 60 + s + ms / 1000
+def _duration(value: Any, what: str) -> float:
+    seconds = parse_duration(value, what)
     if seconds < 0 or not math.isfinite(seconds):
         raise ValueError(f"{what}: must be a positive duration, not {value!r}")
     return seconds
@@ -116,8 +103,8 @@ def parse_spec(resource: Mapping[str, Any]) -> AutoscalerSpec:
         max_replicas=_int(a.get("maxReplicas", replicas), p + "maxReplicas", 1),
         scale_up_cpu_threshold=_percent(a.get("scaleUpCPUThreshold", 70), p + "scaleUpCPUThreshold"),
         scale_down_cpu_threshold=_percent(a.get("scaleDownCPUThreshold", 40), p + "scaleDownCPUThreshold"),
-        scale_interval=parse_duration(a.get("scaleInterval", "5m"), p + "scaleInterval"),
-        cpu_window=parse_duration(a.get("cpuWindow", "15m"), p + "cpuWindow"),
+        scale_interval=_duration(a.get("scaleInterval", "5m"), p + "scaleInterval"),
+        cpu_window=_duration(a.get("cpuWindow", "15m"), p + "cpuWindow"),
         scale_up_base_percent=_percent(a.get("scaleUpBasePercent", 25), p + "scaleUpBasePercent"),
         scale_up_cap_per_cycle=_int(a.get("scaleUpCapPerCycle", 5), p + "scaleUpCapPerCycle", 1),
         dry_run=_bool(a.get("dryRun", False), p + "dryRun"),

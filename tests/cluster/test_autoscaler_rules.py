@@ -16,9 +16,9 @@ from cluster.autoscaler import (
     PodState,
     StatefulSetState,
     decide,
-    parse_duration,
     parse_spec,
 )
+from cluster.units import parse_duration
 
 NOW = 1_800_000_000.0
 SPEC = AutoscalerSpec(enabled=True, min_replicas=2, max_replicas=10, scale_interval=300, cpu_window=900)
