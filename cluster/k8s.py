@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cluster.addr import format_hostport
+from cluster.backoff import Backoff
 from cluster.kube import api_client as make_api_client
 from cluster.kube import current_namespace
 from cluster.membership import Peer
@@ -28,6 +30,10 @@ log = logging.getLogger(__name__)
 
 WATCH_SECONDS = 2
 """Each watch call ends after this long (so that `stop()` is prompt), then resumes."""
+RETRY_INITIAL = 0.5
+RETRY_MAX = 10.0
+"""Seconds between two tries after an error: doubling from RETRY_INITIAL to RETRY_MAX (without jitter,
+as it always was)."""
 
 
 def _get(obj: Any, *path: str) -> Any:
@@ -48,8 +54,7 @@ def peer_of(pod: Mapping[str, Any], statefulset: str, port: int) -> Peer | None:
                 for c in (_get(pod, "status", "conditions") or []))
     if not ip or not ready:
         return None
-    host = f"[{ip}]" if ":" in ip else ip
-    return Peer(name, f"{host}:{port}")
+    return Peer(name, format_hostport(ip, port))
 
 
 class KubernetesMembership:
@@ -107,7 +112,7 @@ class KubernetesMembership:
 
         core: Any = client.CoreV1Api(self._api)
         apps: Any = client.AppsV1Api(self._api)
-        backoff, failing = 0.5, False
+        backoff = Backoff(RETRY_INITIAL, RETRY_MAX, jitter=0.0)  # attempt > 0: failing
         while not self._stop.is_set():
             try:
                 selector = self._selector(apps)
@@ -118,9 +123,9 @@ class KubernetesMembership:
                 version = doc.get("metadata", {}).get("resourceVersion")
                 self._publish()
                 self.synced.set()
-                if failing:
+                if backoff.attempt:
                     log.info("Kubernetes API reachable again; peers resynced")
-                failing, backoff = False, 0.5
+                backoff.reset()
                 until = time.monotonic() + self.resync
                 while not self._stop.is_set() and time.monotonic() < until:
                     w = watch.Watch()
@@ -149,9 +154,7 @@ class KubernetesMembership:
                 if isinstance(e, ApiException) and e.status == 410:
                     log.info("pod watch expired (410): listing again")
                     continue
-                if not failing:
+                if not backoff.attempt:
                     log.warning("Kubernetes API: %s; keeping the last %d peers, retrying", e, len(self._peers))
-                failing = True
                 with contextlib.suppress(Exception):
-                    self._stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+                    self._stop.wait(backoff.next())

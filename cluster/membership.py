@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from cluster.addr import format_hostport, parse_hostport
+
 log = logging.getLogger(__name__)
 
 _PEER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
@@ -54,9 +56,10 @@ def validate_peer_name(name: str) -> str:
 
 
 def _check_addr(addr: str, what: str) -> str:
-    host, sep, port = addr.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{what}: address {addr!r} is not HOST:PORT")
+    try:
+        parse_hostport(addr)
+    except ValueError as e:
+        raise ValueError(f"{what}: address {e}") from None
     return addr
 
 
@@ -148,7 +151,7 @@ class StatefulSetDns:
         for i in range(limit):
             host = self.host(i)
             if self._resolve(host):
-                found.append(Peer(f"{self.statefulset}-{i}", f"{host}:{self.port}"))
+                found.append(Peer(f"{self.statefulset}-{i}", format_hostport(host, self.port)))
                 misses = 0
             elif self.replicas <= 0:
                 misses += 1
