@@ -38,11 +38,6 @@ class PeerHealth:
         if not was:
             log.warning("peer %s unhealthy for %.0fs: %s", name, self.timeout, reason)
 
-    def mark_healthy(self, name: str) -> None:
-        with self._lock:
-            if self._bad.pop(name, None) is not None:
-                log.info("peer %s healthy again", name)
-
     def _is_bad(self, name: str) -> bool:
         bad = self._bad.get(name)
         if bad is None:

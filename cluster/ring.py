@@ -4,7 +4,8 @@ Every table prefix ``<Database>_<Table>[_<SchemaHash>]`` has exactly one owner a
 peers, and every node must agree on it with no coordination. Each peer scores each key with
 ``xxhash64(key + peer name)`` (UTF-8, no separator, as adx-mon does) and the highest score wins;
 the peers sorted by falling score are the key's preference order, so the fallback for an
-unhealthy owner is simply the next peer in that order.
+unhealthy owner is simply the next peer in that order: the owner of the ring without it, which is
+how `cluster.view` computes it (a ring over the healthy peers).
 
 Why rendezvous (highest random weight) rather than a ring of virtual nodes or jump hashing:
 
@@ -41,7 +42,7 @@ new peer list makes a new ``Ring``.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable
 
 import xxhash
 
@@ -49,7 +50,7 @@ _hash = xxhash.xxh64_intdigest
 
 
 class Ring:
-    """A read-only set of peers that assigns each key a preference order over them."""
+    """A read-only set of peers that assigns each key its owner among them."""
 
     __slots__ = ("_encoded", "_peers")
 
@@ -82,25 +83,3 @@ class Ring:
         k = key.encode()
         scores = [_hash(k + p) for p in self._encoded]
         return self._peers[scores.index(max(scores))]
-
-    def order(self, key: str) -> list[str]:
-        """Every peer in preference order for `key`: the owner, then its fallback, and so on."""
-        k = key.encode()
-        scored = sorted(((-_hash(k + p), name) for name, p in zip(self._peers, self._encoded, strict=True)))
-        return [name for _, name in scored]
-
-    def owner_among(self, key: str, healthy: Collection[str]) -> str | None:
-        """The first peer of `order(key)` that is in `healthy`; None when none of them is.
-
-        Names in `healthy` that are not peers of this ring are ignored.
-        """
-        k = key.encode()
-        best: str | None = None
-        best_score = -1
-        for name, p in zip(self._peers, self._encoded, strict=True):
-            if name in healthy:
-                score = _hash(k + p)
-                # Strictly greater: on a tie the first name in sorted order wins, as in order().
-                if score > best_score:
-                    best, best_score = name, score
-        return best

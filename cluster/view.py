@@ -41,8 +41,5 @@ class ClusterView:
     def owner(self, prefix: str) -> str:
         return self.ring().owner(prefix)
 
-    def owns(self, prefix: str) -> bool:
-        return self.owner(prefix) == self.self_name
-
     def peer(self, name: str) -> Peer | None:
         return self.members().get(name)

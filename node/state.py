@@ -27,7 +27,6 @@ class NodeState:
         self._phase = Phase.STARTING
         self._lock = threading.Lock()
         self._over_limits = over_limits
-        self._listeners: list[Callable[[], None]] = []
         self._checks: list[Callable[[], str]] = []
         self.detail = ""
         """More about the phase, for status and /readyz ("leaving: 3 segments left to upload")."""
@@ -43,11 +42,6 @@ class NodeState:
     def set_phase(self, phase: Phase) -> None:
         with self._lock:
             self._phase = phase
-        for fn in self._listeners:
-            fn()
-
-    def on_change(self, fn: Callable[[], None]) -> None:
-        self._listeners.append(fn)
 
     def not_ready_reason(self) -> str:
         """Empty when ready; otherwise why not."""

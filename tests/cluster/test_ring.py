@@ -11,7 +11,10 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cluster.health import PeerHealth
+from cluster.membership import Peer, StaticMembership
 from cluster.ring import Ring
+from cluster.view import ClusterView
 
 REALISTIC = [f"Metrics_ContainerCpuUsageSecondsTotal_{i}" for i in range(100_000)]
 _rng = random.Random(20261124)
@@ -79,32 +82,49 @@ def test_movement_on_generated_peer_sets(peers: list[str], data: st.DataObject) 
     check_movement(ring, Ring([*peers, joining]), REALISTIC)
 
 
+def preference(key: str, peers: list[str]) -> list[str]:
+    """The key's preference order as the module docstring defines it: falling xxhash64(key + peer),
+    ties to the first name."""
+    return sorted(peers, key=lambda p: (-xxhash.xxh64_intdigest((key + p).encode()), p))
+
+
 @settings(max_examples=40, deadline=None)
 @given(peers=peer_sets)
 def test_the_fallback_is_the_owner_of_the_ring_without_the_owner(peers: list[str]) -> None:
     ring = Ring(peers)
     for key in FEW_KEYS[:50]:
-        order = ring.order(key)
-        assert sorted(order) == sorted(peers)
+        order = preference(key, peers)
         assert order[0] == ring.owner(key)
         smaller = Ring(p for p in peers if p != order[0])
         assert smaller.owner(key) == order[1]
-        assert smaller.order(key) == order[1:]
+        assert [Ring(order[i:]).owner(key) for i in range(len(order))] == order
 
 
 @settings(max_examples=40, deadline=None)
 @given(peers=peer_sets, data=st.data())
-def test_owner_among_skips_unhealthy_peers_in_preference_order(peers: list[str], data: st.DataObject) -> None:
-    ring = Ring(peers)
-    healthy = data.draw(st.sets(st.sampled_from(peers)), label="healthy")
-    strangers = {"not-a-peer", "ingestor-999"} - set(peers)
+def test_over_the_healthy_peers_the_owner_is_the_first_healthy_one_in_preference_order(
+        peers: list[str], data: st.DataObject) -> None:
+    """What `ClusterView` relies on: a ring over any subset of the peers gives each key the first
+    peer of its preference order (over all of them) that is in the subset."""
+    healthy = data.draw(st.lists(st.sampled_from(peers), min_size=1, unique=True), label="healthy")
+    ring = Ring(healthy)
     for key in FEW_KEYS[:50]:
-        expected = next((p for p in ring.order(key) if p in healthy), None)
-        assert ring.owner_among(key, healthy) == expected
-        assert ring.owner_among(key, healthy | strangers) == expected  # names outside the ring count for nothing
-        assert ring.owner_among(key, peers) == ring.owner(key)
-        assert ring.owner_among(key, set()) is None
-        assert ring.owner_among(key, strangers) is None
+        assert ring.owner(key) == next(p for p in preference(key, peers) if p in healthy)
+
+
+@settings(max_examples=20, deadline=None)
+@given(peers=peer_sets, data=st.data())
+def test_the_view_gives_an_unhealthy_owners_keys_to_the_next_healthy_peer(peers: list[str],
+                                                                           data: st.DataObject) -> None:
+    me = data.draw(st.sampled_from(peers), label="me")
+    sick = data.draw(st.sets(st.sampled_from(peers)), label="unhealthy")
+    health = PeerHealth(60, clock=lambda: 0.0)
+    for name in sick:
+        health.mark_unhealthy(name, "test")
+    view = ClusterView(me, f"{me}:1", StaticMembership(Peer(p, f"{p}:1") for p in peers), health)
+    counted = [p for p in peers if p not in sick or p == me]  # this node is always in its own ring
+    for key in FEW_KEYS[:50]:
+        assert view.owner(key) == next(p for p in preference(key, peers) if p in counted)
 
 
 @settings(max_examples=25, deadline=None)
@@ -116,7 +136,6 @@ def test_the_order_of_the_peer_list_does_not_matter(peers: list[str], seed: rand
     assert a.peers == b.peers == tuple(sorted(peers))
     for key in FEW_KEYS:
         assert a.owner(key) == b.owner(key)
-        assert a.order(key) == b.order(key)
 
 
 def test_two_rings_from_the_same_pods_agree_on_every_key() -> None:
@@ -131,7 +150,7 @@ def test_the_score_is_xxhash64_of_key_then_peer_name() -> None:
     ring = Ring(peers)
     for key in ["Metrics_Cpu", "Logs_KubeEvents_1a2b3c", *FEW_KEYS[:20]]:
         expected = sorted(peers, key=lambda p: -xxhash.xxh64_intdigest((key + p).encode()))
-        assert ring.order(key) == expected
+        assert [Ring(expected[i:]).owner(key) for i in range(len(expected))] == expected
         assert ring.owner(key) == expected[0]
     assert Ring(["ingestor-0", "ingestor-1", "ingestor-2"]).owner("Metrics_Cpu") == "ingestor-0"
 
@@ -139,9 +158,7 @@ def test_the_score_is_xxhash64_of_key_then_peer_name() -> None:
 
 def test_a_single_peer_owns_everything() -> None:
     ring = Ring(["only"])
-    assert ring.owner("Db_T") == "only" and ring.order("Db_T") == ["only"]
-    assert ring.owner_among("Db_T", {"only"}) == "only"
-    assert ring.owner_among("Db_T", set()) is None
+    assert ring.owner("Db_T") == "only"
 
 
 @pytest.mark.parametrize(
