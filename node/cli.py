@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from cluster import operator_cli
+from cluster.operator import cli as operator_cli
 from node import query_cli, serve_cli, status_cli, wal_cli
 
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cluster.autoscaler import (
+from cluster.operator.rules import (
     SHUTDOWN_TIMEOUT,
     AutoscalerSpec,
     Observed,

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from cluster.kube import api_client
-from cluster.operator import Operator, cpu_cores, run
+from cluster.operator.controller import Operator, cpu_cores, run
 from tests.kubeapi import FakeKubeApi
 
 NS = "adx-mon"

@@ -58,6 +58,6 @@ def test_kubectl_applies_every_manifest_and_reapplies_unchanged(kubectl: tuple[F
     assert "configured" in run([*cmd, "apply", "--validate=false", "-f", str(changed)])
     stored = api.get("ingestors", "adx-mon", "ingestor")
     assert stored is not None and stored["spec"]["autoscaler"]["maxReplicas"] == 20
-    from cluster.autoscaler import parse_spec
+    from cluster.operator.rules import parse_spec
 
     assert parse_spec(stored).max_replicas == 20

@@ -12,7 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from cluster.autoscaler import parse_spec
+from cluster.operator.rules import parse_spec
 from node import config as node_config
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"

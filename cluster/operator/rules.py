@@ -1,5 +1,5 @@
 """The autoscaler's rules (cluster.md, "Autoscaler"), as one pure function: observed state in,
-action and status out. No I/O and no clock: `cluster/operator.py` reads the world and applies
+action and status out. No I/O and no clock: `cluster/operator/controller.py` reads the world and applies
 the decision.
 
 Each reconcile, for an `Ingestor` with `spec.autoscaler.enabled`:

@@ -2,13 +2,13 @@
 
 Every `--interval` the operator lists the `Ingestor` resources and reconciles each one: it reads
 the StatefulSet of the same name and its pods, samples the CPU of the nodes that host them
-(`metrics.k8s.io` NodeMetrics over the nodes' capacity), asks `cluster.autoscaler.decide` (the
+(`metrics.k8s.io` NodeMetrics over the nodes' capacity), asks `cluster.operator.rules.decide` (the
 pure rules of cluster.md) what to do, and then does it: the StatefulSet's `scale` subresource,
 the `shutdown-requested` annotation on the pod to remove, the `status.autoscaler` of the resource,
 and an event for every scale action. The CPU samples of the window are kept in memory; a restarted
 operator starts a new window (it skips until it has one).
 
-All I/O is here; every decision is in `cluster/autoscaler.py`.
+All I/O is here; every decision is in `cluster/operator/rules.py`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cluster import autoscaler
 from cluster.annotations import SHUTDOWN_COMPLETED, SHUTDOWN_REQUESTED, parse_rfc3339, rfc3339
+from cluster.operator import rules
 
 log = logging.getLogger(__name__)
 
@@ -116,12 +116,12 @@ class Operator:
 
     # -- one reconcile ----------------------------------------------------------------------
 
-    def reconcile(self, resource: dict[str, Any]) -> autoscaler.Decision | None:
+    def reconcile(self, resource: dict[str, Any]) -> rules.Decision | None:
         """Decide for one Ingestor and apply the decision; None when its spec is invalid."""
         meta = resource["metadata"]
         namespace, name = meta.get("namespace") or self.namespace or "default", meta["name"]
         try:
-            spec = autoscaler.parse_spec(resource)
+            spec = rules.parse_spec(resource)
         except ValueError as e:
             self._status(namespace, name, {"lastAction": "Skip", "lastActionTime": rfc3339(self.clock()),
                                            "reason": f"invalid spec: {e}"})
@@ -134,27 +134,27 @@ class Operator:
         if sts is not None and spec.enabled and spec.collect_metrics:
             cpu = self.node_cpu_percent({p.spec.node_name for p in pods if p.spec and p.spec.node_name})
         status = (resource.get("status") or {}).get("autoscaler") or {}
-        observed = autoscaler.Observed(
+        observed = rules.Observed(
             now=self.clock(),
             spec_replicas=int((resource.get("spec") or {}).get("replicas", 1)),
-            statefulset=None if sts is None else autoscaler.StatefulSetState(
+            statefulset=None if sts is None else rules.StatefulSetState(
                 spec_replicas=int(sts.spec.replicas or 0), status_replicas=int(sts.status.replicas or 0),
                 ready_replicas=int(sts.status.ready_replicas or 0)),
             cpu_percent=cpu,
             samples=memory.samples,
             last_scale_time=parse_rfc3339(status.get("lastScaleTime")),
-            pods=tuple(autoscaler.PodState(
+            pods=tuple(rules.PodState(
                 name=p.metadata.name, ordinal=int(_ORDINAL.match(p.metadata.name)[1]),  # type: ignore[index]
                 shutdown_requested=parse_rfc3339((p.metadata.annotations or {}).get(SHUTDOWN_REQUESTED)),
                 shutdown_completed=parse_rfc3339((p.metadata.annotations or {}).get(SHUTDOWN_COMPLETED)))
                 for p in pods),
         )
-        decision = autoscaler.decide(spec, observed)
+        decision = rules.decide(spec, observed)
         memory.samples = decision.samples
         self._apply(namespace, name, decision)
         return decision
 
-    def _apply(self, namespace: str, name: str, d: autoscaler.Decision) -> None:
+    def _apply(self, namespace: str, name: str, d: rules.Decision) -> None:
         if d.annotate_shutdown is not None:
             body = {"metadata": {"annotations": {SHUTDOWN_REQUESTED: rfc3339(self.clock())}}}
             self.core.patch_namespaced_pod(d.annotate_shutdown, namespace, body)

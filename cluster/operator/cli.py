@@ -1,4 +1,4 @@
-"""`ingestor operator`: the command line of the autoscaler operator (`cluster/operator.py`)."""
+"""`ingestor operator`: the command line of the autoscaler operator (`cluster/operator/controller.py`)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def cmd_operator(args: argparse.Namespace) -> int:
     from cluster.kube import api_client
-    from cluster.operator import Operator, run
+    from cluster.operator.controller import Operator, run
 
     logging.getLogger().setLevel(args.log_level.upper())
     try:
