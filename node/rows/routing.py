@@ -13,9 +13,9 @@ from collections.abc import Iterable
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from node.errors import InvalidNameError
+from node.names import MAX_DATABASE_LEN, MAX_TABLE_LEN, is_valid_name, show, validate_name
 from node.rows.anyvalue import JsonValue, to_json
 from node.rows.cache import Generations
-from node.rows.names import MAX_DATABASE_LEN, MAX_TABLE_LEN, is_valid_name, show, validate_name
 
 DATABASE_KEY = "kusto.database"
 TABLE_KEY = "kusto.table"

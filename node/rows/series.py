@@ -20,11 +20,12 @@ from collections.abc import Iterable
 
 import xxhash
 
+from node.names import MAX_DATABASE_LEN, MAX_TABLE_LEN, is_valid_name, show
 from node.rows.anyvalue import encode_json
 from node.rows.batch import Schema
 from node.rows.cache import Generations
 from node.rows.csvtext import field, quoted
-from node.rows.names import MAX_DATABASE_LEN, MAX_TABLE_LEN, is_valid_name, normalize_name, show
+from node.rows.names import normalize_name
 
 Entry = tuple[tuple[str, str] | None, str, str]
 

@@ -60,12 +60,13 @@ from azure.storage.blob import BlobServiceClient, ExponentialRetry
 from isal import isal_zlib
 
 from node.errors import InvalidNameError, PermanentSinkError, SinkError
+from node.names import COLUMN_RE, MAX_DATABASE_LEN, MAX_TABLE_LEN, validate_name
 from node.rows.logs import LOGS_SCHEMA
 from node.rows.series import BASE_SCHEMA
 from node.rows.traces import TRACES_SCHEMA
 from node.sinks.base import CLICKHOUSE_TYPES, Batch
 from node.wal import format as fmt
-from node.wal.names import Schema, schema_hash, validate_name
+from node.wal.names import Schema, schema_hash
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,6 @@ TEMP_PREFIX = "adx-upload-"
 DEFAULT_SCHEMAS: dict[int, Schema] = {fmt.KIND_METRIC: BASE_SCHEMA, fmt.KIND_LOG: LOGS_SCHEMA,
                                       fmt.KIND_TRACE: TRACES_SCHEMA}
 ADX_TYPES = frozenset(CLICKHOUSE_TYPES)
-_COLUMN_RE = re.compile(r"[A-Za-z0-9_]{1,1024}")
 _URL_FORBIDDEN = re.compile(r"[\s;=,'\"`{}<>\\^|\x00-\x1f\x7f]")
 # A blob above _PUT_SIZE goes up in blocks: what a blob upload holds in memory stays bounded.
 _PUT_SIZE, _BLOCK_SIZE = 8 << 20, 4 << 20
@@ -141,7 +141,7 @@ def parse_endpoints(entries: Iterable[str]) -> dict[str, str]:
         if not sep:
             raise ValueError(f"bad Kusto endpoint {entry[:80]!r}: expected DB=URL")
         try:
-            validate_name("database", db)
+            validate_name(db, "database", MAX_DATABASE_LEN)
         except InvalidNameError as e:
             raise ValueError(f"bad Kusto endpoint {entry[:80]!r}: {e}") from None
         url = normalize_url(url)
@@ -203,7 +203,7 @@ def check_schema(schema: Schema) -> Schema:
         raise ValueError("empty schema")
     seen = set()
     for column, adx_type in schema:
-        if _COLUMN_RE.fullmatch(column) is None:
+        if COLUMN_RE.fullmatch(column) is None:  # a column's own pattern: names and `_` (node/names.py)
             raise ValueError(f"invalid column name {column[:64]!r}")
         if adx_type not in ADX_TYPES:
             raise ValueError(f"column {column}: unknown type {adx_type[:64]!r}")
@@ -340,7 +340,7 @@ class AdxSink:
         self._credential: object | None = None
         for db, url in config.endpoints.items():
             try:
-                validate_name("database", db)
+                validate_name(db, "database", MAX_DATABASE_LEN)
             except InvalidNameError as e:
                 raise ValueError(str(e)) from None
             for u in (url, self._ingest_url(db)):
@@ -403,7 +403,7 @@ class AdxSink:
                 raise PermanentSinkError(f"{batch.id}: no schema header line (sample kind {batch.kind})")
             schema = DEFAULT_SCHEMAS[batch.kind]
         try:
-            validate_name("table", table)
+            validate_name(table, "table", MAX_TABLE_LEN)
             check_schema(schema)
         except (InvalidNameError, ValueError) as e:
             raise PermanentSinkError(f"{db}.{table}: {e}") from None

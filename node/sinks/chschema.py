@@ -46,14 +46,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from node.errors import PermanentSinkError, SinkError
+from node.errors import InvalidNameError, PermanentSinkError, SinkError
+from node.names import COLUMN_RE, MAX_COLUMN_LEN, validate_name
 from node.sinks.base import CLICKHOUSE_TYPES, Batch
 from node.wal.names import Schema
 
 log = logging.getLogger(__name__)
 
-NAME_RE = re.compile(r"[A-Za-z0-9]{1,1024}")
-COLUMN_RE = re.compile(r"[A-Za-z0-9_]{1,1024}")  # as segment header lines allow
 LEDGER_TABLE = "_ingestor_batches"
 STAGE_PREFIX = "_ingestor_stage_"
 DEFAULT_DEDUP_WINDOW = 1000
@@ -193,15 +192,18 @@ def _unescape(v: str) -> str:
 
 def ident(name: str) -> str:
     """A database, table or column name from a batch or a DSN, validated and quoted for SQL."""
-    if NAME_RE.fullmatch(name) is None:
-        raise PermanentSinkError(f"invalid name {name[:64]!r}: must be 1-1024 of [A-Za-z0-9]")
+    try:
+        validate_name(name, "name")
+    except InvalidNameError as e:
+        raise PermanentSinkError(str(e)) from None
     return f"`{name}`"
 
 
 def column(name: str) -> str:
-    """A column name from a batch's schema, validated and quoted for SQL."""
+    """A column name from a batch's schema, validated and quoted for SQL. Columns keep a pattern of
+    their own (node/names.py `COLUMN_RE`): a name's characters and `_`, as segment header lines allow."""
     if COLUMN_RE.fullmatch(name) is None:
-        raise PermanentSinkError(f"invalid column name {name[:64]!r}: must be 1-1024 of [A-Za-z0-9_]")
+        raise PermanentSinkError(f"invalid column name {name[:64]!r}: must be 1-{MAX_COLUMN_LEN} of [A-Za-z0-9_]")
     return f"`{name}`"
 
 

@@ -41,6 +41,8 @@ from clickhouse_driver import Client  # type: ignore[import-untyped]
 from clickhouse_driver import errors as ch_errors
 
 from node.errors import PermanentSinkError, SinkError
+from node.names import MAX_COLUMN_LEN, is_valid_name
+from node.rows.cache import BoundedCache
 from node.sinks import chschema
 from node.sinks.base import Batch
 from node.sinks.chschema import Conn, TableCache, base_type, error_from, quote
@@ -92,8 +94,9 @@ def parse_endpoint(text: str, env: Mapping[str, str] | None = None) -> Endpoint:
     database, sep, dsn = text.partition("=")
     if not sep:
         raise ValueError(f"ClickHouse endpoint {shown!r}: expected DB=DSN")
-    if chschema.NAME_RE.fullmatch(database) is None:
-        raise ValueError(f"ClickHouse endpoint {shown!r}: database {database[:64]!r} must be 1-1024 of [A-Za-z0-9]")
+    if not is_valid_name(database):
+        raise ValueError(f"ClickHouse endpoint {shown!r}: database {database[:64]!r} must be 1-{MAX_COLUMN_LEN} of "
+                         "[A-Za-z0-9]")
     if any(c.isspace() or ord(c) < 32 for c in dsn):
         raise ValueError(f"ClickHouse endpoint {shown!r}: whitespace or control characters in the DSN")
     try:
@@ -110,9 +113,9 @@ def parse_endpoint(text: str, env: Mapping[str, str] | None = None) -> Endpoint:
     if url.fragment:
         raise ValueError(f"ClickHouse endpoint {shown!r}: unexpected #fragment")
     target = unquote(url.path.removeprefix("/")) or database
-    if chschema.NAME_RE.fullmatch(target) is None:
-        raise ValueError(f"ClickHouse endpoint {shown!r}: ClickHouse database {target[:64]!r} must be 1-1024 of "
-                         "[A-Za-z0-9]")
+    if not is_valid_name(target):
+        raise ValueError(f"ClickHouse endpoint {shown!r}: ClickHouse database {target[:64]!r} must be "
+                         f"1-{MAX_COLUMN_LEN} of [A-Za-z0-9]")
     secure = scheme == "https"
     try:
         params = parse_qsl(url.query, keep_blank_values=True, strict_parsing=bool(url.query))
@@ -242,8 +245,7 @@ class EpochNanos:
     """RFC 3339 text -> integer nanoseconds since the epoch; the whole-second part is cached."""
 
     def __init__(self, max_entries: int = 65536) -> None:
-        self._seconds: dict[str, int] = {}
-        self._max = max_entries
+        self._seconds: BoundedCache[str, int] = BoundedCache(max_entries)
 
     def __call__(self, text: str) -> int:
         head = text[:19]
@@ -259,9 +261,7 @@ class EpochNanos:
         datetime(y, mo, d, h, mi, s)  # range check: raises ValueError for month 13 and such
         zone = m.group(8) or "Z"
         if zone == "Z":
-            if len(self._seconds) >= self._max:
-                self._seconds.clear()
-            self._seconds[head] = whole
+            self._seconds.put(head, whole)
         else:
             sign = -1 if zone[0] == "+" else 1
             digits = zone[1:].replace(":", "")

@@ -1,11 +1,11 @@
-"""Segment file names, name validation, segment ids and schema hashes.
+"""Segment file names, segment ids and schema hashes.
 
     <Database>_<Table>[_<SchemaHash>]_<SegmentId>.wal
 
-Database and table are `[A-Za-z0-9]` only, so `_` separates fields without ambiguity. A name from
-the network that does not match is refused (InvalidNameError), never cleaned into a path: a
-validated name cannot contain a separator, a dot or NUL, so it can never address a path outside
-the storage directory.
+Database and table are names (node/names.py: `[A-Za-z0-9]` only, at most 64 and 150 characters),
+so `_` separates fields without ambiguity. A name from the network that does not match is refused
+(InvalidNameError), never cleaned into a path: a validated name cannot contain a separator, a dot or
+NUL, so it can never address a path outside the storage directory.
 
 SegmentId is a flake id in 16 lowercase hex digits (lexical order is creation order)::
 
@@ -21,45 +21,35 @@ from dataclasses import dataclass
 
 import xxhash
 
+from node import names
 from node.errors import InvalidNameError
+from node.names import MAX_DATABASE_LEN, MAX_TABLE_LEN, NAME_PATTERN
 
-MAX_NAME_LEN = 1024
-# A segment file name must fit in 255 bytes (NAME_MAX): database + table + 36 bytes of separators,
-# schema hash, id and suffix. So a database name is at most 64 characters and a table 150.
-MAX_DATABASE_LEN = 64
-MAX_TABLE_LEN = 150
-_NAME_RE = re.compile(r"[A-Za-z0-9]{1,1024}")
+_SCHEMA = "[0-9a-z]{1,13}"
 _FILE_RE = re.compile(
-    r"(?P<db>[A-Za-z0-9]{1,1024})_(?P<table>[A-Za-z0-9]{1,1024})"
-    r"(?:_(?P<schema>[0-9a-z]{1,13}))?_(?P<id>[0-9a-f]{16})\.wal"
+    rf"(?P<db>{NAME_PATTERN})_(?P<table>{NAME_PATTERN})(?:_(?P<schema>{_SCHEMA}))?_(?P<id>[0-9a-f]{{16}})\.wal"
 )
-_PREFIX_RE = re.compile(r"[A-Za-z0-9]{1,1024}_[A-Za-z0-9]{1,1024}(?:_[0-9a-z]{1,13})?")
+_PREFIX_RE = re.compile(rf"(?P<db>{NAME_PATTERN})_(?P<table>{NAME_PATTERN})(?:_(?P<schema>{_SCHEMA}))?")
 
 FLAKE_EPOCH_MS = 1388534400000  # 2014-01-01T00:00:00Z
 _SEQ_BITS, _HOST_BITS = 13, 10
 
 
-def max_len(kind: str) -> int:
-    """The longest valid name of `kind` ("database", "table", anything else: a column)."""
-    if "table" in kind:
-        return MAX_TABLE_LEN if "database" not in kind else MAX_DATABASE_LEN
-    return MAX_DATABASE_LEN if "database" in kind else MAX_NAME_LEN
+def validate_prefix(prefix: str) -> str:
+    """Return `prefix` (`<Database>_<Table>[_<SchemaHash>]`) if valid, else raise InvalidNameError."""
+    m = _PREFIX_RE.fullmatch(prefix) if isinstance(prefix, str) else None
+    if m is None:
+        raise InvalidNameError(f"invalid segment prefix {str(prefix)[:64]!r}")
+    names.validate_name(m["db"], "database", MAX_DATABASE_LEN)
+    names.validate_name(m["table"], "table", MAX_TABLE_LEN)
+    return prefix
 
 
 def validate_name(kind: str, value: str) -> str:
-    """Return `value` if it is a valid database or table name, else raise InvalidNameError."""
-    limit = max_len(kind)
-    if not isinstance(value, str) or _NAME_RE.fullmatch(value) is None or len(value) > limit:
-        shown = repr(value[:64]) + ("..." if isinstance(value, str) and len(value) > 64 else "")
-        raise InvalidNameError(f"invalid {kind} name {shown}: must be 1-{limit} of [A-Za-z0-9]")
-    return value
-
-
-def validate_prefix(prefix: str) -> str:
-    """Return `prefix` (`<Database>_<Table>[_<SchemaHash>]`) if valid, else raise InvalidNameError."""
-    if not isinstance(prefix, str) or _PREFIX_RE.fullmatch(prefix) is None:
-        raise InvalidNameError(f"invalid segment prefix {prefix[:64]!r}")
-    return prefix
+    """Compatibility for node/config.py until it calls `node.names.validate_name(value, what, limit)`;
+    remove it then. `kind` "database" or "database or table": at most 64 characters; "table": 150."""
+    limit = MAX_DATABASE_LEN if "database" in kind else MAX_TABLE_LEN
+    return names.validate_name(value, f"{kind} name", limit)
 
 
 Schema = tuple[tuple[str, str], ...]
@@ -90,8 +80,8 @@ def schema_line(schema: Schema) -> bytes:
 
 
 def make_prefix(database: str, table: str, schema_id: str | None = None) -> str:
-    validate_name("database", database)
-    validate_name("table", table)
+    names.validate_name(database, "database", MAX_DATABASE_LEN)
+    names.validate_name(table, "table", MAX_TABLE_LEN)
     return f"{database}_{table}_{schema_id}" if schema_id else f"{database}_{table}"
 
 

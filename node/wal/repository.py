@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Protocol
 
 from node.errors import InvalidInputError, InvalidNameError, OverLimitsError
+from node.names import MAX_DATABASE_LEN, MAX_TABLE_LEN, validate_name
 from node.wal import format as fmt
 from node.wal.importer import SegmentImport
 from node.wal.names import (
@@ -37,7 +38,6 @@ from node.wal.names import (
     schema_hash,
     schema_line,
     segment_host,
-    validate_name,
     validate_prefix,
 )
 from node.wal.segment import FsyncPolicy, fsync_dir, repair, scan
@@ -289,8 +289,8 @@ class Repository:
         need: dict[str, int] = defaultdict(int)
         for b in blocks:
             if (b.database, b.table) not in self._valid_names:
-                validate_name("database", b.database)
-                validate_name("table", b.table)
+                validate_name(b.database, "database", MAX_DATABASE_LEN)
+                validate_name(b.table, "table", MAX_TABLE_LEN)
                 if len(self._valid_names) < MAX_CACHED_NAMES:
                     self._valid_names.add((b.database, b.table))
             sid = None

@@ -3,13 +3,8 @@ from __future__ import annotations
 import pytest
 
 from node.errors import InvalidNameError
-from node.rows.names import (
-    is_valid_name,
-    normalize_name,
-    prometheus_label_name,
-    prometheus_metric_name,
-    validate_name,
-)
+from node.names import is_valid_name, validate_name
+from node.rows.names import normalize_name, prometheus_label_name, prometheus_metric_name
 
 
 @pytest.mark.parametrize(
@@ -56,7 +51,7 @@ def test_invalid_names(name: str) -> None:
 
 
 def test_table_and_database_limits_keep_a_segment_file_name_under_255_bytes() -> None:
-    from node.rows.names import MAX_DATABASE_LEN, MAX_TABLE_LEN
+    from node.names import MAX_DATABASE_LEN, MAX_TABLE_LEN
     from node.wal.names import SegmentName
 
     longest = SegmentName("D" * MAX_DATABASE_LEN, "T" * MAX_TABLE_LEN, "z" * 13, "f" * 16).filename

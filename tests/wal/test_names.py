@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from node.errors import InvalidNameError
+from node.names import MAX_TABLE_LEN, validate_name
 from node.wal import format as fmt
-from node.wal.names import FlakeIds, host_id, parse_filename, schema_hash, validate_name, validate_prefix
+from node.wal.names import FlakeIds, host_id, parse_filename, schema_hash, validate_prefix
 from node.wal.repository import Repository, WalConfig
 
 HOSTILE = ["../x", "a/b", "..", "/abs", "", "x" * 10240, "a\x00b", "таблица", "a_b", "a.b", "a\\b",
@@ -18,7 +19,7 @@ HOSTILE = ["../x", "a/b", "..", "/abs", "", "x" * 10240, "a\x00b", "таблиц
 @pytest.mark.parametrize("name", HOSTILE, ids=[repr(n[:12]) for n in HOSTILE])
 def test_hostile_names_are_refused(tmp_path: Path, name: str) -> None:
     with pytest.raises(InvalidNameError):
-        validate_name("table", name)
+        validate_name(name, "table", MAX_TABLE_LEN)
     repo = Repository(WalConfig(tmp_path / "wal"))
     repo.start()
     with pytest.raises(InvalidNameError):
@@ -32,7 +33,7 @@ def test_hostile_names_are_refused(tmp_path: Path, name: str) -> None:
 
 
 def test_valid_names_and_filenames_round_trip() -> None:
-    assert validate_name("table", "ContainerCpu9") == "ContainerCpu9"
+    assert validate_name("ContainerCpu9", "table", MAX_TABLE_LEN) == "ContainerCpu9"
     n = parse_filename("Metrics_Cpu_1a2b_0123456789abcdef.wal")
     assert (n.database, n.table, n.schema, n.segment_id) == ("Metrics", "Cpu", "1a2b", "0123456789abcdef")
     assert n.filename == "Metrics_Cpu_1a2b_0123456789abcdef.wal"
