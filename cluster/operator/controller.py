@@ -32,6 +32,8 @@ GROUP, VERSION, PLURAL = "adx-mon.azure.com", "v1", "ingestors"
 _ORDINAL = re.compile(r".*-(\d+)$")
 _CPU = re.compile(r"^([0-9.]+)([numkMG]?)$")
 _CPU_UNITS = {"n": 1e-9, "u": 1e-6, "m": 1e-3, "": 1.0, "k": 1e3, "M": 1e6, "G": 1e9}
+WATCH_RETRY = 2.0
+"""Seconds between a failed watch of the Ingestor resources and the next."""
 
 
 def cpu_cores(quantity: str) -> float:
@@ -197,13 +199,13 @@ class Operator:
                 log.exception("reconcile of ingestor %s/%s failed", meta.get("namespace"), meta.get("name"))
         return n
 
-
     def watch_ingestors(self, changed: Callable[[], None], stopping: threading.Event, seconds: int = 5) -> None:
         """Call `changed()` whenever an Ingestor is added or its spec changes, until `stopping`
         (blocking: run it in a thread). Status writes (ours) do not count."""
         from kubernetes import watch
 
         generations: dict[tuple[str, str], int] = {}
+        trouble = WatchTrouble()
         while not stopping.is_set():
             try:
                 args: tuple[str, ...]
@@ -224,9 +226,45 @@ class Operator:
                         changed()
                     if stopping.is_set():
                         break
+                trouble.ended()
             except Exception as e:
-                log.debug("watch of Ingestor resources ended: %s", e)
-                stopping.wait(2.0)
+                trouble.failed(e)
+                stopping.wait(WATCH_RETRY)
+
+
+class WatchTrouble:
+    """What goes wrong with the watch, said once: a WARNING the first time each kind of error
+    (an API status, or an exception's type) is met since the watch last worked, with its
+    traceback when it is not an error of the API or the network; an INFO when it works again.
+    The reconciles go on every --interval meanwhile."""
+
+    def __init__(self) -> None:
+        self._said: set[str] = set()
+
+    def failed(self, e: Exception) -> None:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        kind = f"{e.status} {e.reason}" if isinstance(e, ApiException) else type(e).__name__
+        if kind in self._said:
+            log.debug("watch of Ingestor resources failed again: %s", e)
+            return
+        self._said.add(kind)
+        if isinstance(e, ApiException):
+            log.warning("watch of Ingestor resources refused (retrying every %.0fs; reconciles go on every "
+                        "--interval): %s %s", WATCH_RETRY, e.status, e.reason)
+        elif isinstance(e, HTTPError | OSError):
+            log.warning("watch of Ingestor resources failed (retrying every %.0fs; reconciles go on every "
+                        "--interval): %s", WATCH_RETRY, e)
+        else:
+            log.warning("watch of Ingestor resources failed unexpectedly (retrying every %.0fs; reconciles go on "
+                        "every --interval)", WATCH_RETRY, exc_info=e)
+
+    def ended(self) -> None:
+        """A watch ran to its end (its timeout): whatever failed before works now."""
+        if self._said:
+            log.info("watch of Ingestor resources works again")
+            self._said.clear()
 
 
 async def run(operator: Operator, interval: float, stop: asyncio.Event) -> None:

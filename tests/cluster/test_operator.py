@@ -4,6 +4,8 @@ run on these machines), with the real `kubernetes` client: what it reads, what i
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +14,8 @@ from typing import Any
 import pytest
 
 from cluster.kube import api_client
-from cluster.operator.controller import Operator, cpu_cores, run
+from cluster.operator import controller
+from cluster.operator.controller import Operator, WatchTrouble, cpu_cores, run
 from tests.kubeapi import FakeKubeApi
 
 NS = "adx-mon"
@@ -111,3 +114,49 @@ async def test_a_spec_change_is_reconciled_at_once_not_at_the_next_interval(
     finally:
         stop.set()
         await asyncio.wait_for(task, 15)
+
+
+def _watch_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == controller.__name__ and "watch of Ingestor" in r.getMessage()]
+
+
+def test_watch_errors_are_said_once_each_until_the_watch_works_again(caplog: pytest.LogCaptureFixture) -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    caplog.set_level(logging.INFO, logger=controller.__name__)
+    trouble = WatchTrouble()
+    for _ in range(3):
+        trouble.failed(ApiException(status=403, reason="Forbidden"))
+        trouble.failed(ConnectionRefusedError(111, "Connection refused"))
+        trouble.failed(RuntimeError("a bug"))
+    lines = _watch_lines(caplog)
+    assert [(r.levelno, r.exc_info is not None) for r in lines] == [
+        (logging.WARNING, False), (logging.WARNING, False), (logging.WARNING, True)]
+    assert "403 Forbidden" in lines[0].getMessage() and "Connection refused" in lines[1].getMessage()
+    trouble.ended()
+    trouble.failed(ApiException(status=403, reason="Forbidden"))  # failing again after it worked: said again
+    assert [r.levelno for r in _watch_lines(caplog)[3:]] == [logging.INFO, logging.WARNING]
+
+
+def test_a_watch_that_cannot_reach_the_api_says_so_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    api = FakeKubeApi().start()
+    client = api_client(api.write_kubeconfig(tmp_path / "kubeconfig", NS))
+    api.stop()  # nothing listens there any more
+    monkeypatch.setattr(controller, "WATCH_RETRY", 0.05)
+    caplog.set_level(logging.DEBUG, logger=controller.__name__)
+    stopping = threading.Event()
+    watcher = threading.Thread(target=Operator(client, namespace=NS).watch_ingestors,
+                               args=(lambda: None, stopping), daemon=True)
+    watcher.start()
+    try:
+        deadline = time.monotonic() + 10
+        while sum(r.levelno == logging.DEBUG for r in _watch_lines(caplog)) < 3:  # it failed, then twice again
+            assert time.monotonic() < deadline, "the watch did not retry"
+            time.sleep(0.05)
+    finally:
+        stopping.set()
+        watcher.join(10)
+        client.close()
+    warnings = [r for r in _watch_lines(caplog) if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].exc_info is None
