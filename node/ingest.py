@@ -55,7 +55,7 @@ from node.errors import DecodeError, RequestTooLargeError
 from node.gen.prometheus.remote_pb2 import WriteRequest
 from node.metrics import NodeMetrics
 from node.rows.batch import ConvertResult
-from node.rows.cache import Generations
+from node.rows.cache import BoundedCache, Generations
 from node.rows.logs import LogsConverter
 from node.rows.metrics import MetricsConverter
 from node.rows.traces import TracesConverter
@@ -165,7 +165,7 @@ class Ingest:
         self._turn_every = max(1.0, wal.config.max_segment_age)
         self._turned = time.monotonic()
         self._counters_lock = threading.Lock()  # _write runs in several threads under `always`
-        self._db_counters: dict[tuple[str, str], Any] = {}
+        self._db_counters: BoundedCache[tuple[str, str], Any] = BoundedCache(MAX_CACHED_COUNTERS)
         self._table_counters: Generations[tuple[str, str], Any] = Generations(MAX_CACHED_COUNTERS)
 
     async def remote_write(self, request: Source, reserve: int = 0) -> ConvertResult:
@@ -289,9 +289,7 @@ class Ingest:
             for batch in batches:  # labels() costs a lock and a lookup: keep the children
                 db = dbs.get((signal, batch.database))
                 if db is None:
-                    if len(dbs) >= MAX_CACHED_COUNTERS:
-                        dbs.clear()
-                    db = dbs[(signal, batch.database)] = self._metrics.rows.labels(signal, batch.database)
+                    db = dbs.put((signal, batch.database), self._metrics.rows.labels(signal, batch.database))
                 db.inc(batch.count)
                 key = (batch.database, batch.table)
                 table = tables.get(key)

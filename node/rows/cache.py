@@ -1,4 +1,8 @@
-"""The converters' per-name and per-series caches: bounded, and emptied of what goes cold.
+"""The node's bounded caches, of two kinds: `Generations`, which forgets what goes cold, and
+`BoundedCache`, which empties itself when full.
+
+`Generations` is for the converters' per-name and per-series caches, where a miss is costly and
+what was used lately is used again.
 
 A cache is two dicts, generations. Every lookup that finds its entry in the old one moves it to
 the young one; a turn drops the old generation and makes the young one old:
@@ -15,6 +19,12 @@ and the dropped generation is freed as a whole.
 
 Not thread-safe: one converter at a time uses its caches (node/ingest.py runs conversions one at
 a time).
+
+`BoundedCache` is a dict that holds at most `max_entries`: a `put` that finds it full empties it
+first. It is for caches whose misses are cheap and whose entries are all alike (the date text of a
+second, a counter's child): nothing to choose between, and a lookup is a plain dict lookup (hot
+loops may bind `cache.get`). It takes no lock: two threads putting at once at worst empty it twice
+or leave it one entry over, which a cache can afford.
 """
 
 from __future__ import annotations
@@ -66,3 +76,22 @@ class Generations(Generic[K, V]):
     def __len__(self) -> int:
         """Entries held (one used since the last turn may be counted in both generations)."""
         return len(self.young) + len(self.old)
+
+
+class BoundedCache(dict[K, V]):
+    """A dict of at most `max_entries` entries that empties itself when a `put` finds it full.
+
+    Read it as a dict (`get`, `in`, `[]`); add to it with `put` only, on a miss.
+    """
+
+    __slots__ = ("max_entries",)
+
+    def __init__(self, max_entries: int) -> None:
+        super().__init__()
+        self.max_entries = max_entries
+
+    def put(self, key: K, value: V) -> V:
+        if len(self) >= self.max_entries:
+            self.clear()
+        self[key] = value
+        return value
