@@ -25,6 +25,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from node.storage import StorageLayout
+
 log = logging.getLogger(__name__)
 
 SHM = Path("/dev/shm")
@@ -37,7 +39,7 @@ def directory(storage_dir: Path, shm: Path = SHM) -> Path:
     if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK):
         key = hashlib.sha256(str(Path(storage_dir).resolve()).encode()).hexdigest()[:16]
         return shm / f"ingestor-metrics-{os.getuid()}-{key}"
-    return Path(storage_dir) / "metrics"
+    return StorageLayout(Path(storage_dir)).metrics
 
 
 def _allocate(fd: int, size: int) -> None:

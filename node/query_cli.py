@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from node.errors import SinkError
-from node.sinks.local import open_store, store_dir
+from node.sinks.local import open_store
+from node.storage import StorageLayout
 
 FORMATS = {"csv": "CSVWithNames", "json": "JSONEachRow"}
 SETTINGS = {"output_format_json_escape_forward_slashes": "0"}
@@ -36,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    directory = store_dir(args.storage_dir)
+    directory = StorageLayout(args.storage_dir).local
     if not (directory / "metadata").is_dir():
         print(f"ingestor query: no local store in {directory} (nothing was uploaded to it yet)", file=sys.stderr)
         return 1

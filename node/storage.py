@@ -7,7 +7,8 @@
         quarantine/             segments a sink refused for good, kept for a person to look at
         deliveries/             one record per delivery in progress (node/upload/intents.py)
         transfers.ledger        transfers received from peers, so a resend is not stored twice
-        local/                  the local sink's embedded ClickHouse (node/sinks/local.py)
+        local/                  the local sink's embedded ClickHouse, its lock and its deliveries record
+                                (node/sinks/local.py)
         metrics/                Prometheus multi-process files, when /dev/shm cannot hold them
         leaving                 the node is leaving the cluster (supervisor -> receivers)
         cluster.json            the ring as the supervisor sees it (supervisor -> receivers)
@@ -74,7 +75,7 @@ class StorageLayout:
 
 def fsync_dir(directory: Path) -> None:
     """Make a rename or an unlink in `directory` durable."""
-    fd = os.open(directory, os.O_RDONLY)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:

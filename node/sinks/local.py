@@ -59,6 +59,7 @@ from node.errors import PermanentSinkError, SinkError
 from node.sinks import chschema
 from node.sinks.base import Batch
 from node.sinks.chschema import TableCache, error_from, quote
+from node.storage import StorageLayout, atomic_write
 from node.wal import format as fmt
 
 log = logging.getLogger(__name__)
@@ -94,8 +95,8 @@ _ENGINE = threading.Lock()
 
 
 def store_dir(storage_dir: Path) -> Path:
-    """Where the local sink keeps its tables."""
-    return Path(storage_dir) / "local"
+    """Where the local sink keeps its tables (`<storage-dir>/local`, node/storage.py)."""
+    return StorageLayout(Path(storage_dir)).local
 
 
 @dataclass(frozen=True)
@@ -403,20 +404,10 @@ class Deliveries:
         self._lines += 1
 
     def _compact(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
         recs = [{"table": t, "token": k, "credit": v} for t, tokens in self.credit.items() for k, v in tokens.items()]
         recs += [{"table": t, "begin": k, "before": b} for t, (k, b) in self.open.items()]
         try:
-            with open(tmp, "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in recs)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-            dfd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in recs))
         except OSError as e:
             raise SinkError(f"cannot rewrite {self.path}: {e}") from None
         self._lines = len(recs)

@@ -24,10 +24,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from node.errors import InvalidInputError, OverLimitsError
+from node.storage import fsync_dir
 from node.wal import codec, s2
 from node.wal import format as fmt
 from node.wal.names import SegmentName
-from node.wal.segment import fsync_dir
 from node.wal.table import SegmentInfo
 
 PART_SUFFIX = ".part"

@@ -27,6 +27,7 @@ from typing import Protocol
 
 from node.errors import InvalidInputError, InvalidNameError, OverLimitsError
 from node.names import MAX_DATABASE_LEN, MAX_TABLE_LEN, validate_name
+from node.storage import ACTIVE_DIR, fsync_dir
 from node.wal import format as fmt
 from node.wal.importer import SegmentImport
 from node.wal.names import (
@@ -40,8 +41,8 @@ from node.wal.names import (
     segment_host,
     validate_prefix,
 )
-from node.wal.segment import FsyncPolicy, fsync_dir, repair, scan
-from node.wal.table import ACTIVE_DIR, SegmentInfo, TableWal
+from node.wal.segment import FsyncPolicy, repair, scan
+from node.wal.table import SegmentInfo, TableWal
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,8 @@ class Repository:
                  on_vanished: Callable[[SegmentInfo], None] | None = None) -> None:
         self.config = config
         self.directory = Path(config.directory)
+        self.active_directory = self.directory / ACTIVE_DIR
+        """Where active segments are written (`<storage-dir>/wal/active`, node/storage.py)."""
         self._ids = FlakeIds(host_id(config.node_name, config.worker))
         self._lock = threading.Lock()
         self._wals: dict[tuple[str, str, str | None], TableWal] = {}
@@ -149,13 +152,13 @@ class Repository:
         the directory: it only writes, and keeps no index of closed segments.
         """
         self.directory.mkdir(parents=True, exist_ok=True)
-        (self.directory / ACTIVE_DIR).mkdir(exist_ok=True)
+        self.active_directory.mkdir(exist_ok=True)
         self._indexing = recover
         report = RecoveryReport()
         if not recover:
             return report
         # Segments left active by a previous run are closed now: repaired, then published.
-        for entry in sorted(os.scandir(self.directory / ACTIVE_DIR), key=lambda e: e.name):
+        for entry in sorted(os.scandir(self.active_directory), key=lambda e: e.name):
             path = Path(entry.path)
             if entry.is_file() and self._recover_file(path, report) is not None:
                 os.rename(path, self.directory / entry.name)
@@ -165,7 +168,7 @@ class Repository:
                 if info is not None:
                     self._index(info)
                     report.segments += 1
-        fsync_dir(self.directory / ACTIVE_DIR)
+        fsync_dir(self.active_directory)
         fsync_dir(self.directory)
         log.info("WAL %s: %d segments, %d repaired (%d bytes cut), %d empty and %d temporary deleted",
                  self.directory, report.segments, report.repaired, report.truncated_bytes,
@@ -207,7 +210,7 @@ class Repository:
         """Repair and publish the active segments of a writer process that died (by host id)."""
         report = RecoveryReport()
         found = []
-        for entry in sorted(os.scandir(self.directory / ACTIVE_DIR), key=lambda e: e.name):
+        for entry in sorted(os.scandir(self.active_directory), key=lambda e: e.name):
             try:
                 name = parse_filename(entry.name)
             except InvalidNameError:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.errors import CorruptionError, OverLimitsError
+from node.storage import fsync_dir
 from node.wal import format as fmt
 
 log = logging.getLogger(__name__)
@@ -40,14 +41,6 @@ class FsyncPolicy(enum.StrEnum):
     NEVER = "never"
     ON_ROTATE = "on-rotate"
     ALWAYS = "always"
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class SegmentWriter:

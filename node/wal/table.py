@@ -1,7 +1,8 @@
 """The WAL of one table prefix: one active segment at a time, rotated by size or age.
 
-The active segment lives in `<wal dir>/active/`; closing it renames it into the WAL directory, so
-every `*.wal` file directly in the WAL directory is a closed segment, for any process to see.
+The active segment lives in `<wal dir>/active/` (node/storage.py `ACTIVE_DIR`); closing it renames
+it into the WAL directory, so every `*.wal` file directly in the WAL directory is a closed segment,
+for any process to see.
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from node.storage import ACTIVE_DIR, fsync_dir
 from node.wal.names import FlakeIds, SegmentName
-from node.wal.segment import FsyncPolicy, SegmentWriter, fsync_dir
-
-ACTIVE_DIR = "active"
+from node.wal.segment import FsyncPolicy, SegmentWriter
 
 
 @dataclass(frozen=True, slots=True)
