@@ -268,15 +268,6 @@ class Repository:
 
     # -- writing ----------------------------------------------------------------------------
 
-    def write(self, database: str, table: str, kind: int, value: bytes | bytearray, count: int,
-              schema: Schema | None = None) -> None:
-        """Append one block of rows (CSV text) to the table's active segment.
-
-        Returns once the block is in the file. Raises InvalidNameError for a bad name and
-        OverLimitsError when over limits (nothing is written then).
-        """
-        self.write_many([Block(database, table, kind, value, count, schema)])
-
     def write_many(self, blocks: Sequence[Block]) -> None:
         """Append each block to its table's active segment: all of them or none. A bad name or a
         limit refuses the request before the first append; a write that fails part way (a disk
@@ -598,28 +589,9 @@ class Repository:
             return f"a write was refused {time.monotonic() - refused:.1f}s ago (disk usage {usage} bytes)"
         return ""
 
-    def databases_over_share(self) -> dict[str, int]:
-        """Databases at or over max-disk-usage-per-database, with their bytes."""
-        db_limit = self.config.max_disk_usage_per_database
-        if not db_limit:
-            return {}
-        with self._lock:
-            return {db: n for db, n in self._usage_by_db.items() if n >= db_limit * 0.99}
-
     def disk_usage(self, database: str | None = None) -> int:
         with self._lock:
             return self._usage if database is None else self._usage_by_db.get(database, 0)
-
-    def stats(self) -> WalStats:
-        with self._lock:
-            closed = {p: (len(d), sum(i.size for i in d.values())) for p, d in self._closed.items() if d}
-            wals = list(self._wals.items())
-            usage, count = self._usage, self._segments
-        active = {}
-        for (db, table, sid), w in wals:
-            if w.active_size:
-                active[f"{db}_{table}_{sid}" if sid else f"{db}_{table}"] = w.active_size
-        return WalStats(usage, count, closed, active)
 
 
 def directory_stats(directory: Path) -> WalStats:
@@ -658,8 +630,3 @@ class SharedUsage(Protocol):
 
     def others(self) -> tuple[int, int]:
         """Bytes and segments of every other process."""
-
-
-def checksum(data: bytes | bytearray | memoryview) -> int:
-    """CRC-32 of a whole transferred segment, as the transfer metadata carries it."""
-    return zlib.crc32(data)

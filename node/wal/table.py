@@ -88,11 +88,6 @@ class TableWal:
         return self._active is not None
 
     @property
-    def active_size(self) -> int:
-        active = self._active
-        return active.size if active is not None else 0
-
-    @property
     def lock(self) -> threading.Lock:
         """Held by `append`, `rotate` and their kin; a caller that holds it (to write one request
         to several tables as a whole) uses the `*_held` methods."""

@@ -29,6 +29,7 @@ from node.wal import format as fmt
 from node.wal.names import Schema
 from node.wal.repository import Repository, WalConfig
 from tests.rows.build import T_MS, T_NS, kvs, log_record, logs_request, metrics_request, remote_write
+from tests.wal.helpers import write_block
 
 INF, NAN = float("inf"), float("nan")
 
@@ -40,7 +41,7 @@ def write_batch(wal_dir: Path, *results: ConvertResult, database: str | None = N
     wal.start()
     for result in results:
         (tb,) = result.tables.values()
-        wal.write(database or tb.database, tb.table, tb.kind, tb.data, tb.count, tb.schema)
+        write_block(wal, database or tb.database, tb.table, tb.kind, tb.data, tb.count, tb.schema)
     (info,) = wal.rotate_all()
     return Batch(info.database, info.name.table, (info,))
 
@@ -49,7 +50,7 @@ def raw_batch(wal_dir: Path, database: str, table: str, schema: Schema, rows: st
     """A batch of hand-written CSV rows."""
     wal = Repository(WalConfig(wal_dir))
     wal.start()
-    wal.write(database, table, fmt.KIND_METRIC, rows.encode(), rows.count("\n"), schema)
+    write_block(wal, database, table, fmt.KIND_METRIC, rows.encode(), rows.count("\n"), schema)
     return Batch(database, table, tuple(wal.rotate_all()))
 
 

@@ -35,6 +35,7 @@ from node.wal import format as fmt
 from node.wal.repository import Repository, WalConfig
 from tests.harness import fill, tmpfs
 from tests.sinks import metrics, write_batch
+from tests.wal.helpers import write_block
 
 pytest.importorskip("chdb")
 
@@ -57,7 +58,7 @@ def rows_batch(wal_dir: Path, first: int, n: int, table: str = "Full") -> Batch:
         block = "".join(f'2026-11-24T04:00:{i % 60:02d}.{i % 1000:03d}Z,{i},"{{""pod"":""app-{i % 50}-7f9c"",'
                         f'""node"":""aks-nodepool1-{i % 9}"",""i"":{i}}}",{i * 0.25}\n'
                         for i in range(start, min(start + 1000, first + n)))
-        wal.write("Metrics", table, fmt.KIND_METRIC, block.encode(), block.count("\n"), SCHEMA)
+        write_block(wal, "Metrics", table, fmt.KIND_METRIC, block.encode(), block.count("\n"), SCHEMA)
     return Batch("Metrics", table, tuple(wal.rotate_all()))
 
 

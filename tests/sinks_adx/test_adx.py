@@ -48,6 +48,7 @@ from tests.rows.hostile import CASES as HOSTILE_CASES
 from tests.rows.hostile import check, strict_csv
 from tests.sinks_adx.azurite import INSTALL_HINT, Azurite, find_azurite
 from tests.sinks_adx.fake_kusto import AUTH_CONTEXT, FakeKusto, Ingestion
+from tests.wal.helpers import write_block
 
 DATABASES = ("Metrics", "Logs", "Traces")
 _DATETIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z")
@@ -140,7 +141,7 @@ def write(wal: Repository, *results: ConvertResult) -> dict[tuple[str, str], byt
     for result in results:
         assert result.rejected == 0, result.reasons
         for (db, table), tb in result.tables.items():
-            wal.write(db, table, tb.kind, tb.data, tb.count, tb.schema)
+            write_block(wal, db, table, tb.kind, tb.data, tb.count, tb.schema)
             sent[(db, table)] += tb.data
     return {k: bytes(v) for k, v in sent.items()}
 
@@ -432,7 +433,7 @@ def test_large_batch_is_streamed(kusto: FakeKusto, sink: AdxSink, wal: Repositor
         schema = (("Blob", "string"),)
     total = 0
     while total < 64 << 20:
-        wal.write("Metrics", "Big", fmt.KIND_METRIC, chunk, chunk.count(b"\n"), schema)
+        write_block(wal, "Metrics", "Big", fmt.KIND_METRIC, chunk, chunk.count(b"\n"), schema)
         total += len(chunk)
     (batch,) = batches(wal)
     tracemalloc.start()
@@ -533,7 +534,7 @@ def test_unreachable_kusto_is_retried(kusto: FakeKusto, sink: AdxSink, wal: Repo
 
 def test_database_without_endpoint(kusto: FakeKusto, sink: AdxSink, wal: Repository) -> None:
     assert not sink.accepts("Other")
-    wal.write("Other", "Up", fmt.KIND_METRIC, b"x\n", 1, (("A", "string"),))
+    write_block(wal, "Other", "Up", fmt.KIND_METRIC, b"x\n", 1, (("A", "string"),))
     (batch,) = batches(wal)
     with pytest.raises(SinkError) as err:
         sink.upload(batch)
@@ -547,7 +548,7 @@ def test_database_without_endpoint(kusto: FakeKusto, sink: AdxSink, wal: Reposit
 ])
 def test_unusable_schema_is_permanent_and_sends_nothing(kusto: FakeKusto, sink: AdxSink, wal: Repository,
                                                         schema: tuple[tuple[str, str], ...]) -> None:
-    wal.write("Metrics", "Up", fmt.KIND_METRIC, b"x\n", 1, schema)
+    write_block(wal, "Metrics", "Up", fmt.KIND_METRIC, b"x\n", 1, schema)
     (batch,) = batches(wal)
     with pytest.raises(PermanentSinkError):
         sink.upload(batch)
@@ -558,7 +559,7 @@ def test_unusable_schema_is_permanent_and_sends_nothing(kusto: FakeKusto, sink: 
 def test_hostile_column_names_never_reach_a_command(kusto: FakeKusto, sink: AdxSink, wal: Repository,
                                                     column: str) -> None:
     # The WAL only recognises plain header lines; a batch can still carry any schema object.
-    wal.write("Metrics", "Up", fmt.KIND_METRIC, b"x\n", 1, (("Col", "string"),))
+    write_block(wal, "Metrics", "Up", fmt.KIND_METRIC, b"x\n", 1, (("Col", "string"),))
     (batch,) = batches(wal)
     with pytest.raises(PermanentSinkError):
         sink.upload(Batch(batch.database, batch.table, batch.segments, schema=((column, "string"),)))
@@ -566,7 +567,7 @@ def test_hostile_column_names_never_reach_a_command(kusto: FakeKusto, sink: AdxS
 
 
 def test_segment_named_with_a_schema_but_without_header_is_permanent(sink: AdxSink, wal: Repository) -> None:
-    wal.write("Metrics", "Up", fmt.KIND_METRIC, b"x\n", 1, (("Col", "string"),))
+    write_block(wal, "Metrics", "Up", fmt.KIND_METRIC, b"x\n", 1, (("Col", "string"),))
     (batch,) = batches(wal)
     batch.read_schema = lambda: None  # type: ignore[method-assign]
     with pytest.raises(PermanentSinkError, match="no schema header"):

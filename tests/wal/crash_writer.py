@@ -7,6 +7,7 @@ from pathlib import Path
 
 from node.wal import format as fmt
 from node.wal.repository import Repository, WalConfig
+from tests.wal.helpers import write_block
 
 
 def main() -> None:
@@ -20,7 +21,7 @@ def main() -> None:
     while True:
         tables = ("A", "B", "C")
         value = f"{run},{i},{'x' * (i % 300)}\n".encode() * (1 + i % 7)
-        repo.write("Db", tables[i % 3], fmt.KIND_LOG, value, 1 + i % 7)
+        write_block(repo, "Db", tables[i % 3], fmt.KIND_LOG, value, 1 + i % 7)
         out.write(f"{run},{i}\n")  # only after write() returned
         out.flush()
         i += 1

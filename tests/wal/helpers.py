@@ -1,10 +1,13 @@
-"""Shared helpers of the WAL tests: building segments with known blocks."""
+"""Shared helpers of the WAL tests: building segments with known blocks, writing one block through a
+repository, and what a repository counts."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from node.wal import format as fmt
+from node.wal.names import Schema
+from node.wal.repository import Block, Repository, WalStats
 
 
 def rows_for(i: int, n: int = 3) -> bytes:
@@ -22,3 +25,26 @@ def make_segment(path: Path, blocks: list[bytes]) -> list[int]:
         ends.append(len(data))
     path.write_bytes(bytes(data))
     return ends
+
+
+def write_block(repo: Repository, database: str, table: str, kind: int, value: bytes | bytearray, count: int,
+                schema: Schema | None = None) -> None:
+    """Append one block of rows (CSV text) to the table's active segment: a request of one block
+    (`Repository.write_many`). Raises InvalidNameError or OverLimitsError, writing nothing then."""
+    repo.write_many([Block(database, table, kind, value, count, schema)])
+
+
+def wal_stats(repo: Repository) -> WalStats:
+    """The segments `repo` counts (its bytes and segments, closed ones per prefix, active bytes per
+    prefix), from its private state: what the tests check its accounting against."""
+    with repo._lock:
+        closed = {p: (len(d), sum(i.size for i in d.values())) for p, d in repo._closed.items() if d}
+        wals = list(repo._wals.items())
+        usage, count = repo._usage, repo._segments
+    active = {}
+    for (db, table, sid), w in wals:
+        with w.lock:
+            size = w.mark().size
+        if size:
+            active[f"{db}_{table}_{sid}" if sid else f"{db}_{table}"] = size
+    return WalStats(usage, count, closed, active)

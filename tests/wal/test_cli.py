@@ -8,7 +8,7 @@ from pathlib import Path
 
 from node.wal import format as fmt
 from node.wal.repository import Repository, WalConfig
-from tests.wal.helpers import make_segment, rows_for
+from tests.wal.helpers import make_segment, rows_for, write_block
 
 SCHEMA = (("Timestamp", "datetime"), ("Value", "real"))
 
@@ -20,8 +20,8 @@ def _run(*args: str) -> subprocess.CompletedProcess[bytes]:
 def test_dump_prints_rows_and_strips_headers(tmp_path: Path) -> None:
     repo = Repository(WalConfig(tmp_path))
     repo.start()
-    repo.write("Db", "T", fmt.KIND_METRIC, b"2026-01-01T00:00:00Z,1\n", 1, SCHEMA)
-    repo.write("Db", "T", fmt.KIND_METRIC, b"2026-01-01T00:00:01Z,2\n", 1, SCHEMA)
+    write_block(repo, "Db", "T", fmt.KIND_METRIC, b"2026-01-01T00:00:00Z,1\n", 1, SCHEMA)
+    write_block(repo, "Db", "T", fmt.KIND_METRIC, b"2026-01-01T00:00:01Z,2\n", 1, SCHEMA)
     [info] = repo.rotate_all()
     r = _run("wal", "dump", str(info.path))
     assert r.returncode == 0

@@ -11,7 +11,7 @@ from node.wal.names import parse_filename
 from node.wal.repository import Repository, WalConfig
 from node.wal.segment import iter_blocks, iter_rows
 from tests.wal import independent_decoder
-from tests.wal.helpers import rows_for
+from tests.wal.helpers import rows_for, write_block
 
 SCHEMA = (("Timestamp", "datetime"), ("SeriesId", "long"), ("Labels", "dynamic"), ("Value", "real"))
 
@@ -21,7 +21,7 @@ def test_segment_is_read_by_an_independent_decoder(tmp_path: Path) -> None:
     repo.start()
     values = [rows_for(i, n=i + 1) for i in range(5)]
     for v in values:
-        repo.write("Metrics", "CpuUsage", fmt.KIND_METRIC, v, v.count(b"\n"), SCHEMA)
+        write_block(repo, "Metrics", "CpuUsage", fmt.KIND_METRIC, v, v.count(b"\n"), SCHEMA)
     [info] = repo.rotate_all()
     blocks = independent_decoder.read_segment(info.path.read_bytes())
     header = b"Timestamp:datetime,SeriesId:long,Labels:dynamic,Value:real\n"

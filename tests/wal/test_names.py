@@ -11,6 +11,7 @@ from node.names import MAX_TABLE_LEN, validate_name
 from node.wal import format as fmt
 from node.wal.names import FlakeIds, host_id, parse_filename, schema_hash, validate_prefix
 from node.wal.repository import Repository, WalConfig
+from tests.wal.helpers import write_block
 
 HOSTILE = ["../x", "a/b", "..", "/abs", "", "x" * 10240, "a\x00b", "таблица", "a_b", "a.b", "a\\b",
            " a", "a\n", "%2e%2e"]
@@ -23,9 +24,9 @@ def test_hostile_names_are_refused(tmp_path: Path, name: str) -> None:
     repo = Repository(WalConfig(tmp_path / "wal"))
     repo.start()
     with pytest.raises(InvalidNameError):
-        repo.write(name, "T", fmt.KIND_METRIC, b"x\n", 1)
+        write_block(repo, name, "T", fmt.KIND_METRIC, b"x\n", 1)
     with pytest.raises(InvalidNameError):
-        repo.write("Db", name, fmt.KIND_METRIC, b"x\n", 1)
+        write_block(repo, "Db", name, fmt.KIND_METRIC, b"x\n", 1)
     with pytest.raises(InvalidNameError):
         validate_prefix(f"{name}_T")
     assert list((tmp_path / "wal").rglob("*")) == [tmp_path / "wal" / "active"]

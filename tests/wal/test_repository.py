@@ -17,7 +17,7 @@ from node.wal import format as fmt
 from node.wal.repository import Block, Repository, WalConfig
 from node.wal.segment import FsyncPolicy, iter_rows
 from node.wal.table import SegmentInfo
-from tests.wal.helpers import make_segment, rows_for
+from tests.wal.helpers import make_segment, rows_for, wal_stats, write_block
 
 
 def _repo(path: Path, **kw: object) -> Repository:
@@ -37,7 +37,7 @@ def test_rotation_at_max_size(tmp_path: Path) -> None:
     written = []
     for i in range(200):
         v = rows_for(i)
-        repo.write("Db", "T", fmt.KIND_METRIC, v, 3)
+        write_block(repo, "Db", "T", fmt.KIND_METRIC, v, 3)
         written.append(v)
     repo.rotate_all()
     assert len(closed) > 3
@@ -50,7 +50,7 @@ def test_rotation_at_max_size(tmp_path: Path) -> None:
 
 def test_rotation_at_max_age(tmp_path: Path) -> None:
     repo = _repo(tmp_path, max_segment_age=0.2)
-    repo.write("Db", "T", fmt.KIND_METRIC, b"a\n", 1)
+    write_block(repo, "Db", "T", fmt.KIND_METRIC, b"a\n", 1)
     assert repo.rotate_expired() == []
     time.sleep(0.25)
     [info] = repo.rotate_expired()
@@ -62,8 +62,8 @@ def test_a_close_that_fails_is_tried_again_and_does_not_keep_the_other_tables_op
     """A full disk as a segment is published (the rename, its directory fsync) used to leave the
     segment in active/ with its rows until a restart, and stopped the other tables' closes."""
     repo = _repo(tmp_path, max_segment_age=0.1)
-    repo.write("Db", "A", fmt.KIND_METRIC, b"a1\n", 1)
-    repo.write("Db", "B", fmt.KIND_METRIC, b"b1\n", 1)
+    write_block(repo, "Db", "A", fmt.KIND_METRIC, b"a1\n", 1)
+    write_block(repo, "Db", "B", fmt.KIND_METRIC, b"b1\n", 1)
     time.sleep(0.15)
     real_rename = os.rename
     failing = {"A"}
@@ -77,7 +77,7 @@ def test_a_close_that_fails_is_tried_again_and_does_not_keep_the_other_tables_op
     with pytest.raises(OSError):
         repo.rotate_expired()
     assert [i.name.table for i in repo.closed_segments()] == ["B"]  # B closed all the same
-    repo.write("Db", "A", fmt.KIND_METRIC, b"a2\n", 1)  # taken: a new segment
+    write_block(repo, "Db", "A", fmt.KIND_METRIC, b"a2\n", 1)  # taken: a new segment
     failing.clear()
     time.sleep(0.15)
     repo.rotate_expired()  # the first A, then the second
@@ -92,8 +92,8 @@ def test_one_active_segment_per_table_and_schema(tmp_path: Path) -> None:
     s1 = (("A", "string"),)
     s2 = (("A", "string"), ("B", "long"))
     for schema in (None, s1, s2, s1):
-        repo.write("Db", "T", fmt.KIND_LOG, b"x\n", 1, schema)
-    repo.write("Db", "U", fmt.KIND_LOG, b"x\n", 1)
+        write_block(repo, "Db", "T", fmt.KIND_LOG, b"x\n", 1, schema)
+    write_block(repo, "Db", "U", fmt.KIND_LOG, b"x\n", 1)
     closed = repo.rotate_all()
     assert sorted(c.prefix for c in closed) == sorted(
         ["Db_T", f"Db_T_{closed[1].name.schema}", f"Db_T_{closed[2].name.schema}", "Db_U"])
@@ -106,7 +106,7 @@ def test_max_disk_usage_refuses_writes_without_loss(tmp_path: Path) -> None:
     with pytest.raises(OverLimitsError):
         for i in range(10_000):
             v = rows_for(i, 5)
-            repo.write("Db", "T", fmt.KIND_METRIC, v, 5)
+            write_block(repo, "Db", "T", fmt.KIND_METRIC, v, 5)
             accepted.append(v)
     assert repo.disk_usage() <= 20_000
     assert repo.disk_usage() == sum(p.stat().st_size for p in tmp_path.rglob("*.wal"))
@@ -114,7 +114,7 @@ def test_max_disk_usage_refuses_writes_without_loss(tmp_path: Path) -> None:
     assert _all_rows(repo) == b"".join(accepted)
     repo.remove(repo.closed_segments())
     assert repo.disk_usage() == 0
-    repo.write("Db", "T", fmt.KIND_METRIC, b"again\n", 1)  # room again
+    write_block(repo, "Db", "T", fmt.KIND_METRIC, b"again\n", 1)  # room again
 
 
 def test_readiness_holds_after_a_refusal_only_until_something_is_freed(tmp_path: Path) -> None:
@@ -124,14 +124,14 @@ def test_readiness_holds_after_a_refusal_only_until_something_is_freed(tmp_path:
     def noise(seed: int) -> bytes:  # rows that do not compress much: ~8 KB in a segment
         return random.Random(seed).randbytes(4_000).hex().encode() + b"\n"
 
-    repo.write("Db", "A", fmt.KIND_METRIC, noise(1), 1)
+    write_block(repo, "Db", "A", fmt.KIND_METRIC, noise(1), 1)
     repo.rotate_all()
-    repo.write("Db", "B", fmt.KIND_METRIC, noise(2), 1)
+    write_block(repo, "Db", "B", fmt.KIND_METRIC, noise(2), 1)
     assert repo.over_limits() == ""
     with pytest.raises(OverLimitsError):
-        repo.write("Db", "C", fmt.KIND_METRIC, noise(3), 1)  # under the limit, but not with this
+        write_block(repo, "Db", "C", fmt.KIND_METRIC, noise(3), 1)  # under the limit, but not with this
     assert "refused" in repo.over_limits()  # the hold: the next such write would be refused too
-    repo.write("Db", "B", fmt.KIND_METRIC, b"y\n", 1)  # writing more does not end it
+    write_block(repo, "Db", "B", fmt.KIND_METRIC, b"y\n", 1)  # writing more does not end it
     assert "refused" in repo.over_limits()
     repo.remove([s for s in repo.closed_segments() if s.name.table == "A"])  # an upload freed room
     assert repo.over_limits() == ""
@@ -139,21 +139,21 @@ def test_readiness_holds_after_a_refusal_only_until_something_is_freed(tmp_path:
 
 def test_max_segment_count(tmp_path: Path) -> None:
     repo = _repo(tmp_path, max_segment_count=2)
-    repo.write("Db", "A", fmt.KIND_METRIC, b"a\n", 1)
-    repo.write("Db", "B", fmt.KIND_METRIC, b"b\n", 1)
-    repo.write("Db", "A", fmt.KIND_METRIC, b"a\n", 1)  # the active segment has room
+    write_block(repo, "Db", "A", fmt.KIND_METRIC, b"a\n", 1)
+    write_block(repo, "Db", "B", fmt.KIND_METRIC, b"b\n", 1)
+    write_block(repo, "Db", "A", fmt.KIND_METRIC, b"a\n", 1)  # the active segment has room
     with pytest.raises(OverLimitsError):
-        repo.write("Db", "C", fmt.KIND_METRIC, b"c\n", 1)
-    assert repo.stats().segment_count == 2
+        write_block(repo, "Db", "C", fmt.KIND_METRIC, b"c\n", 1)
+    assert wal_stats(repo).segment_count == 2
     repo.remove(repo.rotate_all()[:1])
-    repo.write("Db", "C", fmt.KIND_METRIC, b"c\n", 1)
+    write_block(repo, "Db", "C", fmt.KIND_METRIC, b"c\n", 1)
 
 
 def test_write_many_is_all_or_nothing(tmp_path: Path) -> None:
     """A request whose tables would need more segments (or bytes) than are left writes none of
     them: a sender that retries the refused request then duplicates nothing."""
     repo = _repo(tmp_path, max_segment_count=2, max_disk_usage=64 * 1024)
-    repo.write("Db", "A", fmt.KIND_METRIC, b"a\n", 1)
+    write_block(repo, "Db", "A", fmt.KIND_METRIC, b"a\n", 1)
     usage = repo.disk_usage()
     with pytest.raises(OverLimitsError, match="segments"):
         repo.write_many([Block("Db", "A", fmt.KIND_METRIC, b"a2\n", 1), Block("Db", "B", fmt.KIND_METRIC, b"b\n", 1),
@@ -161,9 +161,9 @@ def test_write_many_is_all_or_nothing(tmp_path: Path) -> None:
     with pytest.raises(OverLimitsError, match="max-disk-usage"):
         repo.write_many([Block("Db", "A", fmt.KIND_METRIC, b"a3\n", 1),
                          Block("Db", "B", fmt.KIND_METRIC, os.urandom(70 * 1024), 1)])
-    assert (repo.disk_usage(), repo.stats().segment_count) == (usage, 1)
+    assert (repo.disk_usage(), wal_stats(repo).segment_count) == (usage, 1)
     repo.write_many([Block("Db", "A", fmt.KIND_METRIC, b"a4\n", 1), Block("Db", "B", fmt.KIND_METRIC, b"b\n", 1)])
-    assert repo.stats().segment_count == 2
+    assert wal_stats(repo).segment_count == 2
     assert _rows_of(repo) == {"A": b"a\na4\n", "B": b"b\n"}
 
 
@@ -177,7 +177,7 @@ def test_restart_recovers_active_and_closed_segments(tmp_path: Path) -> None:
     written = []
     for i in range(50):
         v = rows_for(i)
-        repo.write("Db", "T", fmt.KIND_METRIC, v, 3)
+        write_block(repo, "Db", "T", fmt.KIND_METRIC, v, 3)
         written.append(v)
     usage = repo.disk_usage()
     # no stop(): the active segment is left open, as after kill -9
@@ -214,7 +214,7 @@ def test_import_segment_verifies_every_block_first(tmp_path: Path) -> None:
 def test_fsync_policies_write_the_same_bytes(tmp_path: Path, policy: FsyncPolicy) -> None:
     repo = _repo(tmp_path, fsync=policy)
     for i in range(5):
-        repo.write("Db", "T", fmt.KIND_METRIC, rows_for(i), 3)
+        write_block(repo, "Db", "T", fmt.KIND_METRIC, rows_for(i), 3)
     [info] = repo.stop()
     assert b"".join(iter_rows(info.path)) == b"".join(rows_for(i) for i in range(5))
 
@@ -241,7 +241,7 @@ def test_full_disk_is_over_limits_and_loses_nothing(tiny_fs: Path) -> None:
     with pytest.raises(OverLimitsError, match="disk full"):
         for i in range(1000):
             v = rows_for(i) + incompressible + b"\n"
-            repo.write("Db", "T", fmt.KIND_METRIC, v, 4)
+            write_block(repo, "Db", "T", fmt.KIND_METRIC, v, 4)
             accepted.append(v)
     assert len(accepted) > 10
     assert repo.disk_usage() == sum(p.stat().st_size for p in (tiny_fs / "wal").rglob("*.wal"))
@@ -251,7 +251,7 @@ def test_full_disk_is_over_limits_and_loses_nothing(tiny_fs: Path) -> None:
 
 def test_active_segments_live_apart_until_closed(tmp_path: Path) -> None:
     repo = _repo(tmp_path)
-    repo.write("Db", "T", fmt.KIND_METRIC, b"a\n", 1)
+    write_block(repo, "Db", "T", fmt.KIND_METRIC, b"a\n", 1)
     assert [p.parent.name for p in tmp_path.rglob("*.wal")] == ["active"]
     [info] = repo.rotate_all()
     assert info.path.parent == tmp_path
@@ -262,7 +262,7 @@ def test_writer_process_and_supervisor_share_a_directory(tmp_path: Path) -> None
     supervisor = _repo(tmp_path)
     writer = Repository(WalConfig(tmp_path, worker=1))
     writer.start(recover=False)
-    writer.write("Db", "T", fmt.KIND_METRIC, b"a\n", 1)
+    write_block(writer, "Db", "T", fmt.KIND_METRIC, b"a\n", 1)
     assert supervisor.refresh() == []  # active segments are not for upload
     writer.rotate_all()
     assert writer.closed_segments() == [] and writer.disk_usage() == 0
@@ -279,7 +279,7 @@ def test_supervisor_adopts_the_active_segments_of_a_dead_writer(tmp_path: Path) 
     for worker in (1, 2):
         w = Repository(WalConfig(tmp_path, worker=worker))
         w.start(recover=False)
-        w.write("Db", "T", fmt.KIND_METRIC, f"w{worker}\n".encode(), 1)
+        write_block(w, "Db", "T", fmt.KIND_METRIC, f"w{worker}\n".encode(), 1)
         writers.append(w)
     # writer 1 "dies" with a torn tail in its active segment
     [active1] = [p for p in (tmp_path / "active").iterdir()
@@ -296,14 +296,14 @@ def test_per_database_share_blocks_only_that_database(tmp_path: Path) -> None:
     repo = _repo(tmp_path, max_disk_usage_per_database=8000)
     with pytest.raises(OverLimitsError, match="database Slow"):
         for i in range(1000):
-            repo.write("Slow", "T", fmt.KIND_METRIC, rows_for(i, 5), 5)
+            write_block(repo, "Slow", "T", fmt.KIND_METRIC, rows_for(i, 5), 5)
     assert repo.disk_usage("Slow") <= 8000
     for i in range(50):  # another database is not affected
-        repo.write("Fast", "T", fmt.KIND_METRIC, rows_for(i, 1), 1)
+        write_block(repo, "Fast", "T", fmt.KIND_METRIC, rows_for(i, 1), 1)
     assert repo.disk_usage("Fast") > 0
     repo.blocked_databases = frozenset({"Fast"})
     with pytest.raises(OverLimitsError, match="database Fast"):
-        repo.write("Fast", "T", fmt.KIND_METRIC, b"x\n", 1)
+        write_block(repo, "Fast", "T", fmt.KIND_METRIC, b"x\n", 1)
 
 
 def test_a_segment_being_removed_is_never_indexed_again_by_a_refresh(tmp_path: Path,
@@ -312,7 +312,7 @@ def test_a_segment_being_removed_is_never_indexed_again_by_a_refresh(tmp_path: P
     lock; a `refresh` (another receiver process published segments) in between saw the file still on
     disk and indexed it again: a ghost that every later upload failed on with ENOENT."""
     repo = _repo(tmp_path)
-    repo.write("Db", "T", fmt.KIND_METRIC, b"a\n", 1)
+    write_block(repo, "Db", "T", fmt.KIND_METRIC, b"a\n", 1)
     [info] = repo.rotate_all()
     refreshed: list[threading.Thread] = []
     real_unlink = Path.unlink
@@ -331,22 +331,22 @@ def test_a_segment_being_removed_is_never_indexed_again_by_a_refresh(tmp_path: P
     assert not refreshed[0].is_alive()
     assert not info.path.exists()
     assert repo.closed_segments() == []
-    assert repo.disk_usage() == 0 and repo.stats().segment_count == 0
+    assert repo.disk_usage() == 0 and wal_stats(repo).segment_count == 0
 
 
 def test_a_request_the_disk_fills_in_the_middle_of_leaves_nothing(tiny_fs: Path) -> None:
     """Regression (issue 12): a request of several tables whose last block met a full disk was
     refused, but the blocks appended before it stayed: a client that retried it got them twice."""
     repo = _repo(tiny_fs / "wal")
-    repo.write("Db", "A", fmt.KIND_METRIC, b"a0\n", 1)
-    repo.write("Db", "B", fmt.KIND_METRIC, b"b0\n", 1)
+    write_block(repo, "Db", "A", fmt.KIND_METRIC, b"a0\n", 1)
+    write_block(repo, "Db", "B", fmt.KIND_METRIC, b"b0\n", 1)
     usage = repo.disk_usage()
     too_big = os.urandom(400 * 1024).hex().encode()  # incompressible, over the 256 KiB volume
     with pytest.raises(OverLimitsError, match="disk full"):
         repo.write_many([Block("Db", "A", fmt.KIND_METRIC, b"a1\n", 1), Block("Db", "B", fmt.KIND_METRIC, b"b1\n", 1),
                          Block("Db", "C", fmt.KIND_METRIC, too_big, 1)])
     assert repo.disk_usage() == usage == sum(p.stat().st_size for p in (tiny_fs / "wal").rglob("*.wal"))
-    assert repo.stats().segment_count == 2
+    assert wal_stats(repo).segment_count == 2
     repo.write_many([Block("Db", "A", fmt.KIND_METRIC, b"a2\n", 1), Block("Db", "C", fmt.KIND_METRIC, b"c2\n", 1)])
     assert _rows_of(repo) == {"A": b"a0\na2\n", "B": b"b0\n", "C": b"c2\n"}
     again = _repo(tiny_fs / "wal")  # and what a restart reads
@@ -358,7 +358,7 @@ def test_undoing_a_request_that_opened_the_segment_removes_the_segment(tiny_fs: 
     with pytest.raises(OverLimitsError, match="disk full"):
         repo.write_many([Block("Db", "A", fmt.KIND_METRIC, b"a1\n", 1),
                          Block("Db", "C", fmt.KIND_METRIC, os.urandom(400 * 1024).hex().encode(), 1)])
-    assert (repo.disk_usage(), repo.stats().segment_count) == (0, 0)
+    assert (repo.disk_usage(), wal_stats(repo).segment_count) == (0, 0)
     assert list((tiny_fs / "wal").rglob("*.wal")) == []
 
 
@@ -405,7 +405,7 @@ def test_min_free_disk_refuses_writes_before_the_volume_is_full(tiny_fs: Path) -
     with pytest.raises(OverLimitsError, match="min-free-disk"):
         for i in range(1000):
             v = rows_for(i) + incompressible + b"\n"
-            repo.write("Db", "T", fmt.KIND_METRIC, v, 4)
+            write_block(repo, "Db", "T", fmt.KIND_METRIC, v, 4)
             accepted.append(v)
     st = os.statvfs(tiny_fs)
     assert st.f_bavail * st.f_frsize >= 128 * 1024 - 8192  # the floor held (give or take a block)
@@ -413,7 +413,7 @@ def test_min_free_disk_refuses_writes_before_the_volume_is_full(tiny_fs: Path) -
     repo.rotate_all()
     repo.remove(repo.closed_segments())  # uploaded: room again
     assert repo.over_limits() == "" or "refused" in repo.over_limits()
-    repo.write("Db", "T", fmt.KIND_METRIC, b"after\n", 1)
+    write_block(repo, "Db", "T", fmt.KIND_METRIC, b"after\n", 1)
     assert len(accepted) > 5
 
 
@@ -425,7 +425,7 @@ def test_a_refresh_between_a_close_and_its_indexing_counts_the_segment_once(tmp_
     import node.wal.table as table_mod
 
     repo = _repo(tmp_path)
-    repo.write("Db", "T", fmt.KIND_METRIC, b"a\n", 1)
+    write_block(repo, "Db", "T", fmt.KIND_METRIC, b"a\n", 1)
     real_rename = os.rename
 
     def rename_then_refresh(src: str | Path, dst: str | Path) -> None:
@@ -438,6 +438,6 @@ def test_a_refresh_between_a_close_and_its_indexing_counts_the_segment_once(tmp_
     [info] = repo.rotate_all()
     monkeypatch.undo()
     assert repo.closed_segments() == [info]
-    assert repo.disk_usage() == info.size and repo.stats().segment_count == 1
+    assert repo.disk_usage() == info.size and wal_stats(repo).segment_count == 1
     repo.remove([info])
-    assert (repo.disk_usage(), repo.stats().segment_count) == (0, 0)
+    assert (repo.disk_usage(), wal_stats(repo).segment_count) == (0, 0)
