@@ -6,6 +6,12 @@ next line says how many were left out meanwhile.
 
 Client mistakes go through it (no traceback: they are not the node's faults); the counters still
 count every one.
+
+`ErrorLog` is for failures that retry (an upload, a transfer, a round): an expected error (an
+`IngestorError`: a sink down, a peer refusing) is one line every time; an unexpected one (a bug, a
+foreign exception nobody translated) is logged with its traceback the first time it is seen, and
+in one line when it happens again within the interval, so that a loop retrying every few seconds
+does not bury the log in copies of one traceback.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+from node.errors import IngestorError
 
 MAX_REASONS = 1000
 """Reasons remembered at once (a hostile client can make many): past it, the oldest are forgotten."""
@@ -33,8 +41,9 @@ class RateLimitedLog:
         """When each reason may be logged again."""
         self._skipped: dict[str, int] = {}
 
-    def log(self, level: int, reason: str, msg: str, *args: Any) -> bool:
-        """Log `msg % args` unless `reason` was logged less than `interval` ago; return whether it was."""
+    def log(self, level: int, reason: str, msg: str, *args: Any, exc_info: BaseException | None = None) -> bool:
+        """Log `msg % args` (with `exc_info`'s traceback) unless `reason` was logged less than
+        `interval` ago; return whether it was."""
         now = self._clock()
         with self._lock:
             if self._next.get(reason, 0.0) > now:
@@ -49,5 +58,39 @@ class RateLimitedLog:
             self._next[reason] = now + self._interval
         if skipped:
             msg += f" (and {skipped} more like it in the last {self._interval:.0f}s)"
-        self._logger.log(level, msg, *args)
+        self._logger.log(level, msg, *args, exc_info=exc_info)
         return True
+
+
+TRACEBACK_INTERVAL = 3600.0
+"""Seconds before the traceback of one unexpected error (its type and the line that raised it) is logged again."""
+
+
+def error_key(error: BaseException) -> str:
+    """What makes two errors the same one: their type and the line that raised them."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "?"
+    return f"{type(error).__module__}.{type(error).__qualname__}@{where}"
+
+
+def describe(error: BaseException) -> str:
+    """An error as one line: its message; an unexpected one's type too (`KeyError: 'x'`)."""
+    return str(error) if isinstance(error, IngestorError) else f"{type(error).__name__}: {error}"
+
+
+class ErrorLog:
+    """Failures of a loop that retries: expected ones (`IngestorError`) in one line each time;
+    unexpected ones with their traceback once per `error_key` and `interval`, in one line otherwise."""
+
+    def __init__(self, logger: logging.Logger, interval: float = TRACEBACK_INTERVAL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._logger = logger
+        self._tracebacks = RateLimitedLog(logger, interval, clock)
+
+    def log(self, level: int, error: BaseException, msg: str, *args: Any) -> None:
+        """Log `msg % args` for `error` (`describe(error)` is handy among `args`)."""
+        if isinstance(error, IngestorError) or not self._tracebacks.log(level, error_key(error), msg, *args,
+                                                                         exc_info=error):
+            self._logger.log(level, msg, *args)
