@@ -32,6 +32,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from node.storage import fsync_dir
+
 log = logging.getLogger(__name__)
 
 SINK = ""
@@ -109,7 +111,7 @@ class Intents:
         finally:
             os.close(fd)
         os.rename(tmp, path)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         self._by_prefix[intent.prefix] = intent
 
     def confirm(self, prefix: str, segments: tuple[str, ...], target: str) -> None:
@@ -129,11 +131,3 @@ class Intents:
 
     def _path(self, prefix: str) -> Path:
         return self.directory / f"{prefix}.json"
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
