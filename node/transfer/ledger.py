@@ -5,9 +5,9 @@ doubt about. So a segment must be published once even when the answer is lost, w
 dies half-way, when the ledger's disk is full, and when two receiver processes of the node (they
 share the port with SO_REUSEPORT, the WAL directory and this file) get the same segment at once.
 
-`transfers.ledger` is a text file of lines, appended under an exclusive `flock` (every receiver
-process reads the lines the others appended before it decides anything); the last line of a key
-is its state:
+`transfers.ledger` (`StorageLayout.ledger`) is a text file of lines, appended under an exclusive
+`flock` (every receiver process reads the lines the others appended before it decides anything);
+the last line of a key is its state:
 
     <unix seconds> <key>                              DONE: published; a resend is ALREADY_EXISTS
     <unix seconds> <key> claim <owner> <part path>    being received by <owner> into <part path>
@@ -74,11 +74,11 @@ from pathlib import Path
 from typing import ClassVar, TypeVar
 
 from node.errors import AlreadyExistsError, OverLimitsError, UnavailableError
+from node.storage import atomic_write
 from node.wal.importer import PART_SUFFIX
 
 log = logging.getLogger(__name__)
 
-LEDGER_FILE = "transfers.ledger"
 DEFAULT_RETENTION = 3600.0
 DEFAULT_CLAIM_TIMEOUT = 600.0
 """A claim this old is stale even if its owner lives (a reused pid, a `free` line that could not
@@ -417,12 +417,7 @@ class TransferLedger:
             entry = self._entries[key]
             if state is State.CLAIM or (state is State.DONE and now - entry.stamp < self.retention):
                 keep[key] = entry
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(b"".join(e.line(k) for k, e in keep.items()))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        atomic_write(self.path, b"".join(e.line(k) for k, e in keep.items()))
         self.close()
         self._ino = -1
         self._catch_up()

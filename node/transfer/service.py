@@ -42,7 +42,6 @@ from typing import Any
 
 import grpc
 
-from cluster.transfer import DEFAULT_CHUNK, READY_HEADER
 from node.budget import MemoryBudget
 from node.config import NodeConfig
 from node.errors import AlreadyExistsError, InvalidInputError, StalledError, UnauthenticatedError, status_of
@@ -52,6 +51,7 @@ from node.ratelog import RateLimitedLog
 from node.receivers.grpc import abort
 from node.state import NodeState
 from node.transfer.ledger import Claim, ClaimLostError, TransferLedger, transfer_key
+from node.transfer.protocol import MAX_CHUNK, READY_HEADER, TOKEN_HEADER, TOKEN_SCHEME
 from node.wal.importer import SegmentImport
 from node.wal.names import parse_filename
 from node.wal.repository import Repository
@@ -61,13 +61,9 @@ log = logging.getLogger(__name__)
 _said = RateLimitedLog(log)
 
 TRANSFER_SERVICE = transfer_pb2.DESCRIPTOR.services_by_name["Transfer"].full_name
-TOKEN_HEADER = "authorization"
+_SCHEME = TOKEN_SCHEME.encode()
 MAX_TRANSFER_BYTES = 4 << 30
 """Largest segment accepted in one call (a sender transfers at most --max-transfer-size)."""
-MAX_CHUNK = DEFAULT_CHUNK
-"""Largest chunk a message may carry: the sender's chunk size (cluster/transfer.py). gRPC's
-Python server has one receive limit for every method of the port (--max-request-bytes, which
-OTLP needs), so the limit of this method is checked here, once the message is in."""
 MAX_METADATA_BYTES = 64 << 10
 MESSAGE_OVERHEAD = 64 << 10
 MESSAGE_FACTOR = 4
@@ -162,7 +158,8 @@ class _Held:
 
 class PeerAuth:
     """Who may call the transfer service: a caller with a verified client certificate (mutual
-    TLS), or one that presents the shared token as `authorization: Bearer <token>`."""
+    TLS), or one that presents the shared token as `authorization: Bearer <token>` (`TOKEN_HEADER`,
+    `TOKEN_SCHEME`)."""
 
     def __init__(self, token: str | None = None, mtls: bool = False) -> None:
         self._token = token.encode() if token else None
@@ -182,7 +179,7 @@ class PeerAuth:
             for key, value in context.invocation_metadata() or ():
                 if key == TOKEN_HEADER:
                     given = value.encode() if isinstance(value, str) else bytes(value)
-                    if given.startswith(b"Bearer ") and hmac.compare_digest(given[7:], self._token):
+                    if given.startswith(_SCHEME) and hmac.compare_digest(given[len(_SCHEME):], self._token):
                         return
                     raise UnauthenticatedError("the peer token does not match")
             raise UnauthenticatedError("transfer needs the peer token (authorization: Bearer ...) or a client "
@@ -254,6 +251,8 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
                     raise InvalidInputError("a transfer carries its metadata once, first")
                 chunk = msg.chunk
                 del msg
+                # gRPC's Python server has one receive limit for every method of the port
+                # (--max-request-bytes, which OTLP needs): this method's is checked here.
                 if len(chunk) > MAX_CHUNK:
                     raise InvalidInputError(f"a chunk of {len(chunk)} bytes, over the transfer's {MAX_CHUNK}")
                 await memory.grow_to(per_message + imp.memory_for(chunk))

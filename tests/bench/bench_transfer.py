@@ -18,12 +18,14 @@ from collections import Counter
 from pathlib import Path
 
 from cluster.membership import Peer
-from cluster.transfer import Outcome, TransferClient
+from node.transfer.client import TransferClient
+from node.transfer.protocol import Outcome
 from node.wal import format as fmt
 from node.wal.repository import Repository, WalConfig
 from node.wal.table import SegmentInfo
 from tests.bench.bench_wal import SCHEMA, make_block
 from tests.harness import NodeProcess
+from tests.wal.helpers import write_block
 
 MB = 1_000_000
 TOKEN = "bench-token"
@@ -36,7 +38,7 @@ def write_segments(directory: Path, count: int, segment_bytes: int) -> list[Segm
     k = 0
     while len(repo.closed_segments()) < count:
         value, rows = blocks[k % len(blocks)]
-        repo.write("Metrics", f"Bench{len(repo.closed_segments()) % 4}", fmt.KIND_METRIC, value, rows, SCHEMA)
+        write_block(repo, "Metrics", f"Bench{len(repo.closed_segments()) % 4}", fmt.KIND_METRIC, value, rows, SCHEMA)
         k += 1
     repo.rotate_all()
     return repo.closed_segments()[:count]

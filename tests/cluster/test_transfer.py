@@ -21,7 +21,6 @@ from prometheus_client import CollectorRegistry
 
 from cluster.health import PeerHealth
 from cluster.membership import Peer, StaticMembership
-from cluster.transfer import READY_HEADER, Outcome, TlsFiles, TransferClient
 from cluster.view import ClusterView
 from node.gen.ingestor.v1 import admin_pb2, transfer_pb2, transfer_pb2_grpc
 from node.ingest import Converters, Ingest
@@ -31,16 +30,19 @@ from node.rows.logs import LogsConfig, LogsConverter
 from node.rows.metrics import MetricsConfig, MetricsConverter
 from node.rows.traces import TracesConfig, TracesConverter
 from node.state import NodeState, Phase
+from node.transfer.client import TlsFiles, TransferClient
 from node.transfer.ledger import DEFAULT_RETENTION, Claim, TransferLedger, transfer_key
+from node.transfer.plan import PlannedTransfer
+from node.transfer.protocol import READY_HEADER, Outcome
+from node.transfer.router import Router, TransferConfig
 from node.transfer.service import TRANSFER_SERVICE, PeerAuth, TransferService
-from node.upload.batcher import PlannedTransfer
-from node.upload.router import Router, TransferConfig
 from node.wal import format as fmt
 from node.wal.names import make_prefix
 from node.wal.repository import Repository, WalConfig
 from node.wal.segment import iter_rows
 from node.wal.table import SegmentInfo
 from tests.cluster.tls import make_certs
+from tests.wal.helpers import wal_stats, write_block
 
 TOKEN = "s3cret-token"
 
@@ -113,7 +115,7 @@ def segments(wal: Repository, count: int = 2, blocks: int = 3, table: str = "Cpu
     out = []
     for s in range(count):
         for b in range(blocks):
-            wal.write("Metrics", table, fmt.KIND_METRIC, rows(s * 100 + b), 50)
+            write_block(wal, "Metrics", table, fmt.KIND_METRIC, rows(s * 100 + b), 50)
         out.extend(wal.rotate_all())
     return out
 
@@ -253,7 +255,7 @@ async def test_a_stream_cut_half_way_leaves_nothing_then_the_resend_is_accepted(
             break
         await asyncio.sleep(0.05)
     assert receiver.files() == []
-    assert receiver.wal.disk_usage() == 0 and receiver.wal.stats().segment_count == 0  # the reservation is back
+    assert receiver.wal.disk_usage() == 0 and wal_stats(receiver.wal).segment_count == 0  # the reservation is back
     code, details = await raw_call(receiver.addr, [metadata(seg.path.name, data), *parts])
     assert code is grpc.StatusCode.OK, details
     assert receiver.rows() == all_rows([seg])

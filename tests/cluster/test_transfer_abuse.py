@@ -36,14 +36,15 @@ from prometheus_client import CollectorRegistry
 
 from cluster.health import PeerHealth
 from cluster.membership import Peer, StaticMembership
-from cluster.transfer import READY_HEADER, Outcome, TransferClient, TransferResult
 from cluster.view import ClusterView
 from node.errors import RequestTooLargeError
 from node.gen.ingestor.v1 import transfer_pb2, transfer_pb2_grpc
 from node.metrics import NodeMetrics
+from node.transfer.client import TransferClient, TransferResult
+from node.transfer.plan import PlannedTransfer
+from node.transfer.protocol import READY_HEADER, Outcome
+from node.transfer.router import Router, TransferConfig
 from node.transfer.service import message_memory
-from node.upload.batcher import PlannedTransfer
-from node.upload.router import Router, TransferConfig
 from node.wal import codec
 from node.wal import format as fmt
 from node.wal.importer import DECODE_FACTOR
@@ -53,6 +54,7 @@ from node.wal.table import SegmentInfo
 from tests.cluster.test_transfer import metadata, segments
 from tests.harness import ROOT, NodeProcess, scrape
 from tests.node.test_grpc import gauge_request
+from tests.wal.helpers import write_block
 from tests.wal.s2_writer import MAX_REPEAT, BlockBuilder, uvarint
 
 TOKEN = "abuse-token"
@@ -319,9 +321,9 @@ def test_the_writer_never_writes_a_block_over_the_limit(tmp_path: Path, monkeypa
     monkeypatch.setattr(codec, "MAX_DECODED_LEN", 1000)
     wal = Repository(WalConfig(tmp_path / "wal"))
     wal.start()
-    wal.write("Metrics", "Cpu", fmt.KIND_METRIC, b"x" * 900, 1)
+    write_block(wal, "Metrics", "Cpu", fmt.KIND_METRIC, b"x" * 900, 1)
     with pytest.raises(RequestTooLargeError, match="block limit"):
-        wal.write("Metrics", "Cpu", fmt.KIND_METRIC, b"x" * 1000, 1)
+        write_block(wal, "Metrics", "Cpu", fmt.KIND_METRIC, b"x" * 1000, 1)
     assert [len(v) for s in wal.rotate_all() for v in iter_rows(s.path)] == [900]
     with pytest.raises(codec.CodecError, match="block limit"):
         codec.decompress(uvarint(1001) + b"\x00x")

@@ -37,7 +37,6 @@ import pytest_asyncio
 from prometheus_client import CollectorRegistry
 
 from cluster.membership import Peer
-from cluster.transfer import READY_HEADER, Outcome, TransferClient, TransferResult
 from node.errors import AlreadyExistsError, UnavailableError
 from node.gen.ingestor.v1 import admin_pb2, transfer_pb2_grpc
 from node.ingest import Converters, Ingest
@@ -48,7 +47,9 @@ from node.rows.metrics import MetricsConfig, MetricsConverter
 from node.rows.traces import TracesConfig, TracesConverter
 from node.state import NodeState, Phase
 from node.transfer import ledger as ledger_module
+from node.transfer.client import TransferClient, TransferResult
 from node.transfer.ledger import TransferLedger, transfer_key
+from node.transfer.protocol import READY_HEADER, Outcome
 from node.transfer.service import TRANSFER_SERVICE, PeerAuth, TransferService
 from node.wal.repository import Repository, WalConfig
 from node.wal.segment import iter_rows

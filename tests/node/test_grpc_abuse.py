@@ -23,10 +23,10 @@ import pytest_asyncio
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
 
 from cluster.membership import Peer
-from cluster.transfer import TransferClient
 from node.ratelog import RateLimitedLog
 from node.receivers import grpc as grpc_receiver
 from node.transfer import service as transfer_service
+from node.transfer.client import TransferClient
 from node.wal.repository import Repository, WalConfig
 from tests.cluster.test_transfer import TOKEN, Receiver, metadata, raw_call, segments, start_receiver
 from tests.harness import ROOT, NodeProcess

@@ -1,7 +1,7 @@
 """Transfer or upload: sends the small, young segments of tables that another peer owns to that peer.
 
 Each round the uploader asks `plan()` which closed segments go to their owner (see
-`batcher.plan_transfers` for the rule) and uploads the rest itself. `deliver()` streams one
+`plan.plan_transfers` for the rule) and uploads the rest itself. `deliver()` streams one
 planned transfer and turns its outcome into what happens next:
 
 - delivered (OK or ALREADY_EXISTS): the caller deletes the local segments;
@@ -26,10 +26,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from cluster.transfer import Outcome, TransferClient, TransferResult
 from cluster.view import ClusterView
 from node.metrics import NodeMetrics
-from node.upload.batcher import PlannedTransfer, plan_transfers
+from node.transfer.client import TransferClient, TransferResult
+from node.transfer.plan import PlannedTransfer, plan_transfers
+from node.transfer.protocol import Outcome
 from node.wal.table import SegmentInfo
 
 log = logging.getLogger(__name__)

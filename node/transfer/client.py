@@ -5,19 +5,13 @@ others without their 8-byte magic, so the peer receives one well-formed segment.
 named after the first segment and declares the total size and CRC-32 (computed by a first read
 of the files; they are closed and immutable, so the second read sends the same bytes).
 
-The outcome tells the caller what to do with its copy:
-
-- `ACCEPTED` / `ALREADY_HAD`: the peer holds the rows durably; delete the local segments;
-- `REFUSED`: INVALID_ARGUMENT, the peer will never take these bytes; upload them directly;
-- `PEER_FAILED`: the peer is unreachable, overloaded, draining, or refuses our credentials;
-  mark it unhealthy, keep the segments (the next round routes them to the next peer or uploads).
+The outcome tells the caller what to do with its copy (`protocol.Outcome`): delete it, upload it
+here, or keep it for the next round.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
-import logging
 import os
 import time
 import zlib
@@ -36,24 +30,8 @@ except ImportError:  # pragma: no cover - another grpc build
 
 from cluster.membership import Peer
 from node.gen.ingestor.v1 import transfer_pb2, transfer_pb2_grpc
+from node.transfer.protocol import IN_DOUBT, MAX_CHUNK, READY_HEADER, TOKEN_HEADER, TOKEN_SCHEME, Outcome, outcome_of
 from node.wal import format as fmt
-
-log = logging.getLogger(__name__)
-
-DEFAULT_CHUNK = 4 << 20
-READY_HEADER = "x-ingestor-transfer-ready"
-"""Initial metadata of a receiver that accepted the segment's metadata: stream the bytes."""
-
-
-class Outcome(enum.Enum):
-    ACCEPTED = "accepted"
-    ALREADY_HAD = "already_had"
-    REFUSED = "refused"
-    PEER_FAILED = "peer_failed"
-
-    @property
-    def delivered(self) -> bool:
-        return self in (Outcome.ACCEPTED, Outcome.ALREADY_HAD)
 
 
 @dataclass(frozen=True)
@@ -66,17 +44,6 @@ class TransferResult:
     seconds: float = 0.0
     in_doubt: bool = False
     """The peer may have committed the segment: every byte was sent, then the answer was lost."""
-
-
-_IN_DOUBT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
-             grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
-"""Failures that say nothing of what the peer did with a stream it received whole."""
-
-_OUTCOMES = {
-    grpc.StatusCode.OK: Outcome.ACCEPTED,
-    grpc.StatusCode.ALREADY_EXISTS: Outcome.ALREADY_HAD,
-    grpc.StatusCode.INVALID_ARGUMENT: Outcome.REFUSED,
-}
 
 
 @dataclass(frozen=True)
@@ -97,7 +64,7 @@ def _plan(paths: Sequence[Path]) -> tuple[list[tuple[Path, int, int]], int, int]
             start = 0 if i == 0 else len(fmt.MAGIC)
             if i == 0:
                 crc = zlib.crc32(head, crc)
-            while chunk := f.read(DEFAULT_CHUNK):
+            while chunk := f.read(MAX_CHUNK):
                 crc = zlib.crc32(chunk, crc)
             size = f.tell()
         parts.append((path, start, size - start))
@@ -109,7 +76,7 @@ class TransferClient:
     """Sends segments to peers; one channel per peer address, kept open between calls."""
 
     def __init__(self, sender: str, token: str | None = None, tls: TlsFiles | None = None,
-                 chunk_size: int = DEFAULT_CHUNK, timeout: float = 60.0, min_rate: float = 20e6) -> None:
+                 chunk_size: int = MAX_CHUNK, timeout: float = 60.0, min_rate: float = 20e6) -> None:
         """`timeout` + size / `min_rate` bounds one call."""
         self.sender = sender
         self._token = token
@@ -164,7 +131,7 @@ class TransferClient:
             parts, total, crc = await asyncio.to_thread(_plan, paths)
         except (OSError, fmt.FormatError) as e:
             return TransferResult(Outcome.REFUSED, "LOCAL", f"cannot read the segments: {e}")
-        metadata = (("authorization", f"Bearer {self._token}"),) if self._token else None
+        metadata = ((TOKEN_HEADER, f"{TOKEN_SCHEME}{self._token}"),) if self._token else None
         stub = transfer_pb2_grpc.TransferStub(self._channel(peer.address))
         # Written message by message rather than from an iterator: a peer that answers before the
         # end (UNAUTHENTICATED, ALREADY_EXISTS, ...) ends the call, the next write fails, and the
@@ -196,6 +163,6 @@ class TransferClient:
         except asyncio.CancelledError:
             call.cancel()
             raise
-        outcome = _OUTCOMES.get(code, Outcome.PEER_FAILED)
+        outcome = outcome_of(code)
         return TransferResult(outcome, code.name, detail, total if outcome.delivered else 0,
-                              time.perf_counter() - t0, sent_all and code in _IN_DOUBT)
+                              time.perf_counter() - t0, sent_all and code in IN_DOUBT)
