@@ -20,19 +20,21 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from cluster.transfer import Outcome
+from cluster.backoff import Backoff
 from node.errors import PermanentSinkError
 from node.metrics import NodeMetrics
+from node.ratelog import ErrorLog, describe
 from node.sinks.base import Batch, Sink, batch_id, batch_limit
-from node.upload.batcher import DEFAULT_RATIO, BatchPolicy, PlannedBatch, PlannedTransfer, plan
+from node.transfer.plan import PlannedTransfer
+from node.transfer.protocol import Outcome
+from node.transfer.router import Router
+from node.upload.batcher import DEFAULT_RATIO, BatchPolicy, PlannedBatch, plan
 from node.upload.intents import SINK, Intent, Intents
-from node.upload.router import Router
 from node.wal import codec
 from node.wal import format as fmt
 from node.wal.repository import Repository
@@ -97,6 +99,9 @@ class Uploader:
         self._transfers: set[asyncio.Task[None]] = set()
         """The transfer tasks among `_tasks` (cancelled by `stop`)."""
         self._failures: dict[str, int] = {}
+        self._backoff = Backoff(config.backoff_initial, config.backoff_max)
+        self._errors = ErrorLog(log)
+        """Unexpected errors with their traceback once, expected ones (SinkError & co) in one line."""
         self._not_before: dict[str, float] = {}
         self._ratios: dict[str, float] = {}
         self._loop_task: asyncio.Task[None] | None = None
@@ -139,8 +144,8 @@ class Uploader:
         while True:
             try:
                 await self._round(self._config.policy)
-            except Exception:
-                log.exception("upload round failed")
+            except Exception as e:
+                self._errors.log(logging.ERROR, e, "upload round failed: %s", describe(e))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._config.interval)
             self._wake.clear()
@@ -287,8 +292,7 @@ class Uploader:
         """Count a failure of `prefix` and set its next try; return (attempt, delay)."""
         n = self._failures.get(prefix, 0) + 1
         self._failures[prefix] = n
-        delay = min(self._config.backoff_max, self._config.backoff_initial * 2 ** (n - 1))
-        delay *= random.uniform(0.5, 1.0)
+        delay = self._backoff.delay(n)
         self._not_before[prefix] = self._clock() + delay
         return n, delay
 
@@ -333,8 +337,8 @@ class Uploader:
                     self._back_off(t.prefix)
             else:
                 await asyncio.to_thread(self.intents.clear, t.prefix)
-        except Exception:
-            log.exception("transfer of %s to %s failed", t.prefix, t.owner)
+        except Exception as e:
+            self._errors.log(logging.ERROR, e, "transfer of %s to %s failed: %s", t.prefix, t.owner, describe(e))
             if not await self._vanished(t.segments):
                 self._back_off(t.prefix)
         finally:
@@ -342,6 +346,19 @@ class Uploader:
             self._wake.set()
 
     async def _deliver(self, planned: PlannedBatch) -> None:
+        """Deliver one batch and settle it (remove, release or quarantine); whatever happens, an
+        error in the settling itself included (the quarantine's disk, the records), the prefix is
+        released at the end, and backs off when the delivery did not settle."""
+        try:
+            await self._deliver_and_settle(planned)
+        except Exception as e:
+            n, delay = self._back_off(planned.prefix)
+            self._errors.log(logging.ERROR, e, "delivery of %s (%d segments) failed (attempt %d), retrying in "
+                             "%.1fs: %s", planned.prefix, len(planned.segments), n, delay, describe(e))
+        finally:
+            self._busy.discard(planned.prefix)
+
+    async def _deliver_and_settle(self, planned: PlannedBatch) -> None:
         name = planned.segments[0].name
         batch = Batch(name.database, name.table, planned.segments, token=planned.token)
         sink = self._sink.name
@@ -355,25 +372,17 @@ class Uploader:
             self._metrics.uploads.labels(sink, "quarantined").inc()
             await asyncio.to_thread(self._quarantine, planned, str(e))
             await asyncio.to_thread(self.intents.clear, planned.prefix)
-            self._busy.discard(planned.prefix)
             return
         except Exception as e:
             self._metrics.uploads.labels(sink, "failed").inc()
-            try:
-                if await self._vanished(planned.segments):
-                    return  # the rest goes again at the next round, under the delivery's token
-                n, delay = self._back_off(planned.prefix)
-                log.warning("upload of %s (%d segments) to %s failed (attempt %d), retrying in %.1fs: %s",
-                            planned.prefix, len(planned.segments), sink, n, delay, e)
-            finally:
-                self._busy.discard(planned.prefix)
+            if await self._vanished(planned.segments):
+                return  # the rest goes again at the next round, under the delivery's token
+            n, delay = self._back_off(planned.prefix)
+            self._errors.log(logging.WARNING, e, "upload of %s (%d segments) to %s failed (attempt %d), retrying in "
+                             "%.1fs: %s", planned.prefix, len(planned.segments), sink, n, delay, describe(e))
             return
         # remove: the sink confirmed every row
-        try:
-            await self._confirmed(planned.prefix, planned.segments, SINK)
-        except BaseException:
-            self._busy.discard(planned.prefix)
-            raise
+        await self._confirmed(planned.prefix, planned.segments, SINK)
         self._failures.pop(planned.prefix, None)
         self._not_before.pop(planned.prefix, None)
         if batch.size:
@@ -385,7 +394,6 @@ class Uploader:
         self._metrics.upload_seconds.observe(elapsed)
         log.info("uploaded %s to %s: %d segments, %d rows, %.1f MB in %.2fs (%s)", planned.prefix, sink,
                  len(planned.segments), batch.rows, batch.uncompressed_bytes / 1e6, elapsed, planned.reason)
-        self._busy.discard(planned.prefix)
         self._wake.set()
 
     def _quarantine(self, planned: PlannedBatch, reason: str) -> None:

@@ -28,6 +28,7 @@ from node.upload.uploader import UploadConfig, Uploader
 from node.wal import format as fmt
 from node.wal.repository import Repository, WalConfig
 from node.wal.table import SegmentInfo
+from tests.wal.helpers import write_block
 
 pytest.importorskip("chdb")
 
@@ -39,7 +40,7 @@ def write(wal: Repository, first: int, count: int) -> list[SegmentInfo]:
     out = []
     for i in range(first, first + count):
         rows = b"".join(f"2026-11-30T00:00:00Z,{i * 10 + j}\n".encode() for j in range(10))
-        wal.write("Db", "T", fmt.KIND_METRIC, rows, 10, SCHEMA)
+        write_block(wal, "Db", "T", fmt.KIND_METRIC, rows, 10, SCHEMA)
         out.extend(wal.rotate_all())
     return out
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from node.upload.uploader import UploadConfig, Uploader
 from node.wal import format as fmt
 from node.wal.repository import Repository, WalConfig
 from node.wal.segment import iter_rows
+from tests.wal.helpers import write_block
 
 SCHEMA = (("Timestamp", "datetime"), ("Value", "real"))
 
@@ -57,7 +59,7 @@ def _setup(tmp_path: Path, n: int = 20) -> tuple[Repository, list[bytes]]:
     sent = []
     for i in range(n):
         row = f"2026-11-24T00:00:{i % 60:02d}Z,{i}\n".encode() * 20
-        wal.write("Db", "T" if i % 2 else "U", fmt.KIND_METRIC, row, 20, SCHEMA)
+        write_block(wal, "Db", "T" if i % 2 else "U", fmt.KIND_METRIC, row, 20, SCHEMA)
         sent.extend(row.splitlines())
     wal.rotate_all()
     return wal, sent
@@ -163,7 +165,7 @@ async def test_a_round_never_plans_segments_a_delivery_removed_while_it_waited(
     wal = Repository(WalConfig(tmp_path / "wal"))
     wal.start()
     for table in ("A", "B"):
-        wal.write("Db", table, fmt.KIND_METRIC, b"2026-11-24T00:00:00Z,1\n", 1, SCHEMA)
+        write_block(wal, "Db", table, fmt.KIND_METRIC, b"2026-11-24T00:00:00Z,1\n", 1, SCHEMA)
     wal.rotate_all()
     sink = RecordingSink()
     seen: list[str] = []
@@ -214,7 +216,7 @@ def test_the_size_ratio_is_read_from_block_headers_without_decompressing(tmp_pat
     repo.start()
     values = [b"".join(b"series_%d,%d,label=value\n" % (i, j) for j in range(200)) for i in range(6)]
     for v in values:
-        repo.write("Db", "T", fmt.KIND_METRIC, v, 200)
+        write_block(repo, "Db", "T", fmt.KIND_METRIC, v, 200)
     [segment] = repo.rotate_all()
     measured = sum(len(v) for v in values[:4]) / sum(b.end - b.offset for b in list(
         fmt.iter_raw_blocks(segment.path.read_bytes()))[:4])
@@ -225,3 +227,78 @@ def test_the_size_ratio_is_read_from_block_headers_without_decompressing(tmp_pat
     monkeypatch.setattr(codec, "decompress", no_decompress)
     assert uploader_mod.sample_ratio(segment) == pytest.approx(measured, rel=1e-6)
     assert measured > 2  # rows compress: the ratio is not the default's guess
+
+
+class FailingOnce(RecordingSink):
+    """Raises `error` at its first `times` calls, then takes every batch."""
+
+    def __init__(self, error: Exception, times: int = 1) -> None:
+        super().__init__()
+        self.error = error
+        self.times = times
+
+    def upload(self, batch: Batch) -> None:
+        if self.calls < self.times:
+            self.calls += 1
+            raise self.error
+        super().upload(batch)
+
+
+def _tracebacks(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "node.upload.uploader" and r.exc_info]
+
+
+async def test_an_unexpected_error_from_the_sink_is_retried_and_its_traceback_logged_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A sink bug (not a SinkError): the table backs off and is delivered at a later round; the
+    error is logged with its traceback the first time, in one line the times after."""
+    wal, sent = _setup(tmp_path, n=2)  # one segment of each of two tables
+    sink = FailingOnce(KeyError("schema"), times=4)
+    up = _uploader(wal, sink)
+    caplog.set_level(logging.WARNING, "node.upload.uploader")
+    await up.start()
+    try:
+        await _until(lambda: not wal.closed_segments())
+    finally:
+        await up.stop()
+    assert sorted(sink.rows) == sorted(sent)
+    failures = [r for r in caplog.records if "failed" in r.getMessage() and "KeyError" in r.getMessage()]
+    assert len(failures) == 4, [r.getMessage() for r in caplog.records]
+    [traced] = _tracebacks(caplog)
+    assert traced.exc_info is not None and isinstance(traced.exc_info[1], KeyError)
+
+
+async def test_a_sink_error_is_one_line_without_a_traceback(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    wal, sent = _setup(tmp_path, n=2)
+    sink = FailingOnce(SinkError("sink down"), times=2)
+    up = _uploader(wal, sink)
+    caplog.set_level(logging.WARNING, "node.upload.uploader")
+    await up.start()
+    try:
+        await _until(lambda: not wal.closed_segments())
+    finally:
+        await up.stop()
+    assert sorted(sink.rows) == sorted(sent)
+    assert sum("sink down" in r.getMessage() for r in caplog.records) == 2
+    assert _tracebacks(caplog) == []
+
+
+async def test_an_error_while_handling_a_failure_does_not_leave_the_table_stuck(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Regression (issue 14): `_deliver` released its table at three exits, none of them a
+    `finally`; an error in the handling itself (here the quarantine directory cannot be made)
+    left the table marked in flight for good, never planned again."""
+    wal, sent = _setup(tmp_path, n=2)
+    (tmp_path / "not-a-dir").write_text("")
+    sink = FailingOnce(PermanentSinkError("column Value: cannot parse"), times=1)
+    up = _uploader(wal, sink, quarantine_dir=tmp_path / "not-a-dir" / "quarantine")
+    caplog.set_level(logging.WARNING, "node.upload.uploader")
+    await up.start()
+    try:
+        await _until(lambda: not wal.closed_segments(), timeout=5)
+        await _until(lambda: not up._busy and not up._tasks)
+    finally:
+        await up.stop()
+    assert sorted(sink.rows) == sorted(sent)  # the sink took it at the next try: nothing quarantined, nothing lost
+    [traced] = _tracebacks(caplog)
+    assert isinstance(traced.exc_info[1], OSError)  # type: ignore[index]
