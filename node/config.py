@@ -23,16 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cluster.addr import parse_hostport
+from cluster.units import parse_duration, parse_size
 from node.errors import InvalidNameError
-from node.units import parse_duration, parse_size
+from node.names import MAX_DATABASE_LEN, MAX_TABLE_LEN, validate_name
 from node.upload.batcher import BatchPolicy
-from node.wal.names import validate_name
 from node.wal.repository import WalConfig
 from node.wal.segment import FsyncPolicy
 
 if TYPE_CHECKING:
     from node.storage import StorageLayout
-    from node.upload.router import TransferConfig
+    from node.transfer.router import TransferConfig
     from node.upload.uploader import UploadConfig
 
 ENV_PREFIX = "INGESTOR_"
@@ -48,7 +49,7 @@ class Flag:
 
     help: str
     parse: str = "str"
-    """size | duration | addr | name | labels | int | path | bool | str | choice"""
+    """size | duration | addr | database | table | labels | int | path | bool | str | choice"""
     group: str = "node"
     choices: tuple[str, ...] = ()
     metavar: str | None = None
@@ -102,13 +103,13 @@ class NodeConfig:
     grpc_addr: str = flag("0.0.0.0:4317", "OTLP/gRPC, transfer, health, reflection and admin", parse="addr")
     http_addr: str = flag("0.0.0.0:4318", "remote write, OTLP/HTTP, /metrics, /healthz, /readyz", parse="addr")
     default_metrics_database: str = flag("Metrics", "database of series without an adxmon_database label",
-                                         parse="name")
-    default_logs_database: str | None = flag(None, "database of log records without kusto.database", parse="name",
+                                         parse="database")
+    default_logs_database: str | None = flag(None, "database of log records without kusto.database", parse="database",
                                              default_note="none, such records are refused")
-    default_logs_table: str | None = flag(None, "table of log records without kusto.table", parse="name",
+    default_logs_table: str | None = flag(None, "table of log records without kusto.table", parse="table",
                                           default_note="none, such records are refused")
-    default_traces_database: str = flag("Traces", "database of spans without kusto.database", parse="name")
-    default_traces_table: str = flag("Traces", "table of spans without kusto.table", parse="name")
+    default_traces_database: str = flag("Traces", "database of spans without kusto.database", parse="database")
+    default_traces_table: str = flag("Traces", "table of spans without kusto.table", parse="table")
     lift_labels: tuple[str, ...] = flag((), "labels written as their own columns, comma separated, repeatable",
                                         parse="labels", append=True, default_note="none")
     max_segment_size: int = flag(_W.max_segment_size, "close a segment at this size", parse="size")
@@ -258,7 +259,7 @@ class NodeConfig:
                             quarantine_dir=layout.quarantine, deliveries_dir=layout.deliveries)
 
     def transfers_config(self) -> TransferConfig:
-        from node.upload.router import TransferConfig
+        from node.transfer.router import TransferConfig
 
         return TransferConfig(self.max_transfer_size, self.max_transfer_age, max(1, self.transfers))
 
@@ -268,17 +269,18 @@ def _flags() -> list[tuple[dataclasses.Field[Any], Flag]]:
 
 
 def _addr(text: str) -> str:
-    _host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"not HOST:PORT: {text!r}")
+    """A listening address: HOST:PORT, where an empty host is every interface and port 0 any free port."""
+    parse_hostport(text, default_host="0.0.0.0", allow_port_zero=True)
     return text
 
 
-def _name(text: str) -> str:
-    try:
-        return validate_name("database or table", text)
-    except InvalidNameError as e:
-        raise ValueError(str(e)) from e
+def _name(what: str, limit: int) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        try:
+            return validate_name(text, what, limit)
+        except InvalidNameError as e:
+            raise ValueError(str(e)) from e
+    return parse
 
 
 def _labels(text: str) -> tuple[str, ...]:
@@ -295,7 +297,8 @@ def _bool(text: str) -> bool:
 
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
-    "size": parse_size, "duration": parse_duration, "addr": _addr, "name": _name, "labels": _labels,
+    "size": parse_size, "duration": parse_duration, "addr": _addr, "database": _name("database name", MAX_DATABASE_LEN),
+    "table": _name("table name", MAX_TABLE_LEN), "labels": _labels,
     "int": int, "path": Path, "bool": _bool, "str": str, "choice": str,
 }
 

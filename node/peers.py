@@ -14,22 +14,19 @@ from dataclasses import dataclass
 
 import grpc
 
+from cluster.addr import format_hostport, parse_hostport
 from cluster.health import PeerHealth
 from cluster.membership import Membership, StatefulSetDns, StaticMembership, parse_peers, statefulset_of
-from cluster.transfer import TlsFiles, TransferClient
 from cluster.view import ClusterView
 from node.config import NodeConfig
 from node.metrics import NodeMetrics
+from node.transfer.client import TlsFiles, TransferClient
+from node.transfer.router import Router
 from node.transfer.service import PeerAuth
-from node.upload.router import Router, TransferConfig
 
 
 class ConfigError(ValueError):
     """A flag combination that cannot work; `serve` reports it as a usage error."""
-
-
-def _port(addr: str) -> int:
-    return int(addr.rpartition(":")[2])
 
 
 def membership_of(config: NodeConfig) -> Membership | None:
@@ -38,7 +35,7 @@ def membership_of(config: NodeConfig) -> Membership | None:
                                      ("--service", config.service is not None)) if on]
     if len(sources) > 1 and sources != ["--kubernetes-peers", "--service"]:
         raise ConfigError(f"choose one peer source: {' and '.join(sources)} given")
-    port = _port(config.grpc_addr)
+    port = parse_hostport(config.grpc_addr, default_host="0.0.0.0", allow_port_zero=True)[1]
     if config.peers:
         try:
             peers = parse_peers(config.peers)
@@ -94,15 +91,15 @@ class ClusterParts:
 
 
 def self_address(config: NodeConfig) -> str:
-    host, _, port = config.grpc_addr.rpartition(":")
-    if host in ("", "0.0.0.0", "[::]", "::"):
+    """How peers reach this node's gRPC port, when the peer list does not say."""
+    host, port = parse_hostport(config.grpc_addr, default_host="", allow_port_zero=True)
+    if host in ("", "0.0.0.0", "::"):
         host = socket.gethostname()
-    return f"{host}:{port}"
+    return format_hostport(host, port)
 
 
-def cluster_of(config: NodeConfig, metrics: NodeMetrics) -> ClusterParts | None:
-    """The node's cluster parts, or None when it has no peers. Raises ConfigError."""
-    membership = check(config)
+def cluster_of(config: NodeConfig, membership: Membership | None, metrics: NodeMetrics) -> ClusterParts | None:
+    """The node's cluster parts around `membership` (from `check`), or None when it has no peers."""
     if membership is None:
         return None
     tls = TlsFiles(config.tls_ca, config.tls_cert, config.tls_key) if config.tls_ca is not None else None
@@ -112,8 +109,7 @@ def cluster_of(config: NodeConfig, metrics: NodeMetrics) -> ClusterParts | None:
             address = p.address
     view = ClusterView(config.node_name, address, membership, PeerHealth(config.peer_unhealthy_timeout))
     client = TransferClient(config.node_name, token=config.peer_token, tls=tls)
-    router = Router(view, client, TransferConfig(config.max_transfer_size, config.max_transfer_age,
-                                                 max(1, config.transfers)), metrics)
+    router = Router(view, client, config.transfers_config(), metrics)
     return ClusterParts(membership, view, router)
 
 

@@ -9,9 +9,14 @@ import os
 import shutil
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from node import config as node_config
 from node import debug
+
+if TYPE_CHECKING:
+    from cluster.membership import Membership
+    from node.sinks.base import Sink
 
 log = logging.getLogger("node")
 
@@ -24,21 +29,25 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=cmd_serve)
 
 
-async def run(config: node_config.NodeConfig) -> None:
+async def run(config: node_config.NodeConfig, sink: Sink, membership: Membership | None) -> None:
+    """Run the node `config` describes, around the sink and peer source `cmd_serve` built and
+    checked, until SIGTERM or SIGINT."""
     from node.server import Node
 
     receivers = None
-    if config.receivers > 1:
+    if config.multiprocess:
         import multiprocessing
 
         from node.workers import Receivers, SlotUsage
 
         array = multiprocessing.get_context("spawn").Array("q", 2 * config.receivers, lock=False)
-        node = Node(config, shared=SlotUsage(array, 0, config.receivers))
+        node = Node.supervisor(config, sink, membership, shared=SlotUsage(array, 0, config.receivers))
         receivers = Receivers(config, array, node.wal.recover_active)
         node.state.add_check(receivers.not_ready_reason)
     else:
-        node = Node(config)
+        node = Node.supervisor(config, sink, membership)
+    supervisor = node.supervising
+    assert supervisor is not None
     stop = asyncio.Event()
     signals = 0
 
@@ -64,7 +73,7 @@ async def run(config: node_config.NodeConfig) -> None:
     if receivers is not None:
         async def stop_receivers() -> None:
             await receivers.stop(config.shutdown_grace)
-            node.receivers_stopped.set()
+            supervisor.siblings_stopped.set()
 
         await asyncio.gather(node.stop(), stop_receivers())
     else:
@@ -73,7 +82,7 @@ async def run(config: node_config.NodeConfig) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = node_config.from_args(args)
-    if config.receivers > 1:
+    if config.multiprocess:
         # Before prometheus_client is imported (the checks below import it), here and in every
         # receiver process: otherwise this process counts in memory and /metrics misses its share.
         assert "prometheus_client" not in sys.modules, "prometheus_client imported before multiprocess mode"
@@ -87,8 +96,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from node.peers import check
         from node.sinks.factory import make_sink
 
-        make_sink(config)  # a bad endpoint or DSN is a usage error, said before anything starts
-        check(config)  # so is a peer source without credentials, or half a TLS set
+        sink = make_sink(config)  # a bad endpoint or DSN is a usage error, said before anything starts
+        membership = check(config)  # so is a peer source without credentials, or half a TLS set
     except ValueError as e:
         print(f"ingestor serve: {e}", file=sys.stderr)
         return 2
@@ -98,8 +107,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     tune_malloc()
     debug.install()
     try:
-        asyncio.run(run(config))
+        asyncio.run(run(config, sink, membership))
     finally:
-        if config.receivers > 1:
+        if config.multiprocess:
             shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0

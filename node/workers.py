@@ -76,7 +76,7 @@ def child_main(config: NodeConfig, index: int, array: Any, ready: Any) -> None:
     debug.install()
 
     async def run() -> None:
-        node = Node(config, worker=index, shared=SlotUsage(array, index, config.receivers))
+        node = Node.receiver(config, index, shared=SlotUsage(array, index, config.receivers))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for s in (signal.SIGTERM, signal.SIGINT):

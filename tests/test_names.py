@@ -120,17 +120,6 @@ def test_a_transferred_prefix_over_the_database_limit_reserves_nothing(tmp_path:
     assert repo.disk_usage() == 0 and repo.over_limits() == ""
 
 
-def test_compatibility_for_the_configuration() -> None:
-    """`node.wal.names.validate_name(kind, value)` stays until node/config.py calls node.names."""
-    from node.wal.names import validate_name as old
-
-    assert old("database or table", "N" * 64) == "N" * 64
-    assert old("table", "N" * 150) == "N" * 150
-    for kind, limit in [("database or table", 64), ("database", 64), ("table", 150)]:
-        with pytest.raises(InvalidNameError, match=rf"\{{1,{limit}\}}$"):
-            old(kind, "N" * (limit + 1))
-
-
 def test_module_exports() -> None:
     assert set(names.__all__) >= {"validate_name", "is_valid_name", "show", "MAX_DATABASE_LEN", "MAX_TABLE_LEN",
                                   "MAX_COLUMN_LEN"}

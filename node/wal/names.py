@@ -45,13 +45,6 @@ def validate_prefix(prefix: str) -> str:
     return prefix
 
 
-def validate_name(kind: str, value: str) -> str:
-    """Compatibility for node/config.py until it calls `node.names.validate_name(value, what, limit)`;
-    remove it then. `kind` "database" or "database or table": at most 64 characters; "table": 150."""
-    limit = MAX_DATABASE_LEN if "database" in kind else MAX_TABLE_LEN
-    return names.validate_name(value, f"{kind} name", limit)
-
-
 Schema = tuple[tuple[str, str], ...]
 
 

@@ -1,0 +1,86 @@
+"""What the supervisor of a multi-process node tells its sibling receiver processes.
+
+A node with `--receivers N` > 1 runs N processes on one storage directory (node/workers.py). The
+supervisor (receiver 0) alone keeps the index of closed segments, the cluster view and the
+uploads; the others learn three things from it through small files in the storage directory,
+each replaced atomically (node/storage.py) and read at every tick:
+
+- `wal/blocked-databases`: the databases over --max-disk-usage-per-database, one per line. A
+  receiver refuses their rows as the supervisor does.
+- `leaving`: the node is leaving the cluster (scale-down). A receiver stops taking data and
+  closes its active segments, so that the supervisor can upload them.
+- `cluster.json`: the ring as the supervisor sees it (peers, health, owners), for the status RPC
+  a receiver serves.
+
+A node of one process has no siblings: `Siblings.of` returns `Alone`, which writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from node.storage import StorageLayout, atomic_write
+
+
+class Siblings:
+    """The files of one storage directory's sibling protocol."""
+
+    def __init__(self, layout: StorageLayout) -> None:
+        self._layout = layout
+        self._blocked_text: str | None = None
+
+    @staticmethod
+    def of(layout: StorageLayout, processes: int) -> Siblings:
+        return Siblings(layout) if processes > 1 else Alone(layout)
+
+    # Supervisor -> receivers.
+
+    def publish_blocked(self, databases: Iterable[str]) -> None:
+        text = "\n".join(sorted(databases))
+        if text != self._blocked_text:
+            atomic_write(self._layout.blocked_databases, text, durable=False)
+            self._blocked_text = text
+
+    def announce_leaving(self) -> None:
+        atomic_write(self._layout.leaving, "leaving\n")
+
+    def clear_leaving(self) -> None:
+        """At start: a node that restarts is no longer leaving."""
+        self._layout.leaving.unlink(missing_ok=True)
+
+    def publish_ring(self, ring: dict[str, Any]) -> None:
+        atomic_write(self._layout.cluster, json.dumps(ring), durable=False)
+
+    # Receivers <- supervisor.
+
+    def blocked(self) -> frozenset[str]:
+        try:
+            text = self._layout.blocked_databases.read_text()
+        except FileNotFoundError:
+            return frozenset()
+        return frozenset(x for x in text.split("\n") if x)
+
+    def leaving(self) -> bool:
+        return self._layout.leaving.exists()
+
+    def ring(self) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads(self._layout.cluster.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data
+
+
+class Alone(Siblings):
+    """A node of one process: nobody to tell."""
+
+    def publish_blocked(self, databases: Iterable[str]) -> None:
+        pass
+
+    def announce_leaving(self) -> None:
+        pass
+
+    def publish_ring(self, ring: dict[str, Any]) -> None:
+        pass

@@ -1,0 +1,70 @@
+"""`ingestor serve`'s flags are declared once, on NodeConfig's fields: the parser, the environment
+and the components' configurations all come from those declarations."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from node import config
+from node.upload.batcher import BatchPolicy
+from node.wal.repository import WalConfig
+from node.wal.segment import FsyncPolicy
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ingestor serve")
+    config.add_serve_flags(p)
+    return p
+
+
+def test_every_field_is_a_flag_and_every_flag_a_field() -> None:
+    options = {o[2:].replace("-", "_") for a in parser()._actions for o in a.option_strings if o.startswith("--")}
+    fields = {f.name for f in dataclasses.fields(config.NodeConfig)}
+    assert options - {"help"} == fields
+
+
+def test_components_defaults_are_the_nodes_defaults(tmp_path: Path) -> None:
+    c = config.parse(["--storage-dir", str(tmp_path)], env={})
+    wal, batching = WalConfig(directory=tmp_path), BatchPolicy()
+    assert dataclasses.replace(c.wal(3), directory=tmp_path, node_name=wal.node_name, worker=0,
+                               min_free_disk=0) == wal
+    assert dataclasses.replace(c.batching(), max_wait=batching.max_wait) == batching
+    assert c.wal(3).worker == 3 and c.wal(3).directory == tmp_path / "wal"
+    uploads = c.uploads_config()
+    assert (uploads.quarantine_dir, uploads.deliveries_dir) == (tmp_path / "quarantine", tmp_path / "deliveries")
+    help_text = parser().format_help()
+    assert "close a segment at this size (default 1GiB)" in " ".join(help_text.split())
+
+
+def test_table_names_take_150_characters_and_databases_64(tmp_path: Path) -> None:
+    base = ["--storage-dir", str(tmp_path)]
+    assert config.parse([*base, "--default-logs-table", "T" * 150], env={}).default_logs_table == "T" * 150
+    assert config.parse([*base, "--default-traces-table", "T" * 150], env={}).default_traces_table == "T" * 150
+    assert config.parse([*base, "--default-logs-database", "D" * 64], env={}).default_logs_database == "D" * 64
+    for flag, value in (("--default-logs-table", "T" * 151), ("--default-logs-database", "D" * 65),
+                        ("--default-metrics-database", "a_b"), ("--default-traces-table", "../x")):
+        with pytest.raises(SystemExit):
+            config.parse([*base, flag, value], env={})
+
+
+def test_the_environment_gives_every_kind_of_flag(tmp_path: Path) -> None:
+    env = {"INGESTOR_STORAGE_DIR": str(tmp_path), "INGESTOR_ADX_INGEST_BY_TAGS": "true",
+           "INGESTOR_KUBERNETES_PEERS": "false", "INGESTOR_WAL_FSYNC": "always", "INGESTOR_MAX_SEGMENT_AGE": "1m",
+           "INGESTOR_PEERS": "a=h:1, b=h:2", "INGESTOR_LIFT_LABELS": "pod,ns"}
+    c = config.parse([], env=env)
+    assert (c.storage_dir, c.adx_ingest_by_tags, c.kubernetes_peers, c.wal_fsync, c.max_segment_age) == (
+        tmp_path, True, False, FsyncPolicy.ALWAYS, 60.0)
+    assert (c.peers, c.lift_labels) == (("a=h:1", "b=h:2"), ("pod", "ns"))
+    assert config.parse(["--peers", "c=h:3"], env=env).peers == ("c=h:3",)  # the command line replaces the list
+    for key, bad in (("INGESTOR_ADX_INGEST_BY_TAGS", "maybe"), ("INGESTOR_WAL_FSYNC", "sometimes")):
+        with pytest.raises(SystemExit):
+            config.parse([], env={**env, key: bad})
+
+
+def test_the_peer_token_stays_out_of_the_configurations_repr(tmp_path: Path) -> None:
+    c = config.parse(["--storage-dir", str(tmp_path), "--peer-token", "s3cret"], env={})
+    assert c.peer_token == "s3cret" and "s3cret" not in repr(c)
