@@ -31,6 +31,8 @@ import re
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+from node.rows.cache import BoundedCache
+
 _SPECIAL = re.compile(r'[",\r\n\'\\]').search
 _EPOCH = datetime(1970, 1, 1)
 
@@ -83,10 +85,9 @@ class Timestamps:
 
     def __init__(self, digits: int, max_entries: int = 8192) -> None:
         self.digits = digits
-        self.cache: dict[int, str] = {}
+        self.cache: BoundedCache[int, str] = BoundedCache(max_entries)
         self._unit = 10**digits
-        self._seconds: dict[int, str] = {}
-        self._max = max_entries
+        self._seconds: BoundedCache[int, str] = BoundedCache(max_entries)
 
     def format(self, t: int) -> str:
         """Text of `t`; raises ValueError when it is outside years 1..9999."""
@@ -97,11 +98,5 @@ class Timestamps:
                 prefix = (_EPOCH + timedelta(seconds=sec)).isoformat()
             except OverflowError:
                 raise ValueError(f"timestamp outside years 1..9999: {t}") from None
-            if len(self._seconds) >= self._max:
-                self._seconds.clear()
-            self._seconds[sec] = prefix
-        text = f"{prefix}.{frac:0{self.digits}d}Z"
-        if len(self.cache) >= self._max:
-            self.cache.clear()
-        self.cache[t] = text
-        return text
+            self._seconds.put(sec, prefix)
+        return self.cache.put(t, f"{prefix}.{frac:0{self.digits}d}Z")

@@ -21,6 +21,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 
 from node.rows.anyvalue import encode_json, to_json
 from node.rows.batch import KIND_LOG, ConvertResult, ResultBuilder, Schema
+from node.rows.cache import BoundedCache
 from node.rows.csvtext import Timestamps, field, quoted
 from node.rows.routing import Router, split_attributes
 
@@ -61,7 +62,7 @@ class LogsConverter:
         self.cfg = cfg = cfg or LogsConfig()
         self._router = Router(cfg.default_database, cfg.default_table, cfg.allowed_databases)
         self._ts = Timestamps(9)
-        self._severity: dict[str, str] = {}
+        self._severity: BoundedCache[str, str] = BoundedCache(1024)
 
     def turn(self) -> None:
         """Forget the destinations not used since the previous turn (cache.py)."""
@@ -83,8 +84,6 @@ class LogsConverter:
         tformat = self._ts.format
         resolve = self._router.resolve
         severity = self._severity
-        if len(severity) > 1024:
-            severity.clear()
         for rl in req.resource_logs:
             rattrs, rdb, rtable = split_attributes(rl.resource.attributes, "resource")
             resource = quoted(encode_json(rattrs))
@@ -106,7 +105,7 @@ class LogsConverter:
                     text = rec.severity_text
                     sev = severity.get(text)
                     if sev is None:
-                        sev = severity[text] = field(text)
+                        sev = severity.put(text, field(text))
                     body = quoted(encode_json(to_json(rec.body)))
                     out.rows(dest).append(
                         f"{stamp},{observed_stamp},{hex_id(rec.trace_id)},{hex_id(rec.span_id)},{sev},"

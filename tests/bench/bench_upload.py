@@ -26,6 +26,7 @@ from node.wal import format as fmt
 from node.wal.repository import Repository, WalConfig
 from node.wal.table import SegmentInfo
 from tests.bench.bench_wal import SCHEMA, make_block
+from tests.wal.helpers import write_block
 
 MB = 1_000_000
 
@@ -35,7 +36,7 @@ def write_segments(directory: Path, total_mb: int, segment_bytes: int) -> list[S
     repo.start()
     value, count = make_block()
     for _ in range(total_mb * MB // len(value)):
-        repo.write("Metrics", "BenchUpload", fmt.KIND_METRIC, value, count, SCHEMA)
+        write_block(repo, "Metrics", "BenchUpload", fmt.KIND_METRIC, value, count, SCHEMA)
     repo.rotate_all()
     return repo.closed_segments()
 
@@ -83,7 +84,7 @@ async def batch_sizes(sink: Sink, wal_dir: Path, total_mb: int, rate_mb_s: float
     blocks = total_mb * MB // len(value)
     t0 = time.monotonic()
     for i in range(blocks):
-        wal.write("Metrics", "BenchStream", fmt.KIND_METRIC, value, count, SCHEMA)
+        write_block(wal, "Metrics", "BenchStream", fmt.KIND_METRIC, value, count, SCHEMA)
         ahead = (i + 1) * len(value) / MB / rate_mb_s - (time.monotonic() - t0)
         if ahead > 0:
             await asyncio.sleep(ahead)

@@ -12,6 +12,7 @@ from pathlib import Path
 from node.wal import format as fmt
 from node.wal.repository import Repository, WalConfig
 from node.wal.segment import FsyncPolicy, iter_blocks
+from tests.wal.helpers import write_block
 
 SCHEMA = (("Timestamp", "datetime"), ("SeriesId", "long"), ("Labels", "dynamic"), ("Value", "real"))
 
@@ -41,7 +42,7 @@ def bench_append(directory: Path, seconds: float, threads: int) -> tuple[float, 
         n = 0
         while time.perf_counter() < stop:
             for _ in range(16):
-                repo.write("Metrics", f"Table{t}", fmt.KIND_METRIC, value, count, SCHEMA)
+                write_block(repo, "Metrics", f"Table{t}", fmt.KIND_METRIC, value, count, SCHEMA)
             n += 16
         counts[t] = n
 

@@ -32,11 +32,11 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 from node.errors import InvalidInputError
 from node.gen.prometheus import remote_pb2
+from node.names import is_valid_name
 from node.receivers.decode import decode_otlp, decode_remote_write
 from node.rows.batch import MAX_REASONS, ConvertResult
 from node.rows.logs import LogsConfig, LogsConverter
 from node.rows.metrics import MetricsConfig, MetricsConverter
-from node.rows.names import is_valid_name
 from node.rows.traces import TracesConfig, TracesConverter
 
 MAX = 1 << 20

@@ -43,10 +43,10 @@ from node.rows.logs import LogsConfig, LogsConverter
 from node.rows.metrics import MetricsConfig, MetricsConverter
 from node.rows.traces import TracesConfig, TracesConverter
 from node.state import NodeState, Phase
+from node.storage import ACTIVE_DIR
 from node.wal.names import parse_filename
 from node.wal.repository import Repository, WalConfig
 from node.wal.segment import iter_rows
-from node.wal.table import ACTIVE_DIR
 
 MAX = 1 << 20
 T_MS = 1_795_492_800_123  # 2026-11-24T04:00:00.123Z
