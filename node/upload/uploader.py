@@ -357,6 +357,7 @@ class Uploader:
                              "%.1fs: %s", planned.prefix, len(planned.segments), n, delay, describe(e))
         finally:
             self._busy.discard(planned.prefix)
+            self._wake.set()
 
     async def _deliver_and_settle(self, planned: PlannedBatch) -> None:
         name = planned.segments[0].name
@@ -394,7 +395,6 @@ class Uploader:
         self._metrics.upload_seconds.observe(elapsed)
         log.info("uploaded %s to %s: %d segments, %d rows, %.1f MB in %.2fs (%s)", planned.prefix, sink,
                  len(planned.segments), batch.rows, batch.uncompressed_bytes / 1e6, elapsed, planned.reason)
-        self._wake.set()
 
     def _quarantine(self, planned: PlannedBatch, reason: str) -> None:
         self.quarantine_dir.mkdir(parents=True, exist_ok=True)
