@@ -248,12 +248,9 @@ def _tracebacks(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.name == "node.upload.uploader" and r.exc_info]
 
 
-async def test_an_unexpected_error_from_the_sink_is_retried_and_its_traceback_logged_once(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """A sink bug (not a SinkError): the table backs off and is delivered at a later round; the
-    error is logged with its traceback the first time, in one line the times after."""
-    wal, sent = _setup(tmp_path, n=2)  # one segment of each of two tables
-    sink = FailingOnce(KeyError("schema"), times=4)
+async def _deliver_everything(tmp_path: Path, sink: FailingOnce, caplog: pytest.LogCaptureFixture) -> None:
+    """Two tables' segments through `sink` until none is left; every row arrives."""
+    wal, sent = _setup(tmp_path, n=2)
     up = _uploader(wal, sink)
     caplog.set_level(logging.WARNING, "node.upload.uploader")
     await up.start()
@@ -262,6 +259,14 @@ async def test_an_unexpected_error_from_the_sink_is_retried_and_its_traceback_lo
     finally:
         await up.stop()
     assert sorted(sink.rows) == sorted(sent)
+
+
+async def test_an_unexpected_error_from_the_sink_is_retried_and_its_traceback_logged_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A sink bug (not a SinkError): the table backs off and is delivered at a later round; the
+    error is logged with its traceback the first time, in one line the times after."""
+    sink = FailingOnce(KeyError("schema"), times=4)
+    await _deliver_everything(tmp_path, sink, caplog)  # one segment of each of two tables
     failures = [r for r in caplog.records if "failed" in r.getMessage() and "KeyError" in r.getMessage()]
     assert len(failures) == 4, [r.getMessage() for r in caplog.records]
     [traced] = _tracebacks(caplog)
@@ -269,16 +274,8 @@ async def test_an_unexpected_error_from_the_sink_is_retried_and_its_traceback_lo
 
 
 async def test_a_sink_error_is_one_line_without_a_traceback(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    wal, sent = _setup(tmp_path, n=2)
     sink = FailingOnce(SinkError("sink down"), times=2)
-    up = _uploader(wal, sink)
-    caplog.set_level(logging.WARNING, "node.upload.uploader")
-    await up.start()
-    try:
-        await _until(lambda: not wal.closed_segments())
-    finally:
-        await up.stop()
-    assert sorted(sink.rows) == sorted(sent)
+    await _deliver_everything(tmp_path, sink, caplog)
     assert sum("sink down" in r.getMessage() for r in caplog.records) == 2
     assert _tracebacks(caplog) == []
 
