@@ -344,11 +344,16 @@ class Chaos:
         """SIGTERM and wait; its receivers must be gone with it."""
         assert node.proc is not None
         pids = procs.tree(node.proc.pid)
+        node.proc.send_signal(signal.SIGTERM)
         try:
-            node.stop(signal.SIGTERM, timeout=timeout)
+            node.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            print(f"  ! {node.name} did not stop within {timeout:.0f}s of SIGTERM: killed", flush=True)
+            print(f"  ! {node.name} did not stop within {timeout:.0f}s of SIGTERM: its stacks, then killed",
+                  flush=True)
             self.report.leftovers.append(f"{node.name}: no exit within {timeout:.0f}s of SIGTERM")
+            self.dump_stacks(node)
+            procs.kill_tree(node.proc.pid)
+            node.proc.wait(30)
         self._leftovers(node, pids[1:])
 
     # -- faults -----------------------------------------------------------------------------
@@ -528,15 +533,22 @@ class Chaos:
                 continue
             print(f"  ! {n.name}: {left} segments left after {STUCK_AFTER:.0f}s of drain; stacks in {n.log_path}",
                   flush=True)
-            for pid in procs.tree(n.proc.pid):
-                if not procs.is_node(pid):  # e.g. multiprocessing's resource tracker: SIGUSR1 would end it
-                    continue
-                procs.signal_all([pid], signal.SIGUSR1)
-                time.sleep(0.5)
-                procs.signal_all([pid], signal.SIGUSR2)
-                time.sleep(0.5)
-            tail = n.log().splitlines()[-400:]
-            print("\n".join(f"    | {line}" for line in tail), flush=True)
+            self.dump_stacks(n)
+
+    @staticmethod
+    def dump_stacks(n: NodeProcess) -> None:
+        """Every process of node `n` writes its threads' and its asyncio tasks' stacks to its log
+        (node/debug.py); the log's tail is printed."""
+        assert n.proc is not None
+        for pid in procs.tree(n.proc.pid):
+            if not procs.is_node(pid):  # e.g. multiprocessing's resource tracker: SIGUSR1 would end it
+                continue
+            procs.signal_all([pid], signal.SIGUSR1)
+            time.sleep(0.5)
+            procs.signal_all([pid], signal.SIGUSR2)
+            time.sleep(0.5)
+        tail = n.log().splitlines()[-400:]
+        print("\n".join(f"    | {line}" for line in tail), flush=True)
 
     def segments_left(self) -> int:
         return sum(len(list((n.storage_dir / "wal").rglob("*.wal"))) for n in self.nodes)
