@@ -70,7 +70,8 @@ class MemoryBudget:
         entry = (nbytes, fut)
         self._waiters.append(entry)
         try:
-            await asyncio.wait_for(asyncio.shield(fut), self.wait)
+            async with asyncio.timeout(self.wait):  # not wait_for: it can swallow a cancellation (3.11)
+                await asyncio.shield(fut)
         except TimeoutError:
             if fut.done():  # granted as the wait ended: keep it
                 return

@@ -121,7 +121,8 @@ class Pace:
             raise self._stalled(0.0)
         t0 = self._clock()
         try:
-            msg = await asyncio.wait_for(context.read(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: it can swallow a cancellation (3.11)
+                msg = await context.read()
         except TimeoutError:
             self.waited += self._clock() - t0
             raise self._stalled(self._clock() - t0) from None

@@ -24,10 +24,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cluster.backoff import Backoff
+from cluster.tasks import cancel_and_wait
 from node.errors import PermanentSinkError
-from node.metrics import NodeMetrics
 from node.ratelog import ErrorLog, describe
 from node.sinks.base import Batch, Sink, batch_id, batch_limit
 from node.transfer.plan import PlannedTransfer
@@ -40,6 +41,9 @@ from node.wal import format as fmt
 from node.wal.repository import Repository
 from node.wal.segment import mapped
 from node.wal.table import SegmentInfo
+
+if TYPE_CHECKING:
+    from node.metrics import NodeMetrics
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +128,7 @@ class Uploader:
         in flight are cancelled, so that a peer that hangs cannot hold the shutdown past its grace:
         each stays recorded, in doubt, and the next start sends it to the same peer again, whose
         ledger recognises it (the same as after a kill)."""
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+        await cancel_and_wait(self._loop_task)
         for task in self._transfers:
             task.cancel()
         if self._tasks:
@@ -146,8 +147,11 @@ class Uploader:
                 await self._round(self._config.policy)
             except Exception as e:
                 self._errors.log(logging.ERROR, e, "upload round failed: %s", describe(e))
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._config.interval)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation that
+            # arrives just after the wake (it returns the wait's result), and stop() never ends
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._config.interval):
+                    await self._wake.wait()
             self._wake.clear()
 
     async def _round(self, policy: BatchPolicy) -> int:

@@ -299,3 +299,23 @@ async def test_an_error_while_handling_a_failure_does_not_leave_the_table_stuck(
     assert sorted(sink.rows) == sorted(sent)  # the sink took it at the next try: nothing quarantined, nothing lost
     [traced] = _tracebacks(caplog)
     assert isinstance(traced.exc_info[1], OSError)  # type: ignore[index]
+
+
+@pytest.mark.parametrize("turns", range(6))
+async def test_stop_returns_when_the_round_was_just_woken(tmp_path: Path, turns: int) -> None:
+    """A delivery or a transfer that ends wakes the planning loop. Stopping the uploader in the
+    turns between that wake and the loop's resumption must end the loop: Python 3.11's
+    `asyncio.wait_for` returned the waited result there and swallowed the cancellation, so the
+    loop planned on and the node hung on SIGTERM (chaos: "no exit within 60s of SIGTERM")."""
+    wal = Repository(WalConfig(tmp_path / "wal"))
+    wal.start()
+    up = Uploader(wal, RecordingSink(), UploadConfig(interval=3600), NodeMetrics(CollectorRegistry()))
+    await up.start()
+    await asyncio.sleep(0.05)  # the loop waits for its next round
+    up.kick()
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    stopping = asyncio.ensure_future(up.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=5)
+    assert done, "the uploader's loop went on planning after stop()"
+    stopping.result()
