@@ -15,7 +15,6 @@ has an explicit `start()` / `stop()`. A source never raises from `peers()`: when
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import socket
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cluster.addr import format_hostport, parse_hostport
+from cluster.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,4 @@ class StatefulSetDns:
                 log.exception("refreshing peers from DNS failed; keeping the last view")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from cluster.addr import parse_hostport
 from cluster.membership import Membership
+from cluster.tasks import cancel_and_wait
 from node.budget import MemoryBudget, per_process
 from node.config import NodeConfig, memory_budget
 from node.gen.ingestor.v1 import admin_pb2, transfer_pb2_grpc
@@ -214,10 +215,7 @@ class Node:
         self.metrics.ready.set(0)
         if self.supervising is not None:
             await self.supervising.stop_watching()
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+        await cancel_and_wait(self._ticker)
         if self.grpc is not None:
             await self.grpc.health.update()
         await asyncio.gather(

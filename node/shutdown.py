@@ -13,13 +13,13 @@ The API may be unreachable for a while: the watcher logs once per outage and kee
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from cluster.annotations import SHUTDOWN_COMPLETED, SHUTDOWN_REQUESTED, rfc3339
+from cluster.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,7 @@ class ShutdownWatcher:
         self._task = asyncio.create_task(self._loop(), name="shutdown-watch")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     def _annotations(self) -> dict[str, str]:
         pod = self._api.read_namespaced_pod(self.pod, self.namespace, _request_timeout=10)

@@ -25,6 +25,7 @@ import os
 import signal
 from typing import Any
 
+from cluster.tasks import cancel_and_wait
 from node import debug
 from node.config import NodeConfig
 from node.wal.names import host_id
@@ -145,10 +146,7 @@ class Receivers:
     async def stop(self, grace: float) -> None:
         """SIGTERM every receiver, wait for them (within `grace`), SIGKILL what is left."""
         self._stopping = True
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+        await cancel_and_wait(self._watch)
         for p in self._procs.values():
             if p.is_alive() and p.pid is not None:
                 os.kill(p.pid, signal.SIGTERM)
