@@ -27,14 +27,14 @@ from cluster.addr import parse_hostport
 from cluster.units import parse_duration, parse_size
 from node.errors import InvalidNameError
 from node.names import MAX_DATABASE_LEN, MAX_TABLE_LEN, validate_name
+from node.transfer.router import TransferConfig
 from node.upload.batcher import BatchPolicy
+from node.upload.uploader import UploadConfig
 from node.wal.repository import WalConfig
 from node.wal.segment import FsyncPolicy
 
 if TYPE_CHECKING:
     from node.storage import StorageLayout
-    from node.transfer.router import TransferConfig
-    from node.upload.uploader import UploadConfig
 
 ENV_PREFIX = "INGESTOR_"
 MiB = 1 << 20
@@ -91,6 +91,8 @@ def _show_duration(seconds: float) -> str:
 
 _W = WalConfig(directory=Path("."))
 _B = BatchPolicy()
+_U = UploadConfig()
+_T = TransferConfig()
 
 
 @dataclass(frozen=True)
@@ -158,8 +160,9 @@ class NodeConfig:
                                "max-segment-age", parse="size", group="upload")
     max_batch_segments: int = flag(_B.max_batch_segments, "most segments in one batch", parse="int",
                                    group="upload")
-    uploads: int = flag(2, "batches uploaded at once", parse="int", group="upload")
-    upload_interval: float = flag(5.0, "how often closed segments are batched", parse="duration", group="upload")
+    uploads: int = flag(_U.uploads, "batches uploaded at once", parse="int", group="upload")
+    upload_interval: float = flag(_U.interval, "how often closed segments are batched", parse="duration",
+                                  group="upload")
     max_disk_usage_per_database: int = flag(_W.max_disk_usage_per_database, "refuse writes for a database past "
                                             "this many bytes of its segments, so that one sink that is down fills "
                                             "only its own share", parse="size", group="upload",
@@ -201,11 +204,11 @@ class NodeConfig:
                                      "autoscaler's scale-down handshake)", parse="bool", group="cluster")
     peer_unhealthy_timeout: float = flag(60.0, "a peer that fails a transfer owns nothing for this long",
                                          parse="duration", group="cluster")
-    max_transfer_size: int = flag(100 * 1000 * 1000, "a table with this many segment bytes here is uploaded here, "
+    max_transfer_size: int = flag(_T.max_size, "a table with this many segment bytes here is uploaded here, "
                                   "not transferred", parse="size", group="cluster")
-    max_transfer_age: float = flag(90.0, "a segment closed longer ago than this is uploaded here, not "
+    max_transfer_age: float = flag(_T.max_age, "a segment closed longer ago than this is uploaded here, not "
                                    "transferred", parse="duration", group="cluster")
-    transfers: int = flag(4, "transfers to peers at once", parse="int", group="cluster")
+    transfers: int = flag(_T.concurrency, "transfers to peers at once", parse="int", group="cluster")
     peer_token: str | None = flag(None, "shared secret peers present to the transfer service (prefer the "
                                   "environment INGESTOR_PEER_TOKEN or --peer-token-file)", group="cluster",
                                   default_note="none", secret=True)
@@ -252,15 +255,11 @@ class NodeConfig:
                            max_wait=self.max_segment_age + min(BATCH_GRACE_SECONDS, self.max_segment_age))
 
     def uploads_config(self) -> UploadConfig:
-        from node.upload.uploader import UploadConfig
-
         layout = self.layout
         return UploadConfig(interval=self.upload_interval, uploads=self.uploads, policy=self.batching(),
                             quarantine_dir=layout.quarantine, deliveries_dir=layout.deliveries)
 
     def transfers_config(self) -> TransferConfig:
-        from node.transfer.router import TransferConfig
-
         return TransferConfig(self.max_transfer_size, self.max_transfer_age, max(1, self.transfers))
 
 

@@ -41,7 +41,7 @@ from clickhouse_driver import Client  # type: ignore[import-untyped]
 from clickhouse_driver import errors as ch_errors
 
 from node.errors import PermanentSinkError, SinkError
-from node.names import MAX_COLUMN_LEN, is_valid_name
+from node.names import MAX_COLUMN_LEN, MAX_DATABASE_LEN, is_valid_name, show
 from node.rows.cache import BoundedCache
 from node.sinks import chschema
 from node.sinks.base import Batch
@@ -94,8 +94,8 @@ def parse_endpoint(text: str, env: Mapping[str, str] | None = None) -> Endpoint:
     database, sep, dsn = text.partition("=")
     if not sep:
         raise ValueError(f"ClickHouse endpoint {shown!r}: expected DB=DSN")
-    if not is_valid_name(database):
-        raise ValueError(f"ClickHouse endpoint {shown!r}: database {database[:64]!r} must be 1-{MAX_COLUMN_LEN} of "
+    if not is_valid_name(database, MAX_DATABASE_LEN):  # the node's database: the WAL's limit
+        raise ValueError(f"ClickHouse endpoint {shown!r}: database {show(database)} must be 1-{MAX_DATABASE_LEN} of "
                          "[A-Za-z0-9]")
     if any(c.isspace() or ord(c) < 32 for c in dsn):
         raise ValueError(f"ClickHouse endpoint {shown!r}: whitespace or control characters in the DSN")
@@ -113,7 +113,7 @@ def parse_endpoint(text: str, env: Mapping[str, str] | None = None) -> Endpoint:
     if url.fragment:
         raise ValueError(f"ClickHouse endpoint {shown!r}: unexpected #fragment")
     target = unquote(url.path.removeprefix("/")) or database
-    if not is_valid_name(target):
+    if not is_valid_name(target):  # ClickHouse's database, never in a file name: the pattern's limit
         raise ValueError(f"ClickHouse endpoint {shown!r}: ClickHouse database {target[:64]!r} must be "
                          f"1-{MAX_COLUMN_LEN} of [A-Za-z0-9]")
     secure = scheme == "https"

@@ -25,13 +25,16 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cluster.view import ClusterView
-from node.metrics import NodeMetrics
 from node.transfer.client import TransferClient, TransferResult
 from node.transfer.plan import PlannedTransfer, plan_transfers
 from node.transfer.protocol import Outcome
 from node.wal.table import SegmentInfo
+
+if TYPE_CHECKING:
+    from node.metrics import NodeMetrics
 
 log = logging.getLogger(__name__)
 
