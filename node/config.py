@@ -237,6 +237,11 @@ class NodeConfig:
         return self.layout.wal
 
     @property
+    def memory_limit(self) -> int:
+        """--max-memory, or when it is 0 (the default) half the container's memory (memory_budget)."""
+        return self.max_memory or memory_budget()
+
+    @property
     def multiprocess(self) -> bool:
         """Several receiver processes share the ports (and the storage directory)."""
         return self.receivers > 1
@@ -381,8 +386,6 @@ def from_args(args: argparse.Namespace) -> NodeConfig:
         given["wal_fsync"] = FsyncPolicy(given["wal_fsync"])
     if given.get("receivers") == 0:
         given["receivers"] = os.cpu_count() or 1
-    if not given.get("max_memory"):
-        given["max_memory"] = memory_budget()
     given["peer_token"] = _token(given.get("peer_token"), given.get("peer_token_file"))
     return NodeConfig(**given)
 

@@ -25,7 +25,7 @@ from cluster.addr import parse_hostport
 from cluster.membership import Membership
 from cluster.tasks import cancel_and_wait
 from node.budget import MemoryBudget, per_process
-from node.config import NodeConfig, memory_budget
+from node.config import NodeConfig
 from node.gen.ingestor.v1 import admin_pb2, transfer_pb2_grpc
 from node.ingest import Converters, Ingest
 from node.metrics import NodeMetrics
@@ -100,7 +100,7 @@ class Node:
                               on_vanished=lambda info: self.metrics.wal_vanished.inc())
         self.state = NodeState(over_limits=self.wal.over_limits)
         self.siblings = Siblings.of(self.layout, config.receivers)
-        self.budget = MemoryBudget(per_process(config.max_memory or memory_budget(), config.receivers),
+        self.budget = MemoryBudget(per_process(config.memory_limit, config.receivers),
                                    on_change=self.metrics.memory_in_flight.set,
                                    on_refused=lambda what: self.metrics.memory_refused.labels(what).inc())
         """This process's share of --max-memory: requests and transfers in flight (node/budget.py)."""

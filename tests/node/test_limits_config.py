@@ -33,6 +33,9 @@ def test_the_limit_flags_parse_and_have_defaults(tmp_path: Path) -> None:
     d = config.parse(["--storage-dir", str(tmp_path)], env={"INGESTOR_MAX_MEMORY": "1GiB"})
     assert (d.max_memory, d.idle_timeout, d.stall_timeout, d.min_request_rate, d.max_connections) == (
         1 << 30, 300.0, 30.0, 4096, 1000)
+    assert d.memory_limit == 1 << 30
+    e = config.parse(["--storage-dir", str(tmp_path)], env={})
+    assert (e.max_memory, e.memory_limit) == (0, config.memory_budget())  # 0: half the container's memory
 
 
 def test_a_reason_is_logged_once_per_interval_with_what_was_left_out(caplog: pytest.LogCaptureFixture) -> None:
