@@ -136,7 +136,7 @@ class Supervisor:
         segment, the siblings' too, and upload everything held here; nothing is transferred,
         since this node is the one going away. Returns whether nothing is left."""
         self.uploader.transfers_enabled = False
-        await asyncio.to_thread(self.siblings.announce_leaving)
+        await asyncio.to_thread(self.siblings.announce_leaving, self.state.detail)
         await asyncio.sleep(LEAVE_SETTLE_SECONDS)
         await asyncio.to_thread(self.wal.rotate_all)
         if self.config.multiprocess:  # the siblings close theirs on their next tick
@@ -146,10 +146,12 @@ class Supervisor:
 
         def progress(segments: int, nbytes: int) -> None:
             self.state.detail = f"leaving the cluster: {segments} segments ({nbytes} bytes) left to upload"
+            self.siblings.announce_leaving(self.state.detail)
 
         until = time.monotonic() + SIBLINGS_DRAIN_SECONDS if self.config.multiprocess else float("inf")
         done = await self.uploader.drain(until, progress)
         self.state.detail = "left the cluster: everything uploaded" if done else self.state.detail
+        await asyncio.to_thread(self.siblings.announce_leaving, self.state.detail)
         log.info("node %s: %s", self.config.node_name, self.state.detail)
         return done
 
@@ -179,7 +181,8 @@ class Receiver:
         self.wal = wal
         self.siblings = siblings
         self._stop_taking_data = stop_taking_data
-        self._left = False
+        self._leaving: str | None = None
+        """The supervisor's account of the leave, once it has begun."""
 
     async def start(self) -> None:
         pass
@@ -187,11 +190,13 @@ class Receiver:
     async def tick(self) -> None:
         if self.config.max_disk_usage_per_database:
             self.wal.blocked_databases = await asyncio.to_thread(self.siblings.blocked)
-        if not self._left and await asyncio.to_thread(self.siblings.leaving):
-            self._left = True
-            await self._stop_taking_data("leaving the cluster")
-            await asyncio.sleep(LEAVE_SETTLE_SECONDS)
-            await asyncio.to_thread(self.wal.rotate_all)
+        leaving = await asyncio.to_thread(self.siblings.leaving)
+        if leaving is not None and leaving != self._leaving:
+            first, self._leaving = self._leaving is None, leaving
+            await self._stop_taking_data(leaving)  # the supervisor's words: probes answer alike
+            if first:
+                await asyncio.sleep(LEAVE_SETTLE_SECONDS)
+                await asyncio.to_thread(self.wal.rotate_all)
 
     def ring(self, stats: WalStats) -> dict[str, Any]:
         return self.siblings.ring()

@@ -7,8 +7,9 @@ each replaced atomically (node/storage.py) and read at every tick:
 
 - `wal/blocked-databases`: the databases over --max-disk-usage-per-database, one per line. A
   receiver refuses their rows as the supervisor does.
-- `leaving`: the node is leaving the cluster (scale-down). A receiver stops taking data and
-  closes its active segments, so that the supervisor can upload them.
+- `leaving`: the node is leaving the cluster (scale-down), and how far the leave has come (the
+  text readiness probes answer). A receiver stops taking data, closes its active segments, so
+  that the supervisor can upload them, and answers its probes with the supervisor's text.
 - `cluster.json`: the ring as the supervisor sees it (peers, health, owners), for the status RPC
   a receiver serves.
 
@@ -30,6 +31,7 @@ class Siblings:
     def __init__(self, layout: StorageLayout) -> None:
         self._layout = layout
         self._blocked_text: str | None = None
+        self._leaving_text: str | None = None
 
     @staticmethod
     def of(layout: StorageLayout, processes: int) -> Siblings:
@@ -43,8 +45,11 @@ class Siblings:
             atomic_write(self._layout.blocked_databases, text, durable=False)
             self._blocked_text = text
 
-    def announce_leaving(self) -> None:
-        atomic_write(self._layout.leaving, "leaving\n")
+    def announce_leaving(self, detail: str) -> None:
+        """The node leaves; `detail`: where the leave stands (announced again as it moves on)."""
+        if detail != self._leaving_text:
+            atomic_write(self._layout.leaving, detail, durable=self._leaving_text is None)
+            self._leaving_text = detail
 
     def clear_leaving(self) -> None:
         """At start: a node that restarts is no longer leaving."""
@@ -62,8 +67,12 @@ class Siblings:
             return frozenset()
         return frozenset(x for x in text.split("\n") if x)
 
-    def leaving(self) -> bool:
-        return self._layout.leaving.exists()
+    def leaving(self) -> str | None:
+        """Where the node's leave stands; None while it is not leaving."""
+        try:
+            return self._layout.leaving.read_text() or "leaving the cluster"
+        except FileNotFoundError:
+            return None
 
     def ring(self) -> dict[str, Any]:
         try:
@@ -79,7 +88,7 @@ class Alone(Siblings):
     def publish_blocked(self, databases: Iterable[str]) -> None:
         pass
 
-    def announce_leaving(self) -> None:
+    def announce_leaving(self, detail: str) -> None:
         pass
 
     def publish_ring(self, ring: dict[str, Any]) -> None:

@@ -53,17 +53,22 @@ def readyz(node: NodeProcess) -> tuple[int, str]:
         return e.code, e.read().decode()
 
 
-def test_shutdown_requested_drains_everything_then_completes(tmp_path: Path, kube: FakeKubeApi) -> None:
+@pytest.mark.parametrize("receivers", [1, 2])
+def test_shutdown_requested_drains_everything_then_completes(tmp_path: Path, kube: FakeKubeApi,
+                                                             receivers: int) -> None:
+    """With two receiver processes, the requests come on connections of their own, so that both
+    hold active segments (the kernel spreads connections over the shared port): the supervisor's
+    leave must have its sibling close them too."""
     kube.put("pods", pod("ingestor-0"))
     kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig", NS)
     node = NodeProcess(tmp_path / "data", "--drain-on-annotation", "--kubeconfig", str(kubeconfig),
                        "--namespace", NS, "--max-segment-age", "1h", "--upload-interval", "0.5s",
-                       name="ingestor-0").start()
+                       "--receivers", str(receivers), name="ingestor-0").start()
     try:
         sent = 0
-        with grpc.insecure_channel(node.grpc_addr) as ch:
-            stub = metrics_service_pb2_grpc.MetricsServiceStub(ch)
-            for k in range(5):
+        for k in range(10):
+            with grpc.insecure_channel(node.grpc_addr) as ch:
+                stub = metrics_service_pb2_grpc.MetricsServiceStub(ch)
                 stub.Export(gauge_request(f"drain_{k}", points=20, start=k * 20), timeout=10)
                 sent += 20
         assert len(node.rows()) == sent  # in the WAL, active: nothing would be uploaded for an hour
