@@ -25,7 +25,7 @@ Where the work runs, so that the event loop stays free to answer probes and take
   refusing with OverMemoryError); 0 when the receiver has reserved it itself (the HTTP port does,
   as it reads the body: node/receivers/body.py).
 * The converters' caches forget what was not used for one to two `--max-segment-age`s
-  (node/rows/cache.py), and the freed memory is handed back to the system then.
+  (node/cache.py), and the freed memory is handed back to the system then.
 * A request with rows for more tables than `--max-segment-count` allows segments can never be
   written: it is refused at once with RequestTooLargeError (RESOURCE_EXHAUSTED without a retry
   hint, 413), which senders do not retry, and which says nothing about the node's readiness.
@@ -51,11 +51,11 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from node.budget import MemoryBudget
+from node.cache import BoundedCache, Generations
 from node.errors import DecodeError, RequestTooLargeError
 from node.gen.prometheus.remote_pb2 import WriteRequest
 from node.metrics import NodeMetrics
 from node.rows.batch import ConvertResult
-from node.rows.cache import BoundedCache, Generations
 from node.rows.logs import LogsConverter
 from node.rows.metrics import MetricsConverter
 from node.rows.traces import TracesConverter

@@ -31,7 +31,7 @@ import re
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from node.rows.cache import BoundedCache
+from node.cache import BoundedCache
 
 _SPECIAL = re.compile(r'[",\r\n\'\\]').search
 _EPOCH = datetime(1970, 1, 1)

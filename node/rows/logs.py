@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
+from node.cache import BoundedCache
 from node.rows.anyvalue import encode_json, to_json
 from node.rows.batch import KIND_LOG, ConvertResult, ResultBuilder, Schema
-from node.rows.cache import BoundedCache
 from node.rows.csvtext import Timestamps, field, quoted
 from node.rows.routing import Router, split_attributes
 
@@ -65,7 +65,7 @@ class LogsConverter:
         self._severity: BoundedCache[str, str] = BoundedCache(1024)
 
     def turn(self) -> None:
-        """Forget the destinations not used since the previous turn (cache.py)."""
+        """Forget the destinations not used since the previous turn (node/cache.py)."""
         self._router.turn()
 
     def convert(self, req: ExportLogsServiceRequest) -> ConvertResult:

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
+from node.cache import Generations
 from node.gen.prometheus.remote_pb2 import WriteRequest
 from node.rows.batch import KIND_METRIC, ConvertResult, ResultBuilder, Schema
-from node.rows.cache import Generations
 from node.rows.csvtext import Timestamps, real
 from node.rows.otlpmetrics import OtlpMetrics
 from node.rows.series import Entry, SeriesEncoder
@@ -69,7 +69,7 @@ class MetricsConverter:
         self._otlp = OtlpMetrics(self._series, cfg.promote_resource_attributes, cfg.max_cached_series)
 
     def turn(self) -> None:
-        """Let the caches forget what was not used since the previous turn (cache.py)."""
+        """Let the caches forget what was not used since the previous turn (node/cache.py)."""
         self._remote.turn()
         self._otlp.turn()
         self._series.turn()

@@ -30,9 +30,9 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
+from node.cache import Generations
 from node.rows.anyvalue import to_label
 from node.rows.batch import ResultBuilder
-from node.rows.cache import Generations
 from node.rows.csvtext import Timestamps, label_float, real
 from node.rows.exphist import cumulative_buckets
 from node.rows.names import prometheus_label_name, prometheus_metric_name
@@ -70,7 +70,7 @@ Latest = dict[bytes, tuple[_Resource, int]]
 class OtlpMetrics:
     """Holds the caches of OTLP metric conversion: resources, names, label names, series entries.
 
-    Each is two generations (cache.py). The series entries are kept per (resource, metric name),
+    Each is two generations (node/cache.py). The series entries are kept per (resource, metric name),
     each a dict of the metric's series, in a young and an old generation of such dicts: a series
     is found with one lookup in the young dict of its metric, and one not used for two turns goes.
     """

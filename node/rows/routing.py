@@ -12,10 +12,10 @@ from collections.abc import Iterable
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
+from node.cache import Generations
 from node.errors import InvalidNameError
 from node.names import MAX_DATABASE_LEN, MAX_TABLE_LEN, is_valid_name, show, validate_name
 from node.rows.anyvalue import JsonValue, to_json
-from node.rows.cache import Generations
 
 DATABASE_KEY = "kusto.database"
 TABLE_KEY = "kusto.table"
@@ -75,7 +75,7 @@ class Router:
         self._dests: Generations[tuple[str, str], tuple[str, str]] = Generations(MAX_CACHED_DESTINATIONS)
 
     def turn(self) -> None:
-        """Forget the destinations not used since the previous turn (cache.py)."""
+        """Forget the destinations not used since the previous turn (node/cache.py)."""
         self._dests.turn()
 
     def resolve(

@@ -20,10 +20,10 @@ from collections.abc import Iterable
 
 import xxhash
 
+from node.cache import Generations
 from node.names import MAX_DATABASE_LEN, MAX_TABLE_LEN, is_valid_name, show
 from node.rows.anyvalue import encode_json
 from node.rows.batch import Schema
-from node.rows.cache import Generations
 from node.rows.csvtext import field, quoted
 from node.rows.names import normalize_name
 
@@ -79,7 +79,7 @@ class SeriesEncoder:
         self._dests: Generations[tuple[str, str], tuple[str, str]] = Generations(MAX_CACHED_NAMES)
 
     def turn(self) -> None:
-        """Forget the names not used since the previous turn (cache.py)."""
+        """Forget the names not used since the previous turn (node/cache.py)."""
         self._tables.turn()
         self._dests.turn()
 

@@ -81,7 +81,7 @@ class TracesConverter:
         return self._ts.cache.get(t) or self._ts.format(t)
 
     def turn(self) -> None:
-        """Forget the destinations not used since the previous turn (cache.py)."""
+        """Forget the destinations not used since the previous turn (node/cache.py)."""
         self._router.turn()
 
     def convert(self, req: ExportTraceServiceRequest) -> ConvertResult:

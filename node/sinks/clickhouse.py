@@ -40,9 +40,9 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 from clickhouse_driver import Client  # type: ignore[import-untyped]
 from clickhouse_driver import errors as ch_errors
 
+from node.cache import BoundedCache
 from node.errors import PermanentSinkError, SinkError
 from node.names import MAX_COLUMN_LEN, MAX_DATABASE_LEN, is_valid_name, show
-from node.rows.cache import BoundedCache
 from node.sinks import chschema
 from node.sinks.base import Batch
 from node.sinks.chschema import Conn, TableCache, base_type, error_from, quote

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.rows.cache import BoundedCache
+from node.cache import BoundedCache
 from node.rows.csvtext import Timestamps
 from node.sinks.clickhouse import EpochNanos
 

@@ -15,9 +15,9 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, Metric
 
+from node.cache import Generations
 from node.gen.prometheus.remote_pb2 import WriteRequest
 from node.rows.batch import ConvertResult
-from node.rows.cache import Generations
 from node.rows.logs import LogsConfig, LogsConverter
 from node.rows.metrics import MetricsConfig, MetricsConverter
 from node.rows.traces import TracesConverter
