@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cluster.backoff import Backoff
 from cluster.tasks import cancel_and_wait
@@ -102,6 +102,8 @@ class Uploader:
         self._tasks: set[asyncio.Task[None]] = set()
         self._transfers: set[asyncio.Task[None]] = set()
         """The transfer tasks among `_tasks` (cancelled by `stop`)."""
+        self._queued: set[asyncio.Task[Any]] = set()
+        """The upload tasks among `_tasks` still waiting for a turn at the sink (cancelled by `stop`)."""
         self._failures: dict[str, int] = {}
         self._backoff = Backoff(config.backoff_initial, config.backoff_max)
         self._errors = ErrorLog(log)
@@ -124,12 +126,14 @@ class Uploader:
         self._loop_task = asyncio.create_task(self._loop(), name="uploader")
 
     async def stop(self) -> None:
-        """Stop planning; batches in flight finish (their threads cannot be interrupted); transfers
-        in flight are cancelled, so that a peer that hangs cannot hold the shutdown past its grace:
-        each stays recorded, in doubt, and the next start sends it to the same peer again, whose
-        ledger recognises it (the same as after a kill)."""
+        """Stop planning; batches in flight finish (their threads cannot be interrupted); batches
+        still waiting for their turn at the sink are cancelled, so that a round that planned
+        thousands of tables cannot hold the shutdown past its grace (their segments stay for the
+        next start); transfers in flight are cancelled, so that a peer that hangs cannot hold the
+        shutdown either: each stays recorded, in doubt, and the next start sends it to the same
+        peer again, whose ledger recognises it (the same as after a kill)."""
         await cancel_and_wait(self._loop_task)
-        for task in self._transfers:
+        for task in self._transfers | self._queued:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -369,10 +373,19 @@ class Uploader:
         sink = self._sink.name
         try:
             await self._begin(planned.prefix, planned.segments, SINK)
-            async with self._sem:
+            me = asyncio.current_task()
+            assert me is not None
+            self._queued.add(me)
+            try:
+                await self._sem.acquire()
+            finally:
+                self._queued.discard(me)
+            try:
                 t0 = time.perf_counter()
                 await asyncio.to_thread(self._sink.upload, batch)
                 elapsed = time.perf_counter() - t0
+            finally:
+                self._sem.release()
         except PermanentSinkError as e:
             self._metrics.uploads.labels(sink, "quarantined").inc()
             await asyncio.to_thread(self._quarantine, planned, str(e))

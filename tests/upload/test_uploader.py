@@ -319,3 +319,50 @@ async def test_stop_returns_when_the_round_was_just_woken(tmp_path: Path, turns:
     done, _ = await asyncio.wait({stopping}, timeout=5)
     assert done, "the uploader's loop went on planning after stop()"
     stopping.result()
+
+
+class SlowSink(RecordingSink):
+    """A sink that takes `seconds` per batch, as a remote one does."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def upload(self, batch: Batch) -> None:
+        time.sleep(self.seconds)
+        super().upload(batch)
+
+
+async def test_stop_does_not_wait_for_the_batches_still_waiting_for_their_turn(tmp_path: Path) -> None:
+    """A round plans a batch per table; with 40 tables and one upload at a time of 0.3 s, waiting
+    for them all would hold the stop 12 s. Stop ends the one at the sink and cancels the rest,
+    whose segments stay for the next start, which delivers them, each row once."""
+    wal = Repository(WalConfig(tmp_path / "wal"))
+    wal.start()
+    sent = []
+    for i in range(40):
+        row = f"2026-11-24T00:00:{i % 60:02d}Z,{i}\n".encode()
+        write_block(wal, "Db", f"T{i}", fmt.KIND_METRIC, row, 1, SCHEMA)
+        sent.append(row.strip())
+    wal.rotate_all()
+    slow = SlowSink(0.3)
+    cfg = UploadConfig(interval=3600, uploads=1, policy=BatchPolicy(min_batch_bytes=0, max_wait=0))
+    up = Uploader(wal, slow, cfg, NodeMetrics(CollectorRegistry()))
+    await up.start()
+    await _until(lambda: slow.calls >= 1)
+    t0 = time.monotonic()
+    await up.stop()
+    assert time.monotonic() - t0 < 2.0
+    assert 1 <= len(slow.batches) < 10
+    left = wal.closed_segments()
+    assert len(left) == 40 - len(slow.batches)
+    wal.stop()
+
+    again = Repository(WalConfig(tmp_path / "wal"))
+    again.start()
+    sink = RecordingSink()
+    up = Uploader(again, sink, cfg, NodeMetrics(CollectorRegistry()))
+    await up.start()
+    assert await up.drain(time.monotonic() + 10)
+    await up.stop()
+    assert sorted(slow.rows + sink.rows) == sorted(sent)
