@@ -124,6 +124,7 @@ class NodeProcess:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait(30)  # reaped: an unreaped Popen warns when collected (an error under -W error)
             raise
 
     def kill(self) -> None:
