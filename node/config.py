@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from cluster.addr import parse_hostport
 from cluster.units import parse_duration, parse_size
 from node.errors import InvalidNameError
+from node.logformat import FORMATS as LOG_FORMATS
 from node.names import MAX_DATABASE_LEN, MAX_TABLE_LEN, validate_name
 from node.transfer.router import TransferConfig
 from node.upload.batcher import BatchPolicy
@@ -142,6 +143,8 @@ class NodeConfig:
     shutdown_grace: float = flag(60.0, "how long a SIGTERM may take to finish in-flight work", parse="duration")
     log_level: str = flag("info", "how much the node logs", parse="choice",
                           choices=("debug", "info", "warning", "error"))
+    log_format: str = flag("text", "how log lines look: text, or json (one object per line: time, level, logger, "
+                           "message, exc_info)", parse="choice", choices=LOG_FORMATS)
 
     storage_backend: str = flag("local", "where batches go: local (embedded ClickHouse under "
                                 "<storage-dir>/local), adx, clickhouse", parse="choice",

@@ -26,7 +26,7 @@ import signal
 from typing import Any
 
 from cluster.tasks import cancel_and_wait
-from node import debug
+from node import debug, logformat
 from node.config import NodeConfig
 from node.wal.names import host_id
 
@@ -69,8 +69,7 @@ def _die_with_parent() -> None:
 def child_main(config: NodeConfig, index: int, array: Any, ready: Any) -> None:
     """Entry point of receiver process `index` (spawned, so it imports everything afresh)."""
     _die_with_parent()
-    logging.basicConfig(level=config.log_level.upper(),
-                        format=f"%(asctime)s %(levelname)s receiver-{index} %(name)s: %(message)s")
+    logformat.setup(config.log_format, config.log_level, receiver=index)
     from node.server import Node, tune_malloc
 
     tune_malloc()
