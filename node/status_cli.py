@@ -53,12 +53,26 @@ def render(st: admin_pb2.NodeStatus) -> str:
     return "\n".join(lines)
 
 
+def explain(addr: str, code: grpc.StatusCode, details: str, timeout: float) -> str:
+    """One line for a status call that failed, naming the likely mistake where there is one."""
+    if code == grpc.StatusCode.UNAVAILABLE:
+        if "http1.x server" in details or "Failed parsing HTTP/2" in details:
+            return (f"{addr} answers HTTP/1, not gRPC: is it the node's HTTP port (--http-addr)? "
+                    "pass its gRPC port (--grpc-addr, 4317 by default) to --addr")
+        if "Connection refused" in details:
+            return f"nothing listens on {addr} (connection refused): is the node running, with this --grpc-addr?"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"{addr}: no answer within {timeout:g}s (DEADLINE_EXCEEDED): is --addr the node's --grpc-addr?"
+    return f"{addr}: {code.name}: {details}"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     with grpc.insecure_channel(args.addr) as channel:
         try:
             st = admin_pb2_grpc.AdminStub(channel).GetStatus(admin_pb2.GetStatusRequest(), timeout=args.timeout)
         except grpc.RpcError as e:
-            print(f"ingestor status: {args.addr}: {e.code().name}: {e.details()}", file=sys.stderr)
+            print(f"ingestor status: {explain(args.addr, e.code(), e.details() or '', args.timeout)}",
+                  file=sys.stderr)
             return 1
     if args.json:
         print(json.dumps(json_format.MessageToDict(st), indent=2))

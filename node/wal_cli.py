@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from node.wal.segment import iter_rows, repair, scan
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     wal = sub.add_parser("wal", help="inspect and repair WAL segment files")
-    wsub = wal.add_subparsers(dest="wal_command", required=True)
+    wsub = wal.add_subparsers(dest="wal_command", metavar="COMMAND", required=True)
     dump = wsub.add_parser("dump", help="print the rows of a segment as CSV")
     dump.add_argument("path", type=Path)
     dump.add_argument("--with-headers", action="store_true", help="keep the schema header lines")
@@ -27,6 +28,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     ls.set_defaults(func=cmd_ls)
 
 
+def _cannot(command: str, path: Path, e: OSError) -> int:
+    """One line for a path that cannot be read (missing, a directory, no permission); exit 1."""
+    text = os.strerror(e.errno) if e.errno else str(e)
+    print(f"ingestor wal {command}: {path}: {text[:1].lower() + text[1:]}", file=sys.stderr)
+    return 1
+
+
 def cmd_dump(args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
     try:
@@ -36,31 +44,46 @@ def cmd_dump(args: argparse.Namespace) -> int:
         out.flush()
         print(f"ingestor: {e.path}: segment ends at offset {e.offset}: {e.reason}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        raise  # stdout's reader is gone: node/cli.py ends quietly
     except OSError as e:
-        print(f"ingestor: {e}", file=sys.stderr)
-        return 1
+        return _cannot("dump", args.path, e)
     out.flush()
     return 0
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
-    result = scan(args.path)
+    try:
+        result = scan(args.path)
+    except OSError as e:
+        return _cannot("repair", args.path, e)
     if result.error is None:
         print(f"{args.path}: ok, {result.blocks} blocks, {result.rows} rows")
         return 0
     if result.good_end == 0:
         print(f"{args.path}: not a segment ({result.error.reason}); left as is", file=sys.stderr)
         return 1
-    cut = repair(result.error)
+    try:
+        cut = repair(result.error)
+    except OSError as e:
+        return _cannot("repair", args.path, e)
     print(f"{args.path}: truncated {cut} bytes at offset {result.error.offset} ({result.error.reason}); "
           f"kept {result.blocks} blocks, {result.rows} rows")
     return 0
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
+    if not args.dir.is_dir():
+        why = "not a directory" if args.dir.exists() else "no such directory"
+        print(f"ingestor wal ls: {args.dir}: {why}; pass a WAL directory (<storage-dir>/wal)", file=sys.stderr)
+        return 1
     rows = []
     now = time.time()
-    for path in sorted(args.dir.glob("*.wal")):
+    paths = sorted(args.dir.glob("*.wal"))
+    if not paths and (args.dir / "wal").is_dir():
+        print(f"ingestor wal ls: no segments in {args.dir}, a storage directory: its WAL is {args.dir / 'wal'}",
+              file=sys.stderr)
+    for path in paths:
         try:
             name = parse_filename(path.name)
         except InvalidNameError:
