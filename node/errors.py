@@ -14,6 +14,7 @@
     ├── CorruptionError              a segment is damaged at (path, offset), with a reason
     ├── UnauthenticatedError         a caller that is not a peer
     ├── AlreadyExistsError           a transferred segment that was accepted before
+    ├── BindError                    a port the node was told to listen on cannot be bound (at start)
     └── SinkError                    a sink refused or failed a batch
         └── PermanentSinkError       it will never take this batch (bad schema): quarantine it
 
@@ -23,7 +24,10 @@ these at the boundary where they happen, never further up.
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass
+from errno import EACCES, EADDRNOTAVAIL, EAFNOSUPPORT
 from pathlib import Path
 
 import grpc
@@ -91,6 +95,36 @@ class UnauthenticatedError(IngestorError):
 
 class AlreadyExistsError(IngestorError):
     """A transferred segment that this node accepted before (the transfer is idempotent)."""
+
+
+class BindError(IngestorError):
+    """A port the node was told to listen on cannot be bound: the address as given, which port
+    (gRPC, HTTP), the flag that sets it, and why (`errno` 0 when the reason is not known). Its text
+    names the problem and the fix, for `ingestor serve` to print as its one line."""
+
+    def __init__(self, addr: str, port: str, flag: str, reason: str, errno: int = 0) -> None:
+        self.addr = addr
+        self.port = port
+        self.flag = flag
+        self.reason = reason
+        self.errno = errno
+        super().__init__(f"cannot listen on {addr} ({port}): {reason}; {self.fix}")
+
+    @classmethod
+    def of(cls, addr: str, port: str, flag: str, err: OSError) -> BindError:
+        """From the OSError of a bind (or of getaddrinfo, whose errno is negative)."""
+        code = err.errno or 0
+        text = err.strerror if isinstance(err, socket.gaierror) or code <= 0 else os.strerror(code)
+        text = text or str(err)
+        return cls(addr, port, flag, text[:1].lower() + text[1:], code)
+
+    @property
+    def fix(self) -> str:
+        if self.errno == EACCES:
+            return f"ports under 1024 need privileges: pass {self.flag} with a higher port"
+        if self.errno in (EADDRNOTAVAIL, EAFNOSUPPORT) or self.errno < 0:
+            return f"pass {self.flag} with an address of this host"
+        return f"free the port or pass {self.flag}"
 
 
 class CorruptionError(IngestorError):

@@ -24,13 +24,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from cluster.addr import parse_hostport
 from node.budget import EXPANSION
 from node.config import NodeConfig
-from node.errors import IngestorError, status_of
+from node.errors import BindError, IngestorError, status_of
 from node.gen.ingestor.v1 import admin_pb2, admin_pb2_grpc
 from node.ingest import Ingest
 from node.metrics import NodeMetrics
 from node.ratelog import RateLimitedLog
+from node.receivers import listener
 from node.receivers.otlp import SIGNALS, OtlpSignal
 from node.rows.batch import ConvertResult
 from node.state import NodeState
@@ -180,6 +182,21 @@ class GrpcLimits:
         return options
 
 
+def cannot_bind(addr: str) -> BindError:
+    """Why grpc could not bind `addr` (it does not say): a bind of our own finds out."""
+    try:
+        host, port = parse_hostport(addr, default_host="0.0.0.0", allow_port_zero=True)
+    except ValueError as e:
+        return BindError(addr, "gRPC", "--grpc-addr", str(e))
+    try:
+        socks = listener.bind(host, port, reuse_port=False)
+    except OSError as e:
+        return BindError.of(addr, "gRPC", "--grpc-addr", e)
+    for sock in socks:
+        sock.close()
+    return BindError(addr, "gRPC", "--grpc-addr", "grpc could not bind it (GRPC_VERBOSITY=debug says why)")
+
+
 class GrpcServer:
     """Owns the grpc.aio server and what is registered on it."""
 
@@ -204,12 +221,15 @@ class GrpcServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.server)
         names.append(health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
         reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], self.server)
-        if credentials is None:
-            self.port = self.server.add_insecure_port(addr)
-        else:
-            self.port = self.server.add_secure_port(addr, credentials)
+        try:
+            if credentials is None:
+                self.port = self.server.add_insecure_port(addr)
+            else:
+                self.port = self.server.add_secure_port(addr, credentials)
+        except RuntimeError:  # grpc's "Failed to bind to address"
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot bind the gRPC port {addr}")
+            raise cannot_bind(addr)
 
     async def start(self) -> None:
         await self.health.update()

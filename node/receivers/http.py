@@ -34,7 +34,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from node.budget import MemoryBudget
 from node.config import NodeConfig
-from node.errors import DecodeError, IngestorError, StalledError, status_of
+from node.errors import BindError, DecodeError, IngestorError, StalledError, status_of
 from node.ingest import Ingest
 from node.metrics import NodeMetrics
 from node.ratelog import RateLimitedLog
@@ -244,7 +244,11 @@ class HttpServer:
         await self._runner.setup()
         server = self._runner.server
         assert server is not None
-        self._sockets = listener.bind(self._host, self._port, self._reuse_port)
+        try:
+            self._sockets = listener.bind(self._host, self._port, self._reuse_port)
+        except OSError as e:
+            host = f"[{self._host}]" if ":" in self._host else self._host
+            raise BindError.of(f"{host}:{self._port}", "HTTP", "--http-addr", e) from e
         self.port = int(self._sockets[0].getsockname()[1])
         self._accepting = [asyncio.create_task(listener.accept(sock, self.connections, server, self._said),
                                                name=f"http-accept-{i}") for i, sock in enumerate(self._sockets)]
