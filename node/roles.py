@@ -41,6 +41,11 @@ BLOCKED_AT = 0.99
 --max-disk-usage-per-database: the receivers see it a tick late, so they stop a little early."""
 SIBLINGS_DRAIN_SECONDS = 86400.0
 """A multi-process node that leaves uploads for at most this long: its siblings may still write."""
+SCAN_SECONDS_PER_SEGMENT = 0.0005
+"""The supervisor's tick scans the WAL directory (every process's segments: the gauges, the
+blocked databases, the ring's owners) once a second, or once per this many seconds per segment
+when that is longer: a scan costs ~7 ms of CPU per 1,000 segments, so the idle cost stays flat
+(~1% of a core) however many segments wait on disk (10,000: one scan every 5 s)."""
 
 
 class Role(Protocol):
@@ -66,6 +71,7 @@ class Supervisor:
         self.state = state
         self.metrics = metrics
         self.shutdown_watcher: ShutdownWatcher | None = None
+        self._next_scan = 0.0
         self.siblings_stopped = asyncio.Event()
         """Set once the other receiver processes have exited (at once for a node of one process)."""
         if not config.multiprocess:
@@ -80,7 +86,11 @@ class Supervisor:
         await self.uploader.start()
 
     async def tick(self) -> None:
+        now = time.monotonic()
+        if now < self._next_scan:
+            return
         stats = await asyncio.to_thread(directory_stats, self.wal.directory)
+        self._next_scan = now + stats.segment_count * SCAN_SECONDS_PER_SEGMENT
         self.metrics.wal_bytes.set(stats.disk_usage)
         self.metrics.wal_segments.set(stats.segment_count)
         if self.config.max_disk_usage_per_database and self.config.multiprocess:

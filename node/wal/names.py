@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import xxhash
 
@@ -84,10 +84,11 @@ class SegmentName:
     table: str
     schema: str | None
     segment_id: str
+    prefix: str = field(init=False, repr=False, compare=False)
+    """`DB_TABLE[_SCHEMA]`, checked and made once: the upload round reads it for every segment."""
 
-    @property
-    def prefix(self) -> str:
-        return make_prefix(self.database, self.table, self.schema)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prefix", make_prefix(self.database, self.table, self.schema))
 
     @property
     def filename(self) -> str:
