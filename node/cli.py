@@ -12,16 +12,11 @@ import argparse
 import logging
 import os
 import sys
-import tomllib
-from importlib import metadata
-from pathlib import Path
 from typing import NoReturn, cast
 
 from cluster.operator import cli as operator_cli
-from node import logformat, query_cli, serve_cli, status_cli, wal_cli
+from node import logformat, query_cli, serve_cli, status_cli, version, wal_cli
 
-DISTRIBUTION = "telemetry-ingestor"
-PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 EXIT_SIGPIPE = 128 + 13
 EXIT_SIGINT = 128 + 2
 
@@ -33,19 +28,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def version() -> str:
-    """The installed package's version, else the one pyproject.toml declares."""
-    try:
-        return metadata.version(DISTRIBUTION)
-    except metadata.PackageNotFoundError:
-        pass
-    try:
-        with PYPROJECT.open("rb") as f:
-            return str(tomllib.load(f)["project"]["version"])
-    except (OSError, KeyError, tomllib.TOMLDecodeError):
-        return "unknown"
 
 
 def build_parser() -> Parser:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from node import __version__
+from node import version
 from node.config import NodeConfig
 from node.gen.ingestor.v1 import admin_pb2
 from node.state import NodeState
@@ -23,7 +23,7 @@ def node_status(config: NodeConfig, state: NodeState, stats: WalStats, ring: dic
         segment_count=stats.segment_count,
         limits=admin_pb2.Limits(max_disk_usage=c.max_disk_usage, max_segment_count=c.max_segment_count,
                                 max_segment_size=c.max_segment_size, max_segment_age_seconds=c.max_segment_age),
-        version=__version__,
+        version=version(),
     )
     owners: dict[str, str] = ring.get("owners", {})
     for prefix in sorted(set(stats.closed) | set(stats.active)):

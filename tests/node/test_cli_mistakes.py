@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from node import cli, logformat
+import node
+from node import logformat
 from tests.harness import ROOT, NodeProcess, free_port
 from tests.wal.helpers import make_segment, rows_for
 
@@ -221,9 +222,8 @@ def test_version_without_the_package_installed_is_pyprojects(monkeypatch: pytest
 
     monkeypatch.setattr(metadata, "version", missing)
     with (ROOT / "pyproject.toml").open("rb") as f:
-        assert cli.version() == tomllib.load(f)["project"]["version"]
-    monkeypatch.setattr(cli, "PYPROJECT", ROOT / "no-such-pyproject.toml")
-    assert cli.version() == "unknown"
+        assert node.version() == tomllib.load(f)["project"]["version"]
+    assert node.version(ROOT / "no-such-pyproject.toml") == "unknown"
 
 
 # --- wal ----------------------------------------------------------------------------------------------
