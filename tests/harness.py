@@ -100,6 +100,8 @@ class NodeProcess:
             if self.ready():
                 return self
             time.sleep(0.05)
+        self.proc.kill()  # not left running (and draining for its grace) after the test gave up on it
+        self.proc.wait(30)
         raise TimeoutError(f"node not ready within {timeout}s ({self.not_ready}):\n{self.log()}")
 
     def ready(self) -> bool:
