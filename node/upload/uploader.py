@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from cluster.backoff import Backoff
 from cluster.tasks import cancel_and_wait
+from node.cache import BoundedCache
 from node.errors import PermanentSinkError
 from node.ratelog import ErrorLog, describe
 from node.sinks.base import Batch, Sink, batch_id, batch_limit
@@ -46,6 +47,9 @@ if TYPE_CHECKING:
     from node.metrics import NodeMetrics
 
 log = logging.getLogger(__name__)
+
+LAST_DELIVERED_ENTRIES = 100_000
+"""Tables whose last delivery is remembered (`Uploader.last_delivered`); past it, it starts afresh."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,9 @@ class Uploader:
         self._errors = ErrorLog(log)
         """Unexpected errors with their traceback once, expected ones (SinkError & co) in one line."""
         self._not_before: dict[str, float] = {}
+        self.last_delivered: BoundedCache[str, tuple[float, str]] = BoundedCache(LAST_DELIVERED_ENTRIES)
+        """Per table prefix, when (wall clock) and where (the sink's name, or a peer's) its last
+        delivery was confirmed: for the status page and `ingestor status`."""
         self._ratios: dict[str, float] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -336,6 +343,7 @@ class Uploader:
                 result = await self.router.deliver(t)
             if result.outcome.delivered:
                 await self._confirmed(t.prefix, t.segments, t.owner)
+                self.last_delivered.put(t.prefix, (time.time(), t.owner))
                 self._failures.pop(t.prefix, None)
                 self._not_before.pop(t.prefix, None)
             elif result.outcome is Outcome.PEER_FAILED and (result.in_doubt or resend):
@@ -401,6 +409,7 @@ class Uploader:
             return
         # remove: the sink confirmed every row
         await self._confirmed(planned.prefix, planned.segments, SINK)
+        self.last_delivered.put(planned.prefix, (time.time(), sink))
         self._failures.pop(planned.prefix, None)
         self._not_before.pop(planned.prefix, None)
         if batch.size:

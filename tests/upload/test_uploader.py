@@ -125,9 +125,12 @@ async def test_drain_uploads_young_small_segments(tmp_path: Path) -> None:
     cfg = UploadConfig(interval=3600, policy=BatchPolicy())  # nothing would go out by itself
     up = Uploader(wal, sink, cfg, NodeMetrics(CollectorRegistry()))
     await up.start()
+    t0 = time.time()
     assert await up.drain(time.monotonic() + 10)
     await up.stop()
     assert sorted(sink.rows) == sorted(sent)
+    assert {p.split("_")[1] for p in up.last_delivered} == {"T", "U"}  # for the status page
+    assert all(t0 <= when <= time.time() and where == "recording" for when, where in up.last_delivered.values())
 
 
 async def test_a_segment_deleted_by_hand_is_dropped_once_and_never_blocks_its_table(tmp_path: Path) -> None:
