@@ -31,6 +31,8 @@ from node.names import MAX_DATABASE_LEN, MAX_TABLE_LEN, validate_name
 from node.transfer.router import TransferConfig
 from node.upload.batcher import BatchPolicy
 from node.upload.uploader import UploadConfig
+from node.wal.openfiles import descriptor_limit
+from node.wal.openfiles import per_process as open_files_per_process
 from node.wal.repository import WalConfig
 from node.wal.segment import FsyncPolicy
 
@@ -121,6 +123,10 @@ class NodeConfig:
                                "of segments", parse="size", default_note="0: no limit")
     max_segment_count: int = flag(_W.max_segment_count, "refuse writes past this many segments", parse="int",
                                   default_note=f"{_W.max_segment_count}; 0: no limit")
+    max_open_segments: int = flag(_W.max_open_segments, "active segment files held open at once (the node's "
+                                  "receiver processes share them); past it, the one written least recently is "
+                                  "closed and reopened at its next write, so that thousands of tables stay under "
+                                  "ulimit -n", parse="int", default_note=f"{_W.max_open_segments}; 0: no limit")
     wal_fsync: FsyncPolicy = flag(_W.fsync, "never | on-rotate | always (see docs/wal.md for the durability each "
                                   "gives)", parse="choice", choices=tuple(x.value for x in FsyncPolicy))
     max_request_bytes: int = flag(64 * MiB, "largest request body, after decompression", parse="size")
@@ -254,6 +260,8 @@ class NodeConfig:
         return WalConfig(directory=self.wal_dir, node_name=self.node_name, worker=worker, fsync=self.wal_fsync,
                          max_segment_size=self.max_segment_size, max_segment_age=self.max_segment_age,
                          max_disk_usage=self.max_disk_usage, max_segment_count=self.max_segment_count,
+                         max_open_segments=open_files_per_process(self.max_open_segments, self.receivers,
+                                                                   descriptor_limit()),
                          max_disk_usage_per_database=self.max_disk_usage_per_database,
                          min_free_disk=self.min_free_disk)
 

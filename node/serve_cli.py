@@ -225,8 +225,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as e:
         parser.error(str(e))
     from node.server import tune_malloc  # after the config: importing the node is not free
+    from node.wal.openfiles import raise_descriptor_limit
 
     tune_malloc()
+    raise_descriptor_limit()  # before the WAL sizes its pool of open segments from it
     debug.install()
     try:
         asyncio.run(run(config, sink, membership))

@@ -41,6 +41,8 @@ from node.wal.names import (
     segment_host,
     validate_prefix,
 )
+from node.wal.openfiles import DEFAULT_LIMIT as OPEN_FILES_LIMIT
+from node.wal.openfiles import OpenFiles
 from node.wal.segment import FsyncPolicy, repair, scan
 from node.wal.table import SegmentInfo, TableWal
 
@@ -85,6 +87,9 @@ class WalConfig:
     """Segments (active and closed) past which new segments are refused; 0 means no limit."""
     max_disk_usage_per_database: int = 0
     """Bytes of one database's segments past which its writes fail; 0 means no limit."""
+    max_open_segments: int = OPEN_FILES_LIMIT
+    """Active segment files this process holds open at once; past it, the one written least
+    recently is closed and reopened at its next write (node/wal/openfiles.py). 0: no limit."""
     min_free_disk: int = 0
     """Free bytes on the directory's volume below which writes fail; 0 means no floor. The room
     is kept for what frees the volume: uploads (the local sink's store shares it), delivery
@@ -126,6 +131,8 @@ class Repository:
         self._ids = FlakeIds(host_id(config.node_name, config.worker))
         self._lock = threading.Lock()
         self._wals: dict[tuple[str, str, str | None], TableWal] = {}
+        self.files = OpenFiles(config.max_open_segments)
+        """The active segments' descriptors, at most --max-open-segments of them at once."""
         self._closed: dict[str, dict[str, SegmentInfo]] = defaultdict(dict)  # prefix -> id -> info
         self._usage = 0
         self._usage_by_db: dict[str, int] = defaultdict(int)
@@ -351,7 +358,7 @@ class Repository:
                 if wal is None:
                     c = self.config
                     wal = TableWal(self.directory, database, table, sid, self._ids, c.fsync,
-                                   c.max_segment_size, c.max_segment_age, self._index_new)
+                                   c.max_segment_size, c.max_segment_age, self._index_new, self.files)
                     self._wals[key] = wal
         return wal
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from node.errors import CorruptionError, OverLimitsError
 from node.storage import fsync_dir
 from node.wal import format as fmt
+from node.wal.openfiles import UNBOUNDED, OpenFiles
 
 log = logging.getLogger(__name__)
 
@@ -44,74 +45,103 @@ class FsyncPolicy(enum.StrEnum):
 
 
 class SegmentWriter:
-    """An open segment: appends blocks. Not thread-safe; its WAL serialises calls."""
+    """An open segment: appends blocks. Not thread-safe; its WAL serialises calls.
 
-    def __init__(self, path: Path, fsync: FsyncPolicy) -> None:
+    Its descriptor belongs to `files` (node/wal/openfiles.py): closed when the process holds too
+    many, reopened at the next write."""
+
+    __slots__ = ("_fsync", "blocks", "closed", "fd", "files", "path", "pins", "rows", "size")
+
+    def __init__(self, path: Path, fsync: FsyncPolicy, files: OpenFiles = UNBOUNDED) -> None:
         self.path = path
         self._fsync = fsync
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        self.files = files
+        self.pins = 0
+        self.closed = False
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         self.size = 0
         self.blocks = 0
         self.rows = 0
         try:
             self._write([fmt.MAGIC])
         except BaseException:
-            os.close(self._fd)
+            self._give_up_fd()
             path.unlink(missing_ok=True)
             raise
 
-    def _write(self, parts: list[bytes]) -> None:
+    def reopen(self) -> int:
+        """A descriptor at the end of what was written (for `files`, after it closed ours)."""
+        fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
+        os.lseek(fd, self.size, os.SEEK_SET)
+        return fd
+
+    def _give_up_fd(self) -> None:
+        self.files.forget(self)
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+    def _write(self, parts: list[bytes], sync: bool = False) -> None:
         total = sum(len(p) for p in parts)
+        fd = self.files.acquire(self)
         try:
-            written = os.writev(self._fd, parts)
+            written = os.writev(fd, parts)
             while written < total:  # short writes are rare on files, but legal
                 rest = b"".join(parts)[written:]
-                n = os.write(self._fd, rest)
+                n = os.write(fd, rest)
                 if n == 0:
                     raise OSError("short write")
                 written += n
+            if sync:
+                os.fsync(fd)
         except OSError as e:
-            os.ftruncate(self._fd, self.size)
-            os.lseek(self._fd, self.size, os.SEEK_SET)
+            os.ftruncate(fd, self.size)
+            os.lseek(fd, self.size, os.SEEK_SET)
             if e.errno in (28, 122):  # ENOSPC, EDQUOT
                 raise OverLimitsError(f"disk full writing {self.path.name}: {e.strerror}") from e
             raise
+        finally:
+            self.files.release(self)
         self.size += total
 
     def append(self, header: bytes, payload: bytes, rows: int) -> None:
         """Append one framed block; returns once it is written (and fsynced under `always`)."""
-        self._write([header, payload])
+        self._write([header, payload], sync=self._fsync is FsyncPolicy.ALWAYS)
         self.blocks += 1
         self.rows += rows
-        if self._fsync is FsyncPolicy.ALWAYS:
-            os.fsync(self._fd)
 
     def truncate(self, size: int, blocks: int, rows: int) -> None:
         """Cut the file back to `size` (the end of an earlier block): undoes appends of a request that
         failed part way."""
-        os.ftruncate(self._fd, size)
-        os.lseek(self._fd, size, os.SEEK_SET)
-        self.size, self.blocks, self.rows = size, blocks, rows
-        if self._fsync is FsyncPolicy.ALWAYS:
-            os.fsync(self._fd)
+        fd = self.files.acquire(self)
+        try:
+            os.ftruncate(fd, size)
+            os.lseek(fd, size, os.SEEK_SET)
+            self.size, self.blocks, self.rows = size, blocks, rows
+            if self._fsync is FsyncPolicy.ALWAYS:
+                os.fsync(fd)
+        finally:
+            self.files.release(self)
 
     def discard(self) -> None:
         """Close and delete the file (a segment that holds nothing but an undone request)."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        self._give_up_fd()
         self.path.unlink(missing_ok=True)
 
     def close(self) -> None:
         """Close the file, fsyncing it first unless the policy is `never`."""
-        if self._fd < 0:
+        if self.closed:
             return
         try:
             if self._fsync is not FsyncPolicy.NEVER:
-                os.fsync(self._fd)
+                fd = self.files.acquire(self)
+                try:
+                    os.fsync(fd)
+                finally:
+                    self.files.release(self)
         finally:
-            os.close(self._fd)
-            self._fd = -1
+            self.closed = True
+            self._give_up_fd()
         if self._fsync is not FsyncPolicy.NEVER:
             fsync_dir(self.path.parent)
 

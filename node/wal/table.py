@@ -16,6 +16,7 @@ from pathlib import Path
 
 from node.storage import ACTIVE_DIR, fsync_dir
 from node.wal.names import FlakeIds, SegmentName
+from node.wal.openfiles import UNBOUNDED, OpenFiles
 from node.wal.segment import FsyncPolicy, SegmentWriter
 
 
@@ -62,6 +63,7 @@ class TableWal:
         max_segment_size: int,
         max_segment_age: float,
         on_close: Callable[[SegmentInfo], None],
+        files: OpenFiles = UNBOUNDED,
     ) -> None:
         self.database, self.table, self.schema = database, table, schema
         self.key = (database, table, schema or "")
@@ -73,6 +75,7 @@ class TableWal:
         self._max_size = max_segment_size
         self._max_age = max_segment_age
         self._on_close = on_close
+        self._files = files
         self._lock = threading.Lock()
         self._active: SegmentWriter | None = None
         self._active_name: SegmentName | None = None
@@ -111,7 +114,7 @@ class TableWal:
             new_segment(1)
             name = SegmentName(self.database, self.table, self.schema, self._ids.next())
             try:
-                self._active = SegmentWriter(self._active_dir / name.filename, self._fsync)
+                self._active = SegmentWriter(self._active_dir / name.filename, self._fsync, self._files)
             except BaseException:
                 new_segment(-1)
                 raise
