@@ -22,6 +22,7 @@ from node.metrics import NodeMetrics
 from node.peers import ClusterParts
 from node.siblings import Siblings
 from node.state import NodeState
+from node.statuspage import summarize
 from node.transfer.ledger import TransferLedger
 from node.upload.uploader import Uploader
 from node.wal.repository import Repository, WalStats, directory_stats
@@ -72,6 +73,9 @@ class Supervisor:
         self.metrics = metrics
         self.shutdown_watcher: ShutdownWatcher | None = None
         self._next_scan = 0.0
+        self.published: dict[str, Any] = {}
+        """What the last scan found, as the siblings get it in cluster.json: the ring (`ring()`) and
+        the tables for the status page (node/statuspage.py `summarize`); {} before the first scan."""
         self.siblings_stopped = asyncio.Event()
         """Set once the other receiver processes have exited (at once for a node of one process)."""
         if not config.multiprocess:
@@ -97,13 +101,23 @@ class Supervisor:
             blocked = self._blocked(stats)
             self.wal.blocked_databases = blocked
             await asyncio.to_thread(self.siblings.publish_blocked, blocked)
+        ring = self.ring(stats)
         if self.cluster is not None:
-            ring = self.ring(stats)
             healthy = sum(1 for p in ring["peers"] if p["healthy"])
             self.metrics.peers.labels("healthy").set(healthy)
             self.metrics.peers.labels("unhealthy").set(len(ring["peers"]) - healthy)
             self.metrics.owned_tables.set(sum(1 for o in ring["owners"].values() if o == self.config.node_name))
-            await asyncio.to_thread(self.siblings.publish_ring, ring)
+        owners: dict[str, str] = ring.get("owners", {})
+        hashed = self.cluster.view.ring() if self.cluster is not None else None
+
+        def owner(prefix: str) -> str:  # a table delivered lately, none of it here: its owner now
+            found = owners.get(prefix)
+            return found if found is not None else hashed.owner(prefix) if hashed is not None else self.config.node_name
+
+        delivered = dict(self.uploader.last_delivered)  # a copy: the uploader adds to it on this loop
+        tables = await asyncio.to_thread(summarize, stats, delivered, owner, self.config.node_name, time.time())
+        self.published = {**ring, "tables": tables}
+        await asyncio.to_thread(self.siblings.publish_ring, self.published)
 
     async def watch_annotation(self, leave: Callable[[], Awaitable[bool]]) -> None:
         """--drain-on-annotation: `leave()` when the operator asks this pod to (node/shutdown.py)."""

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 from cluster.addr import parse_hostport
 from cluster.membership import Membership
 from cluster.tasks import cancel_and_wait
+from node import statuspage
 from node.budget import MemoryBudget, per_process
 from node.config import NodeConfig
 from node.gen.ingestor.v1 import admin_pb2, transfer_pb2_grpc
@@ -163,7 +164,8 @@ class Node:
         host, port = parse_hostport(c.http_addr, default_host="0.0.0.0", allow_port_zero=True)
         limits = HttpLimits.of(c)
         self.http = HttpServer(build_app(self.ingest, self.state, self.metrics, c.max_request_bytes, limits,
-                                         self.budget), host, port, reuse_port=c.multiprocess, limits=limits)
+                                         self.budget, status=lambda: statuspage.gather(self)),
+                               host, port, reuse_port=c.multiprocess, limits=limits)
         await self.grpc.start()
         await self.http.start()
         self.state.set_phase(Phase.SERVING)

@@ -10,8 +10,11 @@ each replaced atomically (node/storage.py) and read at every tick:
 - `leaving`: the node is leaving the cluster (scale-down), and how far the leave has come (the
   text readiness probes answer). A receiver stops taking data, closes its active segments, so
   that the supervisor can upload them, and answers its probes with the supervisor's text.
-- `cluster.json`: the ring as the supervisor sees it (peers, health, owners), for the status RPC
-  a receiver serves.
+- `cluster.json`: what the supervisor's last scan of the WAL directory found: the ring as it
+  sees it (peers, health, owners; with peers only), for the status RPC a receiver serves, and
+  the tables for the status page (`tables`: node/statuspage.py `summarize`, at most its
+  `TOP_TABLES` tables, so it stays small with 10,000 of them). Written at each scan of the
+  supervisor's tick (once a second, less often with many segments).
 
 A node of one process has no siblings: `Siblings.of` returns `Alone`, which writes nothing.
 """
@@ -56,6 +59,7 @@ class Siblings:
         self._layout.leaving.unlink(missing_ok=True)
 
     def publish_ring(self, ring: dict[str, Any]) -> None:
+        """`ring`: the supervisor's `published` (node/roles.py)."""
         atomic_write(self._layout.cluster, json.dumps(ring), durable=False)
 
     # Receivers <- supervisor.

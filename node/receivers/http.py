@@ -1,4 +1,5 @@
-"""The node's HTTP port: Prometheus remote write, OTLP/HTTP, /metrics, /healthz, /readyz.
+"""The node's HTTP port: Prometheus remote write, OTLP/HTTP, /metrics, /healthz, /readyz, and the
+status page (`/`, `/status.json`: node/statuspage.py).
 
 Statuses come from `node.errors.status_of()`: 400 for a body that will never decode (senders do
 not retry), 413 over `--max-request-bytes`, 415 for a content type or encoding we do not speak,
@@ -32,6 +33,7 @@ from google.protobuf import json_format
 from google.rpc import status_pb2
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from node import statuspage
 from node.budget import MemoryBudget
 from node.config import NodeConfig
 from node.errors import BindError, DecodeError, IngestorError, StalledError, status_of
@@ -109,8 +111,10 @@ async def _refuse(request: web.Request, err: BaseException, what: str, json_body
 
 
 def build_app(ingest: Ingest, state: NodeState, metrics: NodeMetrics, max_request_bytes: int,
-              limits: HttpLimits | None = None, budget: MemoryBudget | None = None) -> web.Application:
-    """The port's routes; `budget` None: bodies are not counted against a memory budget."""
+              limits: HttpLimits | None = None, budget: MemoryBudget | None = None,
+              status: Callable[[], dict[str, Any]] | None = None) -> web.Application:
+    """The port's routes; `budget` None: bodies are not counted against a memory budget; `status`
+    (node/statuspage.py `gather`): the status page at `/` and `/status.json`, None: none."""
     limits = limits or HttpLimits()
     app = web.Application(client_max_size=max_request_bytes)
     said = app[SAID] = RateLimitedLog(log)
@@ -189,6 +193,8 @@ def build_app(ingest: Ingest, state: NodeState, metrics: NodeMetrics, max_reques
     app.router.add_get("/metrics", prometheus_metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    if status is not None:
+        statuspage.add_routes(app, status)
     return app
 
 
