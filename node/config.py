@@ -28,6 +28,8 @@ from cluster.units import parse_duration, parse_size
 from node.errors import InvalidNameError
 from node.logformat import FORMATS as LOG_FORMATS
 from node.names import MAX_DATABASE_LEN, MAX_TABLE_LEN, validate_name
+from node.rows.logs import DEFAULT_DATABASE as LOGS_DEFAULT_DATABASE
+from node.rows.logs import DEFAULT_TABLE as LOGS_DEFAULT_TABLE
 from node.transfer.router import TransferConfig
 from node.upload.batcher import BatchPolicy
 from node.upload.uploader import UploadConfig
@@ -52,7 +54,8 @@ class Flag:
 
     help: str
     parse: str = "str"
-    """size | duration | addr | database | table | labels | int | path | bool | str | choice"""
+    """size | duration | addr | database | table | database_or_empty | table_or_empty | labels | int | path | bool |
+    str | choice"""
     group: str = "node"
     choices: tuple[str, ...] = ()
     metavar: str | None = None
@@ -109,10 +112,12 @@ class NodeConfig:
     http_addr: str = flag("0.0.0.0:4318", "remote write, OTLP/HTTP, /metrics, /healthz, /readyz", parse="addr")
     default_metrics_database: str = flag("Metrics", "database of series without an adxmon_database label",
                                          parse="database")
-    default_logs_database: str | None = flag(None, "database of log records without kusto.database", parse="database",
-                                             default_note="none, such records are refused")
-    default_logs_table: str | None = flag(None, "table of log records without kusto.table", parse="table",
-                                          default_note="none, such records are refused")
+    default_logs_database: str = flag(LOGS_DEFAULT_DATABASE, "database of log records without kusto.database (on "
+                                      "the record or its resource); empty (--default-logs-database=): such records "
+                                      "are refused", parse="database_or_empty")
+    default_logs_table: str = flag(LOGS_DEFAULT_TABLE, "table of log records without kusto.table (on the record or "
+                                   "its resource); empty (--default-logs-table=): such records are refused",
+                                   parse="table_or_empty")
     default_traces_database: str = flag("Traces", "database of spans without kusto.database", parse="database")
     default_traces_table: str = flag("Traces", "table of spans without kusto.table", parse="table")
     lift_labels: tuple[str, ...] = flag((), "labels written as their own columns, comma separated, repeatable",
@@ -289,8 +294,11 @@ def _addr(text: str) -> str:
     return text
 
 
-def _name(what: str, limit: int) -> Callable[[str], str]:
+def _name(what: str, limit: int, *, empty: bool = False) -> Callable[[str], str]:
+    """A name's parser; with `empty`, "" (the value meaning none) is taken as it is."""
     def parse(text: str) -> str:
+        if empty and not text.strip():
+            return ""
         try:
             return validate_name(text, what, limit)
         except InvalidNameError as e:
@@ -314,6 +322,8 @@ def _bool(text: str) -> bool:
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "size": parse_size, "duration": parse_duration, "addr": _addr, "database": _name("database name", MAX_DATABASE_LEN),
     "table": _name("table name", MAX_TABLE_LEN), "labels": _labels,
+    "database_or_empty": _name("database name", MAX_DATABASE_LEN, empty=True),
+    "table_or_empty": _name("table name", MAX_TABLE_LEN, empty=True),
     "int": int, "path": Path, "bool": _bool, "str": str, "choice": str,
 }
 

@@ -9,7 +9,8 @@
 Timestamps have 9 fractional digits. A record without a timestamp gets its observed timestamp
 (and the other way round), as the OTLP data model advises. Ids are lower-case hex, "" when absent
 or all zero. Body, resource and attributes are JSON (anyvalue.py); `kusto.*` attributes are
-removed. Routing and refusals: routing.py.
+removed. Routing and refusals: routing.py. A record that names no database or table goes to
+`Logs`.`Logs` unless configured otherwise (an empty default refuses such records).
 '''
 
 from __future__ import annotations
@@ -38,14 +39,21 @@ LOGS_SCHEMA: Schema = (
 )
 
 
+DEFAULT_DATABASE = "Logs"
+DEFAULT_TABLE = "Logs"
+"""Where a record that names neither goes, unless configured otherwise (--default-logs-database,
+--default-logs-table): stored, as the OpenTelemetry Collector's and Vector's users expect, rather
+than refused."""
+
+
 @dataclass(frozen=True)
 class LogsConfig:
     """Where log records go when they do not say."""
 
-    default_database: str | None = None
-    """Database of a record with no `kusto.database` on it or its resource; None: refuse it."""
-    default_table: str | None = None
-    """Table of a record with no `kusto.table` on it or its resource; None: refuse it."""
+    default_database: str | None = DEFAULT_DATABASE
+    """Database of a record with no `kusto.database` on it or its resource; None or "": refuse it."""
+    default_table: str | None = DEFAULT_TABLE
+    """Table of a record with no `kusto.table` on it or its resource; None or "": refuse it."""
     allowed_databases: frozenset[str] | None = None
     """Databases that have a sink; a record routed elsewhere is rejected. None: all are allowed."""
 
@@ -60,7 +68,7 @@ class LogsConverter:
 
     def __init__(self, cfg: LogsConfig | None = None) -> None:
         self.cfg = cfg = cfg or LogsConfig()
-        self._router = Router(cfg.default_database, cfg.default_table, cfg.allowed_databases)
+        self._router = Router(cfg.default_database or None, cfg.default_table or None, cfg.allowed_databases)
         self._ts = Timestamps(9)
         self._severity: BoundedCache[str, str] = BoundedCache(1024)
 

@@ -95,13 +95,20 @@ def test_routing_precedence_record_over_resource_over_default() -> None:
     assert (result.accepted, result.rejected) == (5, 0)
 
 
-def test_no_route_and_no_default_is_rejected() -> None:
-    result = LogsConverter().convert(request(record(), record({"kusto.database": "Db"})))
+@pytest.mark.parametrize("cfg", [LogsConfig(None, None), LogsConfig("", "")])
+def test_no_route_and_no_default_is_rejected(cfg: LogsConfig) -> None:
+    result = LogsConverter(cfg).convert(request(record(), record({"kusto.database": "Db"})))
     assert (result.accepted, result.rejected, result.tables) == (0, 2, {})
     assert result.reasons == [
         "no kusto.database and kusto.table attribute and no default configured",
         "no kusto.table attribute and no default configured",
     ]
+
+
+def test_no_route_goes_to_logs_logs_by_default() -> None:
+    result = LogsConverter().convert(request(record(), record({"kusto.database": "Db"})))
+    assert (result.accepted, result.rejected, result.reasons) == (2, 0, [])
+    assert {k: b.count for k, b in result.tables.items()} == {("Logs", "Logs"): 1, ("Db", "Logs"): 1}
 
 
 HOSTILE = ["../x", "a/b", "", "a\0b", "tablé", "日本", "x" * 10240, " x", "x.y", "a\nb", "..", "Z" * 1025, "T" * 151]
