@@ -1,7 +1,9 @@
 """Requests in, rows in the WAL out: the one path every receiver (gRPC, HTTP) takes.
 
 A request is answered only after every accepted row is appended to the WAL. Rows that a
-converter refused are reported back (OTLP partial success), never dropped silently.
+converter refused are reported back (OTLP partial success), counted
+(`ingestor_rejected_rows_total`) and logged (one WARNING a minute per kind of request and of
+refusal, with the count and the reasons), never dropped silently.
 
 Where the work runs, so that the event loop stays free to answer probes and take other requests:
 
@@ -55,6 +57,7 @@ from node.cache import BoundedCache, Generations
 from node.errors import DecodeError, RequestTooLargeError
 from node.gen.prometheus.remote_pb2 import WriteRequest
 from node.metrics import NodeMetrics
+from node.ratelog import RateLimitedLog
 from node.rows.batch import ConvertResult
 from node.rows.logs import LogsConverter
 from node.rows.metrics import MetricsConverter
@@ -108,15 +111,24 @@ class Kind:
     message: Any
     levels: tuple[Level, ...]
     convert: Callable[[Converters, Iterable[Any]], ConvertResult]
+    name: str
+    """The kind of request, as the log says it ("OTLP logs")."""
+    items: str
+    """What its refused items are ("log records")."""
 
 
 REMOTE_WRITE = Kind("metrics", WriteRequest, REMOTE_WRITE_LEVELS,
-                    lambda c, reqs: c.metrics.convert_remote_write_pieces(reqs))
+                    lambda c, reqs: c.metrics.convert_remote_write_pieces(reqs), "remote write", "samples")
 OTLP_METRICS = Kind("metrics", ExportMetricsServiceRequest, OTLP_METRICS_LEVELS,
-                    lambda c, reqs: c.metrics.convert_otlp_pieces(reqs))
-OTLP_LOGS = Kind("logs", ExportLogsServiceRequest, OTLP_LOGS_LEVELS, lambda c, reqs: c.logs.convert_pieces(reqs))
+                    lambda c, reqs: c.metrics.convert_otlp_pieces(reqs), "OTLP metrics", "data points")
+OTLP_LOGS = Kind("logs", ExportLogsServiceRequest, OTLP_LOGS_LEVELS, lambda c, reqs: c.logs.convert_pieces(reqs),
+                 "OTLP logs", "log records")
 OTLP_TRACES = Kind("traces", ExportTraceServiceRequest, OTLP_TRACES_LEVELS,
-                   lambda c, reqs: c.traces.convert_pieces(reqs))
+                   lambda c, reqs: c.traces.convert_pieces(reqs), "OTLP traces", "spans")
+
+REFUSALS_LOG_SECONDS = 60.0
+"""Refusals are logged at most once per kind of request, kind of refusal and this many seconds
+(`RateLimitedLog`: the next line says how many were left out); the counter counts every one."""
 
 
 def _parse(kind: Kind, data: bytes) -> Any:
@@ -167,6 +179,7 @@ class Ingest:
         self._counters_lock = threading.Lock()  # _write runs in several threads under `always`
         self._db_counters: BoundedCache[tuple[str, str], Any] = BoundedCache(MAX_CACHED_COUNTERS)
         self._table_counters: Generations[tuple[str, str], Any] = Generations(MAX_CACHED_COUNTERS)
+        self._refusals = RateLimitedLog(log, REFUSALS_LOG_SECONDS)
 
     async def remote_write(self, request: Source, reserve: int = 0) -> ConvertResult:
         return await self.take(REMOTE_WRITE, request, reserve)
@@ -191,7 +204,18 @@ class Ingest:
         if result.rejected:
             for reason in result.reasons[:1]:
                 self._metrics.rejected.labels(kind.signal, reason.split(":", 1)[0][:80]).inc(result.rejected)
+            self._said_refused(kind, result)
         return result
+
+    def _said_refused(self, kind: Kind, result: ConvertResult) -> None:
+        """One WARNING for refused rows (rate-limited per kind of request and kind of refusal: the
+        part of the first reason before ":", which holds no request data): how many, of how many,
+        and why, each reason naming the database, table or value it is about."""
+        first = result.reasons[0].split(":", 1)[0][:80] if result.reasons else "?"
+        total = result.rejected + result.accepted
+        reasons = "; ".join(result.reasons) or "no reason given"
+        self._refusals.log(logging.WARNING, f"{kind.name}:{first}", "%s: %d of %d %s refused, not stored: %s",
+                           kind.name, result.rejected, total, kind.items, reasons)
 
     async def _take(self, kind: Kind, request: Source) -> ConvertResult:
         inline = (isinstance(request, bytes) and len(request) <= self._inline_bytes and not self._queued
