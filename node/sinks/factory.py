@@ -5,13 +5,21 @@ from __future__ import annotations
 from node.config import NodeConfig
 from node.sinks.base import Sink
 
+ENDPOINT_FLAGS = "--metrics-kusto-endpoints, --logs-kusto-endpoints or --traces-kusto-endpoints"
+
 
 def make_sink(config: NodeConfig) -> Sink:
-    """local (the default, needs no set-up), adx or clickhouse."""
+    """local (the default, needs no set-up), adx or clickhouse. Raises ValueError for a
+    configuration the sink cannot work with (`ingestor serve` says it as a usage error, exit 2):
+    adx or clickhouse without a single endpoint would refuse every row it is sent."""
     if config.storage_backend == "local":
         from node.sinks.local import LocalSink
 
         return LocalSink(config.storage_dir / "local")
+    if config.storage_backend in ("adx", "clickhouse") and not config.endpoints:
+        backend = config.storage_backend
+        form = "DB=https://<cluster>.kusto.windows.net" if backend == "adx" else "DB=clickhouse://user:pass@host:9000/db"
+        raise ValueError(f"--storage-backend {backend} needs at least one endpoint: pass {ENDPOINT_FLAGS} {form}")
     if config.storage_backend == "adx":
         from node.sinks.adx import AdxConfig, AdxSink, parse_endpoints
 
