@@ -16,6 +16,11 @@ The ingest (data management) endpoint of `https://c.region.kusto.windows.net` is
 unless configured; loopback and IP hosts are used as they are (as azure-kusto-ingest does). Errors: throttling,
 network, authentication and 5xx are SinkError (retried); a management command the service refuses as invalid
 (HTTP 400 or an error marked permanent), or a schema that cannot be written as one, is PermanentSinkError.
+
+At start, each cluster and ingest endpoint gets one TCP connection (name resolution, routing, a
+port that listens; no request, so no credentials are asked for: those are found by the first
+upload), at once, `START_CHECK_SECONDS` at most altogether: one that cannot be reached is one
+WARNING, and the node starts anyway (its rows wait in the WAL, their uploads retried).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import shutil
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -65,6 +70,7 @@ from node.rows.logs import LOGS_SCHEMA
 from node.rows.series import BASE_SCHEMA
 from node.rows.traces import TRACES_SCHEMA
 from node.sinks.base import CLICKHOUSE_TYPES, Batch
+from node.sinks.startcheck import START_CHECK_SECONDS, check_all, connect
 from node.wal import format as fmt
 from node.wal.names import Schema, schema_hash
 
@@ -115,6 +121,8 @@ class AdxConfig:
     """Retries of a failed blob upload within one attempt (the uploader retries the whole batch after)."""
     command_timeout: float = 120.0
     """Seconds a `.create-merge` or mapping command may take on the server."""
+    start_check_timeout: float = START_CHECK_SECONDS
+    """Seconds `start` waits, at most, for a TCP connection to every endpoint (0: no check)."""
 
     def __post_init__(self) -> None:
         if self.auth not in AUTH_MODES:
@@ -371,6 +379,30 @@ class AdxSink:
                     self._clusters[url] = _Cluster(KustoClient(self._kcsb(url)),
                                                    _IngestClient(self._kcsb(self._ingest_url(db)),
                                                                  self.config.storage_retries))
+        self._check_endpoints()
+
+    def _check_endpoints(self) -> None:
+        """One TCP connection to every cluster and ingest endpoint, at once (see the module's doc)."""
+        timeout = self.config.start_check_timeout
+        if timeout <= 0:
+            return
+        uses: dict[str, list[tuple[str, str]]] = {}  # url -> (database, "cluster" | "ingest")
+        for db, url in sorted(self.config.endpoints.items()):
+            uses.setdefault(url, []).append((db, "cluster"))
+            uses.setdefault(self._ingest_url(db), []).append((db, "ingest"))
+
+        def probe(url: str) -> Callable[[], None]:
+            parts = urlsplit(url)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            return lambda: connect(parts.hostname or "", port, timeout)
+
+        failures = check_all({url: probe(url) for url in uses}, timeout)
+        for url, reason in failures.items():
+            dbs = sorted({db for db, _ in uses[url]})
+            roles = " and ".join(sorted({role for _, role in uses[url]}))
+            log.warning("ADX sink: the %s endpoint %s of database %s cannot be reached at start (%s); the node starts "
+                        "anyway, keeps the rows of %s in its WAL and retries their upload until it answers", roles,
+                        url, ", ".join(dbs), reason, ", ".join(dbs))
 
     def stop(self) -> None:
         with self._lock:

@@ -11,7 +11,12 @@ it (one that already did is not sent it again by this process). Over HTTP the CS
 are (`INSERT ... FORMAT CSV`, gzip, chunked); the native protocol needs Python values, so the rows
 are parsed here, typed by the table's columns. Tables, types and deduplication are chschema.py's.
 Errors: network, timeouts and server trouble are SinkError (retried), data or schema that will
-never be taken are PermanentSinkError.
+never be taken are PermanentSinkError; either says in one line what failed where (a server's stack
+trace is left out), which is all the uploader logs of a retry. clickhouse-driver's own WARNING
+with a traceback for each failed connection is dropped (`_DriverLog`): what it says is in the error.
+
+At start each endpoint is asked for its version once (`start`, at most `START_CHECK_SECONDS`
+altogether); one that does not answer gets one WARNING, and the node starts anyway.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import base64
 import calendar
 import contextlib
 import csv
+import dataclasses
 import http.client
 import io
 import logging
@@ -46,8 +52,32 @@ from node.names import MAX_COLUMN_LEN, MAX_DATABASE_LEN, is_valid_name, show
 from node.sinks import chschema
 from node.sinks.base import Batch
 from node.sinks.chschema import Conn, TableCache, base_type, error_from, quote
+from node.sinks.startcheck import START_CHECK_SECONDS, check_all
 
 log = logging.getLogger(__name__)
+
+
+class _DriverLog(logging.Filter):
+    """Drops clickhouse-driver's WARNING "Failed to connect to HOST:PORT" and its 14-line traceback,
+    logged on every failed connection before the driver raises: the sink turns what it raises into
+    a one-line SinkError (`Code: 210. Connection refused (HOST:PORT)`), which the uploader logs with
+    the attempt and the retry delay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.exc_info is None
+
+
+_DRIVER_LOG_FILTER = _DriverLog()
+logging.getLogger("clickhouse_driver.connection").addFilter(_DRIVER_LOG_FILTER)
+
+_STACK_TRACE = re.compile(r"[.,]?\s*Stack trace:.*", re.DOTALL)
+
+
+def one_line(text: str, limit: int = 2000) -> str:
+    """A server's error message as one line: without the stack trace a ClickHouse server (18.16
+    over the native protocol, any version with `send_stacktrace`) appends, line breaks made spaces,
+    at most `limit` characters."""
+    return " ".join(_STACK_TRACE.sub("", text).split())[:limit]
 
 DEFAULT_PORTS = {("clickhouse", False): 9000, ("clickhouse", True): 9440, ("http", False): 8123, ("https", True): 8443}
 _HOST_RE = re.compile(r"[A-Za-z0-9.-]{1,253}|[0-9A-Fa-f:.]{2,45}")
@@ -165,6 +195,8 @@ class ClickHouseConfig:
     """gzip the CSV sent over HTTP."""
     insert_block_rows: int = 100_000
     """Rows per block over the native protocol (bounds the memory of the parsed rows)."""
+    start_check_timeout: float = START_CHECK_SECONDS
+    """Seconds `start` waits, at most, for every endpoint to say its version (0: no check)."""
 
 
 # -- HTTP ---------------------------------------------------------------------------------------
@@ -220,7 +252,7 @@ class HttpConn:
         if resp.status != 200:
             code = resp.getheader("X-ClickHouse-Exception-Code")
             return_code = int(code) if code and code.isdigit() else None
-            raise error_from(return_code, f"HTTP {resp.status}: {data}", f"{where}: {ep}")
+            raise error_from(return_code, f"HTTP {resp.status}: {one_line(data)}", f"{where}: {ep}")
         return data
 
     def query(self, sql: str) -> list[list[str]]:
@@ -326,13 +358,14 @@ class NativeConn:
         except SinkError:
             raise
         except ch_errors.ServerException as e:
-            raise error_from(e.code, e.message, f"{where}: {self._ep}") from None
+            raise error_from(e.code, f"Code: {e.code}. {one_line(e.message)}", f"{where}: {self._ep}") from None
         except (ch_errors.NetworkError, ch_errors.SocketTimeoutError, OSError, EOFError) as e:
-            raise SinkError(f"{where}: {self._ep}: {e}") from None
+            raise SinkError(f"{where}: {self._ep}: {one_line(str(e) or type(e).__name__)}") from None
         except ch_errors.Error as e:
-            raise error_from(getattr(e, "code", None), str(e), f"{where}: {self._ep}") from None
+            raise error_from(getattr(e, "code", None), one_line(str(e)), f"{where}: {self._ep}") from None
         except (ValueError, TypeError, OverflowError, struct.error) as e:
-            raise PermanentSinkError(f"{where}: {self._ep}: a value does not fit its column: {e}") from None
+            raise PermanentSinkError(f"{where}: {self._ep}: a value does not fit its column: {one_line(str(e))}") \
+                from None
 
     def query(self, sql: str) -> list[list[str]]:
         rows = self._call("query", lambda: self.client.execute(sql))
@@ -411,13 +444,38 @@ class ClickHouseSink:
         """batch id -> indexes of the endpoints that confirmed it, while others have not."""
 
     def start(self) -> None:
-        """Check the TLS files; servers are not contacted (one that is down only delays its uploads)."""
+        """Check the TLS files (SinkError: the node does not start), then ask every endpoint for its
+        version, at once, waiting `start_check_timeout` at most: one that does not answer is one
+        WARNING, and the node starts anyway (its rows wait in the WAL, their uploads retried)."""
         context = tls_context(self.config) if any(e.secure for e in self.config.endpoints) else None
         targets: dict[str, list[_Target]] = {}
         for ep in self.config.endpoints:
             targets.setdefault(ep.database, []).append(_Target(ep, self.config, context))
-            log.info("ClickHouse sink: database %s -> %s", ep.database, ep)
         self._targets = targets
+        timeout = self.config.start_check_timeout
+        versions: dict[str, str] = {}
+        failures: dict[str, str] = {}
+        if timeout > 0:
+            quick = dataclasses.replace(self.config, connect_timeout=timeout, timeout=timeout)
+
+            def check(ep: Endpoint) -> Callable[[], None]:
+                def ask() -> None:
+                    with _Target(ep, quick, context).connect() as conn:
+                        versions[str(ep)] = conn.query("SELECT version()")[0][0]
+                return ask
+
+            failures = check_all({str(ep): check(ep) for ep in self.config.endpoints}, timeout)
+        for ep in self.config.endpoints:
+            name = str(ep)
+            if name in failures:
+                reason = failures[name].removeprefix(f"query: {name}: ")
+                log.warning("ClickHouse sink: database %s -> %s does not answer at start (%s); the node starts "
+                            "anyway, keeps the rows of %s in its WAL and retries their upload until it answers",
+                            ep.database, name, reason, ep.database)
+            elif name in versions:
+                log.info("ClickHouse sink: database %s -> %s (ClickHouse %s)", ep.database, name, versions[name])
+            else:
+                log.info("ClickHouse sink: database %s -> %s", ep.database, name)
 
     def stop(self) -> None:
         """Nothing stays open between uploads."""
