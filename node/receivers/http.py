@@ -142,9 +142,6 @@ def build_app(ingest: Ingest, state: NodeState, metrics: NodeMetrics, max_reques
             return await refused(request, e, "remote write", "metrics", None)
         finally:
             await held.release()
-        if result.rejected:
-            said.log(logging.WARNING, "204 samples refused", "remote write: %d samples refused, %d accepted: %s",
-                     result.rejected, result.accepted, "; ".join(result.reasons))
         metrics.requests.labels("metrics", "http", "204").inc()
         return web.Response(status=204)
 
