@@ -521,5 +521,5 @@ class ClickHouseSink:
         elapsed = time.perf_counter() - t0
         if inserted:
             mb = batch.uncompressed_bytes / 1e6
-            log.info("uploaded %s.%s to %s: %d rows, %.1f MB in %.2fs (%.1f MB/s)", batch.database, batch.table, ep,
-                     batch.rows, mb, elapsed, mb / elapsed if elapsed > 0 else 0.0)
+            log.debug("uploaded %s.%s to %s: %d rows, %.1f MB in %.2fs (%.1f MB/s)", batch.database, batch.table, ep,
+                      batch.rows, mb, elapsed, mb / elapsed if elapsed > 0 else 0.0)

@@ -548,8 +548,8 @@ class LocalSink:
             self._close()
         elapsed = time.perf_counter() - t0
         mb = batch.uncompressed_bytes / 1e6
-        log.info("stored %s.%s locally: %d rows, %.1f MB in %.2fs (%.1f MB/s)", batch.database, batch.table,
-                 batch.rows, mb, elapsed, mb / elapsed if elapsed > 0 else 0.0)
+        log.debug("stored %s.%s locally: %d rows, %.1f MB in %.2fs (%.1f MB/s)", batch.database, batch.table,
+                  batch.rows, mb, elapsed, mb / elapsed if elapsed > 0 else 0.0)
 
     def _query_waiting(self) -> bool:
         return someone_waits(self.directory)

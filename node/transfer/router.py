@@ -104,12 +104,16 @@ class Router:
         self._metrics.transfers_sent.labels(result.outcome.value).inc()
         if result.outcome.delivered:
             self._metrics.transfer_sent_bytes.inc(result.bytes)
-            log.info("transferred %s to %s: %d segments, %.1f MB in %.2fs (%s)", t.prefix, t.owner,
-                     len(t.segments), result.bytes / 1e6, result.seconds, result.code)
+            log.debug("transferred %s to %s: %d segments, %.1f MB in %.2fs (%s)", t.prefix, t.owner,
+                      len(t.segments), result.bytes / 1e6, result.seconds, result.code)
         elif result.outcome is Outcome.REFUSED:
             self._excluded |= ids
-            log.warning("transfer of %s (%d segments) to %s refused, uploading them here instead: %s %s", t.prefix,
-                        len(t.segments), t.owner, result.code, result.detail)
+            log.warning("transfer of %s (%d segments) to %s refused, uploading them here instead at the next round "
+                        "(at once): %s %s", t.prefix, len(t.segments), t.owner, result.code, result.detail)
         else:
+            # one WARNING line when the peer turns unhealthy (for --peer-unhealthy-timeout: the next
+            # round, at once, sends its tables to the next peer or uploads them here)
+            log.debug("transfer of %s (%d segments) to %s failed: %s %s", t.prefix, len(t.segments), t.owner,
+                      result.code, result.detail)
             self.view.health.mark_unhealthy(t.owner, f"transfer of {t.prefix} failed: {result.code} {result.detail}")
         return result

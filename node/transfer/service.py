@@ -287,8 +287,8 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
             raise
         self._metrics.transfers_received.labels("OK").inc()
         self._metrics.transfer_received_bytes.inc(info.size)
-        log.info("accepted %s as %s: %d blocks, %d rows, %.1f MB in %.2fs", what, info.name.filename, info.blocks,
-                 info.rows, info.size / 1e6, time.perf_counter() - t0)
+        log.debug("accepted %s as %s: %d blocks, %d rows, %.1f MB in %.2fs", what, info.name.filename, info.blocks,
+                  info.rows, info.size / 1e6, time.perf_counter() - t0)
         return transfer_pb2.TransferSegmentResponse(blocks=info.blocks, bytes=info.size)
 
     async def _claim(self, key: str, imp: SegmentImport) -> Claim:

@@ -12,6 +12,11 @@ of:
 Every delivery, to the sink or to a peer, is first recorded in `deliveries/` (`intents.py`): after
 a failure or a restart the prefix's next delivery is the same segments to the same destination,
 so the sink's deduplication token and the peer's ledger recognise rows that already arrived.
+
+Logging: each delivery is a DEBUG line; INFO has one summary a minute (`DeliverySummary`: batches,
+tables, rows and MB per sink, transfers per peer, failures); each failure is one WARNING line that
+says when the next attempt is (an unexpected error, not a `SinkError`, an ERROR with its traceback
+the first time).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from cluster.backoff import Backoff
 from cluster.tasks import cancel_and_wait
 from node.cache import BoundedCache
 from node.errors import PermanentSinkError
-from node.ratelog import ErrorLog, describe
+from node.ratelog import DeliverySummary, ErrorLog, describe
 from node.sinks.base import Batch, Sink, batch_id, batch_limit
 from node.transfer.plan import PlannedTransfer
 from node.transfer.protocol import Outcome
@@ -112,6 +117,8 @@ class Uploader:
         self._backoff = Backoff(config.backoff_initial, config.backoff_max)
         self._errors = ErrorLog(log)
         """Unexpected errors with their traceback once, expected ones (SinkError & co) in one line."""
+        self.summary = DeliverySummary(log, clock=clock)
+        """What the deliveries did: one INFO line a minute."""
         self._not_before: dict[str, float] = {}
         self.last_delivered: BoundedCache[str, tuple[float, str]] = BoundedCache(LAST_DELIVERED_ENTRIES)
         """Per table prefix, when (wall clock) and where (the sink's name, or a peer's) its last
@@ -147,6 +154,7 @@ class Uploader:
         await asyncio.to_thread(self._sink.stop)
         if self.router is not None:
             await self.router.client.close()
+        self.summary.flush()
 
     def kick(self) -> None:
         """Plan now instead of at the next interval."""
@@ -157,7 +165,9 @@ class Uploader:
             try:
                 await self._round(self._config.policy)
             except Exception as e:
-                self._errors.log(logging.ERROR, e, "upload round failed: %s", describe(e))
+                self._errors.log(logging.ERROR, e, "upload round failed, next round in %.1fs: %s",
+                                 self._config.interval, describe(e))
+            self.summary.tick()
             # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation that
             # arrives just after the wake (it returns the wait's result), and stop() never ends
             with contextlib.suppress(TimeoutError):
@@ -346,17 +356,32 @@ class Uploader:
                 self.last_delivered.put(t.prefix, (time.time(), t.owner))
                 self._failures.pop(t.prefix, None)
                 self._not_before.pop(t.prefix, None)
-            elif result.outcome is Outcome.PEER_FAILED and (result.in_doubt or resend):
+                name = t.segments[0].name
+                self.summary.transferred(t.owner, f"{name.database}.{name.table}", result.bytes)
+                return
+            self.summary.failed("transfer")
+            if result.outcome is Outcome.PEER_FAILED and (result.in_doubt or resend):
                 # kept: the next try sends the same segments to the same peer (a resend that failed
                 # for certain says nothing of the earlier try)
                 if not await self._vanished(t.segments):
-                    self._back_off(t.prefix)
+                    n, delay = self._back_off(t.prefix)
+                    log.warning("transfer of %s (%d segments) to %s failed (attempt %d) and may have arrived: "
+                                "sending the same segments to %s again in %.1fs, so that its ledger recognises "
+                                "them: %s %s", t.prefix, len(t.segments), t.owner, n, t.owner, delay, result.code,
+                                result.detail)
             else:
+                # refused, or failed for certain: the router said so (a peer newly unhealthy is one
+                # WARNING line); the next round, at once, plans the segments afresh
                 await asyncio.to_thread(self.intents.clear, t.prefix)
         except Exception as e:
-            self._errors.log(logging.ERROR, e, "transfer of %s to %s failed: %s", t.prefix, t.owner, describe(e))
-            if not await self._vanished(t.segments):
-                self._back_off(t.prefix)
+            self.summary.failed("transfer")
+            if await self._vanished(t.segments):
+                self._errors.log(logging.ERROR, e, "transfer of %s to %s failed; segments of it vanished, the rest "
+                                 "is planned afresh at the next round: %s", t.prefix, t.owner, describe(e))
+            else:
+                n, delay = self._back_off(t.prefix)
+                self._errors.log(logging.ERROR, e, "transfer of %s to %s failed (attempt %d), next attempt in "
+                                 "%.1fs: %s", t.prefix, t.owner, n, delay, describe(e))
         finally:
             self._busy.discard(t.prefix)
             self._wake.set()
@@ -368,6 +393,7 @@ class Uploader:
         try:
             await self._deliver_and_settle(planned)
         except Exception as e:
+            self.summary.failed("upload")
             n, delay = self._back_off(planned.prefix)
             self._errors.log(logging.ERROR, e, "delivery of %s (%d segments) failed (attempt %d), retrying in "
                              "%.1fs: %s", planned.prefix, len(planned.segments), n, delay, describe(e))
@@ -396,11 +422,13 @@ class Uploader:
                 self._sem.release()
         except PermanentSinkError as e:
             self._metrics.uploads.labels(sink, "quarantined").inc()
+            self.summary.failed("quarantine")
             await asyncio.to_thread(self._quarantine, planned, str(e))
             await asyncio.to_thread(self.intents.clear, planned.prefix)
             return
         except Exception as e:
             self._metrics.uploads.labels(sink, "failed").inc()
+            self.summary.failed("upload")
             if await self._vanished(planned.segments):
                 return  # the rest goes again at the next round, under the delivery's token
             n, delay = self._back_off(planned.prefix)
@@ -419,8 +447,9 @@ class Uploader:
         self._metrics.upload_rows.labels(sink).inc(batch.rows)
         self._metrics.batch_bytes.observe(batch.uncompressed_bytes)
         self._metrics.upload_seconds.observe(elapsed)
-        log.info("uploaded %s to %s: %d segments, %d rows, %.1f MB in %.2fs (%s)", planned.prefix, sink,
-                 len(planned.segments), batch.rows, batch.uncompressed_bytes / 1e6, elapsed, planned.reason)
+        log.debug("uploaded %s to %s: %d segments, %d rows, %.1f MB in %.2fs (%s)", planned.prefix, sink,
+                  len(planned.segments), batch.rows, batch.uncompressed_bytes / 1e6, elapsed, planned.reason)
+        self.summary.uploaded(sink, f"{name.database}.{name.table}", batch.rows, batch.uncompressed_bytes, elapsed)
 
     def _quarantine(self, planned: PlannedBatch, reason: str) -> None:
         self.quarantine_dir.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,7 @@ INTERVAL = SEGMENT_AGE * 2  # a batch waits max-segment-age plus as much again (
 TOKEN = "cluster-test-token"
 SCHEMA = schema_hash(BASE_SCHEMA)
 UPLOADED = re.compile(r"uploaded (Metrics_M\d+)_\w+ to local")
+"""Each batch's line, at DEBUG (INFO has one summary a minute)."""
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +51,8 @@ class Cluster:
         peers = ",".join(f"{node.name}={node.grpc_addr}" for node in self.nodes)
         for node in self.nodes:
             node.args += ["--peers", peers, "--peer-token", TOKEN, "--max-segment-age", f"{SEGMENT_AGE}s",
-                          "--upload-interval", "0.5s", "--peer-unhealthy-timeout", "3s", "--shutdown-grace", "60s"]
+                          "--upload-interval", "0.5s", "--peer-unhealthy-timeout", "3s", "--shutdown-grace", "60s",
+                          "--log-level", "debug"]  # for UPLOADED
         self.ring = Ring(node.name for node in self.nodes)
         self.acked: Counter[str] = Counter()
         self.seq = 0
