@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from node.errors import CorruptionError, InvalidNameError
+from node.storage import ACTIVE_DIR
 from node.wal.names import parse_filename
 from node.wal.segment import iter_rows, repair, scan
 
@@ -79,18 +80,22 @@ def cmd_ls(args: argparse.Namespace) -> int:
         return 1
     rows = []
     now = time.time()
-    paths = sorted(args.dir.glob("*.wal"))
-    if not paths and (args.dir / "wal").is_dir():
+    closed = sorted(args.dir.glob("*.wal"))
+    active = sorted((args.dir / ACTIVE_DIR).glob("*.wal"))  # still being written: the rows not closed yet
+    if not closed and not active and (args.dir / "wal").is_dir():
         print(f"ingestor wal ls: no segments in {args.dir}, a storage directory: its WAL is {args.dir / 'wal'}",
               file=sys.stderr)
-    for path in paths:
+    for path in [*closed, *active]:
         try:
             name = parse_filename(path.name)
         except InvalidNameError:
             continue
         result = scan(path)
         age = now - name.created_ms / 1000
-        state = "ok" if result.error is None else f"corrupt@{result.error.offset}"
+        if path.parent.name == ACTIVE_DIR:  # a block being appended may look torn for a moment
+            state = "active" if result.error is None else f"active,torn@{result.error.offset}"
+        else:
+            state = "ok" if result.error is None else f"corrupt@{result.error.offset}"
         rows.append((name.database, name.table, name.schema or "-", name.segment_id, str(result.size),
                      f"{age:.0f}s", str(result.blocks), str(result.rows), state))
     header = ("DATABASE", "TABLE", "SCHEMA", "SEGMENT", "BYTES", "AGE", "BLOCKS", "ROWS", "STATE")

@@ -53,3 +53,17 @@ def test_repair_then_ls(tmp_path: Path) -> None:
     cols = lines[1].split()
     assert cols[:5] == ["Db", "T", "-", "0000000000000001", str(ends[1])]
     assert cols[6:] == ["2", "6", "ok"]
+
+
+def test_ls_lists_the_active_segments_too(tmp_path: Path) -> None:
+    """The rows a node holds but has not closed yet are in `active/`: `wal ls` shows them, marked."""
+    repo = Repository(WalConfig(tmp_path))
+    repo.start()
+    write_block(repo, "Db", "Closed", fmt.KIND_METRIC, b"2026-01-01T00:00:00Z,1\n", 1, SCHEMA)
+    repo.rotate_all()
+    write_block(repo, "Db", "Open", fmt.KIND_METRIC, b"2026-01-01T00:00:00Z,1\n2026-01-01T00:00:01Z,2\n", 2, SCHEMA)
+    r = _run("wal", "ls", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    rows = {cols[1]: cols for cols in (line.split() for line in r.stdout.decode().splitlines()[1:])}
+    assert rows["Closed"][-3:] == ["1", "1", "ok"]
+    assert rows["Open"][-3:] == ["1", "2", "active"]
