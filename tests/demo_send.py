@@ -47,7 +47,7 @@ def main(addr: str) -> None:
         ps = r.partial_success
         print(f"{what}: ok" + (f" (partial success: {ps.error_message})" if ps.error_message else ""))
     print("rows reach the local sink with the next upload: within about twice --max-segment-age "
-          "(make run sets 10s: about 20s); "
+          "(make run sets 10s: about 25s); "
           "ingestor status shows them waiting in the WAL until then")
 
 
