@@ -40,6 +40,9 @@ LEAVE_POLL_SECONDS = 0.2
 BLOCKED_AT = 0.99
 """A database is blocked for the receivers once its segments reach this share of
 --max-disk-usage-per-database: the receivers see it a tick late, so they stop a little early."""
+SIBLINGS_SEE_SECONDS = 2.5
+"""How long a leaving supervisor gives its siblings to read its last word (they read the leaving
+file at every one-second tick) before the leave is reported done."""
 SIBLINGS_DRAIN_SECONDS = 86400.0
 """A multi-process node that leaves uploads for at most this long: its siblings may still write."""
 SCAN_SECONDS_PER_SEGMENT = 0.0005
@@ -176,6 +179,8 @@ class Supervisor:
         done = await self.uploader.drain(until, progress)
         self.state.detail = "left the cluster: everything uploaded" if done else self.state.detail
         await asyncio.to_thread(self.siblings.announce_leaving, self.state.detail)
+        if self.config.multiprocess:  # before the leave is reported done, every probe answers alike
+            await asyncio.sleep(SIBLINGS_SEE_SECONDS)
         log.info("node %s: %s", self.config.node_name, self.state.detail)
         return done
 
