@@ -156,6 +156,11 @@ class Uploader:
             await self.router.client.close()
         self.summary.flush()
 
+    @property
+    def in_flight(self) -> int:
+        """Deliveries and transfers started and not yet settled (counted, records cleared)."""
+        return len(self._tasks)
+
     def kick(self) -> None:
         """Plan now instead of at the next interval."""
         self._wake.set()

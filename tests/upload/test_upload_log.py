@@ -76,10 +76,12 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
 
 
-async def _waves(wal: Repository, tables: Sequence[str], waves: int) -> None:
+async def _waves(up: Uploader, wal: Repository, tables: Sequence[str], waves: int) -> None:
+    """`waves` times, a segment per table, delivered and settled (counted) before the next: the
+    segments leave the index before the delivery's record is cleared and counted."""
     for _ in range(waves):
         _write(wal, tables)
-        await _until(lambda: not wal.closed_segments())
+        await _until(lambda: not wal.closed_segments() and not up.in_flight)
 
 
 async def test_many_uploads_are_one_info_summary_with_their_counts(tmp_path: Path,
@@ -90,9 +92,9 @@ async def test_many_uploads_are_one_info_summary_with_their_counts(tmp_path: Pat
     tables = [f"T{i}" for i in range(8)]
     await up.start()
     try:
-        await _waves(wal, tables, 5)
+        await _waves(up, wal, tables, 5)
         clock.now += 59.0
-        await _waves(wal, tables[:1], 1)  # a minute has not passed: nothing said yet
+        await _waves(up, wal, tables[:1], 1)  # a minute has not passed: nothing said yet
         assert not any(m.startswith("last ") for m in _lines(caplog, logging.INFO))
         clock.now += 1.0
         await _until(lambda: any(m.startswith("last ") for m in _lines(caplog, logging.INFO)))
@@ -122,8 +124,8 @@ async def test_a_quiet_minute_says_nothing_and_the_stop_says_what_is_left(tmp_pa
     await up.start()
     try:
         clock.now += 120.0  # two idle minutes: no summary
-        await _waves(wal, ["A"], 1)  # the first upload: said at once
-        await _waves(wal, ["A", "B"], 2)
+        await _waves(up, wal, ["A"], 1)  # the first upload: said at once
+        await _waves(up, wal, ["A", "B"], 2)
     finally:
         await up.stop()
     info = _lines(caplog, logging.INFO)
@@ -193,7 +195,7 @@ async def test_transfers_are_counted_per_peer_in_the_summary(tmp_path: Path,
     up = _uploader(wal, sink, clock, router)
     await up.start()
     try:
-        await _waves(wal, theirs + ours, 3)
+        await _waves(up, wal, theirs + ours, 3)
         clock.now += 60.0
         await _until(lambda: any(m.startswith("last ") for m in _lines(caplog, logging.INFO)))
     finally:
