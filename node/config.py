@@ -370,10 +370,11 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
 
 
 def env_defaults(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
-    """Make `INGESTOR_<FLAG>` the default of each flag (the command line still wins)."""
+    """Make `INGESTOR_<FLAG>` the default of each flag (the command line still wins). An empty
+    variable is no variable (`INGESTOR_STORAGE_DIR=$UNSET` is not the current directory)."""
     for f, spec in _flags():
         key = ENV_PREFIX + f.name.upper()
-        if key not in env:
+        if not env.get(key, "").strip():
             continue
         text = env[key]
         try:

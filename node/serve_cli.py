@@ -36,11 +36,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def with_environment(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
     """`args` with `INGESTOR_<FLAG>` for every flag not on the command line. Read only when
     `serve` runs, so that a bad variable stops `serve` alone (one line, exit 2), not `ingestor
-    wal ls` or `--version`. An empty variable is no variable (`INGESTOR_STORAGE_DIR=$UNSET` is
-    not the current directory)."""
+    wal ls` or `--version`."""
     env = type(parser)(prog=parser.prog, add_help=False)
     node_config.add_serve_flags(env)
-    node_config.env_defaults(env, {k: v for k, v in os.environ.items() if v.strip()})
+    node_config.env_defaults(env, os.environ)
     merged = argparse.Namespace(**vars(args))
     for key, value in vars(env.parse_args([])).items():
         if getattr(merged, key, None) is None:

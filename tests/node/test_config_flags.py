@@ -68,3 +68,12 @@ def test_the_environment_gives_every_kind_of_flag(tmp_path: Path) -> None:
 def test_the_peer_token_stays_out_of_the_configurations_repr(tmp_path: Path) -> None:
     c = config.parse(["--storage-dir", str(tmp_path), "--peer-token", "s3cret"], env={})
     assert c.peer_token == "s3cret" and "s3cret" not in repr(c)
+
+
+def test_an_empty_variable_is_no_variable(tmp_path: Path) -> None:
+    """`INGESTOR_X=$UNSET` keeps the default, for `serve` and for every reader of the flags alike
+    (env_defaults): an empty storage directory is not the current directory."""
+    c = config.parse(["--storage-dir", str(tmp_path)],
+                     env={"INGESTOR_MAX_SEGMENT_AGE": " ", "INGESTOR_DEFAULT_LOGS_TABLE": "", "INGESTOR_PEERS": ""})
+    d = config.parse(["--storage-dir", str(tmp_path)], env={})
+    assert (c.max_segment_age, c.default_logs_table, c.peers) == (d.max_segment_age, d.default_logs_table, d.peers)
