@@ -54,8 +54,8 @@ class Flag:
 
     help: str
     parse: str = "str"
-    """size | duration | addr | database | table | database_or_empty | table_or_empty | labels | int | path | bool |
-    str | choice"""
+    """size | duration | addr | addr_or_empty | database | table | database_or_empty | table_or_empty | labels |
+    int | path | bool | str | choice"""
     group: str = "node"
     choices: tuple[str, ...] = ()
     metavar: str | None = None
@@ -110,6 +110,9 @@ class NodeConfig:
     node_name: str = flag(socket.gethostname, "this node's name, as peers know it", default_note="host name")
     grpc_addr: str = flag("0.0.0.0:4317", "OTLP/gRPC, transfer, health, reflection and admin", parse="addr")
     http_addr: str = flag("0.0.0.0:4318", "remote write, OTLP/HTTP, /metrics, /healthz, /readyz", parse="addr")
+    transfer_addr: str = flag("0.0.0.0:9090", "adx-mon's segment transfer front door (POST /transfer, HTTPS): "
+                              "where adx-mon collectors deliver; empty (--transfer-addr=) turns it off",
+                              parse="addr_or_empty")
     default_metrics_database: str = flag("Metrics", "database of series without an adxmon_database label",
                                          parse="database")
     default_logs_database: str = flag(LOGS_DEFAULT_DATABASE, "database of log records without kusto.database (on "
@@ -198,6 +201,11 @@ class NodeConfig:
                                               default_note="none")
     clickhouse_insecure_skip_verify: bool = flag(False, "do not verify the ClickHouse certificate", parse="bool",
                                                  group="upload")
+
+    drop_prefix: tuple[str, ...] = flag((), "segments whose file name starts with this (<Database>_<Table>) are "
+                                        "dropped on arrival at the transfer front door, answered 202, as adx-mon "
+                                        "does; repeatable", append=True, metavar="PREFIX", group="upload",
+                                        default_note="none")
 
     peers: tuple[str, ...] = flag((), "static peer list (this node included, by --node-name), repeatable",
                                   append=True, metavar="NAME=HOST:PORT,...", group="cluster", default_note="none")
@@ -294,6 +302,11 @@ def _addr(text: str) -> str:
     return text
 
 
+def _addr_or_empty(text: str) -> str:
+    """A listening address, or "" (the value meaning off)."""
+    return _addr(text) if text.strip() else ""
+
+
 def _name(what: str, limit: int, *, empty: bool = False) -> Callable[[str], str]:
     """A name's parser; with `empty`, "" (the value meaning none) is taken as it is."""
     def parse(text: str) -> str:
@@ -320,7 +333,8 @@ def _bool(text: str) -> bool:
 
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
-    "size": parse_size, "duration": parse_duration, "addr": _addr, "database": _name("database name", MAX_DATABASE_LEN),
+    "size": parse_size, "duration": parse_duration, "addr": _addr, "addr_or_empty": _addr_or_empty,
+    "database": _name("database name", MAX_DATABASE_LEN),
     "table": _name("table name", MAX_TABLE_LEN), "labels": _labels,
     "database_or_empty": _name("database name", MAX_DATABASE_LEN, empty=True),
     "table_or_empty": _name("table name", MAX_TABLE_LEN, empty=True),
