@@ -13,6 +13,10 @@
         leaving                 the node is leaving the cluster (supervisor -> receivers)
         cluster.json            the ring as the supervisor sees it (supervisor -> receivers)
 
+adx-mon's ingestor keeps its segments directly in its `--storage-dir`: on a volume it used, they
+are adopted into `wal/` at start (node/wal/adopt.py); the other entries here are the node's own
+(`StorageLayout.own_entries`).
+
 Also here: `atomic_write`, the one way a small file is replaced so that a crash leaves either the
 old bytes or the new ones, never a mix or nothing.
 """
@@ -31,6 +35,20 @@ class StorageLayout:
     """The paths of one node's storage directory."""
 
     root: Path
+
+    @classmethod
+    def of_wal(cls, wal: Path) -> StorageLayout | None:
+        """The layout whose WAL directory is `wal`; None when `wal` is not one (not named `wal`)."""
+        layout = cls(Path(wal).parent)
+        return layout if layout.wal == Path(wal) else None
+
+    @property
+    def own_entries(self) -> frozenset[str]:
+        """The names the node itself makes directly in `root`, with the `.tmp` of `atomic_write`
+        and the ledger's `.lock` beside each."""
+        paths = (self.wal, self.quarantine, self.deliveries, self.ledger, self.local, self.metrics, self.leaving,
+                 self.cluster)
+        return frozenset(p.name + suffix for p in paths if p.parent == self.root for suffix in ("", ".tmp", ".lock"))
 
     @property
     def wal(self) -> Path:

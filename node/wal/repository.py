@@ -28,6 +28,7 @@ from typing import Protocol
 from node.errors import InvalidInputError, InvalidNameError, OverLimitsError
 from node.names import MAX_DATABASE_LEN, MAX_TABLE_LEN, validate_name
 from node.storage import ACTIVE_DIR, fsync_dir
+from node.wal import adopt
 from node.wal import format as fmt
 from node.wal.importer import SegmentImport
 from node.wal.names import (
@@ -106,6 +107,8 @@ class RecoveryReport:
     deleted_empty: int = 0
     deleted_tmp: int = 0
     ignored: list[str] = field(default_factory=list)
+    adopted: int = 0
+    """Segments adx-mon left in the storage directory, adopted (node/wal/adopt.py; also in `segments`)."""
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,10 @@ class Repository:
                 if info is not None:
                     self._index(info)
                     report.segments += 1
+        adopted = adopt.adopt(self.directory, self._ids.next, self._on_repair)  # what adx-mon left
+        for info in adopted.segments:
+            self._index(info)
+        adopted.count_into(report)
         fsync_dir(self.active_directory)
         fsync_dir(self.directory)
         log.info("WAL %s: %d segments, %d repaired (%d bytes cut), %d empty and %d temporary deleted",
