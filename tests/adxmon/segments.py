@@ -1,0 +1,228 @@
+"""adx-mon segment files, built byte by byte the way adx-mon's Go code writes them.
+
+Written from shared/design/wal-format.md and adx-mon's sources (pkg/wal/segment.go `blockWrite`,
+pkg/wal/segment_merger.go, pkg/wal/filename.go, storage/store.go `SegmentKey`,
+transform/metrics_csv.go, schema/schema.go, go-flake), sharing no code with `node/`: what the
+node reads from these is what adx-mon sends, not merely what the node itself writes.
+
+API (everything returns `bytes` or `str`; nothing touches the disk)::
+
+    samples = [Sample({"__name__": "cpu", "host": "a"}, ts_ms, 1.5), ...]
+    value   = metrics_csv(samples)                  # header line + one CSV row per sample
+    blk     = block(value)                          # len | crc | S2 payload (compression="snappy" too)
+    seg     = segment(blk, block(more))             # magic, then the blocks: one segment file
+    body    = merge(seg1, seg2)                     # what a collector sends for a batch (magic once)
+    name    = metrics_filename("Metrics", "Cpu")    # Metrics_Cpu_<schema hash>_<flake id>.wal
+    name    = filename("Logs", "App", None, flake_id())   # no schema part
+
+- `block(value, compression="s2")` compresses with an S2 encoder that writes S2's *repeat*
+  elements (which a Snappy decoder refuses), as adx-mon's `s2.EncodeBetter` may;
+  `compression="snappy"` writes a plain Snappy block with cramjam. Every block gets adx-mon's
+  8-byte sample header (AA AA, version 1, type, count) unless `sample_header=False` (older
+  writers). adx-mon's metrics path writes type 0 (unknown) and count 0: the defaults here.
+- `merge(*segments)` is `wal.NewSegmentMerger`: the 8-byte magic once, then each file without
+  its own magic, back to back.
+- `flake_id()` is go-flake's id as adx-mon names segments: `strconv.FormatUint(id, 16)`,
+  id = ms since 2014-01-01 << 23 | host << 13 | sequence (16 hex digits for any date since 2018).
+- `metrics_filename` names a segment as a collector's metrics path does: the normalised database
+  and metric, then the schema hash of the default metrics columns in base 36.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import time
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import cramjam
+import xxhash
+
+from tests.wal.s2_writer import encode as s2_encode
+
+__all__ = [
+    "LOG",
+    "MAGIC",
+    "METRIC",
+    "METRICS_SCHEMA",
+    "TRACE",
+    "UNKNOWN",
+    "FlakeIds",
+    "Sample",
+    "block",
+    "filename",
+    "flake_id",
+    "merge",
+    "metrics_csv",
+    "metrics_filename",
+    "metrics_segment",
+    "schema_hash",
+    "schema_line",
+    "segment",
+    "series_id",
+]
+
+MAGIC = b"ADXWAL\x00\x00"
+"""`segmentMagic`: "ADXWAL" and two reserved zero bytes, once at the start of a file."""
+UNKNOWN, METRIC, TRACE, LOG = 0, 1, 2, 3
+"""Sample types of the block header (`wal.UnknownSampleType`, ...)."""
+BLOCK_MAGIC = b"\xaa\xaa"
+BLOCK_VERSION = 1
+METRICS_SCHEMA: tuple[tuple[str, str], ...] = (("Timestamp", "datetime"), ("SeriesId", "long"),
+                                                 ("Labels", "dynamic"), ("Value", "real"))
+"""`schema.NewMetricsSchema()`, without lifted labels."""
+FLAKE_EPOCH_MS = 1388534400000
+"""go-flake's epoch, 2014-01-01T00:00:00Z, in Unix ms."""
+HOST_BITS, SEQUENCE_BITS = 10, 13
+
+
+# -- names -----------------------------------------------------------------------------------
+
+def flake_id(ms: int | None = None, host: int = 0, seq: int = 0) -> str:
+    """A go-flake id in lowercase hex without padding, as `flakeId.String()` writes it."""
+    ms = int(time.time() * 1000) if ms is None else ms
+    value = ((ms - FLAKE_EPOCH_MS) << (HOST_BITS + SEQUENCE_BITS)) | (host << SEQUENCE_BITS) | seq
+    return format(value, "x")
+
+
+class FlakeIds:
+    """Increasing ids of one host, as a collector's `idgen.NextId()` makes them."""
+
+    def __init__(self, host: int = 1) -> None:
+        self.host = host
+        self._last = 0
+        self._seq = 0
+
+    def next(self) -> str:
+        ms = int(time.time() * 1000)
+        if ms <= self._last:
+            ms, self._seq = self._last, self._seq + 1
+        else:
+            self._seq = 0
+        self._last = ms
+        return flake_id(ms, self.host, self._seq)
+
+
+def _base36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+        if n == 0:
+            return out
+
+
+def schema_hash(schema: Sequence[tuple[str, str]] = METRICS_SCHEMA) -> str:
+    """`schema.SchemaHash`: xxhash64 of every Column then DataType, in base 36 (`AppendUint(.., 36)`)."""
+    h = xxhash.xxh64()
+    for column, data_type in schema:
+        h.update(column.encode())
+        h.update(data_type.encode())
+    return _base36(h.intdigest())
+
+
+def schema_line(schema: Sequence[tuple[str, str]] = METRICS_SCHEMA) -> bytes:
+    """`schema.AppendCSVHeader`: `Column:type,...` and a newline, at the start of each block's value."""
+    return (",".join(f"{c}:{t}" for c, t in schema) + "\n").encode()
+
+
+def filename(database: str, table: str, schema: str | None = None, segment_id: str | None = None) -> str:
+    """`wal.Filename`: `<db>_<table>[_<schema>]_<id>.wal`."""
+    sid = segment_id or flake_id()
+    return f"{database}_{table}_{schema}_{sid}.wal" if schema else f"{database}_{table}_{sid}.wal"
+
+
+def metrics_filename(database: str, table: str, segment_id: str | None = None) -> str:
+    """The name a collector gives a metrics segment: the default metrics columns' schema hash."""
+    return filename(database, table, schema_hash(METRICS_SCHEMA), segment_id)
+
+
+# -- rows ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Sample:
+    """One remote-write sample: its series' labels (`__name__` among them), in the order sent
+    (Prometheus sorts them by name), a timestamp in Unix ms and a value."""
+
+    labels: Mapping[str, str]
+    timestamp_ms: int
+    value: float
+
+
+def series_id(labels: Mapping[str, str]) -> int:
+    """xxhash64 of every label's name then value, as a signed 64-bit integer (`AppendInt(int64(..))`)."""
+    h = xxhash.xxh64()
+    for name, value in labels.items():
+        h.update(name.encode())
+        h.update(value.encode())
+    return int(struct.unpack(">q", h.digest())[0])
+
+
+def _rfc3339nano(ms: int) -> str:
+    """Go's `time.RFC3339Nano` of a UTC time: the fraction without trailing zeros, none if zero."""
+    dt = datetime.fromtimestamp(ms // 1000, UTC)
+    frac = f"{ms % 1000:03d}".rstrip("0")
+    return dt.strftime("%Y-%m-%dT%H:%M:%S") + (f".{frac}" if frac else "") + "Z"
+
+
+def _float(v: float) -> str:
+    """`strconv.AppendFloat(v, 'f', 9, 64)`."""
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    return f"{v:.9f}"
+
+
+def metrics_csv(samples: Iterable[Sample], header: bool = True) -> bytes:
+    """`MetricsCSVWriter.MarshalCSV` over `samples` (no lifted labels): the schema header line
+    once, then `Timestamp,SeriesId,"Labels",Value` per sample; labels as a JSON object without
+    `__name__` and `adxmon_*`, CSV-quoted with `"` doubled."""
+    out = bytearray(schema_line(METRICS_SCHEMA) if header else b"")
+    for s in samples:
+        shown = {k: v for k, v in s.labels.items() if k != "__name__" and not k.startswith("adxmon_")}
+        labels = "{" + ",".join(f"{json.dumps(k)}:{json.dumps(v)}" for k, v in shown.items()) + "}"
+        quoted = '"' + labels.replace('"', '""') + '"'
+        out += f"{_rfc3339nano(s.timestamp_ms)},{series_id(s.labels)},{quoted},{_float(s.value)}\n".encode()
+    return bytes(out)
+
+
+# -- blocks and files ------------------------------------------------------------------------
+
+def compress(data: bytes, compression: str = "s2") -> bytes:
+    """One compressed block payload: "s2" (with repeat elements where the data allows) or "snappy"."""
+    if compression == "snappy":
+        return bytes(cramjam.snappy.compress_raw(data))
+    if compression == "s2":
+        return s2_encode(data, repeats=True).block
+    raise ValueError(f"unknown compression {compression!r}")
+
+
+def block(value: bytes, *, compression: str = "s2", kind: int = UNKNOWN, count: int = 0,
+          sample_header: bool = True) -> bytes:
+    """`blockWrite`: `len u32 | crc32 u32 | payload`, big-endian; the payload is the compressed
+    `AA AA | version | type | count u32 | value` (just `value` without `sample_header`)."""
+    raw = (BLOCK_MAGIC + bytes([BLOCK_VERSION, kind]) + struct.pack(">I", count) if sample_header else b"") + value
+    payload = compress(raw, compression)
+    return struct.pack(">II", len(payload), zlib.crc32(payload)) + payload
+
+
+def segment(*blocks: bytes) -> bytes:
+    """A segment file: the magic, then the blocks."""
+    return MAGIC + b"".join(blocks)
+
+
+def merge(*segments: bytes) -> bytes:
+    """`wal.NewSegmentMerger(paths...)`: the magic once, then every file's bytes after its own
+    8-byte magic (whatever those 8 bytes are: the merger skips them unread)."""
+    return MAGIC + b"".join(s[len(MAGIC):] for s in segments)
+
+
+def metrics_segment(samples_per_block: Sequence[Sequence[Sample]], compression: str = "s2") -> bytes:
+    """A metrics segment as a collector writes it: one block per write, each with the header line."""
+    return segment(*(block(metrics_csv(samples), compression=compression) for samples in samples_per_block))
