@@ -10,6 +10,8 @@ import io
 import pytest
 
 from node.rows.batch import ConvertResult
+from node.rows.logs import LogsConfig, LogsConverter
+from tests.rows.build import log_record, logs_request
 from tests.rows.hostile import CASES, check, strict_csv
 
 
@@ -36,3 +38,24 @@ def test_rows_hold_what_was_sent(name: str) -> None:
 def test_the_strict_reader_refuses(text: str) -> None:
     with pytest.raises(AssertionError):
         strict_csv(text)
+
+
+# -- hostile routing names ----------------------------------------------------------------------
+
+ROUTED = ["observability_logs", "a_b_c", "Logs2"]
+REFUSED = ["_a", "a_", "a__b", "a-b", "../x", "a_/b", "a_..", "_", "a_\x00", "a_" * 32 + "b"]
+
+
+@pytest.mark.parametrize("name", ROUTED + REFUSED)
+def test_a_routing_name_with_underscores_is_taken_as_it_is_or_refused(name: str) -> None:
+    """`kusto.database` joins words with single `_` (adx-mon's `observability_logs`); anything else
+    around an `_` is refused as it ever was, never cleaned into another name."""
+    conv = LogsConverter(LogsConfig("Logs", "Default", allowed_databases=frozenset({"Logs", *ROUTED})))
+    result = conv.convert(logs_request(log_record({"kusto.database": name, "kusto.table": "docker_journal"})))
+    if name in ROUTED:
+        assert (result.accepted, result.rejected) == (1, 0)
+        assert list(result.tables) == [(name, "docker_journal")]
+    else:
+        assert (result.accepted, result.rejected) == (0, 1)
+        assert result.tables == {}
+        assert result.reasons[0].startswith("invalid log record attribute kusto.database: ")

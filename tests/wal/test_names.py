@@ -9,12 +9,22 @@ import pytest
 from node.errors import InvalidNameError
 from node.names import MAX_TABLE_LEN, validate_name
 from node.wal import format as fmt
-from node.wal.names import FlakeIds, host_id, parse_filename, schema_hash, validate_prefix
+from node.wal.names import (
+    FlakeIds,
+    SegmentName,
+    database_of,
+    host_id,
+    make_prefix,
+    parse_filename,
+    parse_prefix,
+    schema_hash,
+    validate_prefix,
+)
 from node.wal.repository import Repository, WalConfig
 from tests.wal.helpers import write_block
 
-HOSTILE = ["../x", "a/b", "..", "/abs", "", "x" * 10240, "a\x00b", "таблица", "a_b", "a.b", "a\\b",
-           " a", "a\n", "%2e%2e"]
+HOSTILE = ["../x", "a/b", "..", "/abs", "", "x" * 10240, "a\x00b", "таблица", "a__b", "_a", "a_", "a.b", "a\\b",
+           " a", "a\n", "%2e%2e", "-a", "a--b", "a_/b", "a_.._b"]
 
 
 @pytest.mark.parametrize("name", HOSTILE, ids=[repr(n[:12]) for n in HOSTILE])
@@ -41,9 +51,53 @@ def test_valid_names_and_filenames_round_trip() -> None:
     n2 = parse_filename("Metrics_Cpu_0123456789abcdef.wal")
     assert n2.schema is None and n2.prefix == "Metrics_Cpu"
     for bad in ["../Metrics_Cpu_0123456789abcdef.wal", "Metrics_Cpu_0123.wal", "Metrics_Cpu_x.wal",
-                "Me-trics_Cpu_0123456789abcdef.wal", "Metrics_Cpu_0123456789abcdef.wal.tmp"]:
+                "-Metrics_Cpu_0123456789abcdef.wal", "Me--trics_Cpu_0123456789abcdef.wal",
+                "Metrics-_Cpu_0123456789abcdef.wal", "Metrics_Cpu_0123456789abcdef.wal.tmp",
+                "Metrics_Cpu_ABC_0123456789abcdef.wal", "Metrics_Cpu_a_b_0123456789abcdef.wal",
+                "Me.trics_Cpu_0123456789abcdef.wal", "Metrics_Cp/u_0123456789abcdef.wal",
+                "x" * 300 + "_Cpu_0123456789abcdef.wal"]:
         with pytest.raises(InvalidNameError):
             parse_filename(bad)
+
+
+def test_a_name_with_underscores_is_written_with_dashes_and_read_back() -> None:
+    n = SegmentName("observability_logs", "docker_journal", "1a2b", "0123456789abcdef")
+    assert n.filename == "observability-logs_docker-journal_1a2b_0123456789abcdef.wal"
+    assert n.prefix == "observability-logs_docker-journal_1a2b"
+    assert parse_filename(n.filename) == n
+    assert parse_prefix(n.prefix) == ("observability_logs", "docker_journal", "1a2b")
+    assert database_of(n.prefix) == "observability_logs"
+    assert make_prefix("observability_logs", "Logs") == "observability-logs_Logs"
+    assert parse_prefix("observability-logs_Logs") == ("observability_logs", "Logs", None)
+    # A prefix split on `_` by hand gives file forms: what every reader must not do.
+    assert n.prefix.split("_")[0] == "observability-logs" != n.database
+
+
+def test_a_file_name_has_one_reading() -> None:
+    """Each name -> file name -> name round trip is exact, and two different (database, table,
+    schema) never share a file name: `_` only ever separates fields."""
+    words = ["a", "b", "a_b", "b_a", "a_b_c", "ab", "t"]
+    seen: dict[str, tuple[str, str, str | None]] = {}
+    for db in words:
+        for table in words:
+            for schema in (None, "t", "ab"):
+                name = SegmentName(db, table, schema, "0123456789abcdef")
+                assert name.filename not in seen, (name, seen.get(name.filename))
+                seen[name.filename] = (db, table, schema)
+                back = parse_filename(name.filename)
+                assert (back.database, back.table, back.schema) == (db, table, schema)
+
+
+def test_an_adx_mon_file_with_underscores_is_read_as_adx_mon_reads_it() -> None:
+    """adx-mon's ParseFilename splits on every `_`: 4 fields are database, table, schema, id. Its
+    writers strip `_` from names, so `observability_logs_t_<id>.wal` can only mean database
+    `observability`, table `logs`, schema `t` -- and that is how it is read here too."""
+    n = parse_filename("observability_logs_t_0123456789abcdef.wal")
+    assert (n.database, n.table, n.schema) == ("observability", "logs", "t")
+    n = parse_filename("observability_logs_0123456789abcdef.wal")
+    assert (n.database, n.table, n.schema) == ("observability", "logs", None)
+    with pytest.raises(InvalidNameError):  # 5 fields: adx-mon refuses it too
+        parse_filename("observability_logs_docker_t_0123456789abcdef.wal")
 
 
 def test_flake_ids_are_time_ordered_and_unique() -> None:
