@@ -43,6 +43,7 @@ from node.sinks.base import Sink
 from node.sinks.factory import allowed_databases
 from node.state import NodeState, Phase
 from node.status import node_status
+from node.transfer.intake import Intake
 from node.transfer.ledger import TransferLedger
 from node.transfer.service import TRANSFER_SERVICE, TransferService
 from node.upload.uploader import Uploader
@@ -106,8 +107,9 @@ class Node:
                                    on_refused=lambda what: self.metrics.memory_refused.labels(what).inc())
         """This process's share of --max-memory: requests and transfers in flight (node/budget.py)."""
         self.ledger = TransferLedger(self.layout.ledger)
-        self.transfer = TransferService(self.wal, self.state, self.ledger, peer_auth(config), self.metrics,
-                                        budget=self.budget, stall_timeout=config.stall_timeout,
+        self.intake = Intake(self.wal, self.state, self.ledger, self.metrics, self.budget)
+        """The one path of segments from outside, for both doors: peers (gRPC) and adx-mon (HTTP)."""
+        self.transfer = TransferService(self.intake, peer_auth(config), stall_timeout=config.stall_timeout,
                                         min_request_rate=config.min_request_rate)
         self.ingest = Ingest(self.wal, converters_of(config), self.state, self.metrics, self.budget)
         self.role: Role = Receiver(config, self.wal, self.siblings, self.stop_taking_data)

@@ -27,13 +27,15 @@ only the DONE line failed, since the rows are published and a resend is ALREADY_
 A sender that sends nothing for `stall_timeout`, or averages under `min_request_rate` once it has
 been waited on that long (`Pace`), is cut with DEADLINE_EXCEEDED: its part file removed, its
 reservations (memory and disk) given back, counted in `slow_clients{transport="transfer"}`.
+
+Steps 3 to 6 and everything after the go-ahead are the node's one path for segments from outside
+(`node/transfer/intake.py`), shared with adx-mon's HTTP front door (`node/transfer/http.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hmac
 import logging
 import time
@@ -42,19 +44,13 @@ from typing import Any
 
 import grpc
 
-from node.budget import MemoryBudget
 from node.config import NodeConfig
-from node.errors import AlreadyExistsError, InvalidInputError, StalledError, UnauthenticatedError, status_of
+from node.errors import InvalidInputError, StalledError, UnauthenticatedError, status_of
 from node.gen.ingestor.v1 import transfer_pb2, transfer_pb2_grpc
-from node.metrics import NodeMetrics
 from node.ratelog import RateLimitedLog
 from node.receivers.grpc import abort
-from node.state import NodeState
-from node.transfer.ledger import Claim, ClaimLostError, TransferLedger, transfer_key
+from node.transfer.intake import Incoming, Intake
 from node.transfer.protocol import MAX_CHUNK, READY_HEADER, TOKEN_HEADER, TOKEN_SCHEME
-from node.wal.importer import SegmentImport
-from node.wal.names import parse_filename
-from node.wal.repository import Repository
 from node.wal.table import SegmentInfo
 
 log = logging.getLogger(__name__)
@@ -62,8 +58,6 @@ _said = RateLimitedLog(log)
 
 TRANSFER_SERVICE = transfer_pb2.DESCRIPTOR.services_by_name["Transfer"].full_name
 _SCHEME = TOKEN_SCHEME.encode()
-MAX_TRANSFER_BYTES = 4 << 30
-"""Largest segment accepted in one call (a sender transfers at most --max-transfer-size)."""
 MAX_METADATA_BYTES = 64 << 10
 MESSAGE_OVERHEAD = 64 << 10
 MESSAGE_FACTOR = 4
@@ -79,12 +73,6 @@ def message_memory(size: int) -> int:
     """Memory the messages of a call for a segment of `size` bytes hold while they are handled (a
     chunk is at most MAX_CHUNK, and at most the segment)."""
     return MESSAGE_FACTOR * (min(MAX_CHUNK, size) + MESSAGE_OVERHEAD)
-
-
-def _log_orphan(what: str, commit: asyncio.Future[SegmentInfo]) -> None:
-    """The outcome of a commit whose call was cancelled meanwhile: nobody else reads it."""
-    if not commit.cancelled() and commit.exception() is not None:
-        log.info("%s: commit failed: %s", what, commit.exception())
 
 
 class Pace:
@@ -141,22 +129,6 @@ class Pace:
                             f"{self.min_rate:g} bytes/s")
 
 
-class _Held:
-    """Memory held from the budget by one call: grown to what each step needs, never shrunk,
-    given back when the call's stack closes."""
-
-    def __init__(self, budget: MemoryBudget, stack: contextlib.AsyncExitStack) -> None:
-        self._budget = budget
-        self._stack = stack
-        self.nbytes = 0
-
-    async def grow_to(self, nbytes: int) -> None:
-        nbytes = min(nbytes, self._budget.limit)  # more than the budget runs alone, as one request would
-        if nbytes > self.nbytes:
-            await self._stack.enter_async_context(self._budget.reserve(nbytes - self.nbytes, BUDGET_WHAT))
-            self.nbytes = nbytes
-
-
 class PeerAuth:
     """Who may call the transfer service: a caller with a verified client certificate (mutual
     TLS), or one that presents the shared token as `authorization: Bearer <token>` (`TOKEN_HEADER`,
@@ -191,18 +163,14 @@ class PeerAuth:
 
 
 class TransferService(transfer_pb2_grpc.TransferServicer):
-    def __init__(self, wal: Repository, state: NodeState, ledger: TransferLedger, auth: PeerAuth,
-                 metrics: NodeMetrics, *, budget: MemoryBudget | None = None,
-                 stall_timeout: float = NodeConfig.stall_timeout,
+    def __init__(self, intake: Intake, auth: PeerAuth, *, stall_timeout: float = NodeConfig.stall_timeout,
                  min_request_rate: float = NodeConfig.min_request_rate) -> None:
-        """`budget`: the process's memory budget, shared with the receivers (None: no limit);
-        `stall_timeout`, `min_request_rate`: the pace a sender must keep (`Pace`)."""
-        self._wal = wal
-        self._state = state
-        self._ledger = ledger
+        """`intake`: the WAL, ledger and memory budget segments enter by; `stall_timeout`,
+        `min_request_rate`: the pace a sender must keep (`Pace`)."""
+        self._intake = intake
+        self._state = intake.state
         self._auth = auth
-        self._metrics = metrics
-        self._budget = budget if budget is not None else MemoryBudget(1 << 62)
+        self._metrics = intake.metrics
         self._stall = stall_timeout
         self._min_rate = min_request_rate
 
@@ -210,18 +178,14 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
                               context: grpc.aio.ServicerContext[Any, Any]) -> transfer_pb2.TransferSegmentResponse:
         """One segment from a peer. Its messages are read with `context.read()` (see `Pace.next`)."""
         async with contextlib.AsyncExitStack() as stack:  # the call's memory, given back however it ends
-            return await self._transfer(context, _Held(self._budget, stack))
+            return await self._transfer(context, stack)
 
     async def _transfer(self, context: grpc.aio.ServicerContext[Any, Any],
-                        memory: _Held) -> transfer_pb2.TransferSegmentResponse:
+                        stack: contextlib.AsyncExitStack) -> transfer_pb2.TransferSegmentResponse:
         t0 = time.perf_counter()
         what = "transfer"
-        sender = "?"
         pace = Pace(self._stall, self._min_rate)
-        imp: SegmentImport | None = None
-        claim: Claim | None = None
-        committing: SegmentImport | None = None
-        commit: asyncio.Future[SegmentInfo] | None = None
+        incoming: Incoming | None = None
         try:
             # From the call's headers, before the stream is read: a stranger's first message, however
             # large, is never parsed. The sender writes the metadata, then waits for the go-ahead
@@ -234,18 +198,10 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
             if first.ByteSize() > MAX_METADATA_BYTES:
                 raise InvalidInputError(f"metadata of {first.ByteSize()} bytes, over {MAX_METADATA_BYTES}")
             meta = first.metadata
-            sender = meta.sender or "?"
-            what = f"transfer of {meta.name[:300]!r} from {sender[:100]!r}"
-            name = parse_filename(meta.name)
-            if not 0 < meta.size <= MAX_TRANSFER_BYTES:
-                raise InvalidInputError(f"declared size {meta.size} is not 1..{MAX_TRANSFER_BYTES}")
-            key = transfer_key(meta.name, meta.size, meta.crc32)
-            if await asyncio.to_thread(self._ledger.seen, key):  # before the reservation: a full node says so too
-                raise AlreadyExistsError(f"segment {meta.name} was accepted before")
-            per_message = message_memory(meta.size)
-            await memory.grow_to(per_message)  # before the go-ahead: a node out of memory refuses the bytes
-            imp = await asyncio.to_thread(self._wal.begin_import, name.prefix, meta.size)
-            claim = await self._claim(key, imp)
+            what = f"transfer of {meta.name[:300]!r} from {(meta.sender or '?')[:100]!r}"
+            incoming = await self._intake.admit(meta.name, meta.size, meta.crc32,
+                                                self._intake.held(stack, BUDGET_WHAT),
+                                                reserve=message_memory(meta.size), what=what)
             await context.send_initial_metadata(((READY_HEADER, "1"),))  # the sender may stream the bytes
             while (msg := await pace.next(context)) is not None:
                 if msg.WhichOneof("msg") != "chunk":
@@ -256,74 +212,31 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
                 # (--max-request-bytes, which OTLP needs): this method's is checked here.
                 if len(chunk) > MAX_CHUNK:
                     raise InvalidInputError(f"a chunk of {len(chunk)} bytes, over the transfer's {MAX_CHUNK}")
-                await memory.grow_to(per_message + imp.memory_for(chunk))
-                await asyncio.to_thread(imp.feed, chunk)
+                await incoming.feed(chunk)
                 del chunk
-            # The commit runs to its end even if the sender goes away (it settles the import and the
-            # claim itself, whatever happens).
-            committing, imp, held, claim = imp, None, claim, None
-            # shielded: a cancelled call must not cancel the commit before its thread started
-            commit = asyncio.ensure_future(asyncio.to_thread(self._commit, committing, meta.crc32, held))
-            info = await asyncio.shield(commit)
-            committing = None
+            info = await incoming.commit()
         except Exception as e:
-            if imp is not None:
-                await asyncio.to_thread(self._abort, imp, claim)
+            if incoming is not None:
+                await incoming.abort()
             if isinstance(e, StalledError):
                 self._metrics.slow_clients.labels("transfer").inc()
             self._metrics.transfers_received.labels(status_of(e).grpc_code.name).inc()
             await abort(context, e, what, reason="transfer")
         except asyncio.CancelledError:  # the sender went away (or its deadline passed)
             self._metrics.transfers_received.labels("CANCELLED").inc()
-            if committing is not None:
-                if commit is not None:  # its outcome, which nobody else reads, goes to the log
-                    commit.add_done_callback(functools.partial(_log_orphan, what))
+            if incoming is not None and incoming.committing:
                 log.warning("%s: the sender went away as the stream ended; the commit finishes on its own (a whole "
                             "segment is kept, and a resend hears ALREADY_EXISTS)", what)
             else:  # mid-stream: nothing stays
-                if imp is not None:
-                    self._abort(imp, claim)
+                if incoming is not None:
+                    incoming.abort_now()
                 _said.log(logging.INFO, "cut", "%s: cut by the sender; discarded", what)
             raise
+        return self._accepted(info, what, t0)
+
+    def _accepted(self, info: SegmentInfo, what: str, t0: float) -> transfer_pb2.TransferSegmentResponse:
         self._metrics.transfers_received.labels("OK").inc()
         self._metrics.transfer_received_bytes.inc(info.size)
         log.debug("accepted %s as %s: %d blocks, %d rows, %.1f MB in %.2fs", what, info.name.filename, info.blocks,
                   info.rows, info.size / 1e6, time.perf_counter() - t0)
         return transfer_pb2.TransferSegmentResponse(blocks=info.blocks, bytes=info.size)
-
-    async def _claim(self, key: str, imp: SegmentImport) -> Claim:
-        """Claim `key` in the ledger; a claim that a cancelled call took is given back."""
-        task = asyncio.ensure_future(asyncio.to_thread(self._ledger.claim, key, imp.part))
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            def settle(t: asyncio.Future[Claim]) -> None:
-                if not t.cancelled() and t.exception() is None:
-                    asyncio.get_running_loop().run_in_executor(None, self._ledger.release, t.result())
-
-            task.add_done_callback(settle)
-            raise
-
-    def _abort(self, imp: SegmentImport, claim: Claim | None) -> None:
-        """Before the `publish` line: the part file goes, then the claim (in that order, so that
-        no part file is left that no ledger line names)."""
-        imp.abort()
-        if claim is not None:
-            self._ledger.release(claim)
-
-    def _commit(self, imp: SegmentImport, crc32: int, claim: Claim) -> SegmentInfo:
-        """Verify the segment, then publish it through the ledger (one thread: a cancelled call
-        cannot stop half-way)."""
-        try:
-            imp.verify(crc32)
-        except BaseException:
-            self._abort(imp, claim)
-            raise
-        try:
-            return self._ledger.publish(claim, imp.publish)
-        except ClaimLostError:  # settled by another process: our part is nobody's now
-            imp.abort()
-            raise
-        except BaseException:  # the ledger's `publish` line may be on disk: the part file must stay
-            imp.abandon()
-            raise

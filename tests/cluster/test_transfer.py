@@ -31,6 +31,7 @@ from node.rows.metrics import MetricsConfig, MetricsConverter
 from node.rows.traces import TracesConfig, TracesConverter
 from node.state import NodeState, Phase
 from node.transfer.client import TlsFiles, TransferClient
+from node.transfer.intake import Intake
 from node.transfer.ledger import DEFAULT_RETENTION, Claim, TransferLedger, transfer_key
 from node.transfer.plan import PlannedTransfer
 from node.transfer.protocol import READY_HEADER, Outcome
@@ -76,7 +77,7 @@ async def start_receiver(root: Path, credentials: grpc.ServerCredentials | None 
     metrics = NodeMetrics(CollectorRegistry())
     ledger = TransferLedger(root / "transfers.ledger")
     ledger.open()
-    service = TransferService(wal, state, ledger, PeerAuth(token=TOKEN, mtls=mtls), metrics)
+    service = TransferService(Intake(wal, state, ledger, metrics), PeerAuth(token=TOKEN, mtls=mtls))
     conv = Converters(MetricsConverter(MetricsConfig()), LogsConverter(LogsConfig()), TracesConverter(TracesConfig()))
     server = GrpcServer("127.0.0.1:0", Ingest(wal, conv, state, metrics), state, metrics,
                         lambda: admin_pb2.NodeStatus(node_name="receiver"), max_request_bytes=64 << 20,

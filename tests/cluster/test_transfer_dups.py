@@ -48,6 +48,7 @@ from node.rows.traces import TracesConfig, TracesConverter
 from node.state import NodeState, Phase
 from node.transfer import ledger as ledger_module
 from node.transfer.client import TransferClient, TransferResult
+from node.transfer.intake import Intake
 from node.transfer.ledger import TransferLedger, transfer_key
 from node.transfer.protocol import READY_HEADER, Outcome
 from node.transfer.service import TRANSFER_SERVICE, PeerAuth, TransferService
@@ -211,7 +212,7 @@ def serve_receiver(root: str, worker: str, kill_at: str) -> None:
             ledger.compact()
         state = NodeState(over_limits=wal.over_limits)
         metrics = NodeMetrics(CollectorRegistry())
-        service = TransferService(wal, state, ledger, PeerAuth(token=TOKEN), metrics)
+        service = TransferService(Intake(wal, state, ledger, metrics), PeerAuth(token=TOKEN))
         conv = Converters(MetricsConverter(MetricsConfig()), LogsConverter(LogsConfig()),
                           TracesConverter(TracesConfig()))
         server = GrpcServer("127.0.0.1:0", Ingest(wal, conv, state, metrics), state, metrics,
