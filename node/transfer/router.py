@@ -1,7 +1,8 @@
 """Transfer or upload: sends the small, young segments of tables that another peer owns to that peer.
 
 Each round the uploader asks `plan()` which closed segments go to their owner (see
-`plan.plan_transfers` for the rule) and uploads the rest itself. `deliver()` streams one
+`plan.plan_transfers` for the rule; none with `--disable-peer-transfer`) and uploads the rest
+itself. `deliver()` streams one
 planned transfer and turns its outcome into what happens next:
 
 - delivered (OK or ALREADY_EXISTS): the caller deletes the local segments;
@@ -51,6 +52,9 @@ class TransferConfig:
     """Transfers in flight at once."""
     in_doubt_wait: float = 600.0
     """Seconds a transfer in doubt keeps going to its peer before its segments are uploaded here."""
+    disabled: bool = False
+    """Plan no transfer: every segment is uploaded here (`--disable-peer-transfer`). A transfer in
+    doubt from before still goes to its peer (the uploader's record), so that it is stored once."""
 
 
 class Router:
@@ -87,6 +91,9 @@ class Router:
     def plan(self, segments: Sequence[SegmentInfo], busy: set[str]) -> tuple[list[PlannedTransfer],
                                                                             list[SegmentInfo]]:
         """The transfers to start now and the segments left to upload here (blocking: stat)."""
+        if self.config.disabled:
+            self.queued = 0
+            return [], list(segments)
         ring = self.view.ring()
         transfers, rest = plan_transfers(segments, ring.owner, self.view.self_name, self._ages(segments),
                                          self.config.max_size, self.config.max_age, busy, self._excluded)

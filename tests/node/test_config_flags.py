@@ -22,9 +22,29 @@ def parser() -> argparse.ArgumentParser:
 
 
 def test_every_field_is_a_flag_and_every_flag_a_field() -> None:
+    """Each option is a field, one of its aliases (adx-mon's names), a switch that sets a field, or
+    one of adx-mon's flags that mean nothing here; and each of those is an option."""
     options = {o[2:].replace("-", "_") for a in parser()._actions for o in a.option_strings if o.startswith("--")}
     fields = {f.name for f in dataclasses.fields(config.NodeConfig)}
-    assert options - {"help"} == fields
+    specs = [f.metadata["flag"] for f in dataclasses.fields(config.NodeConfig)]
+    aliases = {a.replace("-", "_") for s in specs for a in s.aliases}
+    switches = {s.switch.name.replace("-", "_") for s in specs if s.switch is not None}
+    adxmon_only = {x.name.replace("-", "_") for x in config.ADXMON_ONLY}
+    assert options - {"help"} == fields | aliases | switches | adxmon_only
+    assert not fields & (aliases | switches | adxmon_only) and not aliases & adxmon_only
+
+
+def test_an_alias_is_one_option_with_its_field_and_one_variable() -> None:
+    """`--hostname` is `--node-name`'s own option (one line of help), and INGESTOR_HOSTNAME its
+    variable; two names of one flag in the environment that disagree are a usage error."""
+    action = next(a for a in parser()._actions if "--node-name" in a.option_strings)
+    assert action.option_strings == ["--node-name", "--hostname"] and action.dest == "node_name"
+    assert config.parse(["--storage-dir", "/x"], env={"INGESTOR_HOSTNAME": "h-1"}).node_name == "h-1"
+    assert config.parse(["--storage-dir", "/x", "--node-name", "n"], env={"INGESTOR_HOSTNAME": "h-1"}).node_name == "n"
+    same = {"INGESTOR_HOSTNAME": "h-1", "INGESTOR_NODE_NAME": "h-1"}
+    assert config.parse(["--storage-dir", "/x"], env=same).node_name == "h-1"
+    with pytest.raises(SystemExit):
+        config.parse(["--storage-dir", "/x"], env={**same, "INGESTOR_NODE_NAME": "other"})
 
 
 def test_components_defaults_are_the_nodes_defaults(tmp_path: Path) -> None:
@@ -46,7 +66,7 @@ def test_table_names_take_150_characters_and_databases_64(tmp_path: Path) -> Non
     assert config.parse([*base, "--default-traces-table", "T" * 150], env={}).default_traces_table == "T" * 150
     assert config.parse([*base, "--default-logs-database", "D" * 64], env={}).default_logs_database == "D" * 64
     for flag, value in (("--default-logs-table", "T" * 151), ("--default-logs-database", "D" * 65),
-                        ("--default-metrics-database", "a_b"), ("--default-traces-table", "../x")):
+                        ("--default-metrics-database", "a__b"), ("--default-traces-table", "../x")):
         with pytest.raises(SystemExit):
             config.parse([*base, flag, value], env={})
 
