@@ -4,7 +4,12 @@ It serves, as JSON, what the node's shutdown watcher and the operator use with t
 `kubernetes` client: pods (get, list with a label selector, create, merge patch, delete), nodes,
 StatefulSets with the `scale` subresource, the `Ingestor` custom resource with its `status`
 subresource, `metrics.k8s.io` NodeMetrics, and events. Objects carry a resourceVersion; a write
-that names a stale one gets 409 Conflict. Lists can be watched (`?watch=1`): JSON lines of
+that names a stale one gets 409 Conflict. Workloads and custom resources carry a generation, moved
+by a change of anything but metadata and status. Patches are merge patches, and strategic merge
+patches as far as `strategic_merge` goes. Once a CRD is stored (kubectl apply of
+deploy/base/crd.yaml), the writes of its resources over HTTP are admitted as the API server
+admits them (`tests/deploy/schema.py`: defaults, unknown fields, the schema; 422 Invalid);
+`put` stores as it is told. Lists can be watched (`?watch=1`): JSON lines of
 ADDED / MODIFIED / DELETED events from a resourceVersion, until `timeoutSeconds`; a version older
 than the kept history (`history` events) gets an ERROR event with a 410 Status, as a real server
 does. Not served: field selectors, other kinds.
@@ -67,6 +72,8 @@ _BY_KEY = {r.key: r for r in RESOURCES}
 _BY_PATH = {(r.group, r.version, r.plural): r for r in RESOURCES}
 _KINDS = {r.key: (r.api_version, r.kind) for r in RESOURCES}
 _WITH_STATUS = {r.key for r in RESOURCES if "status" in r.subresources}
+_GENERATIONS = {r.key for r in RESOURCES if "status" in r.subresources and r.group}
+"""Kinds whose metadata.generation the server keeps (workloads and custom resources)."""
 _PATH = re.compile(r"^/(?:api/(?P<core>v1)|apis/(?P<group>[^/]+)/(?P<version>[^/]+))"
                    r"(?:/namespaces/(?P<ns>[^/]+))?/(?P<plural>[^/]+)(?:/(?P<name>[^/]+)(?:/(?P<sub>[^/]+))?)?$")
 
@@ -128,6 +135,38 @@ def merge(base: Any, patch: Any) -> Any:
     return out
 
 
+def _named(items: Any) -> bool:
+    return isinstance(items, list) and all(isinstance(i, dict) and "name" in i for i in items)
+
+
+def strategic_merge(base: Any, patch: Any) -> Any:
+    """A strategic merge patch, as far as the tests use one: a merge patch in which lists of
+    objects that all have a `name` (containers, env, volumes...) are merged element by element by
+    name (an element of the patch changes the base's of its name, or is appended), and the `$`
+    directives (`$setElementOrder/...`, `$retainKeys`, `$patch`) are dropped. Other lists are
+    replaced, as with a merge patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = dict(base) if isinstance(base, dict) else {}
+    for k, v in patch.items():
+        if k.startswith("$"):
+            continue
+        if v is None:
+            out.pop(k, None)
+        elif _named(v) and _named(out.get(k)):
+            merged = [copy.deepcopy(i) for i in out[k]]
+            for item in v:
+                at = next((n for n, old in enumerate(merged) if old["name"] == item["name"]), None)
+                if at is None:
+                    merged.append(strategic_merge({}, item))
+                else:
+                    merged[at] = strategic_merge(merged[at], item)
+            out[k] = merged
+        else:
+            out[k] = strategic_merge(out.get(k), v)
+    return out
+
+
 class FakeKubeApi:
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -168,7 +207,7 @@ class FakeKubeApi:
                         self.wfile.flush()
                     return
                 code, body = server.handle(method, path, params, self._body() if method in ("POST", "PATCH", "PUT")
-                                           else None)
+                                           else None, self.headers.get("Content-Type") or "")
                 self._send(code, body)
 
             def do_GET(self) -> None:
@@ -228,6 +267,11 @@ class FakeKubeApi:
         key = (kind, meta.get("namespace", ""), meta["name"])
         old = self._objects.get(key)
         meta.setdefault("uid", old["metadata"]["uid"] if old else str(uuid.uuid4()))
+        if kind in _GENERATIONS:  # moved by a change of anything but metadata and status
+            before = int((old or {}).get("metadata", {}).get("generation") or 0)
+            changed = old is None or {k: v for k, v in obj.items() if k not in ("metadata", "status")} != \
+                {k: v for k, v in old.items() if k not in ("metadata", "status")}
+            meta["generation"] = before + 1 if changed else before
         meta.setdefault("creationTimestamp", "2026-11-24T00:00:00Z")
         rv = next(self._rv)
         meta["resourceVersion"] = str(rv)
@@ -303,7 +347,32 @@ class FakeKubeApi:
         return code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason,
                       "message": message, "code": code}
 
-    def handle(self, method: str, path: str, params: dict[str, str], body: Any) -> tuple[int, Any]:
+    def _admit(self, res: Resource, obj: dict[str, Any], params: dict[str, str]) -> tuple[dict[str, Any],
+                                                                                          tuple[int, Any] | None]:
+        """A custom resource as the API server admits it once its CRD is stored (called with the
+        lock held): defaults, unknown fields pruned (refused under `fieldValidation=Strict`), and
+        validated against the CRD's schema (`tests/deploy/schema.py`). (object, None) or (_, error)."""
+        crd = self._objects.get(("customresourcedefinitions", "", f"{res.plural}.{res.group}"))
+        if crd is None or not res.group or "." not in res.group:
+            return obj, None
+        from tests.deploy.schema import admit, version_schema
+
+        try:
+            schema = version_schema(crd, res.version)
+        except ValueError:
+            return obj, self._status(404, "NotFound", f"{res.plural}.{res.group} serves no version {res.version}")
+        strict = params.get("fieldValidation") == "Strict"
+        stored, problems = admit(schema, obj, strict=strict)
+        name = f'{res.kind}.{res.group} "{obj.get("metadata", {}).get("name")}"'
+        if problems and strict and all("unknown field" in p for p in problems):
+            return obj, self._status(400, "BadRequest", f"{name}: strict decoding error: "
+                                                        + ", ".join(p.split(": ", 1)[1] for p in problems))
+        if problems:
+            return obj, self._status(422, "Invalid", f"{name} is invalid: " + ", ".join(problems))
+        return stored, None
+
+    def handle(self, method: str, path: str, params: dict[str, str], body: Any,
+               content_type: str = "") -> tuple[int, Any]:
         if method == "GET" and (doc := discovery(path)) is not None:
             return 200, doc
         found = route(path)
@@ -329,6 +398,9 @@ class FakeKubeApi:
                         meta["namespace"] = ns
                     if (kind, ns, meta["name"]) in self._objects:
                         return self._status(409, "AlreadyExists", f"{kind} {meta['name']} already exists")
+                    body, refused = self._admit(res, body, params)
+                    if refused is not None:
+                        return refused
                     return 201, self._store(kind, body)
                 return self._status(405, "MethodNotAllowed", method)
             key = (kind, ns, name)
@@ -352,11 +424,15 @@ class FakeKubeApi:
                         {**obj, "status": body.get("status")}
                 else:
                     body = {k: v for k, v in body.items() if not (k == "status" and kind in _WITH_STATUS)}
-                    new = merge(obj, body) if method == "PATCH" else {**body, "status": obj.get("status")}
+                    patch = strategic_merge if "strategic-merge-patch" in content_type else merge
+                    new = patch(obj, body) if method == "PATCH" else {**body, "status": obj.get("status")}
                     new.setdefault("metadata", {})["name"] = name
                     if res.namespaced:
                         new["metadata"]["namespace"] = ns
                     new["metadata"].pop("resourceVersion", None)
+                new, refused = self._admit(res, new, params)
+                if refused is not None:
+                    return refused
                 stored = self._store(kind, new)
                 return 200, self._view(stored, sub)
             return self._status(405, "MethodNotAllowed", method)

@@ -29,7 +29,11 @@ Decisions where cluster.md is silent (each is a row of the tests):
   (`lastScaleTime` absent), no action is taken until the samples span half a window: a new
   resource is not scaled on one sample. Afterwards the interval rule (3) applies, and
   `lastScaleTime` lives in the resource's status, so a restarted operator keeps it.
-- Disabled: the operator keeps `spec.replicas` on the StatefulSet, and records `None`.
+- Disabled: the operator keeps `spec.replicas` on the StatefulSet, and records `None`. Disabled
+  and `spec.replicas` not set (an adx-mon resource may leave it out; adx-mon's operator would make
+  it 1): the StatefulSet's replicas are left as they are.
+- `spec.replicas` not set and autoscaling on: `minReplicas` and `maxReplicas` must both be given
+  (they default to `spec.replicas` otherwise); the autoscaler decides within them.
 """
 
 from __future__ import annotations
@@ -94,13 +98,16 @@ def _bool(value: Any, what: str) -> bool:
 def parse_spec(resource: Mapping[str, Any]) -> AutoscalerSpec:
     """The autoscaler spec of a whole `Ingestor` object; ValueError says what is wrong."""
     spec = resource.get("spec") or {}
-    replicas = _int(spec.get("replicas", 1), "spec.replicas", 1)
+    replicas = None if spec.get("replicas") is None else _int(spec["replicas"], "spec.replicas", 1)
     a = spec.get("autoscaler") or {}
     p = "spec.autoscaler."
+    enabled = _bool(a.get("enabled", False), p + "enabled")
+    if replicas is None and enabled and (a.get("minReplicas") is None or a.get("maxReplicas") is None):
+        raise ValueError(f"{p}minReplicas and {p}maxReplicas are required when spec.replicas is not set")
     out = AutoscalerSpec(
-        enabled=_bool(a.get("enabled", False), p + "enabled"),
-        min_replicas=_int(a.get("minReplicas", replicas), p + "minReplicas", 1),
-        max_replicas=_int(a.get("maxReplicas", replicas), p + "maxReplicas", 1),
+        enabled=enabled,
+        min_replicas=_int(a.get("minReplicas", replicas or 1), p + "minReplicas", 1),
+        max_replicas=_int(a.get("maxReplicas", replicas or 1), p + "maxReplicas", 1),
         scale_up_cpu_threshold=_percent(a.get("scaleUpCPUThreshold", 70), p + "scaleUpCPUThreshold"),
         scale_down_cpu_threshold=_percent(a.get("scaleDownCPUThreshold", 40), p + "scaleDownCPUThreshold"),
         scale_interval=_duration(a.get("scaleInterval", "5m"), p + "scaleInterval"),
@@ -140,7 +147,8 @@ class PodState:
 @dataclass(frozen=True)
 class Observed:
     now: float
-    spec_replicas: int
+    spec_replicas: int | None
+    """`spec.replicas`; None when not set (adx-mon's resources may leave it out)."""
     statefulset: StatefulSetState | None
     cpu_percent: float | None
     """This cycle's sample: mean CPU utilisation (%) of the nodes hosting the pods; None: unavailable."""
@@ -191,6 +199,9 @@ def decide(spec: AutoscalerSpec, observed: Observed) -> Decision:
 
     sts = observed.statefulset
     if not spec.enabled:
+        if observed.spec_replicas is None:
+            held = f": the StatefulSet's {sts.spec_replicas} replicas are left as they are" if sts is not None else ""
+            return result("None", f"autoscaling disabled and spec.replicas not set{held}")
         if sts is not None and sts.spec_replicas != observed.spec_replicas:
             return result("None", f"autoscaling disabled: keeping spec.replicas {observed.spec_replicas} "
                                   f"(the StatefulSet had {sts.spec_replicas})", replicas=observed.spec_replicas)

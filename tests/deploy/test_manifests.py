@@ -148,7 +148,8 @@ def test_rbac_grants_what_the_node_and_the_operator_use_and_no_more() -> None:
                     ("apps", "statefulsets", "get")}
     operator = grants(find("ClusterRole", "ingestor-operator")["rules"])
     needed = {("adx-mon.azure.com", "ingestors", "list"), ("adx-mon.azure.com", "ingestors/status", "patch"),
-              ("apps", "statefulsets", "get"), ("apps", "statefulsets/scale", "patch"), ("", "pods", "list"),
+              ("apps", "statefulsets", "get"), ("apps", "statefulsets", "patch"),
+              ("apps", "statefulsets/scale", "patch"), ("", "pods", "list"),
               ("", "pods", "patch"), ("", "nodes", "get"), ("metrics.k8s.io", "nodes", "list"),
               ("", "events", "create")}
     assert needed <= operator
