@@ -70,10 +70,10 @@ def unknown_fields(schema: Schema, obj: Any, path: str = "", root: bool = True) 
         extra = schema.get("additionalProperties")
         keep = schema.get("x-kubernetes-preserve-unknown-fields") is True
         for key, value in obj.items():
+            if root and key in ROOT_FIELDS:  # ObjectMeta and the type: the server's, whatever the schema says
+                continue
             if key in props:
                 out += unknown_fields(props[key], value, _path(path, key), False)
-            elif root and key in ROOT_FIELDS:
-                continue
             elif isinstance(extra, dict):
                 out += unknown_fields(extra, value, _path(path, key), False)
             elif not keep and extra is not True:
