@@ -113,6 +113,8 @@ def test_a_reused_adxmon_volume_loses_nothing(tmp_path: Path) -> None:
     quarantined = [line for line in log.splitlines() if "WARNING" in line and vol.bad in line]
     assert len(quarantined) == 1 and str(vol.root / "quarantine") in quarantined[0], log
     assert (vol.root / "quarantine" / vol.bad).read_bytes() == vol.bad_bytes
+    alone = [line for line in log.splitlines() if "left alone" in line]
+    assert len(alone) == 1 and " INFO " in alone[0] and all(n in alone[0] for n in vol.left_alone), log
     assert root_files(vol.root) == vol.left_alone  # every segment gone from the root, the rest untouched
     assert values(vol.root, "Cpu") == vol.values["Cpu"] and values(vol.root, "Mem") == vol.values["Mem"]
 
