@@ -1,9 +1,29 @@
 """The ClickHouse SQL that both ClickHouse sinks share: column types, table DDL, error classes,
 and the deduplicated delivery of one batch over any connection (network server or embedded chdb).
 
-Tables: one `MergeTree` per (database, table), created on first use from the batch's schema, with
-`ORDER BY` its first `datetime` column. Columns follow `CLICKHOUSE_TYPES`; a column the table lacks
-is added (like ADX's `.create-merge table`), a column whose type conflicts is a PermanentSinkError.
+Tables: one `MergeTree` per (database, table), created on first use from the batch's schema.
+Columns follow `CLICKHOUSE_TYPES`; a column the table lacks is added (like ADX's `.create-merge
+table`), a column whose type cannot take the batch's values is a PermanentSinkError. Two layouts:
+
+    layout   made by               engine
+    -------  --------------------  ----------------------------------------------------------------
+    ADXMON   the ClickHouse sink   as adx-mon's uploader: PARTITION BY toYYYYMMDD(Timestamp)
+                                   ORDER BY (SeriesId, Timestamp) with both columns, (Timestamp)
+                                   with one; else as LOCAL; SETTINGS index_granularity = 8192
+    LOCAL    the local sink        ORDER BY the first datetime column
+
+Columns are the same in both (SeriesId a signed Int64, as the rows and ADX have it; adx-mon makes
+it UInt64, docs/sinks.md says why this sink does not).
+
+With ADXMON, each database also gets what adx-mon's uploader creates when it opens
+(`ensure_adxmon_tables`): `adxmon_schema_versions` (one row per table and schema, written when the
+sink first uses them) and the empty default tables `metrics_samples` and `otel_logs`.
+
+A table that exists is used as it is when its columns can take the batch's values (`compatible`):
+any column type of adx-mon's (`SeriesId UInt64`, `DateTime64(3)`, `String` for anything) as well
+as ours. A signed `long` into an unsigned column is its two's complement (`-1` -> 2**64 - 1: the
+xxhash64 a SeriesId is, unsigned, as adx-mon reads it), by `unsigned` for text and by the native
+sink's converters for values.
 
 Exactly-once delivery, chosen by what the server has (`detect_features`, not by version number):
 
@@ -39,17 +59,23 @@ knows is asked once, with the features.
 
 from __future__ import annotations
 
+import csv
+import enum
 import hashlib
+import io
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import xxhash
+
 from node.errors import InvalidNameError, PermanentSinkError, SinkError
 from node.names import COLUMN_RE, MAX_COLUMN_LEN, validate_name
+from node.rows.csvtext import field
 from node.sinks.base import CLICKHOUSE_TYPES, Batch
-from node.wal.names import Schema
+from node.wal.names import Schema, parse_filename
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +161,9 @@ class Features:
     """Both `insert_deduplication_token` and the MergeTree `non_replicated_deduplication_window`."""
     csv_settings: frozenset[str] = frozenset(CSV_SETTINGS)
     """The names in CSV_SETTINGS that the server knows."""
+    partitions_setting: bool = True
+    """The server knows `max_partitions_per_insert_block` (sent as 0 into partitioned tables: a batch
+    spanning more than 100 days must not fail for ever)."""
 
     def insert_settings(self) -> dict[str, str]:
         """The CSV_SETTINGS this server knows, with their values."""
@@ -148,14 +177,15 @@ FEATURES_SQL = (
     " (SELECT count() FROM system.settings WHERE name = 'insert_deduplication_token')"
     " * (SELECT count() FROM system.merge_tree_settings WHERE name = 'non_replicated_deduplication_window'),"
     " (SELECT arrayStringConcat(groupArray(name), ',') FROM system.settings WHERE name IN ("
-    + ", ".join(f"'{name}'" for name in CSV_SETTINGS) + "))"
+    + ", ".join(f"'{name}'" for name in CSV_SETTINGS) + ")),"
+    " (SELECT count() FROM system.settings WHERE name = 'max_partitions_per_insert_block')"
 )
 
 
 def detect_features(conn: Conn) -> Features:
     row = conn.query(FEATURES_SQL)[0]
     known = frozenset(row[4].split(",")) & frozenset(CSV_SETTINGS)
-    return Features(row[0], row[1] != "0", row[2] != "0", row[3] != "0", known)
+    return Features(row[0], row[1] != "0", row[2] != "0", row[3] != "0", known, row[5] != "0")
 
 
 class Conn(Protocol):
@@ -219,8 +249,23 @@ def literal(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def column_type(adx_type: str, features: Features) -> str:
-    """The ClickHouse type of a new column of ADX type `adx_type` on a server with `features`."""
+class Layout(enum.Enum):
+    """How the tables a sink creates are laid out (the module docstring)."""
+
+    LOCAL = "local"
+    ADXMON = "adx-mon"
+
+
+ADXMON_TYPES = {"SeriesId": "UInt64"}
+"""Columns whose ClickHouse type adx-mon's uploader sets by name, whatever their ADX type. Used for
+adx-mon's own default tables only: the sink's tables keep SeriesId a signed Int64 (docs/sinks.md)."""
+
+
+def column_type(adx_type: str, features: Features, name: str = "", by_name: Mapping[str, str] | None = None) -> str:
+    """The ClickHouse type of a new column `name` of ADX type `adx_type` on a server with
+    `features`; `by_name`: types that columns of these names get whatever their ADX type."""
+    if by_name and name in by_name:
+        return by_name[name]
     ch = CLICKHOUSE_TYPES.get(adx_type)
     if ch is None:
         raise PermanentSinkError(f"unknown column type {adx_type!r}")
@@ -242,20 +287,33 @@ def base_type(ch_type: str) -> str:
             return ch_type
 
 
+_COMPATIBLE = {
+    "datetime": ("DateTime",),
+    "long": ("Int64", "UInt64"),
+    "int": ("Int32", "Int64", "UInt32", "UInt64"),
+    "real": ("Float64", "Float32"),
+    "decimal": ("Float64", "Float32"),
+    "bool": ("Bool", "UInt8"),
+}
+
+
 def compatible(adx_type: str, ch_type: str) -> bool:
-    """Whether an existing column of `ch_type` can take values of `adx_type` as the node writes them."""
+    """Whether an existing column of `ch_type` can take values of `adx_type` as the node writes them:
+    its own type, one adx-mon creates for it (`UInt64` for a `long` SeriesId, `DateTime64(3)`), or
+    `String`, which takes any value as its text (adx-mon makes `dynamic`, `bool`, `decimal` and
+    unknown types `String`). A signed value into an unsigned column is its two's complement."""
     b = base_type(ch_type)
+    if b == "String":
+        return True
     if adx_type == "datetime":
         return b.startswith("DateTime")
-    if adx_type == "long":
-        return b == "Int64"
-    if adx_type == "int":
-        return b in ("Int32", "Int64")
-    if adx_type in ("real", "decimal"):
-        return b in ("Float64", "Float32")
-    if adx_type == "bool":
-        return b in ("Bool", "UInt8")
-    return b == "String"
+    return b in _COMPATIBLE.get(adx_type, ())
+
+
+def unsigned_bits(ch_type: str) -> int:
+    """The width of an unsigned integer column type (`UInt64` -> 64), 0 for any other type."""
+    b = base_type(ch_type)
+    return int(b[4:]) if b.startswith("UInt") and b[4:].isdigit() else 0
 
 
 def order_by(schema: Schema) -> str:
@@ -265,15 +323,27 @@ def order_by(schema: Schema) -> str:
     return "tuple()"
 
 
+def engine(schema: Schema, layout: Layout = Layout.LOCAL) -> str:
+    """The ENGINE clause (without SETTINGS) of a new table of `schema`."""
+    names = {name for name, _ in schema}
+    if layout is Layout.ADXMON and "Timestamp" in names:
+        # adx-mon's uploader (ingestor/clickhouse/syncer.go): a partition per day, ordered by series.
+        key = "(`SeriesId`, `Timestamp`)" if "SeriesId" in names else "(`Timestamp`)"
+        return f"ENGINE = MergeTree PARTITION BY toYYYYMMDD(`Timestamp`) ORDER BY {key}"
+    return f"ENGINE = MergeTree() ORDER BY {order_by(schema)}"
+
+
 def create_table_sql(database: str, table: str, schema: Schema, features: Features,
-                     dedup_window: int = DEFAULT_DEDUP_WINDOW, table_settings: Mapping[str, str] | None = None) -> str:
-    """`table_settings`: more MergeTree settings (names and values the caller vouches for)."""
-    cols = ", ".join(f"{column(c)} {column_type(t, features)}" for c, t in schema)
-    pairs = [f"non_replicated_deduplication_window = {int(dedup_window)}"] if features.dedup_token else []
+                     dedup_window: int = DEFAULT_DEDUP_WINDOW, table_settings: Mapping[str, str] | None = None,
+                     layout: Layout = Layout.LOCAL, by_name: Mapping[str, str] | None = None) -> str:
+    """`table_settings`: more MergeTree settings (names and values the caller vouches for);
+    `by_name`: column types by column name (`column_type`)."""
+    cols = ", ".join(f"{column(c)} {column_type(t, features, c, by_name)}" for c, t in schema)
+    pairs = ["index_granularity = 8192"] if layout is Layout.ADXMON else []
+    pairs += [f"non_replicated_deduplication_window = {int(dedup_window)}"] if features.dedup_token else []
     pairs += [f"{k} = {v}" for k, v in (table_settings or {}).items()]
     settings = f" SETTINGS {', '.join(pairs)}" if pairs else ""
-    return (f"CREATE TABLE IF NOT EXISTS {ident(database)}.{ident(table)} ({cols}) "
-            f"ENGINE = MergeTree() ORDER BY {order_by(schema)}{settings}")
+    return f"CREATE TABLE IF NOT EXISTS {ident(database)}.{ident(table)} ({cols}) {engine(schema, layout)}{settings}"
 
 
 def table_columns(conn: Conn, database: str, table: str) -> dict[str, str]:
@@ -283,7 +353,8 @@ def table_columns(conn: Conn, database: str, table: str) -> dict[str, str]:
 
 def ensure_table(conn: Conn, features: Features, database: str, table: str, schema: Schema,
                  dedup_window: int = DEFAULT_DEDUP_WINDOW,
-                 table_settings: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+                 table_settings: Mapping[str, str] | None = None,
+                 layout: Layout = Layout.LOCAL) -> list[tuple[str, str]]:
     """Create the database and table if missing, add missing columns; return the batch's columns as
     ((name, the table's ClickHouse type), ...). A conflicting column type is a PermanentSinkError."""
     ident(database), ident(table)
@@ -292,11 +363,11 @@ def ensure_table(conn: Conn, features: Features, database: str, table: str, sche
     existing = table_columns(conn, database, table)
     if not existing:
         conn.command(f"CREATE DATABASE IF NOT EXISTS {ident(database)}")
-        conn.command(create_table_sql(database, table, schema, features, dedup_window, table_settings))
+        conn.command(create_table_sql(database, table, schema, features, dedup_window, table_settings, layout))
         existing = table_columns(conn, database, table)
     elif features.dedup_token:
-        engine = conn.query(f"SELECT engine_full FROM system.tables WHERE database = '{database}' AND name = '{table}'")
-        text = engine[0][0] if engine else ""
+        found = conn.query(f"SELECT engine_full FROM system.tables WHERE database = '{database}' AND name = '{table}'")
+        text = found[0][0] if found else ""
         if not text.startswith("Replicated") and "non_replicated_deduplication_window" not in text:
             log.warning("table %s.%s was not created by the sink and has no non_replicated_deduplication_window: "
                         "a retried batch can double its rows", database, table)
@@ -317,6 +388,99 @@ def ensure_table(conn: Conn, features: Features, database: str, table: str, sche
     return [(c, existing[c]) for c, _ in schema]
 
 
+SCHEMA_VERSIONS_TABLE = "adxmon_schema_versions"
+"""adx-mon's record of the tables it made: one row per (table, schema id), ReplacingMergeTree."""
+ADXMON_DEFAULT_TABLES: dict[str, Schema] = {
+    "metrics_samples": (("Timestamp", "datetime"), ("SeriesId", "long"), ("Labels", "dynamic"), ("Value", "real")),
+    "otel_logs": (("Timestamp", "datetime"), ("ObservedTimestamp", "datetime"), ("TraceId", "string"),
+                  ("SpanId", "string"), ("SeverityText", "string"), ("SeverityNumber", "int"), ("Body", "dynamic"),
+                  ("Resource", "dynamic"), ("Attributes", "dynamic")),
+}
+"""The tables adx-mon's uploader creates in each of its databases when it opens (they stay empty
+there too: rows go to one table per metric or `kusto.table`)."""
+
+
+def ensure_adxmon_tables(conn: Conn, features: Features, database: str,
+                         dedup_window: int = DEFAULT_DEDUP_WINDOW) -> None:
+    """What adx-mon's uploader creates in `database` when it opens: `adxmon_schema_versions` and
+    its default tables."""
+    conn.command(f"CREATE DATABASE IF NOT EXISTS {ident(database)}")
+    conn.command(f"CREATE TABLE IF NOT EXISTS {ident(database)}.{quote(SCHEMA_VERSIONS_TABLE)} (`Table` String, "
+                 "`SchemaID` String, `Version` UInt64, `Header` String, `UpdatedAt` DateTime) "
+                 "ENGINE = ReplacingMergeTree(`UpdatedAt`) ORDER BY (`Table`, `SchemaID`)")
+    for table, schema in ADXMON_DEFAULT_TABLES.items():
+        if not table_columns(conn, database, table):
+            conn.command(create_table_sql(database, table, schema, features, dedup_window, layout=Layout.ADXMON,
+                                          by_name=ADXMON_TYPES))
+        record_schema_version(conn, database, table, "", list(table_columns(conn, database, table).items()))
+
+
+def schema_signature(columns: Sequence[tuple[str, str]]) -> tuple[str, int]:
+    """adx-mon's `Header` (`Name:Type,...`) and `Version` (xxhash64 of `Name|Type|...`) of a table's columns."""
+    h = xxhash.xxh64()
+    for name, ch_type in columns:
+        h.update(f"{name}|{ch_type}|".encode())
+    return ",".join(f"{n}:{t}" for n, t in columns), h.intdigest()
+
+
+def record_schema_version(conn: Conn, database: str, table: str, schema_id: str,
+                          columns: Sequence[tuple[str, str]]) -> None:
+    """A row of `adxmon_schema_versions`, as adx-mon writes one when it ensures a table."""
+    header, version = schema_signature(columns)
+    conn.command(f"INSERT INTO {ident(database)}.{quote(SCHEMA_VERSIONS_TABLE)} (`Table`, `SchemaID`, `Version`, "
+                 f"`Header`, `UpdatedAt`) SELECT {literal(table)}, {literal(schema_id or 'default')}, {version}, "
+                 f"{literal(header)}, now()")
+
+
+_FIELD = rb'(?:"[^"]*(?:""[^"]*)*"|[^,"\r\n]*)'
+
+
+def unsigned_text(chunks: Iterable[bytes], columns: Sequence[tuple[str, str]]) -> Iterator[bytes]:
+    """`chunks` of CSV rows (whole rows each) with every negative integer in a column of an unsigned
+    type written as its two's complement (`-1` into UInt64 -> `18446744073709551615`): ClickHouse's
+    text formats refuse a `-` for an unsigned column. Chunks pass as they are when no such column
+    exists. Each row is matched whole by one regular expression (~80 MB/s); a chunk the rows do not
+    tile exactly (never seen: the node writes RFC 4180 rows) is converted by Python's csv instead."""
+    targets = {i: unsigned_bits(t) for i, (_, t) in enumerate(columns) if unsigned_bits(t)}
+    if not targets:
+        yield from chunks
+        return
+    width = len(columns)
+    groups = "".join(f"({_FIELD.decode()})" + ("," if i < width - 1 else "") for i in range(width))
+    row = re.compile((groups + r"\r?\n").encode())
+
+    def fix(m: re.Match[bytes]) -> bytes:
+        fields = list(m.groups())
+        changed = False
+        for i, bits in targets.items():
+            v = fields[i]
+            if v.startswith(b"-") and v[1:].isdigit():
+                fields[i] = str(int(v) % (1 << bits)).encode()
+                changed = True
+        return b",".join(fields) + b"\n" if changed else m.group(0)
+
+    for chunk in chunks:
+        covered = 0
+
+        def counted(m: re.Match[bytes]) -> bytes:
+            nonlocal covered
+            covered += m.end() - m.start()
+            return fix(m)
+
+        out = row.sub(counted, chunk)
+        yield out if covered == len(chunk) else _unsigned_by_csv(chunk, targets)
+
+
+def _unsigned_by_csv(chunk: bytes, targets: Mapping[int, int]) -> bytes:
+    out = io.StringIO()
+    for fields in csv.reader(io.StringIO(chunk.decode("utf-8", "replace"), newline="")):
+        for i, bits in targets.items():
+            if i < len(fields) and fields[i].startswith("-") and fields[i][1:].isdigit():
+                fields[i] = str(int(fields[i]) % (1 << bits))
+        out.write(",".join(field(f) for f in fields) + "\n")
+    return out.getvalue().encode()
+
+
 def dedup_token(batch: Batch) -> str:
     """The idempotency key of a batch on the server: short, and the same for every retry."""
     return "ingestor-" + hashlib.sha256(batch.id.encode()).hexdigest()[:40]
@@ -330,17 +494,22 @@ class TableCache:
         self.columns: dict[tuple[str, str, Schema], list[tuple[str, str]]] = {}
         self.ledgers: set[str] = set()
         self.features: Features | None = None
+        self.adxmon: set[str] = set()
+        """Databases where adx-mon's own tables were ensured (Layout.ADXMON)."""
 
     def forget(self, database: str, table: str) -> None:
         for key in [k for k in self.columns if k[0] == database and k[1] == table]:
             self.columns.pop(key, None)
         self.ledgers.discard(database)
+        self.adxmon.discard(database)
 
 
 def deliver(conn: Conn, cache: TableCache, database: str, batch: Batch,
-            dedup_window: int = DEFAULT_DEDUP_WINDOW, table_settings: Mapping[str, str] | None = None) -> bool:
+            dedup_window: int = DEFAULT_DEDUP_WINDOW, table_settings: Mapping[str, str] | None = None,
+            layout: Layout = Layout.LOCAL) -> bool:
     """Insert every row of `batch` into `database`.`batch.table` exactly once (see the module
-    docstring); return False when the server already had the batch (ledger servers only)."""
+    docstring), creating what is missing in `layout`; return False when the server already had the
+    batch (ledger servers only)."""
     schema = batch.read_schema()
     if not schema:
         raise PermanentSinkError(f"batch {batch.id} has no schema line: cannot map its columns")
@@ -352,12 +521,20 @@ def deliver(conn: Conn, cache: TableCache, database: str, batch: Batch,
                  ", ".join(sorted(set(CSV_SETTINGS) - cache.features.csv_settings)) or "none")
     features = cache.features
     try:
+        if layout is Layout.ADXMON and database not in cache.adxmon:
+            ensure_adxmon_tables(conn, features, database, dedup_window)
+            cache.adxmon.add(database)
         key = (database, table, schema)
         columns = cache.columns.get(key)
         if columns is None:
-            columns = cache.columns[key] = ensure_table(conn, features, database, table, schema, dedup_window,
-                                                        table_settings)
+            columns = ensure_table(conn, features, database, table, schema, dedup_window, table_settings, layout)
+            if layout is Layout.ADXMON:
+                record_schema_version(conn, database, table, parse_filename(batch.segments[0].path.name).schema or "",
+                                      columns)
+            cache.columns[key] = columns
         base = {"date_time_input_format": "best_effort", "insert_deduplicate": "1", **features.insert_settings()}
+        if layout is Layout.ADXMON and features.partitions_setting:
+            base["max_partitions_per_insert_block"] = "0"
         token = dedup_token(batch)
         if features.dedup_token:
             # async_insert is on by default in new servers (26.x): a batch is big enough to be its
@@ -388,10 +565,18 @@ def _deliver_with_ledger(conn: Conn, cache: TableCache, database: str, table: st
     conn.command(f"DROP TABLE IF EXISTS {stage}")
     conn.command(f"CREATE TABLE {stage} AS {db}.{ident(table)}")
     conn.insert(database, stage_name, columns, batch.iter_csv(), settings)
-    partitions = conn.query(f"SELECT DISTINCT partition_id FROM system.parts WHERE database = '{database}' "
-                            f"AND table = '{stage_name}' AND active")
-    for (partition_id,) in partitions:
+    partitions = conn.query(f"SELECT partition_id, sum(rows) FROM system.parts WHERE database = '{database}' "
+                            f"AND table = '{stage_name}' AND active GROUP BY partition_id ORDER BY partition_id")
+    several = len(partitions) > 1
+    for partition_id, rows in partitions:
+        # A table partitioned by day (Layout.ADXMON) takes a batch one partition at a time: each is
+        # recorded once attached, so a retry after a crash between two attaches skips those done.
+        part_token = f"{token}/{partition_id}"
+        if several and conn.query(f"SELECT count() FROM {ledger} WHERE BatchId = {literal(part_token)}")[0][0] != "0":
+            continue
         conn.command(f"ALTER TABLE {db}.{ident(table)} ATTACH PARTITION ID {literal(partition_id)} FROM {stage}")
+        if several:
+            conn.command(f"INSERT INTO {ledger} SELECT {literal(part_token)}, {literal(table)}, {int(rows)}, now()")
     # The crash window: rows are in, the ledger does not know yet.
     conn.command(f"INSERT INTO {ledger} SELECT '{token}', '{table}', {int(batch.rows)}, now()")
     conn.command(f"DROP TABLE IF EXISTS {stage}")

@@ -1,6 +1,6 @@
 """The ClickHouse sink: batches go to one or more ClickHouse servers per database.
 
-Endpoints are `DB=DSN` strings, DB being the node's database:
+Endpoints are `DB=DSN` strings, DB being the node's database (chdsn.py parses them):
 
     Metrics=clickhouse://user:pass@host:9000/metrics?secure=true   native protocol (TLS with secure)
     Logs=http://user:pass@host:8123/logs                           HTTP
@@ -29,7 +29,6 @@ import dataclasses
 import http.client
 import io
 import logging
-import os
 import re
 import ssl
 import struct
@@ -37,24 +36,27 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import urlencode
 
 from clickhouse_driver import Client  # type: ignore[import-untyped]
 from clickhouse_driver import errors as ch_errors
 
 from node.cache import BoundedCache
 from node.errors import PermanentSinkError, SinkError
-from node.names import MAX_COLUMN_LEN, MAX_DATABASE_LEN, is_valid_name, show
 from node.sinks import chschema
 from node.sinks.base import Batch
-from node.sinks.chschema import Conn, TableCache, base_type, error_from, quote
+from node.sinks.chdsn import Endpoint, parse_dsns, parse_endpoint
+from node.sinks.chschema import Conn, Layout, TableCache, base_type, error_from, quote, unsigned_bits
 from node.sinks.startcheck import START_CHECK_SECONDS, check_all
 
 log = logging.getLogger(__name__)
+
+__all__ = ["ClickHouseConfig", "ClickHouseSink", "Endpoint", "EpochNanos", "HttpConn", "NativeConn", "csv_rows",
+           "one_line", "parse_dsns", "parse_endpoint", "tls_context"]
 
 
 class _DriverLog(logging.Filter):
@@ -78,98 +80,6 @@ def one_line(text: str, limit: int = 2000) -> str:
     over the native protocol, any version with `send_stacktrace`) appends, line breaks made spaces,
     at most `limit` characters."""
     return " ".join(_STACK_TRACE.sub("", text).split())[:limit]
-
-DEFAULT_PORTS = {("clickhouse", False): 9000, ("clickhouse", True): 9440, ("http", False): 8123, ("https", True): 8443}
-_HOST_RE = re.compile(r"[A-Za-z0-9.-]{1,253}|[0-9A-Fa-f:.]{2,45}")
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """One parsed `DB=DSN`."""
-
-    database: str
-    """The node's database whose batches go here."""
-    scheme: str
-    """`clickhouse` (native protocol), `http` or `https`."""
-    host: str
-    port: int
-    target_database: str
-    """The ClickHouse database the tables are created in (the DSN's path; default: `database`)."""
-    user: str = "default"
-    password: str = field(default="", repr=False)
-    secure: bool = False
-    """TLS: `https`, or `secure=true` on a native DSN."""
-
-    @property
-    def native(self) -> bool:
-        return self.scheme == "clickhouse"
-
-    def __str__(self) -> str:
-        tls = "?secure=true" if self.native and self.secure else ""
-        return f"{self.scheme}://{self.user}@{self.host}:{self.port}/{self.target_database}{tls}"
-
-
-def _redact(text: str) -> str:
-    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", text)
-
-
-def parse_endpoint(text: str, env: Mapping[str, str] | None = None) -> Endpoint:
-    """Parse `DB=DSN`; raise ValueError saying what is wrong (the password is never echoed).
-
-    User and password missing from the DSN come from CLICKHOUSE_USER / CLICKHOUSE_PASSWORD in
-    `env` (default: the process environment)."""
-    env = os.environ if env is None else env
-    shown = _redact(text)
-    database, sep, dsn = text.partition("=")
-    if not sep:
-        raise ValueError(f"ClickHouse endpoint {shown!r}: expected DB=DSN")
-    if not is_valid_name(database, MAX_DATABASE_LEN):  # the node's database: the WAL's limit
-        raise ValueError(f"ClickHouse endpoint {shown!r}: database {show(database)} must be 1-{MAX_DATABASE_LEN} of "
-                         "[A-Za-z0-9]")
-    if any(c.isspace() or ord(c) < 32 for c in dsn):
-        raise ValueError(f"ClickHouse endpoint {shown!r}: whitespace or control characters in the DSN")
-    try:
-        url = urlsplit(dsn)
-        port = url.port
-    except ValueError as e:
-        raise ValueError(f"ClickHouse endpoint {shown!r}: {e}") from None
-    scheme = url.scheme.lower()
-    if scheme not in ("clickhouse", "http", "https"):
-        raise ValueError(f"ClickHouse endpoint {shown!r}: scheme must be clickhouse://, http:// or https://")
-    host = url.hostname or ""
-    if _HOST_RE.fullmatch(host) is None:
-        raise ValueError(f"ClickHouse endpoint {shown!r}: missing or invalid host")
-    if url.fragment:
-        raise ValueError(f"ClickHouse endpoint {shown!r}: unexpected #fragment")
-    target = unquote(url.path.removeprefix("/")) or database
-    if not is_valid_name(target):  # ClickHouse's database, never in a file name: the pattern's limit
-        raise ValueError(f"ClickHouse endpoint {shown!r}: ClickHouse database {target[:64]!r} must be "
-                         f"1-{MAX_COLUMN_LEN} of [A-Za-z0-9]")
-    secure = scheme == "https"
-    try:
-        params = parse_qsl(url.query, keep_blank_values=True, strict_parsing=bool(url.query))
-    except ValueError:
-        raise ValueError(f"ClickHouse endpoint {shown!r}: malformed query string") from None
-    for key, value in params:
-        if key != "secure":
-            raise ValueError(f"ClickHouse endpoint {shown!r}: unknown parameter {key!r} (only secure is known)")
-        if scheme != "clickhouse":
-            raise ValueError(f"ClickHouse endpoint {shown!r}: secure= is for clickhouse:// DSNs; use https://")
-        if value.lower() not in _TRUE + _FALSE:
-            raise ValueError(f"ClickHouse endpoint {shown!r}: secure={value!r} is not true or false")
-        secure = value.lower() in _TRUE
-    if port is None:
-        port = DEFAULT_PORTS.get((scheme, secure), 9440 if secure else 9000)
-    user = unquote(url.username) if url.username else env.get("CLICKHOUSE_USER", "default")
-    password = unquote(url.password) if url.password is not None else env.get("CLICKHOUSE_PASSWORD", "")
-    return Endpoint(database, scheme, host, port, target, user, password, secure)
-
-
-def parse_dsns(texts: Iterable[str], env: Mapping[str, str] | None = None) -> tuple[Endpoint, ...]:
-    """Parse every `DB=DSN` (`parse_endpoint`)."""
-    return tuple(parse_endpoint(t, env) for t in texts)
-
 
 @dataclass(frozen=True)
 class ClickHouseConfig:
@@ -218,24 +128,41 @@ class HttpConn:
         token = base64.b64encode(f"{ep.user}:{ep.password}".encode()).decode()
         self._auth = f"Basic {token}"
 
+    def _open(self, timeout: float) -> http.client.HTTPConnection:
+        """A connection to the first of the endpoint's hosts that takes one."""
+        ep = self._ep
+        failures = []
+        for host, port in ep.hosts:
+            conn: http.client.HTTPConnection
+            if ep.secure:
+                conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=self._context)
+            else:
+                conn = http.client.HTTPConnection(host, port, timeout=timeout)
+            try:
+                conn.connect()
+                return conn
+            except OSError as e:
+                conn.close()
+                failures.append(f"{host}:{port}: {e}" if ep.alt_hosts else str(e))
+        raise OSError("; ".join(failures))
+
     def _post(self, params: Mapping[str, str], body: bytes | Iterable[bytes], where: str) -> str:
         ep, cfg = self._ep, self._config
         headers = {"Authorization": self._auth, "Content-Type": "text/plain; charset=UTF-8"}
         chunked = not isinstance(body, bytes)
-        if not isinstance(body, bytes) and cfg.http_compression:
+        if not isinstance(body, bytes) and (cfg.http_compression if ep.compress is None else ep.compress):
             body = _gzip(body)
             headers["Content-Encoding"] = "gzip"
-        conn: http.client.HTTPConnection
-        if ep.secure:
-            conn = http.client.HTTPSConnection(ep.host, ep.port, timeout=cfg.connect_timeout, context=self._context)
-        else:
-            conn = http.client.HTTPConnection(ep.host, ep.port, timeout=cfg.connect_timeout)
+        try:
+            conn = self._open(ep.connect_timeout or cfg.connect_timeout)
+        except OSError as e:
+            raise SinkError(f"{where}: {ep}: {e}") from None
         try:
             try:
-                conn.connect()
                 assert conn.sock is not None
-                conn.sock.settimeout(cfg.timeout)
-                conn.request("POST", "/?" + urlencode(params), body=body, headers=headers, encode_chunked=chunked)
+                conn.sock.settimeout(ep.timeout or cfg.timeout)
+                conn.request("POST", f"{ep.http_path}/?" + urlencode(params), body=body, headers=headers,
+                             encode_chunked=chunked)
             except (OSError, http.client.HTTPException) as e:
                 # The server may have answered (an error) and closed before taking the whole body.
                 try:
@@ -265,7 +192,8 @@ class HttpConn:
                settings: Mapping[str, str]) -> None:
         cols = ", ".join(quote(c) for c, _ in columns)
         params = {"query": f"INSERT INTO {quote(database)}.{quote(table)} ({cols}) FORMAT CSV", **settings}
-        self._post(params, (c for c in chunks if c), f"insert into {database}.{table}")
+        rows = chschema.unsigned_text((c for c in chunks if c), columns)
+        self._post(params, rows, f"insert into {database}.{table}")
 
 
 # -- native protocol ----------------------------------------------------------------------------
@@ -305,6 +233,11 @@ def _ticks(epoch: EpochNanos, div: int) -> Callable[[str], int]:
     return lambda s: epoch(s) // div
 
 
+def _wrapped(modulus: int) -> Callable[[str], int]:
+    """An unsigned column's value: a signed `long` (a SeriesId) becomes its two's complement."""
+    return lambda s: int(s) % modulus if s else 0
+
+
 def converters(columns: Sequence[tuple[str, str]]) -> list[Callable[[str], Any]]:
     """For each (name, ClickHouse type): CSV field text -> the Python value clickhouse-driver sends."""
     out: list[Callable[[str], Any]] = []
@@ -312,10 +245,13 @@ def converters(columns: Sequence[tuple[str, str]]) -> list[Callable[[str], Any]]
     for _, ch_type in columns:
         b = base_type(ch_type)
         if b.startswith("DateTime64"):
-            out.append(_ticks(epoch, 10 ** (9 - int(b[len("DateTime64("):].split(",")[0].rstrip(")")))))
+            precision = b[len("DateTime64("):].split(",")[0].rstrip(")").strip() or "3"  # bare DateTime64: 3
+            out.append(_ticks(epoch, 10 ** (9 - int(precision))))
         elif b.startswith("DateTime"):
             out.append(lambda s: epoch(s) // 1_000_000_000)
-        elif b.startswith(("Int", "UInt")):
+        elif bits := unsigned_bits(b):
+            out.append(_wrapped(1 << bits))
+        elif b.startswith("Int"):
             out.append(lambda s: int(s) if s else 0)
         elif b.startswith("Float"):
             out.append(lambda s: float(s) if s else 0.0)
@@ -387,15 +323,16 @@ class NativeConn:
 
 # -- the sink -----------------------------------------------------------------------------------
 
-def tls_context(config: ClickHouseConfig) -> ssl.SSLContext:
-    """The TLS context of HTTPS endpoints (native ones give the same options to clickhouse-driver)."""
+def tls_context(config: ClickHouseConfig, skip_verify: bool = False) -> ssl.SSLContext:
+    """The TLS context of HTTPS endpoints (native ones give the same options to clickhouse-driver);
+    `skip_verify`: an endpoint's own `skip_verify=true`."""
     try:
         ctx = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
         if config.client_cert:
             ctx.load_cert_chain(str(config.client_cert), str(config.client_key) if config.client_key else None)
     except (OSError, ssl.SSLError) as e:
         raise SinkError(f"ClickHouse TLS configuration: {e}") from None
-    if config.insecure_skip_verify:
+    if config.insecure_skip_verify or skip_verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
@@ -416,14 +353,19 @@ class _Target:
             yield self._http
             return
         ep, c = self.endpoint, self._config
+        verify = not (c.insecure_skip_verify or ep.skip_verify)
+        connect_timeout = ep.connect_timeout or c.connect_timeout
+        alt = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in ep.alt_hosts)
         client = Client(ep.host, port=ep.port, database="default", user=ep.user, password=ep.password,
-                        secure=ep.secure, verify=not c.insecure_skip_verify, check_hostname=not c.insecure_skip_verify,
+                        secure=ep.secure, verify=verify, check_hostname=verify,
                         ca_certs=str(c.ca_file) if c.ca_file else None,
                         certfile=str(c.client_cert) if c.client_cert else None,
                         keyfile=str(c.client_key) if c.client_key else None,
-                        connect_timeout=c.connect_timeout, send_receive_timeout=c.timeout,
-                        sync_request_timeout=c.connect_timeout, client_name="telemetry-ingestor",
-                        settings={"insert_block_size": c.insert_block_rows})
+                        server_hostname=ep.tls_server_name or None,
+                        connect_timeout=connect_timeout, send_receive_timeout=ep.timeout or c.timeout,
+                        sync_request_timeout=connect_timeout, client_name="telemetry-ingestor",
+                        settings={"insert_block_size": c.insert_block_rows},
+                        **({"alt_hosts": alt, "round_robin": ep.round_robin} if alt else {}))
         try:
             yield NativeConn(ep, client)
         finally:
@@ -447,10 +389,11 @@ class ClickHouseSink:
         """Check the TLS files (SinkError: the node does not start), then ask every endpoint for its
         version, at once, waiting `start_check_timeout` at most: one that does not answer is one
         WARNING, and the node starts anyway (its rows wait in the WAL, their uploads retried)."""
-        context = tls_context(self.config) if any(e.secure for e in self.config.endpoints) else None
+        contexts = {skip: tls_context(self.config, skip) for skip in {e.skip_verify for e in self.config.endpoints
+                                                                      if e.secure}}
         targets: dict[str, list[_Target]] = {}
         for ep in self.config.endpoints:
-            targets.setdefault(ep.database, []).append(_Target(ep, self.config, context))
+            targets.setdefault(ep.database, []).append(_Target(ep, self.config, contexts.get(ep.skip_verify)))
         self._targets = targets
         timeout = self.config.start_check_timeout
         versions: dict[str, str] = {}
@@ -460,7 +403,7 @@ class ClickHouseSink:
 
             def check(ep: Endpoint) -> Callable[[], None]:
                 def ask() -> None:
-                    with _Target(ep, quick, context).connect() as conn:
+                    with _Target(ep, quick, contexts.get(ep.skip_verify)).connect() as conn:
                         versions[str(ep)] = conn.query("SELECT version()")[0][0]
                 return ask
 
@@ -517,7 +460,8 @@ class ClickHouseSink:
         ep = target.endpoint
         t0 = time.perf_counter()
         with target.connect() as conn:
-            inserted = chschema.deliver(conn, target.cache, ep.target_database, batch, self.config.dedup_window)
+            inserted = chschema.deliver(conn, target.cache, ep.target_database, batch, self.config.dedup_window,
+                                        layout=Layout.ADXMON)
         elapsed = time.perf_counter() - t0
         if inserted:
             mb = batch.uncompressed_bytes / 1e6
