@@ -195,7 +195,8 @@ class Operator:
         if sts is None:
             report.set(adxmon.OWNER, "False", "StatefulSetNotFound", target)
         else:
-            want, ready = int(sts.spec.replicas or 0), int(sts.status.ready_replicas or 0)
+            want = decision.set_replicas if decision.set_replicas is not None else int(sts.spec.replicas or 0)
+            ready = int(sts.status.ready_replicas or 0)
             if ready == want:
                 report.set(adxmon.OWNER, "True", "Ready", f"all {want} replicas of StatefulSet {target} are ready")
             else:

@@ -33,7 +33,7 @@ def pods(n: int, **changes: Any) -> tuple[PodState, ...]:
 
 def seen(replicas: int = 4, cpu: float | None = 50.0, *, ready: int | None = None, last_scale: float | None = 0.0,
          samples: tuple[tuple[float, float], ...] | None = None, pod_list: tuple[PodState, ...] | None = None,
-         sts: bool = True, spec_replicas: int = 4) -> Observed:
+         sts: bool = True, spec_replicas: int | None = 4) -> Observed:
     """`replicas` pods, synced, samples spanning the window at `cpu`, last scale long ago."""
     if samples is None:
         samples = tuple((NOW - t, cpu) for t in (800, 600, 400, 200)) if cpu is not None else ()
@@ -80,6 +80,10 @@ CASES = [
      None),
     ("disabled-keeps-spec-replicas", replace(SPEC, enabled=False), seen(5, 99, spec_replicas=3), "None", 3, None),
     ("disabled-in-sync", replace(SPEC, enabled=False), seen(3, 99, spec_replicas=3), "None", None, None),
+    # spec.replicas left out (adx-mon's resources may): disabled, the StatefulSet keeps its own
+    ("disabled-without-replicas-keeps-the-sets", replace(SPEC, enabled=False), seen(5, 99, spec_replicas=None),
+     "None", None, None),
+    ("enabled-without-replicas-decides", SPEC, seen(4, 90, spec_replicas=None), "ScaleUp", 5, None),
 ]
 
 
@@ -134,6 +138,21 @@ def test_parse_spec_defaults_from_replicas() -> None:
     assert s == AutoscalerSpec(enabled=True, min_replicas=3, max_replicas=3)
     assert (s.scale_interval, s.cpu_window, s.effective_interval) == (300, 900, 900)
     assert not parse_spec({"spec": {"replicas": 2}}).enabled
+
+
+def test_parse_spec_without_replicas() -> None:
+    """adx-mon's resources may leave spec.replicas out: autoscaling off, nothing to keep; on, the
+    range must be given (it would default to spec.replicas)."""
+    assert parse_spec({"spec": {"adxClusterSelector": {"matchLabels": {"app": "adx-mon"}}}}) == AutoscalerSpec(
+        enabled=False, min_replicas=1, max_replicas=1)
+    s = parse_spec({"spec": {"autoscaler": {"enabled": True, "minReplicas": 3, "maxReplicas": 9}}})
+    assert (s.enabled, s.min_replicas, s.max_replicas) == (True, 3, 9)
+    for autoscaler in ({"enabled": True}, {"enabled": True, "minReplicas": 3}, {"enabled": True, "maxReplicas": 3}):
+        with pytest.raises(ValueError, match=r"required when spec\.replicas is not set"):
+            parse_spec({"spec": {"autoscaler": autoscaler}})
+    d = decide(AutoscalerSpec(enabled=False, min_replicas=1, max_replicas=1), seen(5, spec_replicas=None))
+    assert d.set_replicas is None and d.reason == ("autoscaling disabled and spec.replicas not set: the "
+                                                   "StatefulSet's 5 replicas are left as they are")
 
 
 @pytest.mark.parametrize(("autoscaler", "message"), [
