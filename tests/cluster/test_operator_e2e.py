@@ -10,6 +10,7 @@ nodes run alone (no peers: pods share one loopback address here), each with the 
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 import threading
@@ -19,9 +20,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+import yaml
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
 
 from cluster.annotations import SHUTDOWN_COMPLETED, SHUTDOWN_REQUESTED
+from tests.deploy.render import KUBECTL_MISSING, KUBECTL_REASON
+from tests.deploy.test_adxmon import SAMPLES
 from tests.harness import ROOT, NodeProcess
 from tests.kubeapi import FakeKubeApi
 from tests.node.test_grpc import gauge_request
@@ -93,8 +97,9 @@ class Controller:
             node.stop()
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[tuple[FakeKubeApi, Controller, Path]]:
+def cluster(tmp_path: Path, ingestor: bool) -> Iterator[tuple[FakeKubeApi, Controller, Path]]:
+    """The API with a node, its metrics, the StatefulSet `ingestor` (2 replicas, the test's
+    Controller running its pods) and, with `ingestor`, an Ingestor of the same name."""
     api = FakeKubeApi().start()
     kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig", NS)
     api.put("nodes", {"metadata": {"name": "aks-1"}, "status": {"capacity": {"cpu": "2"},
@@ -104,11 +109,14 @@ def world(tmp_path: Path) -> Iterator[tuple[FakeKubeApi, Controller, Path]]:
         "metadata": {"name": "ingestor", "namespace": NS},
         "spec": {"replicas": 2, "serviceName": "ingestor-headless", "selector": {"matchLabels": {"app": "ingestor"}},
                  "template": {"metadata": {"labels": {"app": "ingestor"}},
-                              "spec": {"containers": [{"name": "ingestor", "image": "ingestor:test"}]}}},
+                              "spec": {"containers": [{"name": "ingestor", "image": "ingestor:test",
+                                                       "args": ["serve", "--drain-on-annotation"]}]}}},
         "status": {"replicas": 0, "readyReplicas": 0}})
-    api.put("ingestors", {"metadata": {"name": "ingestor", "namespace": NS}, "spec": {
-        "replicas": 2, "autoscaler": {"enabled": True, "minReplicas": 2, "maxReplicas": 3, "scaleInterval": "1s",
-                                      "cpuWindow": "2s", "scaleUpCPUThreshold": 70, "scaleDownCPUThreshold": 40}}})
+    if ingestor:
+        api.put("ingestors", {"metadata": {"name": "ingestor", "namespace": NS}, "spec": {
+            "replicas": 2, "autoscaler": {"enabled": True, "minReplicas": 2, "maxReplicas": 3, "scaleInterval": "1s",
+                                          "cpuWindow": "2s", "scaleUpCPUThreshold": 70,
+                                          "scaleDownCPUThreshold": 40}}})
     controller = Controller(api, tmp_path, kubeconfig)
     controller.start()
     try:
@@ -116,6 +124,20 @@ def world(tmp_path: Path) -> Iterator[tuple[FakeKubeApi, Controller, Path]]:
     finally:
         controller.stop()
         api.stop()
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[tuple[FakeKubeApi, Controller, Path]]:
+    yield from cluster(tmp_path, ingestor=True)
+
+
+@pytest.fixture
+def bare(tmp_path: Path) -> Iterator[tuple[FakeKubeApi, Controller, Path]]:
+    """No Ingestor: the test applies one. The API holds our CRD, so that what kubectl applies and
+    what the operator writes is admitted by its schema, as a real server would admit it."""
+    for world in cluster(tmp_path, ingestor=False):
+        world[0].put("customresourcedefinitions", yaml.safe_load((ROOT / "deploy/base/crd.yaml").read_text()))
+        yield world
 
 
 def wait(cond: Callable[[], bool], what: str, timeout: float = 60.0, during: Callable[[], None] | None = None) -> None:
@@ -181,3 +203,66 @@ def test_high_cpu_scales_up_low_cpu_drains_the_highest_ordinal_and_scales_down(
     for node in [*controller.running(), *controller.stopped]:
         total += sum(int(str(r["n"])) for r in query(node.storage_dir, PARTS_SQL.format(db="Metrics")))
     assert acked[0] > 0 and total == acked[0], (total, acked[0], (tmp_path / "operator.log").read_text()[-3000:])
+
+
+@pytest.mark.skipif(KUBECTL_MISSING, reason=KUBECTL_REASON)
+def test_adxmons_ingestor_applied_with_kubectl_runs_the_statefulset(
+        bare: tuple[FakeKubeApi, Controller, Path], tmp_path: Path) -> None:
+    """adx-mon's sample Ingestor (prod-ingestor: replicas 3, endpoint, adxClusterSelector), with an
+    image of this project and a criteriaExpression, applied with kubectl: the operator, started
+    with adx-mon's --cluster-labels, runs the StatefulSet `ingestor` (adx-mon's name for it) at 3
+    replicas with that image, says in adx-mon's conditions what it did and what it kept; once the
+    expression is false, it leaves the set alone, whatever the spec says."""
+    api, controller, kubeconfig = bare
+    wait(lambda: len(controller.running()) == 2, "the two first pods")
+    doc = copy.deepcopy(SAMPLES[0])
+    doc["spec"]["image"] = "registry.example.com/telemetry-ingestor:0.2.0"
+    doc["spec"]["criteriaExpression"] = "environment == 'prod' && region == 'eastus'"
+    applied = tmp_path / "ingestor.yaml"
+
+    def apply(spec_changes: dict[str, object]) -> None:
+        doc["spec"].update(spec_changes)
+        applied.write_text(yaml.safe_dump(doc))
+        r = subprocess.run(["kubectl", "--kubeconfig", str(kubeconfig), "--cache-dir", str(tmp_path / "cache"),
+                            "apply", "--validate=false", "-n", NS, "-f", str(applied)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and "ingestor.adx-mon.azure.com/prod-ingestor" in r.stdout, r.stderr
+
+    def condition(type_: str) -> dict[str, object]:
+        found = [c for c in ((api.get("ingestors", NS, "prod-ingestor") or {}).get("status") or {})
+                 .get("conditions", []) if c["type"] == type_]
+        return found[0] if found else {}
+
+    log = (tmp_path / "operator.log").open("wb")
+    operator = subprocess.Popen([sys.executable, "-m", "node.cli", "operator", "--kubeconfig", str(kubeconfig),
+                                 "--namespace", NS, "--interval", "0.5",
+                                 "--cluster-labels", "environment=prod,region=eastus"],
+                                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        apply({})
+        wait(lambda: len(controller.running()) == 3, "the third pod, for spec.replicas 3")
+        [container] = api.get("statefulsets", NS, "ingestor")["spec"]["template"]["spec"]["containers"]  # type: ignore[index]
+        assert container["image"] == doc["spec"]["image"] and container["args"] == ["serve", "--drain-on-annotation"]
+        wait(lambda: condition("ingestor.adx-mon.azure.com").get("reason") == "Ready", "the Ready condition")
+        assert condition("ingestor.adx-mon.azure.com")["message"] == "all 3 replicas of StatefulSet ingestor are ready"
+        fields = str(condition("SpecFieldsApplied").get("message"))
+        assert "adxClusterSelector: kept, not used" in fields and "endpoint: kept, not used" in fields
+        stored = api.get("ingestors", NS, "prod-ingestor")
+        assert stored is not None and stored["spec"]["endpoint"] == SAMPLES[0]["spec"]["endpoint"]
+        # criteriaExpression false for this cluster: not this operator's; replicas 2 is not acted on
+        apply({"criteriaExpression": "environment == 'test'", "replicas": 2})
+        wait(lambda: condition("ingestor.adx-mon.azure.com").get("reason") == "CriteriaExpressionFalse",
+             "the CriteriaExpressionFalse condition")
+        time.sleep(2.0)  # four reconciles
+        assert api.get("statefulsets", NS, "ingestor")["spec"]["replicas"] == 3  # type: ignore[index]
+        assert len(controller.running()) == 3
+        # true again: handled, replicas 2
+        apply({"criteriaExpression": "region in ['eastus', 'westus']"})
+        wait(lambda: len(controller.running()) == 2, "the scale to spec.replicas 2")
+        assert controller.error is None, controller.error
+    finally:
+        operator.terminate()
+        operator.wait(30)
+        log.close()
+    text = (tmp_path / "operator.log").read_text()
+    assert "cluster labels: environment=prod, region=eastus" in text and "Traceback" not in text, text[-3000:]
