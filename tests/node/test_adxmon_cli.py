@@ -211,11 +211,12 @@ def test_adxmons_manifest_command_line_starts_a_node_on_adx(tmp_path: Path, node
 
 
 def test_every_adxmon_flag_at_once_starts_a_node_and_each_warns_once(tmp_path: Path, node_of: Any) -> None:
+    """With two receiver processes: each flag is warned about once for the node, not once a process."""
     certs = make_certs(tmp_path / "certs")
     values = {"storage-dir": str(tmp_path / "data"), "ca-cert": str(certs.cert), "key": str(certs.key),
               "kubeconfig": str(tmp_path / "kubeconfig")}
     args = [f"--{c.flag}={values[c.flag]}" if c.flag in values else c.arg for c in CASES
-            if c.flag != "storage-backend"] + ["--storage-backend=ADX"]
+            if c.flag != "storage-backend"] + ["--storage-backend=ADX", "--receivers=2"]
     node = node_of(*args)
     warned = warnings_of(node.log.read_text())
     expected = [c.warns for c in CASES if c.warns]
