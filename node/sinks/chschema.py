@@ -481,6 +481,14 @@ def _unsigned_by_csv(chunk: bytes, targets: Mapping[int, int]) -> bytes:
     return out.getvalue().encode()
 
 
+def _values(conn: Conn, batch: Batch, columns: Sequence[tuple[str, str]]) -> Iterator[bytes]:
+    """The batch's rows for `columns`: as text for a connection that sends text, with signed values
+    of unsigned columns made unsigned (`unsigned_text`); a connection that sends typed values
+    (`typed_values`, the native protocol) converts them itself."""
+    rows = batch.iter_csv()
+    return rows if getattr(conn, "typed_values", False) else unsigned_text(rows, columns)
+
+
 def dedup_token(batch: Batch) -> str:
     """The idempotency key of a batch on the server: short, and the same for every retry."""
     return "ingestor-" + hashlib.sha256(batch.id.encode()).hexdigest()[:40]
@@ -540,7 +548,7 @@ def deliver(conn: Conn, cache: TableCache, database: str, batch: Batch,
             # async_insert is on by default in new servers (26.x): a batch is big enough to be its
             # own insert, and it must be in the table, under its token, before it is confirmed.
             token_settings = {**base, "insert_deduplication_token": token, "async_insert": "0"}
-            conn.insert(database, table, columns, batch.iter_csv(), token_settings)
+            conn.insert(database, table, columns, _values(conn, batch, columns), token_settings)
             return True
         return _deliver_with_ledger(conn, cache, database, table, columns, batch, token, base)
     except StaleTableError:
@@ -564,7 +572,7 @@ def _deliver_with_ledger(conn: Conn, cache: TableCache, database: str, table: st
         return False
     conn.command(f"DROP TABLE IF EXISTS {stage}")
     conn.command(f"CREATE TABLE {stage} AS {db}.{ident(table)}")
-    conn.insert(database, stage_name, columns, batch.iter_csv(), settings)
+    conn.insert(database, stage_name, columns, _values(conn, batch, columns), settings)
     partitions = conn.query(f"SELECT partition_id, sum(rows) FROM system.parts WHERE database = '{database}' "
                             f"AND table = '{stage_name}' AND active GROUP BY partition_id ORDER BY partition_id")
     several = len(partitions) > 1

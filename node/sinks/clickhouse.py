@@ -192,8 +192,7 @@ class HttpConn:
                settings: Mapping[str, str]) -> None:
         cols = ", ".join(quote(c) for c, _ in columns)
         params = {"query": f"INSERT INTO {quote(database)}.{quote(table)} ({cols}) FORMAT CSV", **settings}
-        rows = chschema.unsigned_text((c for c in chunks if c), columns)
-        self._post(params, rows, f"insert into {database}.{table}")
+        self._post(params, (c for c in chunks if c), f"insert into {database}.{table}")
 
 
 # -- native protocol ----------------------------------------------------------------------------
@@ -284,6 +283,9 @@ def csv_rows(chunks: Iterable[bytes], columns: Sequence[tuple[str, str]]) -> Ite
 
 class NativeConn:
     """Statements over the native protocol through one clickhouse-driver Client (not thread-safe)."""
+
+    typed_values = True
+    """Inserts send typed values (`converters`), not text: see chschema.deliver."""
 
     def __init__(self, ep: Endpoint, client: Any) -> None:
         self._ep, self.client = ep, client

@@ -68,8 +68,11 @@ def make_tls_files(directory: Path) -> TlsFiles:
 class ClickHouseServer:
     """One clickhouse-server process with its own ports, data and configuration under `workdir`."""
 
-    def __init__(self, workdir: Path, tls: TlsFiles | None = None, binary: str | None = None) -> None:
+    def __init__(self, workdir: Path, tls: TlsFiles | None = None, binary: str | None = None,
+                 default_password: str = "") -> None:
+        """`default_password`: the password of the user `default` (adx-mon's examples: `devpass`)."""
         self.binary = binary or find_binary()
+        self.default_password = default_password
         if self.binary is None:
             raise FileNotFoundError(INSTALL_HINT)
         self.workdir = workdir
@@ -123,7 +126,7 @@ class ClickHouseServer:
   <max_concurrent_queries>50</max_concurrent_queries>
   <users>
     <default>
-      <password></password>
+      <password>{self.default_password}</password>
       <networks>{"".join(f"<ip>{n}</ip>" for n in self.networks)}</networks>
       <profile>default</profile><quota>default</quota>
     </default>
