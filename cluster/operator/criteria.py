@@ -33,7 +33,8 @@ _TOKEN = re.compile(r"""
   | (?P<string>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
   | (?P<op>==|!=|&&|\|\||[!()\[\],.])
   | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
-  | (?P<other>\d[\w.]*|<=|>=|[<>+\-*/%?:{}]|\S)
+  | (?P<unsupported>\d[\w.]*|<=|>=|[<>+\-*/%?:{}])
+  | (?P<other>\S)
 """, re.X)
 _ESCAPES = {"\\": "\\", "'": "'", '"': '"', "n": "\n", "t": "\t", "r": "\r"}
 _METHODS = ("startsWith", "endsWith", "contains")
@@ -68,6 +69,8 @@ def _tokens(expression: str) -> list[_Tok]:
             continue
         text = m.group()
         if kind == "other":
+            raise CriteriaError(f"syntax error at {m.start()}: unexpected {text!r}")
+        if kind == "unsupported":
             raise CriteriaUnsupported(f"{text!r} at {m.start()}: not in the part of CEL this operator implements "
                                       "(strings, labels, ==, !=, &&, ||, !, in [...], startsWith, endsWith, contains)")
         if kind == "string" and expression.startswith(('"""', "'''"), m.start()):
@@ -241,7 +244,7 @@ def _check(node: Node, labels: Mapping[str, str]) -> str:
     if op == "in":
         left, right = _check(node[1], labels), _check(node[2], labels)
         if right != "list":
-            raise CriteriaUnsupported("'in' over something else than a list literal: not implemented")
+            raise CriteriaError(f"found no matching overload for '@in' applied to '({left}, {right})'")
         if left != "string":
             raise CriteriaError(f"found no matching overload for '@in' applied to '({left}, list(string))'")
         return "bool"
