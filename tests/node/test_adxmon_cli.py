@@ -210,6 +210,22 @@ def test_adxmons_manifest_command_line_starts_a_node_on_adx(tmp_path: Path, node
     assert (tmp_path / "data" / "wal").is_dir()
 
 
+@pytest.mark.parametrize("backend", [["--storage-backend", "clickhouse"], []], ids=["given", "inferred"])
+def test_adxmons_clickhouse_dev_stack_command_line_starts_a_node_on_clickhouse(tmp_path: Path, node_of: Any,
+                                                                                backend: list[str]) -> None:
+    """The ingestor's arguments in adx-mon's tools/clickhouse/dev_stack.sh (a ClickHouse host that
+    never resolves: the sink warns and the node starts); without --storage-backend, from the DSNs."""
+    dsn = "tcp://default:devpass@clickhouse.invalid:9000"
+    node = node_of("--storage-dir", str(tmp_path / "data"), *backend,
+                   "--metrics-kusto-endpoints", f"observability={dsn}",
+                   "--logs-kusto-endpoints", f"observability_logs={dsn}",
+                   "--max-segment-size", str(64 * 1024 * 1024), "--max-transfer-size", str(64 * 1024 * 1024))
+    log = node.log.read_text()
+    assert re.search(r"ClickHouse sink: .*observability.*clickhouse\.invalid", log), log  # the sink of the DSNs
+    assert warnings_of(log) == [] and "devpass" not in log
+    assert node.stop() == 0
+
+
 def test_every_adxmon_flag_at_once_starts_a_node_and_each_warns_once(tmp_path: Path, node_of: Any) -> None:
     """With two receiver processes: each flag is warned about once for the node, not once a process."""
     certs = make_certs(tmp_path / "certs")
