@@ -266,9 +266,12 @@ class Operator:
             self._event(namespace, name, *d.event)
 
     def _done(self, namespace: str, name: str, report: _Report, autoscaler: dict[str, Any] | None) -> None:
-        """Write the status (conditions, and status.autoscaler when given) in one patch; log what changed."""
+        """Write the status (conditions, and status.autoscaler when given) in one patch, unless
+        nothing would change; log what changed."""
         for line, level in report.changes():
             log.log(level, "ingestor %s/%s: %s", namespace, name, line)
+        if autoscaler is None and report.conditions == report.old:
+            return  # a resource left alone, said already: no write every --interval
         status: dict[str, Any] = {"conditions": report.conditions}
         if autoscaler is not None:
             status["autoscaler"] = autoscaler

@@ -251,6 +251,10 @@ def test_a_condition_is_logged_when_it_changes_not_every_reconcile(world: World,
         world.reconcile()
     lines = [r for r in caplog.records if "CriteriaExpressionFalse" in r.getMessage()]
     assert len(lines) == 1 and lines[0].levelno == logging.INFO
+    # nor written again: a resource that is not this operator's is not rewritten every --interval
+    version = world.ingestor("prod-ingestor")["metadata"]["resourceVersion"]
+    world.reconcile()
+    assert world.ingestor("prod-ingestor")["metadata"]["resourceVersion"] == version
     world.change("prod-ingestor", {"criteriaExpression": "zone == 'a'"})
     for _ in range(3):
         world.reconcile()
