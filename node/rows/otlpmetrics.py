@@ -29,6 +29,7 @@ from typing import Any
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from xxhash import xxh3_128_intdigest
 
 from node.cache import Generations
 from node.rows.anyvalue import to_label
@@ -239,7 +240,7 @@ class OtlpMetrics:
                     i = skip_length_delimited(b, i)
                 else:
                     break
-            key = b[i:]
+            key = xxh3_128_intdigest(b[i:] if i else b)
             entry = inner.get(key)
             if entry is None:
                 entry = old.get(key)

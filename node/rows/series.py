@@ -129,7 +129,7 @@ class SeriesEncoder:
             return None, f"database has no configured sink: {show(database)}", ""
         sid = series_id(pairs)
         mid = f",{sid},{quoted(encode_json(shown))},"
-        tail = "".join(["," + field(v) for v in lifted]) + "\n"
+        tail = "".join(["," + field(v) for v in lifted]) + "\n" if lifted else "\n"
         dest = self._dests.get((database, table))
         if dest is None:
             self._dests.turn_if_full()
