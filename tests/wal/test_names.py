@@ -117,3 +117,15 @@ def test_schema_hash_is_base36_of_xxhash64() -> None:
     n = xxhash.xxh64_intdigest(b"TimestampdatetimeValuereal")
     assert int(schema_hash(schema), 36) == n
     assert schema_hash(schema) != schema_hash((("Timestamp", "datetime"), ("Value", "long")))
+
+
+@pytest.mark.xfail(strict=True, raises=InvalidNameError,
+                   reason="node/wal/repository.py begin_import splits the prefix on _ by hand (file forms, not "
+                          "names); it must read it with node.wal.names.parse_prefix")
+def test_a_transferred_segment_of_a_database_with_underscores_is_imported(tmp_path: Path) -> None:
+    repo = Repository(WalConfig(tmp_path / "wal"))
+    repo.start()
+    imp = repo.begin_import(make_prefix("observability_logs", "docker_journal", "abc"), 1000)
+    assert (imp.name.database, imp.name.table, imp.name.schema) == ("observability_logs", "docker_journal", "abc")
+    assert imp.final.name.startswith("observability-logs_docker-journal_abc_")
+    assert repo.disk_usage("observability_logs") == 1000  # reserved under the database's name
