@@ -2,9 +2,10 @@
 
 A value found on a log record wins over one on its resource (spans use only the resource), which
 wins over the configured default; database and table are resolved independently. A value that is
-not a string naming a name (node/names.py: runs of [A-Za-z0-9] joined by single `_`, at most 64
+not a string holding a name (node/names.py: runs of [A-Za-z0-9] joined by single `_`, at most 64
 characters for a database, 150 for a table: `observability_logs`) refuses the item that would use
-it -- it is never cleaned into a name. `kusto.*` attributes are left out of the JSON of the attributes they were read from.
+it -- it is never cleaned into a name. `kusto.*` attributes are left out of the JSON of the
+attributes they were read from.
 """
 
 from __future__ import annotations
