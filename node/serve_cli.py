@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import errno
 import logging
 import os
 import shutil
@@ -47,17 +49,29 @@ def with_environment(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     return merged
 
 
-def _conflict(config: node_config.NodeConfig) -> str | None:
-    """Why the two ports cannot both be bound as given, whatever else runs on this host. (With
-    --receivers > 1 both bind with SO_REUSEPORT and the kernel would let them share the port.)"""
-    grpc_host, grpc_port = parse_hostport(config.grpc_addr, default_host="0.0.0.0", allow_port_zero=True)
-    http_host, http_port = parse_hostport(config.http_addr, default_host="0.0.0.0", allow_port_zero=True)
-    if grpc_port == 0 or grpc_port != http_port:
-        return None
-    a, b = _addresses(grpc_host, grpc_port), _addresses(http_host, http_port)
-    if not (a & b or _covers(a, b) or _covers(b, a)):
-        return None
-    return f"--grpc-addr {config.grpc_addr} and --http-addr {config.http_addr} are the same port; give each its own"
+def _conflict(config: node_config.NodeConfig, transfer_explicit: bool = True) -> str | None:
+    """Why the ports cannot all be bound as given, whatever else runs on this host. (With
+    --receivers > 1 gRPC and HTTP bind with SO_REUSEPORT and the kernel would let them share the
+    port.) The transfer port counts only when given (a default that collides is `check_transfer_port`'s:
+    taken, one warning)."""
+    ports = [(config.grpc_addr, "--grpc-addr"), (config.http_addr, "--http-addr")]
+    if config.transfer_addr and transfer_explicit:
+        ports.append((config.transfer_addr, "--transfer-addr"))
+    for i, (a, flag_a) in enumerate(ports):
+        for b, flag_b in ports[i + 1:]:
+            if _same_port(a, b):
+                return f"{flag_a} {a} and {flag_b} {b} are the same port; give each its own"
+    return None
+
+
+def _same_port(a: str, b: str) -> bool:
+    """Whether listeners on `a` and `b` (HOST:PORT) would take the same port."""
+    host_a, port_a = parse_hostport(a, default_host="0.0.0.0", allow_port_zero=True)
+    host_b, port_b = parse_hostport(b, default_host="0.0.0.0", allow_port_zero=True)
+    if port_a == 0 or port_a != port_b:
+        return False
+    x, y = _addresses(host_a, port_a), _addresses(host_b, port_b)
+    return bool(x & y or _covers(x, y) or _covers(y, x))
 
 
 def _covers(a: set[str], b: set[str]) -> bool:
@@ -94,6 +108,36 @@ def check_ports(config: node_config.NodeConfig) -> None:
             sock.close()
 
 
+def check_transfer_port(config: node_config.NodeConfig, explicit: bool) -> node_config.NodeConfig:
+    """The config to run with, once adx-mon's transfer port (--transfer-addr) was tried as
+    `check_ports` tries the others. Taken (by anything, or by this node's own gRPC or HTTP port):
+    BindError when the flag was given (`explicit`, on the command line or as INGESTOR_TRANSFER_ADDR),
+    else one WARNING line and the config without the front door: the default, 9090, is also
+    Prometheus's, and a user running one locally did not ask for the door."""
+    from node.receivers import listener
+    from node.transfer.door import FLAG, PORT_NAME, door_off_warning
+
+    addr = config.transfer_addr
+    if not addr:
+        return config
+    host, number = parse_hostport(addr, default_host="0.0.0.0", allow_port_zero=True)
+    if number == 0:
+        return config
+    try:
+        for other in (config.grpc_addr, config.http_addr):
+            if _same_port(addr, other):
+                raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE))
+        for sock in listener.bind(host, number, reuse_port=False):
+            sock.close()
+    except OSError as e:
+        err = BindError.of(addr, PORT_NAME, FLAG, e)
+        if explicit:
+            raise err from e
+        log.warning("%s", door_off_warning(addr, err))
+        return dataclasses.replace(config, transfer_addr="")
+    return config
+
+
 def check_storage(root: Path) -> str | None:
     """Why `--storage-dir` cannot hold the node's files (creating it when missing), or None."""
     if root.exists() and not root.is_dir():
@@ -120,9 +164,11 @@ class StartFailed(Exception):
     """The node could not start (an OSError before it served); what was started is stopped."""
 
 
-async def run(config: node_config.NodeConfig, sink: Sink, membership: Membership | None) -> None:
+async def run(config: node_config.NodeConfig, sink: Sink, membership: Membership | None,
+              door_optional: bool = False) -> None:
     """Run the node `config` describes, around the sink and peer source `cmd_serve` built and
-    checked, until SIGTERM or SIGINT."""
+    checked, until SIGTERM or SIGINT. `door_optional`: --transfer-addr is the default, and a port
+    taken between the check and the bind is a warning, not a failure."""
     from node.server import Node
 
     receivers = None
@@ -137,6 +183,7 @@ async def run(config: node_config.NodeConfig, sink: Sink, membership: Membership
         node.state.add_check(receivers.not_ready_reason)
     else:
         node = Node.supervisor(config, sink, membership)
+    node.door_optional = door_optional
     supervisor = node.supervising
     assert supervisor is not None
     stop = asyncio.Event()
@@ -191,7 +238,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.storage_dir is None:
         parser.error("--storage-dir (or INGESTOR_STORAGE_DIR) is required")
     config = node_config.from_args(args)
-    conflict = _conflict(config)
+    transfer_explicit = args.transfer_addr is not None  # given as a flag or INGESTOR_TRANSFER_ADDR
+    conflict = _conflict(config, transfer_explicit)
     if conflict:
         parser.error(conflict)
     logformat.setup(config.log_format, config.log_level)
@@ -201,6 +249,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     try:
         check_ports(config)
+        config = check_transfer_port(config, transfer_explicit)
     except BindError as e:
         log.debug("ingestor serve: %s", e, exc_info=True)
         print(f"ingestor serve: {e}", file=sys.stderr)
@@ -230,7 +279,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     raise_descriptor_limit()  # before the WAL sizes its pool of open segments from it
     debug.install()
     try:
-        asyncio.run(run(config, sink, membership))
+        asyncio.run(run(config, sink, membership, door_optional=not transfer_explicit))
     except (BindError, StartFailed) as e:
         log.debug("ingestor serve: %s", e, exc_info=True)  # the traceback, with --log-level debug
         print(f"ingestor serve: {e}", file=sys.stderr)

@@ -2,12 +2,15 @@
 
 `Node` composes the parts every process has (the WAL, ingest, the memory budget, the transfer
 service, the two servers) with its role (node/roles.py): the supervisor, which also recovers,
-uploads and leaves, or a receiver of a multi-process node, which follows the supervisor.
+uploads and leaves, or a receiver of a multi-process node, which follows the supervisor. The
+supervisor alone also serves adx-mon's transfer front door (--transfer-addr, node/transfer/http.py):
+one process per node binds it, without SO_REUSEPORT, and indexes what it takes at once.
 
 Start order: WAL recovery (the supervisor) or opening (a receiver), the role's parts, then the
-servers bind and start, then the node turns SERVING (health and /readyz flip only then). Stop
-order is the reverse: NOT_SERVING, stop accepting and let in-flight requests finish within the
-grace period, close the active segments, then the role uploads what it can until the grace ends.
+servers bind and start (the front door last), then the node turns SERVING (health and /readyz flip
+only then). Stop order is the reverse: NOT_SERVING, stop accepting and let in-flight requests
+finish within the grace period (the three servers at once), let the segments being committed
+finish, close the active segments, then the role uploads what it can until the grace ends.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from cluster.tasks import cancel_and_wait
 from node import statuspage
 from node.budget import MemoryBudget, per_process
 from node.config import NodeConfig
+from node.errors import BindError
 from node.gen.ingestor.v1 import admin_pb2, transfer_pb2_grpc
 from node.ingest import Converters, Ingest
 from node.metrics import NodeMetrics
@@ -43,6 +47,8 @@ from node.sinks.base import Sink
 from node.sinks.factory import allowed_databases
 from node.state import NodeState, Phase
 from node.status import node_status
+from node.transfer.door import DoorConfig, door_off_warning
+from node.transfer.http import TransferDoor
 from node.transfer.intake import Intake
 from node.transfer.ledger import TransferLedger
 from node.transfer.service import TRANSFER_SERVICE, TransferService
@@ -115,6 +121,10 @@ class Node:
         self.role: Role = Receiver(config, self.wal, self.siblings, self.stop_taking_data)
         self.grpc: GrpcServer | None = None
         self.http: HttpServer | None = None
+        self.door: TransferDoor | None = None
+        """adx-mon's transfer front door (the supervisor, with --transfer-addr), once started."""
+        self.door_optional = False
+        """When --transfer-addr is the default: a port taken is one WARNING line, not a failure."""
         self._ticker: asyncio.Task[None] | None = None
         self._was_ready: bool | None = None
 
@@ -170,6 +180,7 @@ class Node:
                                host, port, reuse_port=c.multiprocess, limits=limits)
         await self.grpc.start()
         await self.http.start()
+        await self._start_door()
         self.state.set_phase(Phase.SERVING)
         await self.grpc.health.update()
         self._ticker = asyncio.create_task(self._tick(), name="node-tick")
@@ -177,6 +188,20 @@ class Node:
             await self.supervising.watch_annotation(self.leave)
         log.info("node %s (receiver %d) serving: gRPC on port %d, HTTP on port %d", c.node_name, self.worker,
                  self.grpc.port, self.http.port)
+
+    async def _start_door(self) -> None:
+        """adx-mon's transfer front door, in the supervisor when --transfer-addr is not empty."""
+        if self.supervising is None or not self.config.transfer_addr:
+            return
+        door = TransferDoor(self.intake, DoorConfig.of(self.config))
+        try:
+            await door.start()
+        except BindError as e:
+            if not self.door_optional:
+                raise
+            log.warning("%s", door_off_warning(self.config.transfer_addr, e))
+            return
+        self.door = door
 
     async def _tick(self) -> None:
         """Once a second: close segments past max age, the role's work, readiness. A tick that
@@ -225,7 +250,9 @@ class Node:
         await asyncio.gather(
             self.grpc.stop(grace) if self.grpc is not None else asyncio.sleep(0),
             self.http.stop(grace) if self.http is not None else asyncio.sleep(0),
+            self.door.stop(grace) if self.door is not None else asyncio.sleep(0),
         )
+        await self.intake.settle()  # a commit outlives its cancelled call: the WAL and ledger stay until it ends
         closed = await asyncio.to_thread(self.wal.stop)
         log.info("node %s: receivers stopped, %d active segments closed", self.config.node_name, len(closed))
         await self.role.stop(deadline)

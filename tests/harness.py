@@ -60,11 +60,15 @@ def free_port() -> int:
 
 
 class NodeProcess:
-    """One node as a child process, on loopback ports of its own."""
+    """One node as a child process, on loopback ports of its own: gRPC, HTTP and adx-mon's transfer
+    front door (`transfer_url`), each a free port, so that nodes started at once, and a Prometheus
+    on this host, never meet on --transfer-addr's default 9090. A test that passes --transfer-addr
+    itself (`--transfer-addr=`: off) gets what it asked for."""
 
     def __init__(self, storage_dir: Path, *args: str, name: str = "node-0", env: dict[str, str] | None = None,
-                 host: str = "127.0.0.1", wrap: list[str] | None = None) -> None:
-        """`host`: the address it listens on; `wrap`: a command prefix (e.g. `ip netns exec NS`)."""
+                 host: str = "127.0.0.1", wrap: list[str] | None = None, default_transfer_addr: bool = False) -> None:
+        """`host`: the address it listens on; `wrap`: a command prefix (e.g. `ip netns exec NS`);
+        `default_transfer_addr`: no --transfer-addr, the node takes its default (0.0.0.0:9090)."""
         self.storage_dir = storage_dir
         self.name = name
         self.host = host
@@ -72,6 +76,8 @@ class NodeProcess:
         self.grpc_port = free_port()
         self.http_port = free_port()
         self.args = list(args)
+        given = any(a == "--transfer-addr" or a.startswith("--transfer-addr=") for a in self.args)
+        self.transfer_port: int | None = None if given or default_transfer_addr else free_port()
         self.env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = storage_dir.parent / f"{name}.log"
@@ -86,10 +92,17 @@ class NodeProcess:
     def http_url(self) -> str:
         return f"http://{self.host}:{self.http_port}"
 
+    @property
+    def transfer_url(self) -> str:
+        """adx-mon's transfer front door (HTTPS); only when the harness chose its port."""
+        assert self.transfer_port is not None, "--transfer-addr was given by the test"
+        return f"https://{self.host}:{self.transfer_port}"
+
     def start(self, timeout: float = 30.0) -> NodeProcess:
         cmd = [*self.wrap, sys.executable, "-m", "node.cli", "serve", "--storage-dir", str(self.storage_dir),
                "--node-name", self.name, "--grpc-addr", self.grpc_addr,
-               "--http-addr", f"{self.host}:{self.http_port}", *self.args]
+               "--http-addr", f"{self.host}:{self.http_port}",
+               *(["--transfer-addr", f"{self.host}:{self.transfer_port}"] if self.transfer_port else []), *self.args]
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT)
         log.close()
