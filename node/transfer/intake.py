@@ -101,6 +101,8 @@ class Incoming:
         then goes to the log."""
         self.committing = True
         commit = asyncio.ensure_future(asyncio.to_thread(self._intake.commit, self._imp, self._crc32, self._claim))
+        self._intake.commits.add(commit)
+        commit.add_done_callback(self._intake.commits.discard)
         try:
             return await asyncio.shield(commit)
         except asyncio.CancelledError:
@@ -130,6 +132,14 @@ class Intake:
         self.ledger = ledger
         self.metrics = metrics
         self.budget = budget if budget is not None else MemoryBudget(1 << 62)
+        self.commits: set[asyncio.Future[SegmentInfo]] = set()
+        """Commits running now (each in a thread, whatever became of its call)."""
+
+    async def settle(self) -> None:
+        """Wait for the commits running now: once the doors stopped, before the WAL and the ledger
+        close under them."""
+        if self.commits:
+            await asyncio.gather(*self.commits, return_exceptions=True)
 
     def held(self, stack: contextlib.AsyncExitStack, what: str) -> Held:
         """The memory a call holds, given back when `stack` closes; `what` names it to the budget."""
