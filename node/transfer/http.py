@@ -305,7 +305,15 @@ class TransferDoor:
             with contextlib.suppress(IngestorError, ConnectionError):
                 await self._discard(request)
         message = f"{what}: {err}" if isinstance(err, IngestorError) else f"{what}: internal error"
-        return self._answer(answer.status, message + "\n", answer)
+        resp = self._answer(answer.status, message + "\n", answer)
+        if isinstance(err, StalledError):  # not read further: answered, then closed (aiohttp would linger on it)
+            try:
+                await resp.prepare(request)
+                await resp.write_eof()
+            except ConnectionError:
+                pass
+            request.protocol.force_close()
+        return resp
 
     def _accepted(self, info: SegmentInfo, what: str, t0: float) -> None:
         self._metrics.transfer_received_bytes.inc(info.size)

@@ -355,6 +355,18 @@ def test_over_the_memory_budget_is_429_and_the_connection_closes(tmp_path: Path)
         assert len(closed(node, "Metrics_Holder")) == 1 and not closed(node, "Metrics_Waiter")
 
 
+def test_a_body_that_stalls_is_408_and_the_connection_closes(tmp_path: Path) -> None:
+    node = NodeProcess(tmp_path / "data", *KEEP, "--stall-timeout", "1s")
+    with running(node), Collector(node.transfer_url, gzip=False) as c:
+        payload = c.begin(seg.metrics_filename("Metrics", "Stalled"), body=body_of(50))
+        c.send(payload[:100])
+        time.sleep(2.5)  # nothing more: cut after --stall-timeout
+        r = c.response()
+        assert r.status == 408 and r.closes, r
+        assert metric(node, 'ingestor_slow_clients_total{transport="adxmon"}') == 1
+        assert not closed(node, "Metrics_Stalled") and not list((node.storage_dir / "wal").glob("*.part"))
+
+
 def test_the_same_segment_being_received_is_423_then_stored_once(tmp_path: Path) -> None:
     """A peer's gRPC transfer of the same bytes holds the ledger's claim: the collector hears 423
     (adx-mon retries later), then 202 once the first one published it; one segment is kept."""
