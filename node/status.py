@@ -8,6 +8,7 @@ from node import version
 from node.config import NodeConfig
 from node.gen.ingestor.v1 import admin_pb2
 from node.state import NodeState
+from node.wal.names import parse_prefix
 from node.wal.repository import WalStats
 
 
@@ -27,7 +28,7 @@ def node_status(config: NodeConfig, state: NodeState, stats: WalStats, ring: dic
     )
     owners: dict[str, str] = ring.get("owners", {})
     for prefix in sorted(set(stats.closed) | set(stats.active)):
-        db, table = prefix.split("_")[:2]
+        db, table, _ = parse_prefix(prefix)
         n, closed_bytes = stats.closed.get(prefix, (0, 0))
         st.tables.add(database=db, table=table, closed_segments=n, closed_bytes=closed_bytes,
                       active_bytes=stats.active.get(prefix, 0), owner=owners.get(prefix, c.node_name))

@@ -39,6 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from node.errors import InvalidNameError
+from node.wal.names import parse_prefix
 from node.wal.repository import WalStats
 
 if TYPE_CHECKING:
@@ -50,6 +52,16 @@ REFRESH_SECONDS = 3
 """How often the page fetches status.json."""
 NEAR = 0.8
 """A limit used this much is shown as near."""
+
+
+def _names(prefix: str) -> tuple[str, str, str | None]:
+    """(database, table, schema) of a prefix; one that is not valid (the view is read from a file)
+    is shown as it is split, and escaped like any other text."""
+    try:
+        return parse_prefix(prefix)
+    except InvalidNameError:
+        parts = prefix.split("_", 2)
+        return parts[0], parts[1] if len(parts) > 1 else "", parts[2] if len(parts) > 2 else None
 
 
 def summarize(stats: WalStats, delivered: Mapping[str, tuple[float, str]], owner: Callable[[str], str], me: str,
@@ -107,9 +119,9 @@ def build_status(*, node: str, version: str, receiver: int, receivers: int, not_
     tables: Mapping[str, Any] = view.get("tables") or {}
     rows = []
     for r in tables.get("top", []):
-        database, table, *schema = r["prefix"].split("_")
+        database, table, schema = _names(r["prefix"])
         at = r.get("delivered_at")
-        rows.append({"prefix": r["prefix"], "database": database, "table": table, "schema": "_".join(schema),
+        rows.append({"prefix": r["prefix"], "database": database, "table": table, "schema": schema or "",
                      "owner": r["owner"], "owned": r["owner"] == node, "closed_segments": r["closed_segments"],
                      "closed_bytes": r["closed_bytes"], "active_bytes": r["active_bytes"],
                      "waiting_bytes": r["closed_bytes"] + r["active_bytes"],

@@ -37,10 +37,10 @@ from node.wal.names import (
     SegmentName,
     host_id,
     parse_filename,
+    parse_prefix,
     schema_hash,
     schema_line,
     segment_host,
-    validate_prefix,
 )
 from node.wal.openfiles import DEFAULT_LIMIT as OPEN_FILES_LIMIT
 from node.wal.openfiles import OpenFiles
@@ -554,10 +554,7 @@ class Repository:
         The space is reserved now: InvalidNameError for a bad prefix, OverLimitsError when the
         segment would not fit the limits (nothing is written then).
         """
-        validate_prefix(prefix)
-        parts = prefix.split("_")
-        database, table = parts[0], parts[1]
-        schema = parts[2] if len(parts) > 2 else None
+        database, table, schema = parse_prefix(prefix)
         if size <= len(fmt.MAGIC):
             raise InvalidInputError(f"transferred segment {prefix}: declared size {size} holds no block")
         self._reserve({database: size}, 1)

@@ -169,14 +169,15 @@ def test_an_empty_default_refuses_unrouted_logs_through_partial_success(refusing
         ps = resp.partial_success
         assert ps.rejected_log_records == 2
         assert ps.error_message == ("no kusto.table attribute and no default configured; invalid log record attribute "
-                                    "kusto.table: '../etc' does not match [A-Za-z0-9]{1,150}")
+                                    "kusto.table: '../etc' does not match [A-Za-z0-9]+(_[A-Za-z0-9]+)* of 1-150 "
+                                    "characters")
     assert node.stop() == 0
     assert len(parse(node.rows("Logs", "Routed"))) == 3 and node.tables() == {("Logs", "Routed")}
     # One line for three requests (rate-limited), with the count, of how many, and every reason.
     [line] = warnings(node, "refused")
     assert line.endswith("WARNING node.ingest: OTLP logs: 2 of 3 log records refused, not stored: no kusto.table "
                          "attribute and no default configured; invalid log record attribute kusto.table: '../etc' "
-                         "does not match [A-Za-z0-9]{1,150}")
+                         "does not match [A-Za-z0-9]+(_[A-Za-z0-9]+)* of 1-150 characters")
 
 
 def _otlp_metric(database: str | None) -> metrics_service_pb2.ExportMetricsServiceRequest:
@@ -256,7 +257,7 @@ async def test_each_refusal_is_one_rate_limited_warning(ingest: Ingest, caplog: 
          "is not a string"),
         (ingest.otlp_traces, _with_resource(_spans(2), {"kusto.table": "a b"}),
          "OTLP traces: 2 of 2 spans refused, not stored: invalid resource attribute kusto.table: 'a b' does not "
-         "match [A-Za-z0-9]{1,150}"),
+         "match [A-Za-z0-9]+(_[A-Za-z0-9]+)* of 1-150 characters"),
         (ingest.otlp_metrics, _otlp_metric("Nowhere"),
          "OTLP metrics: 1 of 1 data points refused, not stored: database has no configured sink: 'Nowhere'"),
     ]

@@ -125,7 +125,8 @@ def test_routing_by_resource_and_hostile_names() -> None:
     assert sorted(result.tables) == [("Other", "Traces"), ("Traces", "Traces")]
     assert (result.accepted, result.rejected) == (4, 4)
     assert result.reasons == [
-        "invalid resource attribute kusto.table: '../x' does not match [A-Za-z0-9]{1,150}",
+        "invalid resource attribute kusto.table: '../x' does not match [A-Za-z0-9]+(_[A-Za-z0-9]+)* of 1-150 "
+        "characters",
         "database has no configured sink: 'Nope'",
     ]
     other = parse(text(result, "Other", "Traces"))

@@ -119,9 +119,6 @@ def test_schema_hash_is_base36_of_xxhash64() -> None:
     assert schema_hash(schema) != schema_hash((("Timestamp", "datetime"), ("Value", "long")))
 
 
-@pytest.mark.xfail(strict=True, raises=InvalidNameError,
-                   reason="node/wal/repository.py begin_import splits the prefix on _ by hand (file forms, not "
-                          "names); it must read it with node.wal.names.parse_prefix")
 def test_a_transferred_segment_of_a_database_with_underscores_is_imported(tmp_path: Path) -> None:
     repo = Repository(WalConfig(tmp_path / "wal"))
     repo.start()
