@@ -14,7 +14,7 @@ other segment. In order:
 | no `filename` | 400 |
 | the name starts with a --drop-prefix | 202, the body read and thrown away |
 | the node is not serving (starting, draining, leaving) | 429, `Connection: close` |
-| not a segment name (`<Database>_<Table>[_<Schema>]_<Id>.wal`, `[A-Za-z0-9]` names: a path is never one) | 400 |
+| not a segment name (`<Database>_<Table>[_<Schema>]_<Id>.wal`, node/wal/names.py: a path is never one) | 400 |
 | a database no sink is configured for | 400 |
 | a Content-Encoding other than gzip or none; a body that does not gunzip | 400 |
 | a body (decoded) over the memory budget of the process | 413 |

@@ -211,7 +211,8 @@ HOSTILE = {
     "not-wal": "Metrics_Cpu_0123456789abcdef.txt",
     "too-few-fields": "Metrics_0123456789abcdef.wal",
     "too-many-fields": "Metrics_Cpu_abc_def_0123456789abcdef.wal",
-    "dash-in-table": "Metrics_Cpu-Usage_0123456789abcdef.wal",
+    "leading-dash": "Metrics_-Cpu_0123456789abcdef.wal",  # `-` is `_` in a file name, between letters only
+    "double-dash": "Metrics_Cpu--Usage_0123456789abcdef.wal",
     "dot-in-database": "Me.trics_Cpu_0123456789abcdef.wal",
     "nul": "Metrics_Cpu\x00_0123456789abcdef.wal",
     "unicode": "Métrics_Cpu_0123456789abcdef.wal",
