@@ -25,6 +25,7 @@ from node.cache import Generations
 from node.gen.prometheus.remote_pb2 import WriteRequest
 from node.rows.batch import KIND_METRIC, ConvertResult, ResultBuilder, Schema
 from node.rows.csvtext import Timestamps, real
+from node.rows.filters import MetricFilters
 from node.rows.otlpmetrics import OtlpMetrics
 from node.rows.series import Entry, SeriesEncoder
 from node.rows.wire import skip_length_delimited, uvarint
@@ -46,6 +47,15 @@ class MetricsConfig:
     """Databases that have a sink; a series routed elsewhere is rejected. None: all are allowed."""
     promote_resource_attributes: tuple[str, ...] = ()
     """OTLP resource attributes copied as labels onto every series of the resource."""
+    drop_metrics: tuple[str, ...] = ()
+    """adx-mon's `--drop-metrics`: regular expressions; a series whose `__name__` one matches
+    (anywhere) is not stored (filters.py)."""
+    drop_labels: tuple[str, ...] = ()
+    """adx-mon's `--drop-labels`: `METRIC_REGEX=LABEL_REGEX`; the labels whose name LABEL_REGEX
+    matches are removed from the series of the metrics METRIC_REGEX matches (filters.py)."""
+    add_labels: tuple[str, ...] = ()
+    """adx-mon's `--add-labels`: `NAME=VALUE`; a string column NAME holding VALUE on every row,
+    after `Value` and before the lifted columns (filters.py)."""
     max_cached_series: int = 2_000_000
     """Series entries each cache (remote write, OTLP) holds at most; see cache.py for which go.
     A cache turns when its young generation holds half of it, so up to 1,000,000 series in use
@@ -67,7 +77,8 @@ class MetricsConverter:
 
     def __init__(self, cfg: MetricsConfig | None = None) -> None:
         self.cfg = cfg = cfg or MetricsConfig()
-        self._series = SeriesEncoder(cfg.default_database, cfg.lift_labels, cfg.allowed_databases)
+        self._series = SeriesEncoder(cfg.default_database, cfg.lift_labels, cfg.allowed_databases,
+                                     MetricFilters(cfg.drop_metrics, cfg.drop_labels, cfg.add_labels))
         self.schema: Schema = self._series.schema
         self._remote: Generations[int, Entry] = Generations(cfg.max_cached_series)
         self._ms = Timestamps(3)
@@ -125,7 +136,8 @@ class MetricsConverter:
                                                                                for label in ts.labels]))
             dest, mid, tail = entry
             if dest is None:
-                out.reject(mid, len(samples))
+                if mid:  # else dropped by --drop-metrics (series.SKIP)
+                    out.reject(mid, len(samples))
                 continue
             if dest is not last_dest:
                 rows = out.rows(dest)

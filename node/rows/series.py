@@ -1,36 +1,46 @@
 """One metric series (a label set) as the constant part of its CSV rows, and where those rows go.
 
-A metrics row is `Timestamp,SeriesId,"Labels",Value[,Lifted...]\\n`. Everything but the timestamp
-and the value depends only on the label set, so it is computed once per series and cached by the
-converters as an `Entry`:
+A metrics row is `Timestamp,SeriesId,"Labels",Value[,Added...][,Lifted...]\\n`. Everything but
+the timestamp and the value depends only on the label set, so it is computed once per series and
+cached by the converters as an `Entry`:
 
     Entry = (dest, mid, tail)
       dest  (database, table), or None when the series is refused or skipped; one tuple object
             per destination, so hot loops can compare destinations with `is`
       mid   ',<SeriesId>,"<Labels JSON>",'  -- or, when dest is None, the refusal reason
-                                                ("" = skip silently)
-      tail  '[,<lifted value>...]\\n'
+                                                ("" = skip: neither stored nor refused)
+      tail  '[,<added value>...][,<lifted value>...]\\n'  (--add-labels, --lift-labels)
 
     row = timestamp + mid + value + tail
+
+adx-mon's `--drop-metrics`, `--drop-labels` and `--add-labels` (filters.py) act here, once per
+series: a dropped series is `SKIP` (its points neither stored nor refused; said in one INFO line a
+minute per expression), dropped labels are gone before `Labels` and `SeriesId` are made, and each
+added column is a constant field of `tail`, before the lifted ones.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 import xxhash
 
 from node.cache import Generations
 from node.names import MAX_DATABASE_LEN, MAX_TABLE_LEN, is_valid_name, show
+from node.ratelog import RateLimitedLog
 from node.rows.anyvalue import encode_json
 from node.rows.batch import Schema
 from node.rows.csvtext import field, quoted
+from node.rows.filters import MetricFilters
 from node.rows.names import normalize_name
+
+log = logging.getLogger(__name__)
 
 Entry = tuple[tuple[str, str] | None, str, str]
 
 SKIP: Entry = (None, "", "")
-"""A series whose points are dropped without being counted (OTLP 'no recorded value')."""
+"""A series whose points are neither stored nor refused (OTLP 'no recorded value', `--drop-metrics`)."""
 
 NAME_LABEL = "__name__"
 DATABASE_LABEL = "adxmon_database"
@@ -56,23 +66,36 @@ class SeriesEncoder:
     """Builds `Entry`s for label sets, per the node's routing and lifting configuration.
 
     `lift_labels` are matched case-insensitively; their columns are ordered by lower-cased label
-    name and named with `normalize_name`. A series that lacks a lifted label gets "" there.
+    name and named with `normalize_name`. A series that lacks a lifted label gets "" there. The
+    columns of `filters` (`--add-labels`) come before them, in the order given.
     """
 
     def __init__(
-        self, default_database: str, lift_labels: tuple[str, ...], allowed_databases: frozenset[str] | None
+        self, default_database: str, lift_labels: tuple[str, ...], allowed_databases: frozenset[str] | None,
+        filters: MetricFilters | None = None,
     ) -> None:
         """Raises ValueError for a configuration that cannot produce valid tables."""
         if not is_valid_name(default_database, MAX_DATABASE_LEN):
             raise ValueError(f"invalid default metrics database: {show(default_database)}")
         self._default_database = default_database
         self._allowed = allowed_databases
+        self._filters = filters = filters or MetricFilters()
+        self._added = "".join(["," + field(value) for _, value in filters.columns])
+        self._said = RateLimitedLog(log)
+        self.dropped_series = 0
+        """Series `--drop-metrics` dropped (each time it is encoded: again after the caches forgot it)."""
         configured = {name.lower(): name for name in reversed(lift_labels)}  # first spelling wins
         lifted = sorted(configured)
         self._lift = {name: i for i, name in enumerate(lifted)}
-        self.schema: Schema = BASE_SCHEMA + tuple((normalize_name(configured[name]), "string") for name in lifted)
+        self.schema: Schema = (BASE_SCHEMA + tuple((name, "string") for name, _ in filters.columns)
+                               + tuple((normalize_name(configured[name]), "string") for name in lifted))
         columns = [column for column, _ in self.schema]
-        for name, column in zip(lifted, columns[len(BASE_SCHEMA) :], strict=True):
+        lowered = [column.lower() for column in columns]
+        for name, _ in filters.columns:
+            if lowered.count(name.lower()) > 1:
+                raise ValueError(f"--add-labels column {name!r} is also another column (in any case): "
+                                 f"{', '.join(columns)}")
+        for name, column in zip(lifted, columns[len(BASE_SCHEMA) + len(filters.columns) :], strict=True):
             if not column or columns.count(column) > 1:
                 raise ValueError(f"lift label {name!r} makes column {column!r}, which is empty or not unique")
         self._tables: Generations[str, str] = Generations(MAX_CACHED_NAMES)
@@ -94,6 +117,11 @@ class SeriesEncoder:
     def encode(self, labels: Iterable[tuple[str, str]]) -> Entry:
         """The `Entry` of a label set (any order; `__name__` included)."""
         pairs = sorted(labels, key=lambda kv: kv[0])
+        if self._filters.drops:
+            kept = self._filters.keep(pairs)
+            if isinstance(kept, str):
+                return self._dropped(pairs, kept)
+            pairs = kept
         metric: str | None = None
         database_raw: str | None = None
         lifted = [""] * len(self._lift)
@@ -129,9 +157,16 @@ class SeriesEncoder:
             return None, f"database has no configured sink: {show(database)}", ""
         sid = series_id(pairs)
         mid = f",{sid},{quoted(encode_json(shown))},"
-        tail = "".join(["," + field(v) for v in lifted]) + "\n" if lifted else "\n"
+        tail = self._added + "".join(["," + field(v) for v in lifted]) + "\n"
         dest = self._dests.get((database, table))
         if dest is None:
             self._dests.turn_if_full()
             dest = self._dests.put((database, table), (database, table))
         return dest, mid, tail
+
+    def _dropped(self, pairs: list[tuple[str, str]], rule: str) -> Entry:
+        self.dropped_series += 1
+        metric = next(value for name, value in pairs if name == NAME_LABEL)
+        self._said.log(logging.INFO, rule, "--drop-metrics %s matches metric %s: its points are not stored",
+                       show(rule), show(metric))
+        return SKIP
