@@ -35,9 +35,11 @@ from cluster.units import parse_duration, parse_size
 from node.errors import InvalidNameError
 from node.logformat import FORMATS as LOG_FORMATS
 from node.names import MAX_DATABASE_LEN, MAX_TABLE_LEN, validate_name
+from node.rows import filters
 from node.rows.logs import DEFAULT_DATABASE as LOGS_DEFAULT_DATABASE
 from node.rows.logs import DEFAULT_TABLE as LOGS_DEFAULT_TABLE
 from node.rows.names import normalize_name
+from node.rows.series import SeriesEncoder
 from node.transfer.router import TransferConfig
 from node.upload.batcher import BatchPolicy
 from node.upload.uploader import UploadConfig
@@ -73,7 +75,7 @@ class Flag:
     help: str
     parse: str = "str"
     """size | duration | addr | addr_or_empty | database | table | database_or_empty | table_or_empty |
-    int | path | bool | str | choice | endpoint | key_value | regex"""
+    int | path | bool | str | choice | endpoint | lift | key_value | drop_metric | drop_label | add_label"""
     group: str = "node"
     choices: tuple[str, ...] = ()
     metavar: str | None = None
@@ -122,14 +124,6 @@ ADXMON_ONLY: tuple[AdxmonOnly, ...] = (
     AdxmonOnly("insecure-skip-verify", "adx-mon skips verifying its peers' TLS certificates with it; here a peer "
                "transfer is plaintext with --peer-token or mutual TLS verified against --tls-ca, never unverified "
                "(for ClickHouse: --clickhouse-insecure-skip-verify)", parse="bool"),
-    AdxmonOnly("add-labels", "adx-mon (before March 2025) added a constant column to every metrics row; this node "
-               "does not apply it (yet): rows keep the labels they arrive with", append=True, parse="key_value",
-               metavar="NAME=VALUE"),
-    AdxmonOnly("drop-labels", "adx-mon (before March 2025) dropped labels matching LABEL_REGEX from the metrics "
-               "matching METRIC_REGEX; this node does not apply it (yet): every label is kept", append=True,
-               parse="regex_pair", metavar="METRIC_REGEX=LABEL_REGEX"),
-    AdxmonOnly("drop-metrics", "adx-mon (before March 2025) dropped the metrics whose name matches; this node does "
-               "not apply it (yet): every metric is kept", append=True, parse="regex", metavar="REGEX"),
 )
 """adx-mon's flags that mean nothing here, with the reason each WARNING line gives."""
 
@@ -197,6 +191,19 @@ class NodeConfig:
                                         "separated, repeatable; adx-mon's LABEL=COLUMN is read as LABEL",
                                         parse="lift", append=True, metavar="LABEL", default_note="none",
                                         aliases=("lift-label",))
+    drop_metrics: tuple[str, ...] = flag((), "metrics not stored, as adx-mon's: a series whose name (__name__, "
+                                         "before it becomes a table name) this regular expression matches anywhere "
+                                         "(^NAME$ for one name) is neither stored nor refused; repeatable",
+                                         parse="drop_metric", append=True, metavar="REGEX", default_note="none")
+    drop_labels: tuple[str, ...] = flag((), "labels not stored, as adx-mon's: from the series of metrics "
+                                        "METRIC_REGEX matches, the labels whose name LABEL_REGEX matches (both "
+                                        "anywhere) are removed before Labels and SeriesId are made; repeatable",
+                                        parse="drop_label", append=True, metavar="METRIC_REGEX=LABEL_REGEX",
+                                        default_note="none")
+    add_labels: tuple[str, ...] = flag((), "a string column NAME holding VALUE on every metrics row (after Value, "
+                                       "before the lifted columns), as adx-mon's; not a label: Labels and SeriesId "
+                                       "do not change; repeatable", parse="add_label", append=True,
+                                       metavar="NAME=VALUE", default_note="none")
     max_segment_size: int = flag(_W.max_segment_size, "close a segment at this size", parse="size")
     max_segment_age: float = flag(_W.max_segment_age, "close a segment at this age", parse="duration")
     max_disk_usage: int = flag(_W.max_disk_usage, "refuse writes (429 / RESOURCE_EXHAUSTED) past this many bytes "
@@ -496,21 +503,12 @@ def _key_value(text: str) -> str:
     return text
 
 
-def _regex(text: str) -> str:
-    try:
-        re.compile(text)
-    except re.error as e:
-        raise ValueError(f"not a regular expression: {text!r}: {e}") from None
-    return text
-
-
-def _regex_pair(text: str) -> str:
-    metric, sep, label = text.partition("=")
-    if not sep:
-        raise ValueError(f"{text!r}: expected METRIC_REGEX=LABEL_REGEX")
-    _regex(metric)
-    _regex(label)
-    return text
+def _checked(check: Callable[[str], object]) -> Callable[[str], str]:
+    """A parser that keeps the text `check` accepts (raises ValueError otherwise)."""
+    def parse(text: str) -> str:
+        check(text)
+        return text
+    return parse
 
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
@@ -520,7 +518,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "database_or_empty": _name("database name", MAX_DATABASE_LEN, empty=True),
     "table_or_empty": _name("table name", MAX_TABLE_LEN, empty=True),
     "int": _int, "path": Path, "bool": _bool, "str": str, "choice": _choice, "endpoint": str, "lift": _lift,
-    "key_value": _key_value, "regex": _regex, "regex_pair": _regex_pair,
+    "key_value": _key_value, "drop_metric": _checked(filters.drop_metric_rule),
+    "drop_label": _checked(filters.drop_label_rule), "add_label": _checked(filters.add_label_rule),
 }
 
 _ENDPOINT_START = re.compile(r"\s*[A-Za-z0-9_-]+\s*=")
@@ -668,6 +667,12 @@ def from_args(args: argparse.Namespace) -> NodeConfig:
         given["wal_fsync"] = FsyncPolicy(given["wal_fsync"])
     if "lift_labels" in given:  # adx-mon's LABEL=COLUMN: the column is named after the label here
         given["lift_labels"] = tuple(x.partition("=")[0].strip() for x in given["lift_labels"])
+    try:  # the columns --add-labels and --lift-labels make together
+        SeriesEncoder("Metrics", given.get("lift_labels", ()), None,
+                      filters.MetricFilters(given.get("drop_metrics", ()), given.get("drop_labels", ()),
+                                            given.get("add_labels", ())))
+    except ValueError as e:
+        raise FlagError(str(e)) from None
     if given.get("receivers") == 0:
         given["receivers"] = os.cpu_count() or 1
     given["storage_backend"] = storage_backend_of(given.get("storage_backend"), [

@@ -84,7 +84,9 @@ def converters_of(config: NodeConfig) -> Converters:
     allowed = allowed_databases(config)
     return Converters(
         MetricsConverter(MetricsConfig(default_database=config.default_metrics_database,
-                                       lift_labels=config.lift_labels, allowed_databases=allowed)),
+                                       lift_labels=config.lift_labels, allowed_databases=allowed,
+                                       drop_metrics=config.drop_metrics, drop_labels=config.drop_labels,
+                                       add_labels=config.add_labels)),
         LogsConverter(LogsConfig(default_database=config.default_logs_database,
                                  default_table=config.default_logs_table, allowed_databases=allowed)),
         TracesConverter(TracesConfig(default_database=config.default_traces_database,
