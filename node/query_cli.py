@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import json
 import os
@@ -100,15 +101,45 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f}s" if seconds == round(seconds) else f"{seconds:.1f}s"
 
 
-def _serve_args(argv: list[str]) -> list[str] | None:
-    """The flags of an `ingestor serve` (or `python -m node.cli serve`) command line, else None."""
-    if "serve" not in argv:
-        return None
-    i = argv.index("serve")
-    launcher = argv[:i]
-    if any(Path(a).name == "ingestor" or a == "node.cli" or a.endswith("node/cli.py") for a in launcher):
-        return argv[i + 1:]
+def _launcher(argv: list[str]) -> int | None:
+    """Where the `ingestor` command (or `python -m node.cli`) is in a command line: the program
+    itself, or its script after an interpreter and the interpreter's options; else None (an
+    argument of another program that happens to be named `ingestor` is no node)."""
+    for i, a in enumerate(argv):
+        if i and not Path(argv[0]).name.startswith("python"):
+            return None
+        if Path(a).name == "ingestor" or a.endswith("node/cli.py") or (a == "node.cli" and argv[i - 1] == "-m"):
+            return i
+        if i and not a.startswith("-") and argv[i - 1] not in _VALUED:
+            return None
     return None
+
+
+_VALUED = ("-m", "-X", "-W")
+"""An interpreter's options that take the next argument as their value."""
+
+
+@functools.cache
+def _serve_options() -> frozenset[str]:
+    p = argparse.ArgumentParser(add_help=False)
+    add_serve_flags(p)
+    return frozenset(o for o in p._option_string_actions if o.startswith("--"))
+
+
+def _serve_args(argv: list[str], env: Mapping[str, str] | None = None) -> list[str] | None:
+    """The flags of a node's command line, as `ingestor` reads it, else None: `ingestor serve
+    FLAGS`, adx-mon's `ingestor FLAGS` (no sub-command; Go's one-dash `-storage-dir` too), and
+    `ingestor` alone when its environment `env` sets INGESTOR_STORAGE_DIR; `python -m node.cli`
+    alike."""
+    from node.cli import long_dashes, serve_by_default  # node.cli imports this module
+
+    i = _launcher(argv)
+    if i is None:
+        return None
+    args = serve_by_default(argv[i + 1:], env or {})
+    if args[:1] != ["serve"]:
+        return None
+    return long_dashes(args[1:], set(_serve_options()))
 
 
 def _read_config(argv: list[str], env: Mapping[str, str]) -> NodeConfig | None:
@@ -139,13 +170,15 @@ def serving_node(storage_dir: Path, proc: Path = Path("/proc")) -> tuple[int, No
         d = proc / str(pid)
         try:
             argv = [a.decode(errors="replace") for a in (d / "cmdline").read_bytes().split(b"\0")[:-1]]
-            flags = _serve_args(argv)
-            if flags is None:
+            if _launcher(argv) is None:
                 continue
             env = dict(line.decode(errors="replace").partition("=")[::2]
                        for line in (d / "environ").read_bytes().split(b"\0") if b"=" in line)
             cwd = Path(os.readlink(d / "cwd"))
         except OSError:
+            continue
+        flags = _serve_args(argv, env)
+        if flags is None:
             continue
         config = _read_config(flags, env)
         if config is not None and (cwd / config.storage_dir).resolve() == want:

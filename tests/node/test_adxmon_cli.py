@@ -101,9 +101,9 @@ CASES = [
     Case("key", "/etc/certs/tls.key", "tls_key", Path("/etc/certs/tls.key")),
     Case("insecure-skip-verify", None, warns=f"--insecure-skip-verify: {NO_EFFECT}"),
     # removed from adx-mon's ingestor in March 2025, still in older manifests
-    Case("add-labels", "cluster=prod", warns=f"--add-labels: {NO_EFFECT}"),
-    Case("drop-labels", "^up$=instance", warns=f"--drop-labels: {NO_EFFECT}"),
-    Case("drop-metrics", "^go_.*", warns=f"--drop-metrics: {NO_EFFECT}"),
+    Case("add-labels", "cluster=prod", "add_labels", ("cluster=prod",)),
+    Case("drop-labels", "^up$=instance", "drop_labels", ("^up$=instance",)),
+    Case("drop-metrics", "^go_.*", "drop_metrics", ("^go_.*",)),
     Case("lift-label", "pod", "lift_labels", ("pod",)),
 ]
 HEAD_FLAGS = [c.flag for c in CASES[:27]]
@@ -312,6 +312,11 @@ def test_the_list_is_adxmons(tmp_path: Path) -> None:
     (["--lift-label=pod", "--lift-labels", "namespace,container"], "lift_labels", ("pod", "namespace", "container")),
     (["--lift-label=pod=PodName"], "lift_labels", ("pod",)),
     ([f"--metrics-kusto-endpoints=M={KUSTO}", "--storage-backend=ADX"], "storage_backend", "adx"),
+    (["--drop-metrics=^go_,^process_", "--drop-metrics", "_bucket$"], "drop_metrics", ("^go_", "^process_",
+                                                                                       "_bucket$")),
+    (["--drop-labels=^node_=^(instance|pod)$, .*=^id$"], "drop_labels", ("^node_=^(instance|pod)$", ".*=^id$")),
+    (["--add-labels=cluster=prod,region=", "-add-labels", "zone=z1"], "add_labels",
+     ("cluster=prod", "region=", "zone=z1")),
     (["-hostname=ingestor-1"], "node_name", "ingestor-1"),
     (["-max-segment-age", "7s"], "max_segment_age", 7.0),
 ])
@@ -334,6 +339,9 @@ def test_values_are_read_as_urfave_cli_reads_them(args: list[str], field: str, e
     ({"INGESTOR_ENABLE_WAL_FSYNC": "false"}, "wal_fsync", FsyncPolicy.NEVER),
     ({"INGESTOR_DISABLE_PEER_TRANSFER": "true"}, "disable_peer_transfer", True),
     ({"INGESTOR_LIFT_LABEL": "pod", "INGESTOR_LIFT_LABELS": "ns"}, "lift_labels", ("ns", "pod")),
+    ({"INGESTOR_DROP_METRICS": "^go_,^process_"}, "drop_metrics", ("^go_", "^process_")),
+    ({"INGESTOR_DROP_LABELS": "up=instance"}, "drop_labels", ("up=instance",)),
+    ({"INGESTOR_ADD_LABELS": "cluster=prod"}, "add_labels", ("cluster=prod",)),
 ])
 def test_the_environment_of_adxmons_flags(env: dict[str, str], field: str, expected: object) -> None:
     assert getattr(node_config.parse(["--storage-dir", "/x"], env=env), field) == expected
@@ -468,3 +476,137 @@ def test_argparse_namespace_of_a_switch_is_apart_from_its_field() -> None:
     ns = cli.build_parser().parse_args(["serve", "--storage-dir", "/x", "--wal-fsync", "always"])
     assert isinstance(ns, argparse.Namespace) and ns.switch_wal_fsync is None
     assert node_config.from_args(ns).wal_fsync is FsyncPolicy.ALWAYS
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (["--drop-labels=up"], "argument --drop-labels: 'up': expected METRIC_REGEX=LABEL_REGEX (one '=')"),
+    (["--drop-labels=a=b=c"], "argument --drop-labels: 'a=b=c': expected METRIC_REGEX=LABEL_REGEX (one '=')"),
+    (["--drop-metrics=^go_,(x"], "argument --drop-metrics: not a regular expression: '(x': missing ), unterminated "
+     "subpattern at position 0"),
+    (["--add-labels=cluster"], "argument --add-labels: 'cluster': expected NAME=VALUE (one '=')"),
+    (["--add-labels=cluster-name=prod"], "argument --add-labels: 'cluster-name=prod': the column name "
+     "'cluster-name' is not 1-1024 characters of [A-Za-z0-9_]"),
+    (["--add-labels=value=1"], "--add-labels column 'value' is also another column (in any case): Timestamp, "
+     "SeriesId, Labels, Value, value"),
+    (["--add-labels=pod=x", "--lift-label=pod"], "--add-labels column 'pod' is also another column (in any case): "
+     "Timestamp, SeriesId, Labels, Value, pod, Pod"),
+    (["--add-labels=a=1,A=2"], "--add-labels names one column more than once: 'a', 'A'"),
+])
+def test_bad_drop_and_add_values_are_one_line(tmp_path: Path, args: list[str], line: str) -> None:
+    """adx-mon refused these at start too (a regex that does not compile, an item that is not two
+    parts around `=`), or would have made a table it cannot ingest into (a column twice)."""
+    r = run(f"--storage-dir={tmp_path / 'd'}", *args, timeout=30)
+    assert (r.returncode, r.stderr) == (2, f"ingestor serve: error: {line} (see ingestor serve --help)\n")
+    assert not (tmp_path / "d" / "wal").exists()
+
+
+# -- --drop-metrics, --drop-labels and --add-labels in a running node -------------------------------------
+
+def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return resp.status, resp.read()
+
+
+def query_json(storage: Path, sql: str, wait: float = 90) -> list[dict[str, Any]]:
+    """`ingestor query --wait` (the console script, as a person runs it) in JSON lines."""
+    import json
+
+    r = run("query", "--storage-dir", str(storage), "--wait", str(wait), "--format", "json", sql, timeout=wait + 60)
+    assert r.returncode == 0, r.stderr
+    return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+
+
+def test_a_node_with_adxmons_drop_and_add_flags_stores_what_adxmon_stored(tmp_path: Path, node_of: Any) -> None:
+    """Started as adx-mon's manifests start it (no sub-command, adx-mon's flag names), fed by
+    remote write and OTLP/HTTP: the dropped metrics make no table and no refusal, the dropped
+    labels are in neither Labels nor SeriesId nor their lifted column, and every row has the added
+    columns, after Value and before the lifted one, as adx-mon's ingestion mapping had them."""
+    import cramjam
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
+    from opentelemetry.proto.metrics.v1.metrics_pb2 import Histogram, HistogramDataPoint, Metric
+
+    from node import query_cli
+    from tests.rows.build import metrics_request, remote_write, sid
+    from tests.rows.test_otlp_metrics import gauge, point
+
+    storage = tmp_path / "data"
+    node = node_of(f"--storage-dir={storage}", "--max-segment-age=1s", "--upload-interval=1s",
+                   "--drop-metrics=^go_", "--drop-metrics", "_bucket$", "--drop-labels=^node_=^(instance|pod)$",
+                   "--drop-labels=^http_=^http_route$", "--add-labels=cluster=prod,region=eastus", "--lift-label=pod")
+    now_ms = int(time.time() * 1000)
+    instance = {"instance": "10.0.0.7:9100", "pod": "api-0"}
+    rw = remote_write(({"__name__": "go_goroutines", **instance}, [(12.0, now_ms)]),
+                      ({"__name__": "node_cpu_seconds_total", "mode": "idle", **instance}, [(1.5, now_ms)]),
+                      ({"__name__": "up", **instance}, [(1.0, now_ms)]))
+    status, _ = _post(f"http://127.0.0.1:{node.http}/api/v1/write", bytes(cramjam.snappy.compress_raw(
+        rw.SerializeToString())), {"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf"})
+    assert status == 204
+    now_ns = now_ms * 1_000_000
+    hist = HistogramDataPoint(time_unix_nano=now_ns, count=3, sum=1.5, bucket_counts=[1, 2], explicit_bounds=[0.5])
+    otlp = metrics_request(gauge("http.active", point(2.0, {"http.route": "/cart", "http.method": "GET"}, t=now_ns)),
+                           Metric(name="latency", histogram=Histogram(data_points=[hist])),
+                           resource={"service.name": "api", "host.name": "h1"})
+    status, body = _post(f"http://127.0.0.1:{node.http}/v1/metrics", otlp.SerializeToString(),
+                         {"Content-Type": "application/x-protobuf"})
+    assert status == 200 and not ExportMetricsServiceResponse.FromString(body).HasField("partial_success")
+
+    # `ingestor query` finds the node though it was started without `serve`, and reads its flags
+    found = query_cli.serving_node(storage)
+    assert found is not None and found[0] == node.proc.pid
+    assert (found[1].max_segment_age, found[1].drop_metrics) == (1.0, ("^go_", "_bucket$"))
+    assert query_cli.timing(storage).node == f"the node serving {storage} (pid {node.proc.pid})"
+
+    expected = ["HttpActive", "LatencyCount", "LatencySum", "NodeCpuSecondsTotal", "TargetInfo", "Up"]
+    tables = query_json(storage, "SELECT groupArraySorted(100)(name) AS t FROM system.tables "
+                        "WHERE database = 'Metrics' HAVING length(t) >= 6")
+    assert tables == [{"t": expected}]
+    columns = query_json(storage, "SELECT groupArray(name) AS c FROM (SELECT name FROM system.columns WHERE "
+                         "database = 'Metrics' AND table = 'Up' ORDER BY position)")
+    assert columns == [{"c": ["Timestamp", "SeriesId", "Labels", "Value", "cluster", "region", "Pod"]}]
+    rows = query_json(storage, "SELECT _table AS t, SeriesId, Labels, Value, cluster, region, Pod FROM merge("
+                      "'Metrics', '^(NodeCpuSecondsTotal|Up|HttpActive|LatencyCount)$') ORDER BY t")
+    cpu = {"__name__": "node_cpu_seconds_total", "mode": "idle"}
+    up = {"__name__": "up", **instance}
+    http = {"__name__": "http_active", "http_method": "GET", "job": "api"}
+    count = {"__name__": "latency_count", "job": "api"}
+    assert rows == [
+        {"t": "HttpActive", "SeriesId": sid(http), "Labels": '{"http_method":"GET","job":"api"}', "Value": 2,
+         "cluster": "prod", "region": "eastus", "Pod": ""},
+        {"t": "LatencyCount", "SeriesId": sid(count), "Labels": '{"job":"api"}', "Value": 3, "cluster": "prod",
+         "region": "eastus", "Pod": ""},
+        {"t": "NodeCpuSecondsTotal", "SeriesId": sid(cpu), "Labels": '{"mode":"idle"}', "Value": 1.5,
+         "cluster": "prod", "region": "eastus", "Pod": ""},
+        {"t": "Up", "SeriesId": sid(up), "Labels": '{"instance":"10.0.0.7:9100"}', "Value": 1,
+         "cluster": "prod", "region": "eastus", "Pod": "api-0"},
+    ]
+    log = node.log.read_text()
+    assert "--drop-metrics '^go_' matches metric 'go_goroutines': its points are not stored" in log
+    assert "--drop-metrics '_bucket$' matches metric 'latency_bucket': its points are not stored" in log
+    assert warnings_of(log) == [] and "refused" not in log
+    assert node.stop() == 0
+
+
+def test_query_finds_a_node_started_as_adxmons_manifests_start_it(tmp_path: Path) -> None:
+    """`ingestor --storage-dir ...` (no sub-command), with Go's one-dash flags, and `ingestor`
+    alone configured by its environment, are nodes to `ingestor query`; `ingestor query` and
+    `ingestor --help` are not, nor a file named ingestor another program reads."""
+    from node import query_cli
+    from tests.node.test_quickstart import _fake_process
+
+    proc, work = tmp_path / "proc", tmp_path / "work"
+    work.mkdir()
+    python, script = "/srv/.venv/bin/python3.11", "/srv/.venv/bin/ingestor"
+    _fake_process(proc, 10, [python, script, "query", "--storage-dir", "./a", "SELECT 1"], {}, work)
+    _fake_process(proc, 11, [python, script, "--help"], {"INGESTOR_STORAGE_DIR": "./a"}, work)
+    _fake_process(proc, 12, ["tail", "-f", "/var/log/ingestor"], {"INGESTOR_STORAGE_DIR": "./a"}, work)
+    _fake_process(proc, 13, [python, script, "-storage-dir=./a", "-max-segment-age", "7s"], {}, work)
+    _fake_process(proc, 14, [python, script], {"INGESTOR_STORAGE_DIR": "./b", "INGESTOR_MAX_SEGMENT_AGE": "8s"}, work)
+    _fake_process(proc, 15, [python, "-m", "node.cli", "--storage-dir", "./c", "--max-segment-age=9s"], {}, work)
+    _fake_process(proc, 16, ["/usr/local/bin/ingestor", "--storage-dir", "./d", "--max-segment-age=4s"], {}, work)
+    for directory, pid, age in (("a", 13, 7.0), ("b", 14, 8.0), ("c", 15, 9.0), ("d", 16, 4.0)):
+        found = query_cli.serving_node(work / directory, proc)
+        assert found is not None and (found[0], found[1].max_segment_age) == (pid, age), directory
+    assert query_cli.serving_node(work / "e", proc) is None
+    assert query_cli._serve_args([python, script, "serve", "--storage-dir", "./a"]) == ["--storage-dir", "./a"]
+    assert query_cli._serve_args([python, script]) is None  # no INGESTOR_STORAGE_DIR: the usage error

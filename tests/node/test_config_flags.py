@@ -97,3 +97,18 @@ def test_an_empty_variable_is_no_variable(tmp_path: Path) -> None:
                      env={"INGESTOR_MAX_SEGMENT_AGE": " ", "INGESTOR_DEFAULT_LOGS_TABLE": "", "INGESTOR_PEERS": ""})
     d = config.parse(["--storage-dir", str(tmp_path)], env={})
     assert (c.max_segment_age, c.default_logs_table, c.peers) == (d.max_segment_age, d.default_logs_table, d.peers)
+
+
+def test_drop_and_add_flags_reach_the_metrics_converter(tmp_path: Path) -> None:
+    """adx-mon's --drop-metrics, --drop-labels and --add-labels are fields like any other (flag and
+    variable), and `converters_of` hands them to the metrics converter, whose schema has the column."""
+    from node.server import converters_of
+
+    c = config.parse(["--storage-dir", str(tmp_path), "--drop-metrics", "^go_", "--add-labels", "cluster=prod"],
+                     env={"INGESTOR_DROP_LABELS": "^up$=instance"})
+    assert (c.drop_metrics, c.drop_labels, c.add_labels) == (("^go_",), ("^up$=instance",), ("cluster=prod",))
+    metrics = converters_of(c).metrics
+    assert (metrics.cfg.drop_metrics, metrics.cfg.drop_labels, metrics.cfg.add_labels) == (
+        c.drop_metrics, c.drop_labels, c.add_labels)
+    assert metrics.schema[4:] == (("cluster", "string"),)
+    assert config.NodeConfig(storage_dir=tmp_path).drop_metrics == ()
