@@ -300,7 +300,8 @@ class OtlpMetrics:
     def _emit(
         self, out: ResultBuilder, res: _Resource, attrs: Sequence[KeyValue], stamp: str, rows: list[_Series]
     ) -> bool:
-        """Append the rows of one data point; False (and one rejection) if its series are refused."""
+        """Append the rows of one data point; False if none was written (with one rejection when its
+        series are refused, none when they are dropped)."""
         akey = tuple([kv.SerializeToString() for kv in attrs])
         entries: list[Entry] = []
         for name, extra, _ in rows:
@@ -313,13 +314,15 @@ class OtlpMetrics:
                 self._size += 1
             entries.append(entry)
         dest, reason, _ = entries[0]
-        if dest is None:
+        if dest is None and reason:  # refused (an empty reason: that series is dropped, --drop-labels)
             out.reject(reason)
             return False
+        emitted = False
         for (dest, mid, tail), (_, _, text) in zip(entries, rows, strict=True):
             if dest is not None:
                 out.rows(dest).append(f"{stamp}{mid}{text}{tail}")
-        return True
+                emitted = True
+        return emitted
 
     @staticmethod
     def _histogram(dp: Any, name: str) -> list[_Series]:
