@@ -455,8 +455,13 @@ class Repository:
         self._publish()
 
     def _index_new(self, info: SegmentInfo) -> None:
-        """Index a segment this process just closed (already counted while active)."""
+        """Index a segment this process just closed (already counted while active, at the size it
+        was written: what compaction took off is given back here)."""
         with self._lock:
+            if info.shrunk:
+                self._usage -= info.shrunk
+                self._usage_by_db[info.database] -= info.shrunk
+                self._publish()
             if self._indexing:
                 if info.name.segment_id in self._closed[info.prefix]:
                     # a refresh found the renamed file first and counted it: it was counted already

@@ -17,7 +17,7 @@ from pathlib import Path
 from node.storage import ACTIVE_DIR, fsync_dir
 from node.wal.names import FlakeIds, SegmentName
 from node.wal.openfiles import UNBOUNDED, OpenFiles
-from node.wal.segment import FsyncPolicy, SegmentWriter
+from node.wal.segment import FsyncPolicy, SegmentWriter, compact
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +29,9 @@ class SegmentInfo:
     size: int
     blocks: int
     rows: int
+    shrunk: int = 0
+    """Bytes compaction took off it as it closed (`segment.compact`): written, and so counted in
+    the disk usage, as an active segment, but no longer on disk."""
 
     @property
     def prefix(self) -> str:
@@ -184,11 +187,15 @@ class TableWal:
             active, name = self._closing[0]
             active.close()
             closed = self._dir / name.filename
+            size, blocks, rows = active.size, active.blocks, active.rows
             if active.path.exists() or not closed.exists():  # not renamed by an earlier try
+                compacted = compact(active.path, blocks, self._fsync is not FsyncPolicy.NEVER, name.schema is not None)
+                if compacted is not None:
+                    size, blocks, rows = compacted
                 os.rename(active.path, closed)
             if self._fsync is not FsyncPolicy.NEVER:
                 fsync_dir(self._dir)
             self._closing.pop(0)
-            info = SegmentInfo(closed, name, active.size, active.blocks, active.rows)
+            info = SegmentInfo(closed, name, size, blocks, rows, shrunk=active.size - size)
             self._on_close(info)
         return info

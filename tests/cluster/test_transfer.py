@@ -38,6 +38,7 @@ from node.transfer.protocol import READY_HEADER, Outcome
 from node.transfer.router import Router, TransferConfig
 from node.transfer.service import TRANSFER_SERVICE, PeerAuth, TransferService
 from node.wal import format as fmt
+from node.wal import segment as wal_segment
 from node.wal.names import make_prefix
 from node.wal.repository import Repository, WalConfig
 from node.wal.segment import iter_rows
@@ -109,6 +110,13 @@ def sender(tmp_path: Path) -> Iterator[Repository]:
 
 def rows(i: int, n: int = 50) -> bytes:
     return b"".join(f"2026-11-24T04:00:00.000Z,{i * 1000 + j},\"{{}}\",{j}.5\n".encode() for j in range(n))
+
+
+@pytest.fixture(autouse=True)
+def _blocks_as_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Closed segments keep the blocks they were written in (no compaction: segment.compact), so
+    that a test can send, cut or corrupt the third of five."""
+    monkeypatch.setattr(wal_segment, "COMPACT_BELOW", 0)
 
 
 def segments(wal: Repository, count: int = 2, blocks: int = 3, table: str = "Cpu") -> list[SegmentInfo]:

@@ -22,14 +22,20 @@ def _recovered(directory: Path) -> set[tuple[int, int]]:
     assert report.ignored == []
     seen: set[tuple[int, int]] = set()
     for info in repo.closed_segments():
-        for value in iter_rows(info.path):
-            lines = value.splitlines()
-            run, i, pad = lines[0].split(b",")
+        # a closed segment's blocks may be compacted (segment.compact): one block holds the rows of
+        # many writes, so each write is checked as its run of lines, in order
+        lines = b"".join(iter_rows(info.path)).splitlines()
+        at = 0
+        while at < len(lines):
+            run, i, pad = lines[at].split(b",")
             key = (int(run), int(i))
-            # the block is intact: every line of it is the same, whole line
-            assert lines == [lines[0]] * (1 + key[1] % 7)
+            n = 1 + key[1] % 7
+            # the write is intact: every line of it is the same, whole line
+            assert lines[at : at + n] == [lines[at]] * n
             assert pad == b"x" * (key[1] % 300)
+            assert key not in seen
             seen.add(key)
+            at += n
     # Verified: drop them, as an uploader would, so each run scans only its own data.
     repo.remove(repo.closed_segments())
     return seen

@@ -41,8 +41,10 @@ def test_rotation_at_max_size(tmp_path: Path) -> None:
         written.append(v)
     repo.rotate_all()
     assert len(closed) > 3
-    assert all(c.size >= 4096 for c in closed[:-1])
-    assert all(c.size < 4096 + 1024 for c in closed)
+    # closed at max size as written; compaction may then make the file smaller
+    assert all(c.size + c.shrunk >= 4096 for c in closed[:-1])
+    assert all(c.size + c.shrunk < 4096 + 1024 for c in closed)
+    assert all(c.size == c.path.stat().st_size for c in closed)
     assert _all_rows(repo) == b"".join(written)
     ids = [c.name.segment_id for c in closed]
     assert ids == sorted(ids)
