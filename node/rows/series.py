@@ -22,6 +22,7 @@ added column is a constant field of `tail`, before the lifted ones.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 
 import xxhash
@@ -51,6 +52,7 @@ MAX_CACHED_NAMES = 131072
 
 BASE_SCHEMA: Schema = (("Timestamp", "datetime"), ("SeriesId", "long"), ("Labels", "dynamic"), ("Value", "real"))
 
+_ALNUM = re.compile(r"[A-Za-z0-9]+")
 _TOP_BIT = 1 << 63
 _WRAP = 1 << 64
 
@@ -60,6 +62,16 @@ def series_id(labels: Iterable[tuple[str, str]]) -> int:
     Callers pass labels sorted by name."""
     h: int = xxhash.xxh64_intdigest("".join([n + v for n, v in labels]).encode("utf-8"))
     return h - _WRAP if h >= _TOP_BIT else h
+
+
+def database_of_label(value: str) -> str:
+    """The database an `adxmon_database` label names: the value itself when it is a name (letters and
+    digits, runs joined by single `_`: `observability_metrics`, as its endpoint is keyed); otherwise
+    its [A-Za-z0-9] characters, case kept, as adx-mon keeps them (`prod-eu.1` -> `prodeu1`). May be
+    "" (nothing to keep) or longer than a database name may be: the caller refuses those."""
+    if is_valid_name(value, MAX_DATABASE_LEN):
+        return value
+    return "".join(_ALNUM.findall(value))
 
 
 class SeriesEncoder:
@@ -148,7 +160,7 @@ class SeriesEncoder:
             return None, f"metric name without [A-Za-z0-9] characters: {show(metric)}", ""
         database = self._default_database
         if database_raw is not None:
-            database = normalize_name(database_raw)
+            database = database_of_label(database_raw)
             if not database:
                 return None, f"adxmon_database without [A-Za-z0-9] characters: {show(database_raw)}", ""
             if len(database) > MAX_DATABASE_LEN:

@@ -200,10 +200,10 @@ def test_promoted_resource_attributes_and_adxmon_database() -> None:
     result = MetricsConverter(cfg).convert_otlp(req)
     team = {"__name__": "g", "k8s_namespace_name": "prod", "adxmon_database": "team_db"}
     point_db = {**team, "adxmon_database": "point_db"}
-    assert text(result, "TeamDb", "G") == row(team, "1.0")
-    assert text(result, "PointDb", "G") == row(point_db, "2.0")
+    assert text(result, "team_db", "G") == row(team, "1.0")
+    assert text(result, "point_db", "G") == row(point_db, "2.0")
     info = {"__name__": "target_info", "k8s_namespace_name": "prod", "adxmon_database": "team_db"}
-    assert text(result, "TeamDb", "TargetInfo") == row(info, "1")
+    assert text(result, "team_db", "TargetInfo") == row(info, "1")
 
 
 def test_attribute_types_and_colliding_names() -> None:

@@ -77,8 +77,8 @@ def test_lifted_labels_order_quoting_and_absence() -> None:
 def test_adxmon_labels_are_left_out_of_labels_json_and_route() -> None:
     labels = {"__name__": "up", "adxmon_database": "team-a_metrics", "adxmon_other": "x", "job": "api"}
     result = MetricsConverter().convert_remote_write(remote_write((labels, [(1.0, T_MS)])))
-    assert list(result.tables) == [("TeamAMetrics", "Up")]
-    assert text(result, "TeamAMetrics", "Up") == (f'2026-11-24T04:00:00.123Z,{sid(labels)},"{{""job"":""api""}}",1.0\n')
+    assert list(result.tables) == [("teamametrics", "Up")]
+    assert text(result, "teamametrics", "Up") == (f'2026-11-24T04:00:00.123Z,{sid(labels)},"{{""job"":""api""}}",1.0\n')
 
 
 def test_disallowed_database_is_rejected_with_reason() -> None:
