@@ -66,12 +66,8 @@ from isal import isal_zlib
 
 from node.errors import InvalidNameError, PermanentSinkError, SinkError
 from node.names import COLUMN_RE, MAX_DATABASE_LEN, MAX_TABLE_LEN, validate_name
-from node.rows.logs import LOGS_SCHEMA
-from node.rows.series import BASE_SCHEMA
-from node.rows.traces import TRACES_SCHEMA
 from node.sinks.base import CLICKHOUSE_TYPES, Batch
 from node.sinks.startcheck import START_CHECK_SECONDS, check_all, connect
-from node.wal import format as fmt
 from node.wal.names import Schema, schema_hash
 
 log = logging.getLogger(__name__)
@@ -80,9 +76,6 @@ AUTH_MODES = ("default", "token", "none")
 APPLICATION = "telemetry-ingestor"
 TEMP_PREFIX = "adx-upload-"
 
-# Schema of segments written without a header line, by WAL sample kind.
-DEFAULT_SCHEMAS: dict[int, Schema] = {fmt.KIND_METRIC: BASE_SCHEMA, fmt.KIND_LOG: LOGS_SCHEMA,
-                                      fmt.KIND_TRACE: TRACES_SCHEMA}
 ADX_TYPES = frozenset(CLICKHOUSE_TYPES)
 _URL_FORBIDDEN = re.compile(r"[\s;=,'\"`{}<>\\^|\x00-\x1f\x7f]")
 # A blob above _PUT_SIZE goes up in blocks: what a blob upload holds in memory stays bounded.
@@ -428,12 +421,11 @@ class AdxSink:
             # Retried rather than quarantined: configuring the endpoint delivers the batch.
             raise SinkError(f"no Kusto endpoint configured for database {db}")
         cluster = self._cluster(url)
-        schema = batch.read_schema()
+        schema = batch.read_schema()  # blocks without a header line: the default of their kind (base.py)
         if schema is None:
-            # Only segments named without a schema may lack the header; then the kind tells the columns.
-            if any(s.name.schema for s in batch.segments) or batch.kind not in DEFAULT_SCHEMAS:
-                raise PermanentSinkError(f"{batch.id}: no schema header line (sample kind {batch.kind})")
-            schema = DEFAULT_SCHEMAS[batch.kind]
+            if next(batch.iter_csv(), None) is None:
+                return  # not a block: nothing to ingest
+            raise PermanentSinkError(f"{batch.id}: no schema header line (sample kind {batch.kind})")
         try:
             validate_name(table, "table", MAX_TABLE_LEN)
             check_schema(schema)

@@ -226,3 +226,204 @@ def merge(*segments: bytes) -> bytes:
 def metrics_segment(samples_per_block: Sequence[Sequence[Sample]], compression: str = "s2") -> bytes:
     """A metrics segment as a collector writes it: one block per write, each with the header line."""
     return segment(*(block(metrics_csv(samples), compression=compression) for samples in samples_per_block))
+
+
+# -- logs (added for the sinks' tests of adx-mon's logs segments) ----------------------------------
+#
+# Written from adx-mon's transform/otlp_logs_csv.go (`CSVWriter.MarshalLog`, the OTLP logs path of
+# collectors until February 2025: `storage.LocalStore.WriteOTLPLogs`, key `<db>_<table>`, no schema
+# part, no header line, `WithSampleMetadata(LogSampleType, len(logs))`), transform/native_logs_csv.go
+# (`NativeLogsCSVWriter`, every logs path since: header line, key `<db>_<table>_<hash>`, type 0,
+# count 0), schema/schema.go `NewLogsSchema`, Go's encoding/csv `Writer` and ffjson's `WriteJson`.
+#
+#     rec   = LogRecord(time_unix_nano=..., trace_id=b"...", severity_number=9, body="text", ...)
+#     value = otlp_logs_csv([rec, ...], resource={"service.name": "api"})   # no header line
+#     blk   = otlp_logs_block([rec, ...], resource)      # type log, count = records: as WriteOTLPLogs
+#     name  = logs_filename("Logs", "App")               # Logs_App_<id>.wal: no schema part
+#     value = native_logs_csv([NativeLog(...), ...])     # header line (`header=False`: before Oct 2024)
+#     name  = native_logs_filename("Logs", "App")        # Logs_App_<logs schema hash>_<id>.wal
+
+LOGS_SCHEMA: tuple[tuple[str, str], ...] = (
+    ("Timestamp", "datetime"), ("ObservedTimestamp", "datetime"), ("TraceId", "string"), ("SpanId", "string"),
+    ("SeverityText", "string"), ("SeverityNumber", "int"), ("Body", "dynamic"), ("Resource", "dynamic"),
+    ("Attributes", "dynamic"))
+"""`schema.NewLogsSchema()`: adx-mon's `DefaultLogsMapping`, its ingestor's logs databases' default."""
+
+SEVERITY_NAMES = ["SEVERITY_NUMBER_UNSPECIFIED"] + [
+    f"SEVERITY_NUMBER_{level}{'' if i == 0 else i + 1}"
+    for level in ("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL") for i in range(4)]
+"""`logsv1.SeverityNumber` names by number (0-24): what its Go `String()` gives."""
+
+_GO_SPACE = frozenset("\t\n\v\f\r \x85\xa0")
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    """An OTLP log record as adx-mon's OTLP logs path had it. `body`: str, int, float, bool, bytes,
+    a dict (kvlist), a list (array) or None (no value); attributes: string values (adx-mon writes
+    `GetStringValue()` of each)."""
+
+    time_unix_nano: int
+    observed_time_unix_nano: int = 0
+    trace_id: bytes = b""
+    span_id: bytes = b""
+    severity_text: str = ""
+    severity_number: int = 0
+    body: object = None
+    attributes: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class NativeLog:
+    """A log of adx-mon's native logs path (`types.Log`): body, resource and attributes as values
+    that `ffjson.Marshal` writes (str, int, float, bool, None, lists and dicts of them)."""
+
+    timestamp_ns: int
+    observed_ns: int = 0
+    body: Mapping[str, object] | None = None
+    resource: Mapping[str, object] | None = None
+    attributes: Mapping[str, object] | None = None
+
+
+def go_json_string(s: str | bytes) -> bytes:
+    """ffjson's `WriteJson`: `"`, `\\`, `\\n`, `\\r` escaped with a backslash; other bytes below 0x20
+    and `&`, `<`, `>` as `\\u00XX`; invalid UTF-8 as `\\ufffd`; U+2028 and U+2029 as `\\u202X`."""
+    raw = s.encode() if isinstance(s, str) else s
+    out = bytearray(b'"')
+    for ch in raw.decode("utf-8", "surrogateescape"):  # an invalid byte: a lone surrogate
+        if ch in '"\\':
+            out += b"\\" + ch.encode()
+        elif ch == "\n":
+            out += b"\\n"
+        elif ch == "\r":
+            out += b"\\r"
+        elif ch < " " or ch in "&<>":
+            out += f"\\u00{ord(ch):02x}".encode()
+        elif "\udc80" <= ch <= "\udcff":
+            out += b"\\ufffd"
+        elif ch in "\u2028\u2029":
+            out += f"\\u{ord(ch):04x}".encode()
+        else:
+            out += ch.encode()
+    return bytes(out + b'"')
+
+
+def go_csv_row(fields: Sequence[bytes]) -> bytes:
+    """Go's `csv.Writer.Write` (comma `,`, `UseCRLF` false): a field is quoted when it holds `,` `"`
+    CR or LF, is `\\.`, or starts with a space (`unicode.IsSpace` of its first rune); inside, `"` is
+    doubled and CR and LF are written as they are. The row ends with LF."""
+    out = []
+    for f in fields:
+        first = f[:4].decode("utf-8", "replace")[:1] if f else ""
+        needs = f == b"\\." or any(c in f for c in (b",", b'"', b"\r", b"\n")) or (
+            bool(first) and (first in _GO_SPACE or (ord(first) > 0xFF and first.isspace())))
+        out.append(b'"' + f.replace(b'"', b'""') + b'"' if needs else f)
+    return b",".join(out) + b"\n"
+
+
+def otlp_ts(ts: int) -> str:
+    """`otlpTSToUTC`: a value that fits in 53 bits is taken for milliseconds, else nanoseconds;
+    Go's `time.RFC3339Nano` in UTC (the fraction without trailing zeros, none when zero)."""
+    if ts & 0x1FFFFFFFFFFFFF == ts:
+        seconds, nanos = ts // 1000, (ts % 1000) * 1_000_000
+    else:
+        seconds, nanos = ts // 1_000_000_000, ts % 1_000_000_000
+    dt = datetime.fromtimestamp(seconds, UTC)
+    frac = f"{nanos:09d}".rstrip("0")
+    return dt.strftime("%Y-%m-%dT%H:%M:%S") + (f".{frac}" if frac else "") + "Z"
+
+
+def _go_float(v: float) -> str:
+    """`strconv.FormatFloat(v, 'f', -1, 64)`."""
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    from decimal import Decimal
+
+    text = format(Decimal(repr(v)), "f")
+    return text[:-2] if text.endswith(".0") else text
+
+
+def any_value(v: object, depth: int = 0) -> bytes:
+    """`serializeAnyValue`: a string at the top is written as it is, deeper as a JSON string; bool,
+    int and double as JSON strings of their text; kvlists and arrays as JSON; no value as `""`."""
+    if isinstance(v, str):
+        return v.encode() if depth == 0 else go_json_string(v)
+    if isinstance(v, bool):
+        return go_json_string("true" if v else "false")
+    if isinstance(v, int):
+        return go_json_string(str(v))
+    if isinstance(v, float):
+        return go_json_string(_go_float(v))
+    if isinstance(v, dict):
+        return b"{" + b",".join(go_json_string(k) + b":" + any_value(x, depth + 1) for k, x in v.items()) + b"}"
+    if isinstance(v, list):
+        return b"[" + b",".join(any_value(x, depth + 1) for x in v) + b"]"
+    return go_json_string("")  # no value, or bytes: `GetStringValue()` is ""
+
+
+def _string_map(values: Mapping[str, str]) -> bytes:
+    return b"{" + b",".join(go_json_string(k) + b":" + go_json_string(v) for k, v in values.items()) + b"}"
+
+
+def otlp_logs_csv(records: Iterable[LogRecord], resource: Mapping[str, str] | None = None,
+                  now_ns: int | None = None) -> bytes:
+    """`CSVWriter.MarshalLog`: one row per record, no header line. Trace and span ids are their raw
+    bytes (`string(l.GetTraceId())`), the severity number its enum name, the body `any_value`,
+    resource and attributes JSON objects of string values; an observed time of 0 is `now_ns`."""
+    out = bytearray()
+    now = time.time_ns() if now_ns is None else now_ns
+    for r in records:
+        observed = r.observed_time_unix_nano or now
+        severity = SEVERITY_NAMES[r.severity_number] if 0 <= r.severity_number < len(SEVERITY_NAMES) \
+            else str(r.severity_number)
+        out += go_csv_row([otlp_ts(r.time_unix_nano).encode(), otlp_ts(observed).encode(), r.trace_id, r.span_id,
+                           r.severity_text.encode(), severity.encode(), any_value(r.body),
+                           _string_map(resource or {}), _string_map(r.attributes or {})])
+    return bytes(out)
+
+
+def otlp_logs_block(records: Sequence[LogRecord], resource: Mapping[str, str] | None = None, *,
+                    compression: str = "s2", now_ns: int | None = None) -> bytes:
+    """One `WriteOTLPLogs` block: the rows, sample type log, count the number of records."""
+    return block(otlp_logs_csv(records, resource, now_ns), compression=compression, kind=LOG, count=len(records))
+
+
+def logs_filename(database: str, table: str, segment_id: str | None = None) -> str:
+    """The name of an OTLP logs segment (`<db>_<table>` key): no schema part."""
+    return filename(database, table, None, segment_id)
+
+
+def _go_marshal(v: object) -> bytes:
+    """`ffjson.Marshal` of a plain value (encoding/json: `<`, `>`, `&`, U+2028/9 escaped, keys sorted)."""
+    text = json.dumps(v, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    for ch, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"),
+                    ("\u2029", "\\u2029")):
+        text = text.replace(ch, esc)
+    return text.encode()
+
+
+def _native_map(values: Mapping[str, object] | None, skip: tuple[str, ...]) -> bytes:
+    return b"{" + b",".join(go_json_string(k) + b":" + _go_marshal(v) for k, v in (values or {}).items()
+                            if not k.startswith(skip)) + b"}"
+
+
+def native_logs_csv(logs: Iterable[NativeLog], header: bool = True, now_ns: int | None = None) -> bytes:
+    """`NativeLogsCSVWriter.MarshalNativeLog` (no lifted resources): the header line (each block
+    has one since October 2024; `header=False` before), then per log its times, four empty fields
+    (no ids or severity), body, resource (without `adxmon_`, `label.`, `annotation.` keys) and
+    attributes (without `adxmon_` keys) as JSON."""
+    out = bytearray(schema_line(LOGS_SCHEMA) if header else b"")
+    now = time.time_ns() if now_ns is None else now_ns
+    for lg in logs:
+        out += go_csv_row([otlp_ts(lg.timestamp_ns).encode(), otlp_ts(lg.observed_ns or now).encode(), b"", b"",
+                           b"", b"", _native_map(lg.body, ()),
+                           _native_map(lg.resource, ("adxmon_", "label.", "annotation.")),
+                           _native_map(lg.attributes, ("adxmon_",))])
+    return bytes(out)
+
+
+def native_logs_filename(database: str, table: str, segment_id: str | None = None) -> str:
+    """The name of a native logs segment since October 2024: the logs schema's hash."""
+    return filename(database, table, schema_hash(LOGS_SCHEMA), segment_id)
