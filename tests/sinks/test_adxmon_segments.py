@@ -67,7 +67,7 @@ RECORDS = [
     seg.LogRecord(T + 4, T + 4, severity_text="Warn'ing", severity_number=13, body='{"already": "json"}'),
     seg.LogRecord(T + 5, T + 6, severity_number=24, body="  padded\ttext <&> ✓ "),
 ]
-RECORD_ROWS = [
+RECORD_ROWS: list[tuple[object, ...]] = [
     # What lands: Timestamp, ObservedTimestamp (ns), TraceId, SpanId, SeverityText, SeverityNumber,
     # Body, Resource, Attributes (JSON values). Ids are hex as the node's receivers write them, the
     # severity a number; adx-mon's body text as ADX's `dynamic` reads it (a string that is no JSON
@@ -88,7 +88,7 @@ NATIVE = [
                   attributes={"kusto.database": "Logs", "adxmon_x": "y", "n": 3}),
     seg.NativeLog(T + 12, 0, body={"message": "ok <b>"}, resource={}, attributes={}),
 ]
-NATIVE_ROWS = [
+NATIVE_ROWS: list[tuple[object, ...]] = [
     (T + 10, T + 11, "", "", "", 0, {"message": "disk full, retrying\n", "level": "warn"}, {"pod": "api-0"},
      {"kusto.database": "Logs", "n": 3}),
     (T + 12, NOW, "", "", "", 0, {"message": "ok <b>"}, {}, {}),
@@ -471,3 +471,30 @@ def test_adx_ingests_adxmon_logs_and_metrics_with_the_default_mappings(azurite: 
     assert log_view(got["App"]) == expected_logs(RECORD_ROWS + NATIVE_ROWS + our_rows)
     for table in ("CpuUsage", "Old"):
         assert metric_view(got[table]) == expected_metrics(), table
+
+
+# -- end to end: adx-mon's collector sends a logs segment to a node's transfer front door ------------
+
+def test_an_adxmon_logs_segment_posted_to_the_transfer_door_lands_in_the_local_sink(tmp_path: Path) -> None:
+    pytest.importorskip("chdb")
+    from tests.adxmon.collector import Collector
+    from tests.adxmon.test_transfer_http import FLOW, query, running, wait_for
+    from tests.harness import NodeProcess
+
+    otlp = seg.segment(seg.otlp_logs_block(RECORDS[:4], RESOURCE, now_ns=NOW),
+                       seg.otlp_logs_block(RECORDS[4:], RESOURCE, compression="snappy", now_ns=NOW))
+    native = seg.segment(*(seg.block(seg.native_logs_csv([lg], header=False, now_ns=NOW)) for lg in NATIVE))
+    columns = ", ".join(f"toString({'toUnixTimestamp64Nano(' + c + ')' if t == 'datetime' else c}) AS {c}"
+                        for c, t in LOGS_SCHEMA)
+    with running(NodeProcess(tmp_path / "data", *FLOW)) as node:
+        with Collector(node.transfer_url) as c:
+            for data in (otlp, native):
+                r = c.write(seg.logs_filename("Logs", "App", _ids.next()), data)
+                assert r.status == 202, r
+        wait_for(lambda: len(query(node, "SELECT 1 FROM Logs.App")) == len(RECORDS) + len(NATIVE),
+                 what="the adx-mon log rows in Logs.App")
+        got = query(node, f"SELECT {columns} FROM Logs.App")
+    rows = [tuple(str(r[c]) for c, _ in LOGS_SCHEMA) for r in got]
+    assert log_view(rows) == expected_logs(RECORD_ROWS + NATIVE_ROWS)
+    quarantine = tmp_path / "data" / "quarantine"
+    assert not quarantine.exists() or list(quarantine.iterdir()) == []
