@@ -25,6 +25,7 @@ from node.state import NodeState
 from node.statuspage import summarize
 from node.transfer.ledger import TransferLedger
 from node.upload.uploader import Uploader
+from node.wal.names import database_of
 from node.wal.repository import Repository, WalStats, directory_stats
 
 if TYPE_CHECKING:
@@ -141,7 +142,7 @@ class Supervisor:
         per_db: dict[str, int] = {}
         sizes = [(prefix, nbytes) for prefix, (_, nbytes) in stats.closed.items()] + list(stats.active.items())
         for prefix, nbytes in sizes:
-            db = prefix.split("_")[0]
+            db = database_of(prefix)
             per_db[db] = per_db.get(db, 0) + nbytes
         limit = self.config.max_disk_usage_per_database
         return frozenset(db for db, n in per_db.items() if n >= limit * BLOCKED_AT)

@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from node.wal.names import parse_filename
 from node.wal.segment import iter_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,7 +151,8 @@ class NodeProcess:
         out: list[bytes] = []
         wal = self.storage_dir / "wal"
         for path in sorted([*wal.glob("*.wal"), *wal.glob("active/*.wal")], key=lambda p: p.name.rsplit("_", 1)[1]):
-            db, tbl = path.name.split("_")[:2]
+            name = parse_filename(path.name)
+            db, tbl = name.database, name.table
             if (database is None or db == database) and (table is None or tbl == table):
                 for value in iter_rows(path):
                     out.extend(value.splitlines())
@@ -158,7 +160,8 @@ class NodeProcess:
 
     def tables(self) -> set[tuple[str, str]]:
         wal = self.storage_dir / "wal"
-        return {tuple(p.name.split("_")[:2]) for p in [*wal.glob("*.wal"), *wal.glob("active/*.wal")]}  # type: ignore[misc]
+        return {(n.database, n.table) for n in (parse_filename(p.name) for p in [*wal.glob("*.wal"),
+                                                                                   *wal.glob("active/*.wal")])}
 
 
 class Prometheus:
