@@ -114,10 +114,11 @@ def count_records(value: bytes) -> int:
 
 
 def go_infinities(value: bytes) -> bytes:
-    """Metrics rows with adx-mon's `+Inf` / `-Inf` Value as `Infinity` / `-Infinity`, the spelling
-    this node writes: ADX's `real` and every ClickHouse parse it, while ClickHouse 18.16 refuses
-    `+Inf` in CSV (and ADX, whose parser is .NET's, would make it null). Only the Value column: a
-    label value `+Inf` (`le`) is left as it is. Rows without either pass untouched."""
+    """Metrics rows with adx-mon's `+Inf` / `-Inf` Value (Go's spelling) as `Infinity` / `-Infinity`,
+    the spelling this node writes for ADX's `real` and ClickHouse (node/rows/csvtext.py): ClickHouse
+    18.16 refuses `+Inf` in CSV (checked: `is not like Float64`, the batch refused for ever), and ADX
+    makes a value its type cannot parse null. Only the Value column: a label value `+Inf` (`le`) is
+    left as it is. Rows without either pass untouched."""
     if b"Inf\n" not in value and b"Inf," not in value and b"Inf\r" not in value:
         return value
     return _GO_INF.sub(lambda m: m.group(1) + (b"Infinity" if m.group(2) == b"+" else b"-Infinity"), value)
@@ -268,6 +269,7 @@ class Batch:
         if self.schema is None:
             self._resolve()
         total = rows = 0
+        metrics = self.schema is not None and self.schema[:len(BASE_SCHEMA)] == BASE_SCHEMA
         for seg, block in self._blocks():
             header, value = fmt.strip_schema_line(block.value)
             if header is None and self.headerless:
@@ -278,7 +280,7 @@ class Batch:
                                              f"a batch whose first block has none (the default {KIND_NAMES[self.kind]} "
                                              f"columns)")
                 n = block.count or count_records(value)
-            if self.schema is not None and self.schema[:len(BASE_SCHEMA)] == BASE_SCHEMA:
+            if metrics:  # adx-mon's metrics rows, header line or not
                 value = go_infinities(value)
             total += len(value)
             rows += n
