@@ -195,7 +195,7 @@ class Node:
         """adx-mon's transfer front door, in the supervisor when --transfer-addr is not empty."""
         if self.supervising is None or not self.config.transfer_addr:
             return
-        door = TransferDoor(self.intake, DoorConfig.of(self.config))
+        door = TransferDoor(self.intake, DoorConfig.of(self.config), self.state.not_ready_reason)
         try:
             await door.start()
         except BindError as e:

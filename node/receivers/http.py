@@ -174,25 +174,32 @@ def build_app(ingest: Ingest, state: NodeState, metrics: NodeMetrics, max_reques
         data = generate_latest(metrics.exposition())
         return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def healthz(request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
-
-    async def readyz(request: web.Request) -> web.Response:
-        reason = state.not_ready_reason()
-        if reason:
-            return web.Response(status=503, text=f"not ready: {reason}\n")
-        return web.Response(text="ready\n")
-
     app.router.add_post("/api/v1/write", remote_write)
     app.router.add_post("/receive", remote_write)
     for sig in SIGNALS:
         app.router.add_post(sig.path, otlp(sig))
     app.router.add_get("/metrics", prometheus_metrics)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    add_probes(app, state.not_ready_reason)
     if status is not None:
         statuspage.add_routes(app, status)
     return app
+
+
+def add_probes(app: web.Application, not_ready_reason: Callable[[], str]) -> None:
+    """GET /healthz (the process answers) and /readyz (503 with the reason while the node is not
+    ready): on the HTTP port, and on adx-mon's transfer port, where adx-mon's manifests probe."""
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(request: web.Request) -> web.Response:
+        reason = not_ready_reason()
+        if reason:
+            return web.Response(status=503, text=f"not ready: {reason}\n")
+        return web.Response(text="ready\n")
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
 
 
 class _ProtocolLog(logging.LoggerAdapter):  # type: ignore[type-arg]

@@ -65,6 +65,7 @@ from node.errors import (
 from node.ratelog import RateLimitedLog
 from node.receivers import listener
 from node.receivers.body import BodyLimits, Pace
+from node.receivers.http import add_probes
 from node.transfer.certs import server_context
 from node.transfer.door import FLAG, PORT_NAME, DoorConfig
 from node.transfer.intake import Held, Incoming, Intake, SegmentBusyError
@@ -145,7 +146,10 @@ class _Gunzip:
 class TransferDoor:
     """The front door on one HTTPS port: `await start()`, then `await stop(grace)`."""
 
-    def __init__(self, intake: Intake, config: DoorConfig, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(self, intake: Intake, config: DoorConfig, not_ready_reason: Callable[[], str],
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        """`not_ready_reason` answers GET /readyz here too: adx-mon's StatefulSet probes its
+        readiness on this port (HTTPS 9090), so a swapped image must answer it."""
         self._intake = intake
         self._metrics = intake.metrics
         self.config = config
@@ -154,6 +158,7 @@ class TransferDoor:
         self._limits = BodyLimits(intake.budget.limit, config.stall_timeout, config.min_request_rate)
         app = web.Application()
         app.router.add_post(PATH, self._transfer)
+        add_probes(app, not_ready_reason)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=60.0, auto_decompress=False,
                                      keepalive_timeout=config.idle_timeout if config.idle_timeout > 0 else NEVER)
         self._sites: list[web.SockSite] = []

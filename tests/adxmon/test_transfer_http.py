@@ -43,7 +43,7 @@ from node.transfer.intake import SegmentBusyError
 from node.transfer.ledger import ClaimLostError
 from node.transfer.protocol import READY_HEADER
 from tests.adxmon import segments as seg
-from tests.adxmon.collector import Collector, pinned_context
+from tests.adxmon.collector import Collector, insecure_context, pinned_context
 from tests.harness import ROOT, NodeProcess, free_port, scrape
 
 KEEP = ["--min-batch-size", "1TB", "--max-segment-age", "1h", "--upload-interval", "1h", "--shutdown-grace", "0s"]
@@ -417,6 +417,16 @@ def test_tls_self_signed_certificate_is_verifiable_by_pinning(keep: NodeProcess)
         except ConnectionResetError:
             answer = b""
         assert not answer.startswith(b"HTTP/")
+
+
+def test_adxmons_probes_are_answered_on_the_transfer_port(keep: NodeProcess) -> None:
+    """adx-mon's StatefulSet probes readiness with GET /readyz over HTTPS on 9090, the transfer port:
+    with its manifests kept and the image swapped, the pods must still turn ready."""
+    ctx = insecure_context()
+    for path, body in (("/readyz", b"ready\n"), ("/healthz", b"ok\n")):
+        url = f"https://127.0.0.1:{keep.transfer_port}{path}"
+        with urllib.request.urlopen(url, context=ctx, timeout=10) as r:
+            assert (r.status, r.read()) == (200, body)
 
 
 def test_tls_with_the_nodes_certificate(tmp_path: Path) -> None:
