@@ -409,18 +409,24 @@ def _native_map(values: Mapping[str, object] | None, skip: tuple[str, ...]) -> b
                             if not k.startswith(skip)) + b"}"
 
 
-def native_logs_csv(logs: Iterable[NativeLog], header: bool = True, now_ns: int | None = None) -> bytes:
-    """`NativeLogsCSVWriter.MarshalNativeLog` (no lifted resources): the header line (each block
-    has one since October 2024; `header=False` before), then per log its times, four empty fields
-    (no ids or severity), body, resource (without `adxmon_`, `label.`, `annotation.` keys) and
-    attributes (without `adxmon_` keys) as JSON."""
+def native_logs_csv(logs: Iterable[NativeLog], header: bool = True, now_ns: int | None = None,
+                    lifted: Sequence[str] = ()) -> bytes:
+    """`NativeLogsCSVWriter.MarshalNativeLog`: the header line (each block has one since October
+    2024; `header=False` before), then per log its times, four empty fields (no ids or severity),
+    body, resource (without `adxmon_`, `label.`, `annotation.` and lifted keys) and attributes
+    (without `adxmon_` keys) as JSON, then one field per `lifted` resource (a collector's
+    `lift-resources`, sorted lower-cased: the value when a string, else empty), which the header
+    line, always the 9 logs columns, does not name."""
     out = bytearray(schema_line(LOGS_SCHEMA) if header else b"")
     now = time.time_ns() if now_ns is None else now_ns
+    columns = sorted(k.lower() for k in lifted)
     for lg in logs:
+        resource = {k: v for k, v in (lg.resource or {}).items() if k not in columns}
+        extra = [v.encode() if isinstance(v := (lg.resource or {}).get(c), str) else b"" for c in columns]
         out += go_csv_row([otlp_ts(lg.timestamp_ns).encode(), otlp_ts(lg.observed_ns or now).encode(), b"", b"",
                            b"", b"", _native_map(lg.body, ()),
-                           _native_map(lg.resource, ("adxmon_", "label.", "annotation.")),
-                           _native_map(lg.attributes, ("adxmon_",))])
+                           _native_map(resource, ("adxmon_", "label.", "annotation.")),
+                           _native_map(lg.attributes, ("adxmon_",)), *extra])
     return bytes(out)
 
 
