@@ -367,22 +367,29 @@ def test_local_sink_takes_adxmon_metrics_of_every_era(local: LocalSink, tmp_path
 
 
 async def test_the_uploader_delivers_a_headerless_logs_segment_and_quarantines_a_corrupt_one(
-        local: LocalSink, tmp_path: Path) -> None:
+        local: LocalSink, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     wal_dir = tmp_path / "wal"
     good = otlp_logs(wal_dir)
+    counted = metrics(wal_dir, "head")  # blocks that declare 0 rows
     bad_name = seg.logs_filename("Logs", "Broken", _ids.next())
     put(wal_dir, bad_name, seg.segment(seg.block(b"not,a,log\n", kind=seg.LOG, count=1)))
     wal = Repository(WalConfig(wal_dir))
     wal.start()
-    assert {s.path.name for s in wal.closed_segments()} == {good.path.name, bad_name}
+    assert {s.path.name for s in wal.closed_segments()} == {good.path.name, counted.path.name, bad_name}
     cfg = UploadConfig(interval=0.05, policy=BatchPolicy(min_batch_bytes=0, max_wait=0), backoff_initial=0.05,
                        backoff_max=0.1)
-    up = Uploader(wal, local, cfg, NodeMetrics(CollectorRegistry()))
+    registry = CollectorRegistry()
+    up = Uploader(wal, local, cfg, NodeMetrics(registry))
     await up.start()
     try:
         assert await up.drain(time.monotonic() + 60)
     finally:
-        await up.stop()
+        with caplog.at_level("INFO", logger="node.upload.uploader"):
+            await up.stop()
+    # The rows counted, not the blocks' 0: in the metric and in the summary line.
+    assert registry.get_sample_value("ingestor_upload_rows_total", {"sink": "local"}) == len(RECORDS) + len(SAMPLES)
+    summary = [r.getMessage() for r in caplog.records if "uploaded 2 batches" in r.getMessage()]
+    assert len(summary) == 1 and f"({len(RECORDS) + len(SAMPLES)} rows," in summary[0], caplog.text
     quarantine = tmp_path / "quarantine"
     assert sorted(p.name for p in quarantine.iterdir()) == sorted([bad_name, bad_name[:-4] + ".reason.txt"])
     reason = (quarantine / (bad_name[:-4] + ".reason.txt")).read_text()
