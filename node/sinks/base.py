@@ -208,11 +208,10 @@ def _log_rows(value: bytes, where: str) -> tuple[bytes, int]:
             if len(f) != width:
                 raise PermanentSinkError(f"{where}, row {n}: {len(f)} fields, adx-mon's logs rows have {width} "
                                          f"({', '.join(c for c, _ in LOGS_SCHEMA)})")
-            if not _RFC3339.fullmatch(f[0]) or not _RFC3339.fullmatch(f[1]):
-                raise PermanentSinkError(f"{where}, row {n}: Timestamp {f[0][:40]!r} or ObservedTimestamp "
-                                         f"{f[1][:40]!r} is not an RFC 3339 time")
-            out.append(f"{f[0]},{f[1]},{_hex_id(f[2], 16)},{_hex_id(f[3], 8)},{csv_field(f[4])},{_severity(f[5])},"
-                       f"{quoted(_json(f[6]))},{quoted(_json(f[7]))},{quoted(_json(f[8]))}\n")
+            # The times as adx-mon wrote them (one ADX cannot read is null there, as in adx-mon)
+            out.append(f"{csv_field(f[0])},{csv_field(f[1])},{_hex_id(f[2], 16)},{_hex_id(f[3], 8)},"
+                       f"{csv_field(f[4])},{_severity(f[5])},{quoted(_json(f[6]))},{quoted(_json(f[7]))},"
+                       f"{quoted(_json(f[8]))}\n")
     except csv.Error as e:
         raise PermanentSinkError(f"{where}: its rows are not CSV: {e}") from None
     rows = "".join(out)
