@@ -423,8 +423,8 @@ class AdxSink:
         cluster = self._cluster(url)
         schema = batch.read_schema()  # blocks without a header line: the default of their kind (base.py)
         if schema is None:
-            if next(batch.iter_csv(), None) is None:
-                return  # not a block: nothing to ingest
+            if not any(batch.iter_csv()):
+                return  # no row: nothing to ingest
             raise PermanentSinkError(f"{batch.id}: no schema header line (sample kind {batch.kind})")
         try:
             validate_name(table, "table", MAX_TABLE_LEN)

@@ -320,13 +320,16 @@ class Batch:
         return "".join(rows).encode("utf-8", "surrogateescape"), len(rows)
 
     def _resolve(self) -> None:
-        """The schema and kind from the first block (its header line, or the default of its kind)."""
+        """The schema and kind from the first block with a header line or a row (its header line, or
+        the default of its kind); none for a batch without either."""
         for seg, block in self._blocks():
             header, value = fmt.strip_schema_line(block.value)
             if header is not None:
                 self.schema = parse_schema_line(header)
                 if self.kind == fmt.KIND_UNKNOWN:
                     self.kind = block.kind
+            elif not value.strip():
+                continue  # a block without a header line or a row says nothing
             else:
                 self.kind = headerless_kind(seg.name, block.kind, value, _where(seg, block))
                 self.schema, self.headerless = DEFAULT_SCHEMAS[self.kind], True
@@ -335,6 +338,8 @@ class Batch:
 
     def _headerless_rows(self, seg: SegmentInfo, block: Block, value: bytes) -> tuple[bytes, int]:
         """A block without a header line in a headerless batch: its rows (rewritten for logs), their number."""
+        if not value.strip():
+            return b"", 0  # no row (a write of nothing)
         where = _where(seg, block)
         kind = headerless_kind(seg.name, block.kind, value, where)
         if kind != self.kind:

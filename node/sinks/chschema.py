@@ -522,8 +522,8 @@ def deliver(conn: Conn, cache: TableCache, database: str, batch: Batch,
     batch (ledger servers only)."""
     schema = batch.read_schema()  # blocks without a header line: the default of their kind (base.py)
     if not schema:
-        if next(batch.iter_csv(), None) is None:
-            return True  # not a block: nothing to insert
+        if not any(batch.iter_csv()):
+            return True  # no row: nothing to insert
         raise PermanentSinkError(f"batch {batch.id} has no schema line: cannot map its columns")
     table = batch.table
     if cache.features is None:

@@ -366,6 +366,23 @@ def test_local_sink_takes_adxmon_metrics_of_every_era(local: LocalSink, tmp_path
         assert metric_view(rows) == expected_metrics(), era  # +Inf and -Inf as adx-mon spells them, NaN
 
 
+def test_blocks_without_a_row_are_skipped_and_a_batch_of_them_delivers_nothing(local: LocalSink,
+                                                                              tmp_path: Path) -> None:
+    empty = seg.block(b"")  # a write of nothing: type unknown, count 0, no header line, no row
+    info = put(tmp_path / "a", seg.logs_filename("Logs", "Sparse", _ids.next()),
+               seg.segment(empty, seg.otlp_logs_block(RECORDS, RESOURCE, now_ns=NOW), empty))
+    batch = batch_of(info)
+    assert batch.read_schema() == LOGS_SCHEMA
+    local.upload(batch)
+    assert batch.rows == len(RECORDS)
+    assert log_view(local_rows(local, "Logs", "Sparse", LOGS_SCHEMA)[0]) == expected_logs(RECORD_ROWS)
+    nothing = batch_of(put(tmp_path / "b", seg.logs_filename("Logs", "Nothing", _ids.next()), seg.segment(empty)))
+    assert nothing.read_schema() is None
+    local.upload(nothing)  # delivered: nothing to insert, no table made
+    with open_store(local.directory, 10) as c:
+        assert ChdbConn(c, "test").query("SELECT count() FROM system.tables WHERE name = 'Nothing'") == [["0"]]
+
+
 async def test_the_uploader_delivers_a_headerless_logs_segment_and_quarantines_a_corrupt_one(
         local: LocalSink, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     wal_dir = tmp_path / "wal"
