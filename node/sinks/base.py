@@ -15,9 +15,7 @@ SeriesId: metrics; 9 fields and an RFC 3339 ObservedTimestamp: logs). adx-mon's 
 (`transform/otlp_logs_csv.go`) are rewritten on the way into what this node's own log rows hold
 (`_log_row`): ids as hex, the severity number as a number, the body as JSON. A block whose
 columns cannot be told, or whose rows do not fit them, makes the batch a PermanentSinkError that
-says which segment, block and row; so does a segment that turned corrupt on disk. adx-mon's
-native logs rows with lifted resources (fields after the 9 columns, which no header line names)
-are cut to the columns, as adx-mon's ADX mapping ignores them (`Batch._lifted_resources`).
+says which segment, block and row; so does a segment that turned corrupt on disk.
 
 Row counts: a block declares its rows; blocks that declare 0 (adx-mon's metrics and native logs)
 are counted from their CSV records (`count_records`).
@@ -47,9 +45,6 @@ from node.wal.segment import Block, iter_blocks
 from node.wal.table import SegmentInfo
 
 log = logging.getLogger(__name__)
-
-_CUT_TABLES: set[tuple[str, str]] = set()
-"""Tables whose rows were cut to their columns (`Batch._lifted_resources`): warned about once."""
 
 # ADX/Kusto scalar types in segment headers -> what a ClickHouse column of it is.
 CLICKHOUSE_TYPES = {
@@ -274,7 +269,6 @@ class Batch:
             self._resolve()
         total = rows = 0
         metrics = self.schema is not None and self.schema[:len(BASE_SCHEMA)] == BASE_SCHEMA
-        logs = self.schema == LOGS_SCHEMA
         for seg, block in self._blocks():
             header, value = fmt.strip_schema_line(block.value)
             if header is None and self.headerless:
@@ -285,39 +279,12 @@ class Batch:
                                              f"a batch whose first block has none (the default {KIND_NAMES[self.kind]} "
                                              f"columns)")
                 n = block.count or count_records(value)
-                if logs and not block.count and value:  # adx-mon's native logs declare 0 rows
-                    value, n = self._lifted_resources(seg, block, value, n)
             if metrics:  # adx-mon's metrics rows, header line or not
                 value = go_infinities(value)
             total += len(value)
             rows += n
             yield value
         self.uncompressed_bytes, self.rows = total, rows
-
-    def _lifted_resources(self, seg: SegmentInfo, block: Block, value: bytes, n: int) -> tuple[bytes, int]:
-        """adx-mon's native logs rows with lifted resources (a collector's `lift-resources`): one
-        field per lifted resource after the 9 columns, which its header line does not name. adx-mon's
-        ADX mapping (from that header) ignores them, and so does the node: the rows are cut to the
-        columns (said once per table). Rows no wider than the columns pass untouched."""
-        assert self.schema is not None
-        width = len(self.schema)
-        first = _first_record(value)
-        if len(first) <= width:
-            return value, n
-        where = _where(seg, block)
-        text = value.decode("utf-8", "surrogateescape")
-        try:
-            rows = [",".join(csv_field(f) for f in fields[:width]) + "\n"
-                    for fields in csv.reader(io.StringIO(text, newline=""), strict=True) if fields]
-        except csv.Error as e:
-            raise PermanentSinkError(f"{where}: its rows are not CSV: {e}") from None
-        key = (self.database, self.table)
-        if key not in _CUT_TABLES:
-            _CUT_TABLES.add(key)
-            log.warning("%s.%s: adx-mon's logs rows with %d fields after the %d columns (lifted resources, which "
-                        "its header line does not name): cut to the columns, as adx-mon's ADX mapping ignores them "
-                        "(%s)", self.database, self.table, len(first) - width, width, where)
-        return "".join(rows).encode("utf-8", "surrogateescape"), len(rows)
 
     def _resolve(self) -> None:
         """The schema and kind from the first block with a header line or a row (its header line, or

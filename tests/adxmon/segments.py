@@ -409,15 +409,39 @@ def _native_map(values: Mapping[str, object] | None, skip: tuple[str, ...]) -> b
                             if not k.startswith(skip)) + b"}"
 
 
+def normalize_metric_name(name: str) -> str:
+    """`schema.NormalizeMetricName`: characters other than `[A-Za-z0-9]` dropped, a lower-case letter
+    after one upper-cased, the first letter upper-cased (`k8s.pod_name` -> `K8sPodName`)."""
+    out, i = [], 0
+    while i < len(name):
+        c = name[i]
+        if not (c.isascii() and c.isalnum()):
+            if i + 1 < len(name) and "a" <= name[i + 1] <= "z":
+                out.append(name[i + 1].upper())
+                i += 2
+                continue
+            i += 1
+            continue
+        out.append(c.upper() if i == 0 else c)
+        i += 1
+    return "".join(out)
+
+
+def logs_mapping(lifted: Sequence[str] = ()) -> tuple[tuple[str, str], ...]:
+    """The collector's logs mapping: `NewLogsSchema()` and, for each `lift-resources` entry sorted by
+    name, `AddStringMapping(name)` (cmd/collector/main.go sets `schema.DefaultLogsMapping` to it, so
+    the header line and the schema hash of every native logs segment name the lifted columns)."""
+    return LOGS_SCHEMA + tuple((normalize_metric_name(n), "string") for n in sorted(lifted))
+
+
 def native_logs_csv(logs: Iterable[NativeLog], header: bool = True, now_ns: int | None = None,
                     lifted: Sequence[str] = ()) -> bytes:
-    """`NativeLogsCSVWriter.MarshalNativeLog`: the header line (each block has one since October
-    2024; `header=False` before), then per log its times, four empty fields (no ids or severity),
-    body, resource (without `adxmon_`, `label.`, `annotation.` and lifted keys) and attributes
-    (without `adxmon_` keys) as JSON, then one field per `lifted` resource (a collector's
-    `lift-resources`, sorted lower-cased: the value when a string, else empty), which the header
-    line, always the 9 logs columns, does not name."""
-    out = bytearray(schema_line(LOGS_SCHEMA) if header else b"")
+    """`NativeLogsCSVWriter.MarshalNativeLog`: the header line (`logs_mapping(lifted)`; each block
+    has one since October 2024, `header=False` before), then per log its times, four empty fields
+    (no ids or severity), body, resource (without `adxmon_`, `label.`, `annotation.` and lifted keys)
+    and attributes (without `adxmon_` keys) as JSON, then one field per `lifted` resource (sorted
+    lower-cased: the value when a string, else empty)."""
+    out = bytearray(schema_line(logs_mapping(lifted)) if header else b"")
     now = time.time_ns() if now_ns is None else now_ns
     columns = sorted(k.lower() for k in lifted)
     for lg in logs:
@@ -430,6 +454,7 @@ def native_logs_csv(logs: Iterable[NativeLog], header: bool = True, now_ns: int 
     return bytes(out)
 
 
-def native_logs_filename(database: str, table: str, segment_id: str | None = None) -> str:
-    """The name of a native logs segment since October 2024: the logs schema's hash."""
-    return filename(database, table, schema_hash(LOGS_SCHEMA), segment_id)
+def native_logs_filename(database: str, table: str, segment_id: str | None = None,
+                         lifted: Sequence[str] = ()) -> str:
+    """The name of a native logs segment since October 2024: the hash of `logs_mapping(lifted)`."""
+    return filename(database, table, schema_hash(logs_mapping(lifted)), segment_id)

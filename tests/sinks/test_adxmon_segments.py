@@ -40,7 +40,7 @@ from node.sinks.clickhouse import ClickHouseConfig, ClickHouseSink, EpochNanos, 
 from node.sinks.local import ChdbConn, LocalConfig, LocalSink, open_store, store_dir
 from node.upload.batcher import BatchPolicy
 from node.upload.uploader import UploadConfig, Uploader
-from node.wal.names import parse_filename
+from node.wal.names import parse_filename, schema_hash
 from node.wal.repository import Repository, WalConfig
 from node.wal.segment import scan
 from node.wal.table import SegmentInfo
@@ -94,9 +94,11 @@ NATIVE_ROWS: list[tuple[object, ...]] = [
     (T + 12, NOW, "", "", "", 0, {"message": "ok <b>"}, {}, {}),
 ]
 
-LIFTED_ROWS: list[tuple[object, ...]] = [(*r[:7], {}, r[8]) for r in NATIVE_ROWS]
-"""NATIVE written by a collector lifting the resource `pod`: no longer in Resource, and its value
-in a field after the columns, which no sink keeps (adx-mon's ADX mapping ignores it)."""
+LIFTED_SCHEMA = (*LOGS_SCHEMA, ("Pod", "string"))
+LIFTED_ROWS: list[tuple[object, ...]] = [(*r[:7], {}, r[8], pod) for r, pod in zip(NATIVE_ROWS, ["api-0", ""],
+                                                                                    strict=True)]
+"""NATIVE written by a collector lifting the resource `pod` (`lift-resources`): a column `Pod` of
+its own, named by the header line, no longer in Resource."""
 
 SAMPLES = [seg.Sample({"__name__": "cpu_usage", "adxmon_database": "Metrics", "host": f"h{i % 2}", "cpu": str(i)},
                       T_MS + i * 1000, v) for i, v in enumerate([0.5, float("nan"), float("inf"), -float("inf"), 42.0])]
@@ -138,7 +140,8 @@ def otlp_logs(directory: Path, db: str = "Logs", table: str = "App") -> SegmentI
 def native_logs(directory: Path, header: bool, db: str = "Logs", table: str = "App",
                 lifted: tuple[str, ...] = ()) -> SegmentInfo:
     blocks = [seg.block(seg.native_logs_csv([lg], header=header, now_ns=NOW, lifted=lifted)) for lg in NATIVE]
-    name = seg.native_logs_filename(db, table, _ids.next()) if header else seg.logs_filename(db, table, _ids.next())
+    name = seg.native_logs_filename(db, table, _ids.next(), lifted) if header \
+        else seg.logs_filename(db, table, _ids.next())
     return put(directory, name, seg.segment(*blocks))
 
 
@@ -168,6 +171,15 @@ def log_view(rows: list[tuple[str, ...]], seconds: bool = False) -> list[tuple[o
         out.append((*times, tid, sid, text, int(number) if number else 0,
                     *(canon(json.loads(v)) for v in (body, res, attrs))))
     return sorted(out, key=repr)
+
+
+def lifted_view(rows: list[tuple[str, ...]], seconds: bool = False) -> list[tuple[object, ...]]:
+    """`log_view` of rows with the lifted column Pod after the 9."""
+    return sorted(((*log_view([r[:9]], seconds)[0], r[9]) for r in rows), key=repr)
+
+
+def expected_lifted(rows: Sequence[tuple[object, ...]], seconds: bool = False) -> list[tuple[object, ...]]:
+    return sorted(((*expected_logs([r[:9]], seconds)[0], r[9]) for r in rows), key=repr)
 
 
 def expected_logs(rows: Sequence[tuple[object, ...]], seconds: bool = False) -> list[tuple[object, ...]]:
@@ -232,23 +244,14 @@ def test_adxmon_logs_rows_become_the_nodes_log_rows(tmp_path: Path) -> None:
     assert [f[5] for f in fields] == ["9", "18", "0", "42", "13", "24"]  # was SEVERITY_NUMBER_INFO, ...
 
 
-def test_lifted_resources_after_the_columns_are_cut_as_adxmons_mapping_ignores_them(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    import csv
-    import io
-
-    info = native_logs(tmp_path, header=True, table="Lifted", lifted=("pod", "node"))
-    raw = seg.native_logs_csv(NATIVE, header=False, now_ns=NOW, lifted=("pod", "node"))
-    assert [len(r) for r in csv.reader(io.StringIO(raw.decode(), newline=""))] == [11, 11]  # as adx-mon wrote them
+def test_lifted_resources_named_by_the_header_line_are_columns(tmp_path: Path) -> None:
+    """adx-mon's collector appends its `lift-resources` to its logs mapping: the header line (and the
+    schema hash) name them, so they are columns like any other."""
+    info = native_logs(tmp_path, header=True, table="Lifted", lifted=("pod", "k8s.node"))
     batch = batch_of(info)
-    with caplog.at_level("WARNING", logger="node.sinks.base"):
-        text = b"".join(batch.iter_csv()).decode()
-        b"".join(batch_of(info).iter_csv())  # said once per table
-    rows = list(csv.reader(io.StringIO(text, newline=""), strict=True))
-    assert [len(r) for r in rows] == [9, 9] and batch.rows == 2
-    assert log_view([tuple(r) for r in rows]) == expected_logs(LIFTED_ROWS)
-    said = [r.getMessage() for r in caplog.records if "lifted resources" in r.getMessage()]
-    assert len(said) == 1 and "Logs.Lifted: adx-mon's logs rows with 2 fields after the 9 columns" in said[0]
+    assert batch.read_schema() == (*LOGS_SCHEMA, ("K8sNode", "string"), ("Pod", "string")) and not batch.headerless
+    assert info.name.schema == schema_hash(batch.read_schema() or ())
+    assert b"".join(batch.iter_csv()).count(b"\n") == batch.rows == 2
 
 
 def test_count_records() -> None:
@@ -345,14 +348,17 @@ def test_local_sink_takes_adxmon_logs_into_the_nodes_logs_table(local: LocalSink
     ours, our_rows = our_logs(tmp_path / "ours")
     local.upload(ours)  # the node's own receiver made Logs.App
     batches = [batch_of(otlp_logs(tmp_path / "a")), batch_of(native_logs(tmp_path / "b", header=False)),
-               batch_of(native_logs(tmp_path / "c", header=True)),
-               batch_of(native_logs(tmp_path / "d", header=True, lifted=("pod",)))]
+               batch_of(native_logs(tmp_path / "c", header=True))]
     for batch in batches:
         local.upload(batch)  # no PermanentSinkError: nothing quarantined
-    assert [b.rows for b in batches] == [6, 2, 2, 2]
+    assert [b.rows for b in batches] == [6, 2, 2]
     rows, types = local_rows(local, "Logs", "App", LOGS_SCHEMA)
     assert types == LOG_TYPES  # one table, the node's columns, nothing added
-    assert log_view(rows) == expected_logs(RECORD_ROWS + NATIVE_ROWS * 2 + LIFTED_ROWS + our_rows)
+    assert log_view(rows) == expected_logs(RECORD_ROWS + NATIVE_ROWS * 2 + our_rows)
+    local.upload(batch_of(native_logs(tmp_path / "d", header=True, table="Lifted", lifted=("pod",))))
+    rows, types = local_rows(local, "Logs", "Lifted", LIFTED_SCHEMA)
+    assert types == {**LOG_TYPES, "Pod": "String"}
+    assert lifted_view(rows) == expected_lifted(LIFTED_ROWS)
 
 
 def test_local_sink_takes_adxmon_metrics_of_every_era(local: LocalSink, tmp_path: Path) -> None:
@@ -449,7 +455,7 @@ def test_clickhouse_takes_adxmon_logs_and_metrics(server: object, tmp_path: Path
         sink.upload(ours)
         for batch in (batch_of(otlp_logs(tmp_path / "a", db)), batch_of(native_logs(tmp_path / "b", False, db)),
                       batch_of(native_logs(tmp_path / "c", True, db)), batch_of(metrics(tmp_path / "m", "2024", mdb)),
-                      batch_of(native_logs(tmp_path / "d", True, db, lifted=("pod",))),
+                      batch_of(native_logs(tmp_path / "d", True, db, "Lifted", lifted=("pod",))),
                       batch_of(metrics(tmp_path / "n", "head", mdb, "CpuHead"))):
             sink.upload(batch)
     finally:
@@ -459,7 +465,8 @@ def test_clickhouse_takes_adxmon_logs_and_metrics(server: object, tmp_path: Path
     seconds = types["Timestamp"].startswith("DateTime(")  # 18.16: no DateTime64, whole seconds
     assert types["SeverityNumber"] == "Int32" and list(types) == [c for c, _ in LOGS_SCHEMA]
     rows = read_back(conn, db, "App", LOGS_SCHEMA)
-    assert log_view(rows, seconds) == expected_logs(RECORD_ROWS + NATIVE_ROWS * 2 + LIFTED_ROWS + our_rows, seconds)
+    assert log_view(rows, seconds) == expected_logs(RECORD_ROWS + NATIVE_ROWS * 2 + our_rows, seconds)
+    assert lifted_view(read_back(conn, db, "Lifted", LIFTED_SCHEMA), seconds) == expected_lifted(LIFTED_ROWS, seconds)
     for table in ("CpuUsage", "CpuHead"):
         assert metric_view(read_back(conn, mdb, table, BASE_SCHEMA), seconds) == expected_metrics(seconds), table
 
@@ -496,7 +503,7 @@ def test_adx_ingests_adxmon_logs_and_metrics_with_the_default_mappings(azurite: 
     try:
         ours, our_rows = our_logs(tmp_path / "ours")
         for batch in (ours, batch_of(otlp_logs(tmp_path / "a")), batch_of(native_logs(tmp_path / "b", False)),
-                      batch_of(native_logs(tmp_path / "c", True, lifted=("pod",))),
+                      batch_of(native_logs(tmp_path / "c", True, table="Lifted", lifted=("pod",))),
                       batch_of(metrics(tmp_path / "m", "2024")),
                       batch_of(metrics(tmp_path / "n", "2023", table="Old"))):
             sink.upload(batch)
@@ -507,10 +514,10 @@ def test_adx_ingests_adxmon_logs_and_metrics_with_the_default_mappings(azurite: 
     assert kusto.unexpected == []
     # One table and one mapping per table: the node's own logs and adx-mon's share them.
     assert kusto.tables == {("Logs", "App"): list(LOGS_SCHEMA), ("Metrics", "CpuUsage"): list(BASE_SCHEMA),
-                            ("Metrics", "Old"): list(BASE_SCHEMA)}
+                            ("Metrics", "Old"): list(BASE_SCHEMA), ("Logs", "Lifted"): list(LIFTED_SCHEMA)}
     assert {(db, t): json.dumps(m, separators=(",", ":")) for (db, t, _), m in kusto.mappings.items()} == {
         ("Logs", "App"): mapping_json(LOGS_SCHEMA), ("Metrics", "CpuUsage"): mapping_json(BASE_SCHEMA),
-        ("Metrics", "Old"): mapping_json(BASE_SCHEMA)}
+        ("Metrics", "Old"): mapping_json(BASE_SCHEMA), ("Logs", "Lifted"): mapping_json(LIFTED_SCHEMA)}
     got: dict[str, list[tuple[str, ...]]] = {}
     for ing in ingestions:
         rows = [tuple(r) for r in csv.reader(io.StringIO(ing.data.decode(), newline=""), strict=True)]
@@ -518,9 +525,10 @@ def test_adx_ingests_adxmon_logs_and_metrics_with_the_default_mappings(azurite: 
         got.setdefault(ing.message["TableName"], []).extend(rows)
     # SeverityNumber: a number ADX's `int` parses, never an enum name (adx-mon's, which ADX made null);
     # adx-mon's native logs have none ("", null in ADX, as adx-mon left it).
-    assert sorted(r[5] for r in got["App"]) == sorted(["9", "18", "0", "42", "13", "24", "", "", "", "", "13"])
-    assert {len(r) for r in got["App"]} == {9}  # lifted resources cut, as adx-mon's mapping ignored them
-    assert log_view(got["App"]) == expected_logs(RECORD_ROWS + NATIVE_ROWS + LIFTED_ROWS + our_rows)
+    assert sorted(r[5] for r in got["App"]) == sorted(["9", "18", "0", "42", "13", "24", "", "", "13"])
+    assert log_view(got["App"]) == expected_logs(RECORD_ROWS + NATIVE_ROWS + our_rows)
+    assert kusto.tables[("Logs", "Lifted")] == list(LIFTED_SCHEMA)  # the header line's columns, Pod among them
+    assert lifted_view(got["Lifted"]) == expected_lifted(LIFTED_ROWS)
     for table in ("CpuUsage", "Old"):
         assert metric_view(got[table]) == expected_metrics(), table
 
