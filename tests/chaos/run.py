@@ -57,6 +57,7 @@ from node.gen.prometheus import remote_pb2
 from node.rows.series import BASE_SCHEMA
 from node.wal.names import make_prefix, schema_hash
 from tests.chaos import procs
+from tests.chaos.adxmon import AdxmonLoad, AdxmonReport, Segment
 from tests.chaos.netns import NetnsError, Network
 from tests.chaos.prom import Key, PrometheusLoad, PromReport, compare, expected
 from tests.harness import ROOT, NodeProcess
@@ -75,10 +76,12 @@ class Shape:
     ages: tuple[float, float]
     """Each node's --max-segment-age is drawn (by seed) in this range of seconds."""
     prometheus: bool
+    adxmon: int = 0
+    """adx-mon collectors POSTing segments to the nodes' transfer front doors (adxmon.py); 0: none."""
 
 
 SHAPES = {
-    "user": Shape("user", receivers=2, tables=300, log_tables=10, ages=(1.0, 3.0), prometheus=True),
+    "user": Shape("user", receivers=2, tables=300, log_tables=10, ages=(1.0, 3.0), prometheus=True, adxmon=2),
     "narrow": Shape("narrow", receivers=1, tables=10, log_tables=3, ages=(1.0, 1.0), prometheus=False),
 }
 SERIES = 500
@@ -122,6 +125,8 @@ class Report:
     ages: dict[str, float] = field(default_factory=dict)
     """Each node's --max-segment-age."""
     prom: PromReport | None = None
+    adxmon: AdxmonReport | None = None
+    """The adx-mon collectors' segments (shapes with them); their rows are in the counts above too."""
     leftovers: list[str] = field(default_factory=list)
     """Processes of a stopped node still running after it (pid and command line)."""
     errors: list[str] = field(default_factory=list)
@@ -133,11 +138,13 @@ class Report:
         return (self.lost == 0 and self.unknown == 0 and self.segments_left == 0 and self.disk_left <= DISK_LEFT
                 and self.live_after and not self.leftovers and not self.errors
                 and (not no_duplicates or self.duplicates == 0)
-                and (self.prom is None or self.prom.ok(duplicates_allowed=not no_duplicates)))
+                and (self.prom is None or self.prom.ok(duplicates_allowed=not no_duplicates))
+                and (self.adxmon is None or self.adxmon.ok()))
 
     def __str__(self) -> str:
         ages = ", ".join(f"{a:.1f}" for _, a in sorted(self.ages.items()))
         prom = f"; {self.prom}" if self.prom is not None else ""
+        prom += f"; {self.adxmon}" if self.adxmon is not None else ""
         left = f"; processes left after a stop: {self.leftovers}" if self.leftovers else ""
         left += f"; errors: {self.errors}" if self.errors else ""
         if self.lost_requests:
@@ -155,14 +162,15 @@ class Report:
 class Chaos:
     def __init__(self, root: Path, seed: int, clickhouse: ClickHouseServer | None = None, netns: bool = True,
                  shape: Shape = SHAPES["user"], small_disk: bool = True, victims: tuple[int, ...] | None = None,
-                 prom_target: int = 0) -> None:
+                 prom_target: int = 0, adxmon: int | None = None) -> None:
         """`clickhouse`: the sink (started here), which the `sink_down` fault stops for a while;
         without it, each node's local sink. `netns`: each node on a host of its own (netns.py),
         so that `peer_unreachable` cuts its link; where that cannot be made, or with False, the
         nodes share loopback and `peer_unreachable` freezes the process. `small_disk`: the last
         node's storage on a small tmpfs (the `disk_full` fault). `victims`: the nodes (indexes)
         that whole-node faults other than `kill_owner` pick from (default: all). `prom_target`: the node
-        Prometheus remote-writes to (shapes with Prometheus)."""
+        Prometheus remote-writes to (shapes with Prometheus). `adxmon`: adx-mon collectors (default:
+        the shape's)."""
         self.rng = random.Random(seed)
         self.load_rng = random.Random(seed + 1)  # the load's choices apart: faults replay by seed alone
         self.shape = shape
@@ -214,9 +222,17 @@ class Chaos:
         self.acked: set[int] = set()
         self.requests: list[tuple[int, int, str, str, float]] = []
         """Acknowledged requests: (first seq, rows, channel, node, wall-clock time)."""
+        self.request_tables: dict[int, str] = {}
+        """The table of an acknowledged request by its first seq, where it is not the seq's
+        (adx-mon's segments: one table each)."""
         self.by_channel: Counter[str] = Counter()
         self.seq = 0
         self._lock = threading.Lock()
+        collectors = shape.adxmon if adxmon is None else adxmon
+        self.adxmon: AdxmonLoad | None = None
+        if collectors:
+            self.adxmon = AdxmonLoad(self.nodes, self._take, seed, collectors, shape.tables, shape.log_tables,
+                                     self._adxmon_acked)
         self._stop = threading.Event()
         self.down: set[str] = set()
         self.final = False
@@ -230,7 +246,7 @@ class Chaos:
         with self._lock:
             first = self.seq + 1
             self.seq += n
-        self.report.sent += n
+            self.report.sent += n  # the adx-mon collectors take seqs from threads of their own
         return list(range(first, first + n))
 
     def send_one(self, node: NodeProcess, points: int = 20, channel: str = "otlp-metrics") -> bool:
@@ -283,15 +299,23 @@ class Chaos:
             self.requests.append((seqs[0], len(seqs), channel, node.name, time.time()))
         return True
 
+    def _adxmon_acked(self, segment: Segment, node: str) -> None:
+        with self._lock:
+            self.acked.update(segment.seqs())
+            self.by_channel[segment.channel] += segment.rows
+            self.requests.append((segment.first, segment.rows, segment.channel, node, time.time()))
+            self.request_tables[segment.first] = segment.table
+
     def describe_lost(self, lost: set[int]) -> list[str]:
         """Lost rows by the request that carried them: channel, node, when, tables."""
         out = []
         for first, n, channel, node, at in self.requests:
             missing = [s for s in range(first, first + n) if s in lost]
             if missing:
-                log = channel == "otlp-logs"
-                tables = sorted({f"ChaosLog{s % self.shape.log_tables}" if log else f"Chaos{s % self.shape.tables}"
-                                 for s in missing})
+                log = channel.endswith("logs")
+                tables = [self.request_tables[first]] if first in self.request_tables else sorted(
+                    {f"ChaosLog{s % self.shape.log_tables}" if log else f"Chaos{s % self.shape.tables}"
+                     for s in missing})
                 stamp = time.strftime("%H:%M:%S", time.gmtime(at)) + f".{int(at * 1000) % 1000:03d}"
                 out.append(f"{stamp} {channel} to {node}: {len(missing)} of {n} rows (seq {first}..{first + n - 1}) "
                            f"lost, tables {', '.join(tables[:6])}{' ...' if len(tables) > 6 else ''}")
@@ -370,7 +394,11 @@ class Chaos:
                     f.write(b"\0" * chunk)
                     left -= chunk
                 f.flush()
-            time.sleep(self.rng.uniform(1.0, 4.0))
+            pause = self.rng.uniform(1.0, 4.0)
+            t0 = time.monotonic()
+            if self.adxmon is not None:  # adx-mon's collector meets the full disk: 429, retried later
+                self.adxmon.probe(kind, self.nodes[-1])
+            time.sleep(max(0.0, pause - (time.monotonic() - t0)))
             filler.unlink()
             self.report.faults[kind] += 1
             return
@@ -379,6 +407,7 @@ class Chaos:
             i = self.nodes.index(victim)
             assert victim.proc is not None
             self.down.add(victim.name)
+            held = self.adxmon.hold(kind, victim) if self.adxmon is not None else None
             frozen = []
             if self.net is not None:
                 self.net.cut(i)
@@ -390,6 +419,8 @@ class Chaos:
                 self.net.heal(i)
             else:
                 procs.signal_all(frozen, signal.SIGCONT)
+            if held is not None:  # the rest of the body, or the answer, once the link is back
+                held.finish()
             self.down.discard(victim.name)
             self.report.faults[kind] += 1
             return
@@ -427,10 +458,18 @@ class Chaos:
         else:
             victim = self.rng.choice(self.victims)
         self.down.add(victim.name)
+        # a POST of adx-mon's collector in flight at the node as it is killed or stopped
+        held = self.adxmon.hold(kind, victim) if self.adxmon is not None else None
         if kind in ("kill9", "kill_owner"):
             self.kill_node(victim)
+            if held is not None:
+                held.finish()
         else:
+            if held is not None:  # the rest of the body while the node drains (its grace is 2 s)
+                held.finish_later(0.3)
             self.stop_node(victim)
+            if held is not None:
+                held.join()
         time.sleep(self.rng.uniform(0.5, 3.0))
         victim.start(timeout=120)
         self.down.discard(victim.name)
@@ -605,6 +644,8 @@ class Chaos:
             self.prom.start()
         loader = threading.Thread(target=self._load, daemon=True)
         loader.start()
+        if self.adxmon is not None:
+            self.adxmon.start()
         try:
             if steady is not None:  # load before the faults
                 time.sleep(steady)
@@ -625,6 +666,8 @@ class Chaos:
         finally:
             self._stop.set()
             loader.join(30)
+            if self.adxmon is not None:  # what the collectors still hold, retried until taken (or given up)
+                self.adxmon.stop()
         cutoff = time.time()
         if self.prom is not None:  # Prometheus sent everything up to now, then stops
             caught_up, seconds = self.prom.wait_caught_up(cutoff)
@@ -660,7 +703,11 @@ class Chaos:
         r.lost = len(lost)
         r.lost_requests = self.describe_lost(lost)
         r.unknown = sum(1 for s in seen if not 0 < s <= self.seq)
-        r.duplicates = sum(n - 1 for n in seen.values() if n > 1)
+        explained: set[int] = set()
+        if self.adxmon is not None:  # copies of a segment in doubt at another node are reported apart
+            explained = self.adxmon.judge(seen)
+            r.adxmon = self.adxmon.report
+        r.duplicates = sum(n - 1 for s, n in seen.items() if n > 1 and s not in explained)
         r.segments_left = self.segments_left()
         r.disk_left = self.disk_left()
         return r
@@ -675,6 +722,8 @@ def main() -> int:
                    help="default: ClickHouse (with the sink_down fault) when clickhouse-server is installed")
     p.add_argument("--shape", choices=sorted(SHAPES), default="user",
                    help="user (default): 2 receivers, 300 tables, 1-3 s segments, Prometheus; narrow: 1, 10, 1 s")
+    p.add_argument("--adxmon", type=int, default=None,
+                   help="adx-mon collectors POSTing segments to the transfer doors (default: the shape's; 0: none)")
     p.add_argument("--clean", action="store_true", help="remove the logs of a failed run too")
     args = p.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
@@ -685,7 +734,7 @@ def main() -> int:
         server = ClickHouseServer(tmp / "clickhouse") if sink == "clickhouse" else None
         try:
             kinds = tuple(args.kinds.split(",")) if args.kinds else None
-            report = Chaos(tmp, seed, server, shape=SHAPES[args.shape]).run(args.faults, kinds)
+            report = Chaos(tmp, seed, server, shape=SHAPES[args.shape], adxmon=args.adxmon).run(args.faults, kinds)
         finally:
             if server is not None:
                 server.stop()
