@@ -230,7 +230,9 @@ def test_parse_endpoints() -> None:
     "=https://c.kusto.windows.net",              # no database
     "../etc=https://c.kusto.windows.net",        # path characters
     "Me trics=https://c.kusto.windows.net",
-    "Metrics_1=https://c.kusto.windows.net",     # '_' separates fields in segment names
+    "Metrics-1=https://c.kusto.windows.net",     # '-' stands for '_' in segment file names
+    "Metrics__1=https://c.kusto.windows.net",    # '_' only between runs of letters and digits
+    "_Metrics=https://c.kusto.windows.net",
     "Métrics=https://c.kusto.windows.net",
     "Metrics\x00=https://c.kusto.windows.net",
     "M" * 1025 + "=https://c.kusto.windows.net",
