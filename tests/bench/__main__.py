@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from tests.bench import bench_node, bench_ring, bench_rows, bench_transfer, bench_upload, bench_wal
+from tests.bench import bench_node, bench_ring, bench_rows, bench_scale, bench_transfer, bench_upload, bench_wal
 
 
 def main() -> None:
@@ -13,6 +13,8 @@ def main() -> None:
     bench_wal.main()
     print("== rows: parse + convert, one core ==")
     bench_rows.main()
+    print("== scale: tables, series, disk per row ==")
+    bench_scale.main()
     print("== node under gRPC load ==")
     bench_node.main()
     print("== upload ==")
