@@ -13,6 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from cluster.addr import parse_hostport
 from cluster.operator.rules import parse_spec
 from node import config as node_config
 
@@ -118,19 +119,29 @@ def test_the_statefulset_runs_the_node_with_flags_it_accepts() -> None:
     assert sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
 
 
+def port_of(addr: str) -> int:
+    return parse_hostport(addr, default_host="0.0.0.0")[1]
+
+
 def test_probes_ports_and_services_match_the_node() -> None:
     sts = find("StatefulSet")
     labels = sts["spec"]["template"]["metadata"]["labels"]
     assert sts["spec"]["selector"]["matchLabels"].items() <= labels.items()
     [container] = sts["spec"]["template"]["spec"]["containers"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": 4317, "http": 4318}  # the node's defaults
+    assert ports == {"grpc": 4317, "http": 4318, "transfer": 9090}  # the node's defaults
+    config = node_config.parse(node_args(), env={"INGESTOR_PEER_TOKEN": "t"})
+    assert ports == {"grpc": port_of(config.grpc_addr), "http": port_of(config.http_addr),
+                     "transfer": port_of(config.transfer_addr)}  # what the container's arguments serve
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     headless = find("Service", "ingestor-headless")
     assert sts["spec"]["serviceName"] == "ingestor-headless" and headless["spec"]["clusterIP"] == "None"
     client = find("Service", "ingestor")
-    assert {p["port"] for p in client["spec"]["ports"]} == {4317, 4318}
+    assert {p["port"] for p in client["spec"]["ports"]} == {4317, 4318, 443}
+    # adx-mon's collectors send to https://ingestor.adx-mon.svc.cluster.local: 443 of this Service
+    assert client["metadata"]["namespace"] == "adx-mon" and client["spec"]["type"] == "ClusterIP"
+    assert {p["port"]: ports[p["targetPort"]] for p in client["spec"]["ports"]}[443] == port_of(config.transfer_addr)
     for svc in (headless, client):
         assert svc["spec"]["selector"].items() <= labels.items()
         assert {p["targetPort"] for p in svc["spec"]["ports"]} <= set(ports)
@@ -164,6 +175,13 @@ def test_the_dockerfile() -> None:
     assert base is not None and re.fullmatch(r"python:3\.11\.\d+-slim-\w+", base[1])  # pinned
     assert re.search(r"^USER 10001$", text, re.M)  # the manifests' runAsUser: non-root
     assert 'ENTRYPOINT ["ingestor"]' in text and "pip install ." in text
-    assert "EXPOSE 4317 4318" in text
+    [container] = find("StatefulSet")["spec"]["template"]["spec"]["containers"]
+    [exposed] = re.findall(r"^EXPOSE (.+)$", text, re.M)
+    assert sorted(int(p) for p in exposed.split()) == sorted(p["containerPort"] for p in container["ports"])
+    # adx-mon's manifests start `command: [/ingestor]`: the console script under that path too, made
+    # after `pip install .` (which puts it on PATH) and before USER (a non-root user cannot write /)
+    link = re.search(r'^RUN ln -s "\$\(command -v ingestor\)" /ingestor$', text, re.M)
+    assert link is not None
+    assert text.index("RUN pip install .") < link.start() < text.index("USER 10001")
     for path in re.findall(r"^COPY (\S+)", text, re.M):
         assert (DEPLOY.parent / path).exists(), path
