@@ -40,6 +40,7 @@ from node.rows.logs import LOGS_SCHEMA
 from node.rows.series import BASE_SCHEMA
 from node.rows.traces import TRACES_SCHEMA
 from node.wal import format as fmt
+from node.wal.format import count_records
 from node.wal.names import Schema, SegmentName, schema_hash
 from node.wal.segment import Block, iter_blocks
 from node.wal.table import SegmentInfo
@@ -96,21 +97,6 @@ def batch_id(database: str, table: str, names: Iterable[str]) -> str:
         h.update(name.encode())
         h.update(b"\n")
     return f"{database}_{table}_{h.hexdigest()[:32]}"
-
-
-def count_records(value: bytes) -> int:
-    """The CSV records in `value` (RFC 4180: a line break inside a quoted field is not the end of a
-    record); empty lines are not records. A line whose `"` are even in number ends a record when
-    every line before it does, so a block whose lines all hold an even number of `"` (every block
-    without a line break inside a field) is counted line by line; the others quote by quote."""
-    lines = value.split(b"\n")
-    for line in lines:
-        if line.count(b'"') & 1:
-            break
-    else:
-        return sum(1 for line in lines if line and line != b"\r")
-    outside = b"".join(value.split(b'"')[::2])  # the text between quoted parts
-    return outside.count(b"\n") + (0 if value.endswith(b"\n") or not value.strip() else 1)
 
 
 def go_infinities(value: bytes) -> bytes:

@@ -196,7 +196,8 @@ class SegmentImport:
                 raise self._invalid(f"offset {self._offset}: CRC mismatch")
             if self.decode:
                 try:
-                    self.rows += fmt.decode_payload(fmt.RawBlock(self._offset, self._offset + length, payload)).count
+                    self.rows += fmt.rows_of(fmt.decode_payload(fmt.RawBlock(self._offset, self._offset + length,
+                                                                             payload)))
                 except fmt.FormatError as e:
                     raise self._invalid(f"offset {self._offset}: {e.reason}") from e
         finally:

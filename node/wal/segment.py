@@ -274,7 +274,7 @@ def scan(path: Path, *, decompress: bool = True) -> ScanResult:
             good_end = len(fmt.MAGIC)
             for block in fmt.iter_raw_blocks(data):
                 if decompress:
-                    rows += fmt.decode_payload(block).count
+                    rows += fmt.rows_of(fmt.decode_payload(block))
                 blocks += 1
                 good_end = block.end
                 del block

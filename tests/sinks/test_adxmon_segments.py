@@ -34,12 +34,13 @@ from node.errors import PermanentSinkError
 from node.metrics import NodeMetrics
 from node.rows.logs import LOGS_SCHEMA, LogsConfig, LogsConverter
 from node.rows.series import BASE_SCHEMA
-from node.sinks.base import Batch, count_records
+from node.sinks.base import Batch
 from node.sinks.chschema import Conn, table_columns
 from node.sinks.clickhouse import ClickHouseConfig, ClickHouseSink, EpochNanos, parse_dsns
 from node.sinks.local import ChdbConn, LocalConfig, LocalSink, open_store, store_dir
 from node.upload.batcher import BatchPolicy
 from node.upload.uploader import UploadConfig, Uploader
+from node.wal.format import count_records
 from node.wal.names import parse_filename, schema_hash
 from node.wal.repository import Repository, WalConfig
 from node.wal.segment import scan

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import cramjam
@@ -10,6 +11,7 @@ from node.wal import format as fmt
 from node.wal.names import parse_filename
 from node.wal.repository import Repository, WalConfig
 from node.wal.segment import iter_blocks, iter_rows
+from node.wal.table import SegmentInfo
 from tests.wal import independent_decoder
 from tests.wal.helpers import rows_for, write_block
 
@@ -53,3 +55,25 @@ def test_schema_line_is_stripped_only_when_it_looks_like_one() -> None:
     assert rest == b"2026-01-01T00:00:00Z,1\n"
     assert fmt.strip_schema_line(b"2026-01-01T00:00:00Z,1\n") == (None, b"2026-01-01T00:00:00Z,1\n")
     assert fmt.strip_schema_line(b"0af3,00ff,x\n") == (None, b"0af3,00ff,x\n")
+
+
+def test_blocks_that_declare_no_count_are_counted_by_their_records(tmp_path: Path) -> None:
+    """adx-mon's metrics writer declares count 0 in every block: `wal ls`, the status page and the
+    import of a transferred segment count its CSV records instead (a quoted line break is not one)."""
+    from node.wal.importer import SegmentImport
+    from node.wal.segment import scan
+    from tests.adxmon import segments as adxmon
+
+    samples = [adxmon.Sample({"__name__": "cpu", "host": f"h{i}"}, 1_795_492_800_000 + i, i * 0.5) for i in range(7)]
+    quoted = b'2026-11-24T04:00:00Z,1,"{""a"":""x\ny""}",1\n'  # one record over two lines
+    data = adxmon.segment(adxmon.block(adxmon.metrics_csv(samples)), adxmon.block(quoted))
+    name = adxmon.metrics_filename("Metrics", "Cpu")
+    path = tmp_path / name
+    path.write_bytes(data)
+    assert scan(path).rows == 8
+    published: list[SegmentInfo] = []
+    (tmp_path / "in").mkdir()
+    imp = SegmentImport(tmp_path / "in", parse_filename(name), len(data), lambda: None, published.append)
+    imp.feed(data)
+    imp.commit(zlib.crc32(data))
+    assert imp.rows == 8 and published[0].rows == 8
