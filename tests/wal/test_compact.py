@@ -7,7 +7,10 @@ import os
 import random
 from pathlib import Path
 
+import pytest
+
 from node.wal import format as fmt
+from node.wal import segment as wal_segment
 from node.wal.repository import Repository, WalConfig
 from node.wal.segment import COMPACT_BLOCK_BYTES, FsyncPolicy, iter_blocks, iter_rows
 from node.wal.table import SegmentInfo
@@ -115,3 +118,17 @@ def test_a_restart_after_compaction_finds_the_same_rows(tmp_path: Path) -> None:
     assert (found.size, found.blocks, found.rows) == (info.size, info.blocks, info.rows)
     assert b"".join(iter_rows(found.path)) == b"".join(written)
     assert again.disk_usage() == info.size
+
+
+@pytest.mark.parametrize(("limit", "value"), [("COMPACT_MAX", 4096), ("COMPACT_MAX_BLOCKS", 199)])
+def test_a_segment_past_the_compaction_size_is_left_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               limit: str, value: int) -> None:
+    monkeypatch.setattr(wal_segment, limit, value)  # the rewrite runs with the table's lock held
+    repo = _repo(tmp_path)
+    for i in range(200):
+        write_block(repo, "Db", "T", fmt.KIND_METRIC, rows_for(i), 3)
+    active = next((tmp_path / "active").glob("*.wal"))
+    raw = active.read_bytes()
+    assert len(raw) > 4096
+    [info] = repo.rotate_all()
+    assert (info.blocks, info.shrunk) == (200, 0) and info.path.read_bytes() == raw
