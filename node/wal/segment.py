@@ -161,15 +161,17 @@ small: at 10,000 tables and 100 requests/s of 1,000 tables each, a table's 5-min
 3,000 blocks."""
 
 
-def compact(path: Path, blocks: int, fsync: bool, has_schema: bool) -> tuple[int, int, int] | None:
+def compact(path: Path, blocks: int, has_schema: bool) -> tuple[int, int, int] | None:
     """Rewrite a closed segment's small blocks (one per request and table: a few rows each when a
     node receives thousands of tables) as blocks of about `COMPACT_BLOCK_BYTES`, so that Snappy
     sees the repetition between rows: 1,000 tables with one row each per request took 262 bytes
     per row on disk, 16 once compacted. Same rows, same order, one schema line per block.
 
-    The new file is written beside it as `<name>.tmp`, fsynced (unless `fsync` is false), and
-    renamed over it: a crash leaves the old file or the new one, and recovery deletes a stray
-    `.tmp`. `has_schema`: the segment's name has a schema part, so its blocks may begin with the
+    The new file is written beside it as `<name>.tmp`, fsynced, and renamed over it: a crash
+    leaves the old file or the new one, and recovery deletes a stray `.tmp`. Fsynced whatever
+    `--wal-fsync` says: without it a crash could leave the renamed file empty, which would lose rows
+    that were on disk long before (under `never` only the last writes may be lost, not a segment).
+    `has_schema`: the segment's name has a schema part, so its blocks may begin with the
     schema's CSV header line (one, the same, in every block); otherwise values are taken whole.
     Returns (size, blocks, rows) of the new file, or None when the segment is left as it
     is: its blocks are large enough already, they mix kinds, or the rewrite failed (a full disk:
@@ -190,8 +192,7 @@ def compact(path: Path, blocks: int, fsync: bool, has_schema: bool) -> tuple[int
             for part in parts:
                 f.write(part)
             f.flush()
-            if fsync:
-                os.fsync(f.fileno())
+            os.fsync(f.fileno())
             new_size = f.tell()
         os.replace(tmp, path)
     except (OSError, CorruptionError, OverLimitsError) as e:

@@ -189,7 +189,7 @@ class TableWal:
             closed = self._dir / name.filename
             size, blocks, rows = active.size, active.blocks, active.rows
             if active.path.exists() or not closed.exists():  # not renamed by an earlier try
-                compacted = compact(active.path, blocks, self._fsync is not FsyncPolicy.NEVER, name.schema is not None)
+                compacted = compact(active.path, blocks, name.schema is not None)
                 if compacted is not None:
                     size, blocks, rows = compacted
                 os.rename(active.path, closed)
