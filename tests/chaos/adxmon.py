@@ -33,11 +33,17 @@ to the victim is started and left half-way (half of its body sent) or complete b
 owner, SIGTERM during the node's grace, a link cut); while a disk is full, a POST to that node
 (`probe`). Their outcomes are reported by fault kind.
 
-The oracle (`judge`): every row of every acknowledged segment is in the sink; duplicates are
-counted per segment against the nodes that may hold it: the node that acknowledged it and every
-node an attempt was in doubt at. A copy beyond one per such node is unexplained (the node's ledger
-stores a resend of the same bytes to one node once). Copies explained by an attempt in doubt at
-another node (each node's ledger is its own) are reported apart, as Prometheus's resends are.
+The oracle (`judge`), once the nodes stopped: each node's transfer ledger says which segments it
+published (`published_keys`: the key is the name, size and CRC-32 of the body). Every row of a
+segment must be in the sink as many times as nodes published it, and at least once if it was
+acknowledged: a row of an acknowledged segment missing is lost; a copy missing of a segment a
+node published is a publication not delivered (a node dropped what it had made durable); a copy
+beyond the publications is a duplicate the ledgers do not explain (a node stored a resend twice,
+or the sink did: ClickHouse 18.16 cannot deduplicate a retried insert). A segment published by two
+nodes (in doubt at one, the answer lost, then resent to another: each node's ledger is its own)
+is reported apart, as Prometheus's resends are, and its second copies are left out of the run's
+duplicates. Also checked: the node that answered 202 has the segment in its ledger, and no node
+that answered a refusal (or whose connection failed before the whole body was sent) published it.
 """
 
 from __future__ import annotations
@@ -46,9 +52,11 @@ import random
 import ssl
 import threading
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tests.adxmon import segments as seg
 from tests.adxmon.collector import Collector, insecure_context
@@ -103,6 +111,11 @@ class Segment:
     def seqs(self) -> range:
         return range(self.first, self.first + self.rows)
 
+    @property
+    def key(self) -> str:
+        """The node's transfer ledger key: name, size and CRC-32 of the body (decoded)."""
+        return f"{self.name}:{len(self.body)}:{zlib.crc32(self.body):08x}"
+
     def describe(self) -> str:
         tries = ", ".join(f"{a.node.removeprefix('ingestor-')}:{a.outcome}@{_stamp(a.at)}" for a in self.attempts)
         return (f"{self.name} ({self.channel}, {self.parts} part(s), {self.rows} rows, seq {self.first}.."
@@ -133,14 +146,24 @@ class AdxmonReport:
     """Of the acknowledged segments, those an earlier attempt was in doubt for."""
     at_faults: dict[str, Counter[str]] = field(default_factory=dict)
     """POSTs in flight at a fault (or made during a full disk): fault kind -> outcomes."""
+    published_twice: int = 0
+    """Segments published by two nodes or more (their ledgers say so): in doubt at one, then
+    resent to another (each node's ledger is its own)."""
     lost: int = 0
+    """Rows of acknowledged segments not in the sink."""
+    undelivered: int = 0
+    """Copies of rows published by a node (its ledger's DONE) but not in the sink, the lost rows
+    aside: a node dropped a segment it had made durable (its rows may be in the sink from another)."""
+    contradictions: int = 0
+    """Segments whose ledgers contradict the answers: acknowledged by a node that did not publish
+    them, or published by a node that refused them (or before it had the whole body)."""
     duplicates: int = 0
     """Copies beyond the first of the rows of these segments."""
     explained: int = 0
-    """Of `duplicates`, copies of a segment that was in doubt at a node other than the one that
-    acknowledged it (each node's ledger is its own: both may hold it)."""
+    """Of `duplicates`, copies as many as the nodes whose ledgers published the segment."""
     problems: list[str] = field(default_factory=list)
-    """Segments lost or stored more often than they were held, with their attempts."""
+    """Segments lost, published and not delivered, stored more often than published, or whose
+    ledgers contradict their answers, with their attempts."""
     errors: list[str] = field(default_factory=list)
     """A valid segment refused for good (400, 413), a collector that failed."""
 
@@ -149,7 +172,7 @@ class AdxmonReport:
         return self.duplicates - self.explained
 
     def ok(self) -> bool:
-        return self.lost == 0 and not self.errors
+        return self.lost == 0 and self.undelivered == 0 and self.contradictions == 0 and not self.errors
 
     def __str__(self) -> str:
         faults = "; ".join(f"{k}: {dict(sorted(v.items()))}" for k, v in sorted(self.at_faults.items()))
@@ -157,9 +180,11 @@ class AdxmonReport:
                 f"acknowledged {self.acked_segments} segments ({self.gzip_acked} gzip, {self.plain_acked} plain) "
                 f"/ {self.acked_rows} rows, never acknowledged {self.never_acked}; answers "
                 f"{dict(sorted(self.answers.items()))}; resent {self.resent} times ({self.resent_after_doubt} "
-                f"acknowledged after an attempt in doubt); at faults: {faults or '-'}; lost {self.lost}, "
-                f"duplicates {self.duplicates} ({self.explained} in doubt at another node, {self.unexplained} "
-                f"unexplained)")
+                f"acknowledged after an attempt in doubt); at faults: {faults or '-'}; published by two nodes "
+                f"{self.published_twice}; lost {self.lost}, published and not delivered {self.undelivered}, ledgers "
+                f"contradicting answers {self.contradictions}, "
+                f"duplicates {self.duplicates} ({self.explained} published by another node too, {self.unexplained} "
+                f"beyond the ledgers)")
         if self.errors:
             text += f"; errors: {self.errors[:10]}"
         if self.problems:
@@ -438,22 +463,64 @@ class AdxmonLoad:
 
     # -- the oracle ------------------------------------------------------------------------------
 
-    def judge(self, seen: Counter[int]) -> set[int]:
-        """Count lost and duplicated rows of the segments against `seen` (seq -> copies in the sink);
-        the seqs whose extra copies are explained (to be left out of the run's duplicates)."""
+    def judge(self, seen: Counter[int], published: dict[str, set[str]]) -> set[int]:
+        """Count lost and duplicated rows against `seen` (seq -> copies in the sink) and `published`
+        (node -> the keys its transfer ledger says it published, `published_keys`): a segment's rows
+        must be in the sink as many times as nodes published it, and at least once if it was
+        acknowledged. The seqs whose extra copies the ledgers explain (to be left out of the run's
+        duplicates)."""
         r = self.report
         explained: set[int] = set()
         for s in self.made:
-            holders = s.holders()
-            acked = s.acked_by is not None
-            lost = [q for q in s.seqs() if acked and seen[q] == 0]
-            extra = [seen[q] - 1 for q in s.seqs() if seen[q] > 1]
-            allowed = max(1, len(holders))
-            over = [seen[q] - allowed for q in s.seqs() if seen[q] > allowed]
-            r.lost += len(lost)
-            r.duplicates += sum(extra)
-            r.explained += sum(extra) - sum(over)
-            explained.update(q for q in s.seqs() if 1 < seen[q] <= allowed)
-            if lost or over:
-                r.problems.append(f"{len(lost)} rows lost, {sum(over)} copies unexplained: {s.describe()}")
+            at = {n for n, keys in published.items() if s.key in keys}
+            maybe = s.holders()
+            notes = []
+            if s.acked_by is not None and s.acked_by not in at:
+                notes.append(f"acknowledged by {s.acked_by}, not in its ledger")
+            if at - maybe:
+                notes.append(f"published by {sorted(at - maybe)}, which answered that it did not take it")
+            r.contradictions += bool(notes)
+            expect = len(at)
+            r.published_twice += expect > 1
+            lost = undelivered = over = 0
+            for q in s.seqs():
+                c = seen[q]
+                if s.acked_by is not None and c == 0:
+                    lost += 1
+                elif c < expect:
+                    undelivered += expect - c
+                if c > 1:
+                    r.duplicates += c - 1
+                    r.explained += min(c, max(expect, 1)) - 1
+                    over += max(0, c - max(expect, 1))
+                    if c <= expect:
+                        explained.add(q)
+            r.lost += lost
+            r.undelivered += undelivered
+            if lost:
+                notes.append(f"{lost} rows lost")
+            if undelivered:
+                notes.append(f"{undelivered} published copies not delivered")
+            if over:
+                notes.append(f"{over} copies beyond the {expect} publications")
+            if notes:
+                r.problems.append(f"{'; '.join(notes)}: published by {sorted(at)}: {s.describe()}")
         return explained
+
+
+def published_keys(storage_dir: Path) -> set[str]:
+    """The keys a node's transfer ledger (`transfers.ledger`, node/transfer/ledger.py) says were
+    published: last line DONE (`<stamp> <key>`), or `publish` with its part file gone (renamed
+    into the WAL; read once the node stopped)."""
+    path = storage_dir / "transfers.ledger"
+    last: dict[str, list[str]] = {}
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return set()
+    for line in text.splitlines():
+        fields = line.split(" ")
+        if len(fields) >= 2:
+            last[fields[1]] = fields[2:]
+    return {k for k, rest in last.items()
+            if not rest or (rest[0] == "publish" and len(rest) == 3 and not Path(rest[2]).exists())}

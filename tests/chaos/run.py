@@ -57,7 +57,7 @@ from node.gen.prometheus import remote_pb2
 from node.rows.series import BASE_SCHEMA
 from node.wal.names import make_prefix, schema_hash
 from tests.chaos import procs
-from tests.chaos.adxmon import AdxmonLoad, AdxmonReport, Segment
+from tests.chaos.adxmon import AdxmonLoad, AdxmonReport, Segment, published_keys
 from tests.chaos.netns import NetnsError, Network
 from tests.chaos.prom import Key, PrometheusLoad, PromReport, compare, expected
 from tests.harness import ROOT, NodeProcess
@@ -705,7 +705,7 @@ class Chaos:
         r.unknown = sum(1 for s in seen if not 0 < s <= self.seq)
         explained: set[int] = set()
         if self.adxmon is not None:  # copies of a segment in doubt at another node are reported apart
-            explained = self.adxmon.judge(seen)
+            explained = self.adxmon.judge(seen, {n.name: published_keys(n.storage_dir) for n in self.nodes})
             r.adxmon = self.adxmon.report
         r.duplicates = sum(n - 1 for s, n in seen.items() if n > 1 and s not in explained)
         r.segments_left = self.segments_left()
