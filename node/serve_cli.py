@@ -20,6 +20,7 @@ from cluster.addr import parse_hostport
 from node import config as node_config
 from node import debug, logformat
 from node.errors import BindError
+from node.storage import StorageLayout
 
 if TYPE_CHECKING:
     from cluster.membership import Membership
@@ -155,6 +156,24 @@ def check_storage(root: Path) -> str | None:
     return None
 
 
+def use_usable_temp_dir(layout: StorageLayout) -> Path | None:
+    """Point temporary files (the transfer door's self-signed certificate, the ADX sink's upload
+    files) at `<storage-dir>/tmp` when the system has no usable temporary directory: adx-mon's pods
+    run with a read-only root file system and no /tmp, and the node would not start there. The
+    receiver processes inherit it (TMPDIR). Returns the directory chosen, or None when the system's
+    is usable."""
+    try:
+        with tempfile.TemporaryFile():
+            return None
+    except OSError:  # FileNotFoundError: "No usable temporary directory found"
+        pass
+    shutil.rmtree(layout.tmp, ignore_errors=True)  # only this node's leftovers
+    layout.tmp.mkdir(mode=0o700)
+    os.environ["TMPDIR"] = str(layout.tmp)
+    tempfile.tempdir = str(layout.tmp)
+    return layout.tmp
+
+
 def _reason(e: OSError) -> str:
     text = os.strerror(e.errno) if e.errno else str(e)
     return text[:1].lower() + text[1:]
@@ -247,6 +266,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if why:
         print(f"ingestor serve: {why}", file=sys.stderr)
         return 1
+    tmp = use_usable_temp_dir(config.layout)
+    if tmp is not None:
+        log.info("no usable temporary directory (TMPDIR, /tmp, /var/tmp): temporary files go to %s", tmp)
     try:
         check_ports(config)
         config = check_transfer_port(config, transfer_explicit)

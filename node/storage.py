@@ -11,6 +11,8 @@
                                 (node/sinks/local.py)
         metrics/                Prometheus multi-process files, when /dev/shm cannot hold them
         leaving                 the node is leaving the cluster (supervisor -> receivers)
+        tmp/                    temporary files, only when the system has no usable temporary
+                                directory (a read-only root with no /tmp, as adx-mon's pods run)
         cluster.json            the ring as the supervisor sees it (supervisor -> receivers)
 
 adx-mon's ingestor keeps its segments directly in its `--storage-dir`: on a volume it used, they
@@ -47,12 +49,17 @@ class StorageLayout:
         """The names the node itself makes directly in `root`, with the `.tmp` of `atomic_write`
         and the ledger's `.lock` beside each."""
         paths = (self.wal, self.quarantine, self.deliveries, self.ledger, self.local, self.metrics, self.leaving,
-                 self.cluster)
+                 self.cluster, self.tmp)
         return frozenset(p.name + suffix for p in paths if p.parent == self.root for suffix in ("", ".tmp", ".lock"))
 
     @property
     def wal(self) -> Path:
         return self.root / "wal"
+
+    @property
+    def tmp(self) -> Path:
+        """Temporary files, when the system has no usable temporary directory (serve_cli)."""
+        return self.root / "tmp"
 
     @property
     def wal_active(self) -> Path:
