@@ -4,7 +4,11 @@ and (ClickHouse) the sink stopped for a while, on three real nodes in the shape 
 receivers each, 1 to 3 s segments, 300 + 10 tables of OTLP metrics, OTLP logs and remote-write
 load, and a real Prometheus remote-writing its and the nodes' metrics); no acknowledged row or
 Prometheus sample lost, none invented, none twice in ClickHouse, no segment left behind, no
-process left behind, the cluster live afterwards. The earlier shape (one receiver, 10 tables, no
+process left behind, the cluster live afterwards. In the user shape two adx-mon collectors also
+POST segments (metrics, OTLP and native logs, merged sometimes, gzip and plain) to the nodes'
+transfer doors, with a POST held in flight at every whole-node fault and one made while the disk
+is full (tests/chaos/adxmon.py): every acknowledged segment's rows in the sink, each as many
+times as the nodes' transfer ledgers published it. The earlier shape (one receiver, 10 tables, no
 Prometheus) runs once, with ClickHouse and four faults. The local-sink run holds at most 40
 segment files open per node (`--max-open-segments`, 20 per receiver process for 310 tables), so
 that the faults also land on segments whose descriptors were closed and reopened."""
@@ -58,6 +62,17 @@ def test_random_faults_lose_no_acknowledged_row(tmp_path: Path, sink: str, shape
     assert report.live_after, report
     assert not report.leftovers, report
     assert not report.errors, report
+    if SHAPES[shape].adxmon:
+        adx = report.adxmon
+        assert adx is not None and adx.acked_segments > 0 and adx.gzip_acked > 0 and adx.plain_acked > 0, report
+        assert adx.lost == 0 and adx.undelivered == 0 and adx.contradictions == 0 and not adx.errors, report
+        assert adx.never_acked == 0, report  # every segment taken once the faults stopped
+        # the faults met the door: a POST in flight at each whole-node fault, one during each full disk
+        door_faults = ("kill9", "sigterm", "kill_owner", "peer_unreachable", "disk_full")
+        assert {k: sum(adx.at_faults.get(k, {}).values()) for k in door_faults} == \
+            {k: report.faults[k] for k in door_faults}, report
+        if report.faults["disk_full"]:  # the full disk refused with 429, the segment taken elsewhere later
+            assert adx.at_faults["disk_full"]["429"] == report.faults["disk_full"], report
     if SHAPES[shape].prometheus:
         prom = report.prom
         assert prom is not None and prom.caught_up and prom.samples > 0, report
