@@ -326,8 +326,9 @@ class NodeConfig:
                                   default_note="none", secret=True)
     peer_token_file: Path | None = flag(None, "file holding the peer token", parse="path", group="cluster",
                                         default_note="none")
-    tls_cert: Path | None = flag(None, "TLS certificate of the gRPC port (and of this node as a client); adx-mon "
-                                 "calls it --ca-cert, though it is this node's certificate, not a CA",
+    tls_cert: Path | None = flag(None, "TLS certificate of the gRPC port and of the transfer front door (and of "
+                                 "this node as a client); adx-mon calls it --ca-cert, though it is this node's "
+                                 "certificate, not a CA",
                                  parse="path", group="cluster", default_note="none: plaintext", aliases=("ca-cert",))
     tls_key: Path | None = flag(None, "TLS key of --tls-cert", parse="path", group="cluster", default_note="none",
                                 aliases=("key",))
