@@ -166,7 +166,7 @@ class Supervisor:
         self.uploader.transfers_enabled = False
         await asyncio.to_thread(self.siblings.announce_leaving, self.state.detail)
         await asyncio.sleep(LEAVE_SETTLE_SECONDS)
-        await asyncio.to_thread(self.wal.rotate_all)
+        await asyncio.to_thread(self.wal.rotate_all, compact=False)
         if self.config.multiprocess:  # the siblings close theirs on their next tick
             deadline = time.monotonic() + SIBLINGS_CLOSE_SECONDS
             while any(self.config.layout.wal_active.iterdir()) and time.monotonic() < deadline:
@@ -226,7 +226,7 @@ class Receiver:
             await self._stop_taking_data(leaving)  # the supervisor's words: probes answer alike
             if first:
                 await asyncio.sleep(LEAVE_SETTLE_SECONDS)
-                await asyncio.to_thread(self.wal.rotate_all)
+                await asyncio.to_thread(self.wal.rotate_all, compact=False)
 
     def ring(self, stats: WalStats) -> dict[str, Any]:
         return self.siblings.ring()

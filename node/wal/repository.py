@@ -273,8 +273,8 @@ class Repository:
         return found
 
     def stop(self) -> list[SegmentInfo]:
-        """Close every active segment (they become closed segments in the index)."""
-        return self.rotate_all()
+        """Close every active segment (they become closed segments in the index), as they are."""
+        return self.rotate_all(compact=False)
 
     def add_listener(self, fn: Callable[[SegmentInfo], None]) -> None:
         """Call `fn` with every segment that gets closed or imported."""
@@ -475,8 +475,10 @@ class Repository:
         for fn in self._listeners:
             fn(info)
 
-    def rotate_all(self) -> list[SegmentInfo]:
-        return self._rotate_each(lambda w: w.rotate())
+    def rotate_all(self, compact: bool = True) -> list[SegmentInfo]:
+        """Close every active segment; `compact=False` when closing them all at once must be quick
+        (stopping, leaving: the rewrite of small blocks costs a read and an fsync a segment)."""
+        return self._rotate_each(lambda w: w.rotate(compact=compact))
 
     def rotate_expired(self) -> list[SegmentInfo]:
         """Close the active segments older than max-segment-age; call it periodically."""

@@ -128,12 +128,13 @@ class SegmentWriter:
         self._give_up_fd()
         self.path.unlink(missing_ok=True)
 
-    def close(self) -> None:
-        """Close the file, fsyncing it first unless the policy is `never`."""
+    def close(self, sync: bool = True) -> None:
+        """Close the file, fsyncing it first unless the policy is `never` or `sync` is false (its
+        bytes were made durable otherwise: rewritten and fsynced by `compact`)."""
         if self.closed:
             return
         try:
-            if self._fsync is not FsyncPolicy.NEVER:
+            if sync and self._fsync is not FsyncPolicy.NEVER:
                 fd = self.files.acquire(self)
                 try:
                     os.fsync(fd)

@@ -42,6 +42,17 @@ class SegmentInfo:
         return self.name.database
 
 
+@dataclass(slots=True)
+class _Closing:
+    """A segment taken out of service and not yet published (`TableWal._publish_closing`)."""
+
+    writer: SegmentWriter
+    name: SegmentName
+    compact: bool
+    compacted: tuple[int, int, int] | None = None
+    """(size, blocks, rows) once rewritten: a later try publishes it as such."""
+
+
 @dataclass(frozen=True, slots=True)
 class Mark:
     """The end of a table's active segment at one moment (`TableWal.mark`)."""
@@ -83,7 +94,7 @@ class TableWal:
         self._active: SegmentWriter | None = None
         self._active_name: SegmentName | None = None
         self._opened = 0.0
-        self._closing: list[tuple[SegmentWriter, SegmentName]] = []
+        self._closing: list[_Closing] = []
         """Segments taken out of service whose publication into the WAL failed (a full disk, an
         I/O error): tried again at every rotate, so that their rows are not left in `active/`
         until a restart."""
@@ -153,49 +164,55 @@ class TableWal:
 
     def close_if_full_held(self) -> SegmentInfo | None:
         if self._active is not None and self._active.size >= self._max_size:
-            return self._close_locked()
+            return self._close_locked(compact=True)
         return None
 
-    def rotate(self, *, older_than: float | None = None) -> SegmentInfo | None:
+    def rotate(self, *, older_than: float | None = None, compact: bool = True) -> SegmentInfo | None:
         """Close the active segment (only if open longer than `older_than` seconds, when given);
-        first publish what an earlier close could not."""
+        first publish what an earlier close could not. `compact`: rewrite its small blocks as
+        large ones as it closes (`segment.compact`); a node that stops closes every segment at
+        once and leaves that out, so that it stops in time."""
         with self._lock:
             done = self._publish_closing() if self._closing else None
             if self._active is None:
                 return done
             if older_than is not None and time.monotonic() - self._opened < older_than:
                 return done
-            return self._close_locked()
+            return self._close_locked(compact)
 
     def rotate_if_expired(self) -> SegmentInfo | None:
         return self.rotate(older_than=self._max_age)
 
-    def _close_locked(self) -> SegmentInfo:
+    def _close_locked(self, compact: bool) -> SegmentInfo:
         active, name = self._active, self._active_name
         assert active is not None and name is not None
         self._active = self._active_name = None  # the next write opens a new segment, whatever happens here
-        self._closing.append((active, name))
+        self._closing.append(_Closing(active, name, compact))
         info = self._publish_closing()
         assert info is not None
         return info
 
     def _publish_closing(self) -> SegmentInfo | None:
         """Close and rename into the WAL the segments taken out of service, oldest first; an
-        error leaves the rest for the next try. Returns the last one published."""
+        error leaves the rest for the next try. Returns the last one published.
+
+        A segment to compact is rewritten before its writer closes: the rewrite is fsynced, so the
+        old file's fsync is left out (one fsync a segment either way)."""
         info = None
         while self._closing:
-            active, name = self._closing[0]
-            active.close()
+            c = self._closing[0]
+            active, name = c.writer, c.name
             closed = self._dir / name.filename
-            size, blocks, rows = active.size, active.blocks, active.rows
-            if active.path.exists() or not closed.exists():  # not renamed by an earlier try
-                compacted = compact(active.path, blocks, name.schema is not None)
-                if compacted is not None:
-                    size, blocks, rows = compacted
+            renamed = not active.path.exists() and closed.exists()  # by an earlier try
+            if c.compact and not renamed and c.compacted is None and not active.closed:
+                c.compacted = compact(active.path, active.blocks, name.schema is not None)
+            active.close(sync=c.compacted is None)
+            if not renamed:
                 os.rename(active.path, closed)
             if self._fsync is not FsyncPolicy.NEVER:
                 fsync_dir(self._dir)
             self._closing.pop(0)
+            size, blocks, rows = c.compacted or (active.size, active.blocks, active.rows)
             info = SegmentInfo(closed, name, size, blocks, rows, shrunk=active.size - size)
             self._on_close(info)
         return info

@@ -132,3 +132,13 @@ def test_a_segment_past_the_compaction_size_is_left_as_written(tmp_path: Path, m
     assert len(raw) > 4096
     [info] = repo.rotate_all()
     assert (info.blocks, info.shrunk) == (200, 0) and info.path.read_bytes() == raw
+
+
+def test_stopping_closes_every_segment_as_written(tmp_path: Path) -> None:
+    """A node that stops closes all its segments at once, within its grace: no rewrite then."""
+    repo = _repo(tmp_path)
+    for i in range(20):
+        write_block(repo, "Db", "T", fmt.KIND_METRIC, rows_for(i), 3)
+    [info] = repo.stop()
+    assert (info.blocks, info.shrunk) == (20, 0)
+    assert info.size == info.path.stat().st_size
