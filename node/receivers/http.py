@@ -100,14 +100,20 @@ async def _refuse(request: web.Request, err: BaseException, what: str, json_body
     sent, then the connection closed (aiohttp would otherwise linger, reading what is left)."""
     resp = _error_response(err, what, json_body, said)
     if isinstance(err, StalledError):
-        resp.force_close()
-        try:
-            await resp.prepare(request)
-            await resp.write_eof()
-        except ConnectionError:
-            pass
-        request.protocol.force_close()
+        await answer_and_close(request, resp)
     return resp
+
+
+async def answer_and_close(request: web.Request, resp: web.StreamResponse) -> None:
+    """Send `resp` now and close the connection, without reading the rest of the body (aiohttp
+    would otherwise linger on it): the answer to a body cut for its pace, on every HTTP port."""
+    resp.force_close()
+    try:
+        await resp.prepare(request)
+        await resp.write_eof()
+    except ConnectionError:
+        pass
+    request.protocol.force_close()
 
 
 def build_app(ingest: Ingest, state: NodeState, metrics: NodeMetrics, max_request_bytes: int,

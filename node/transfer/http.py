@@ -65,7 +65,7 @@ from node.errors import (
 from node.ratelog import RateLimitedLog
 from node.receivers import listener
 from node.receivers.body import BodyLimits, Pace
-from node.receivers.http import add_probes
+from node.receivers.http import add_probes, answer_and_close
 from node.transfer.certs import server_context
 from node.transfer.door import FLAG, PORT_NAME, DoorConfig
 from node.transfer.intake import Held, Incoming, Intake, SegmentBusyError
@@ -311,13 +311,8 @@ class TransferDoor:
                 await self._discard(request)
         message = f"{what}: {err}" if isinstance(err, IngestorError) else f"{what}: internal error"
         resp = self._answer(answer.status, message + "\n", answer)
-        if isinstance(err, StalledError):  # not read further: answered, then closed (aiohttp would linger on it)
-            try:
-                await resp.prepare(request)
-                await resp.write_eof()
-            except ConnectionError:
-                pass
-            request.protocol.force_close()
+        if isinstance(err, StalledError):
+            await answer_and_close(request, resp)
         return resp
 
     def _accepted(self, info: SegmentInfo, what: str, t0: float) -> None:
