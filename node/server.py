@@ -40,7 +40,7 @@ from node.receivers.grpc import GrpcLimits, GrpcServer
 from node.receivers.http import HttpLimits, HttpServer, build_app
 from node.roles import Receiver, Role, Supervisor
 from node.rows.logs import LogsConfig, LogsConverter
-from node.rows.metrics import MetricsConfig, MetricsConverter
+from node.rows.metrics import MetricsConfig, MetricsConverter, cached_series
 from node.rows.traces import TracesConfig, TracesConverter
 from node.siblings import Siblings
 from node.sinks.base import Sink
@@ -86,7 +86,9 @@ def converters_of(config: NodeConfig) -> Converters:
         MetricsConverter(MetricsConfig(default_database=config.default_metrics_database,
                                        lift_labels=config.lift_labels, allowed_databases=allowed,
                                        drop_metrics=config.drop_metrics, drop_labels=config.drop_labels,
-                                       add_labels=config.add_labels)),
+                                       add_labels=config.add_labels,
+                                       max_cached_series=cached_series(per_process(config.memory_limit,
+                                                                                   config.receivers)))),
         LogsConverter(LogsConfig(default_database=config.default_logs_database,
                                  default_table=config.default_logs_table, allowed_databases=allowed)),
         TracesConverter(TracesConfig(default_database=config.default_traces_database,

@@ -34,6 +34,21 @@ _LABEL_TAG = 0x0A  # TimeSeries field 1 (labels), length-delimited
 _SAMPLE_TAG = 0x12  # TimeSeries field 2 (samples), length-delimited
 
 
+CACHED_SERIES_BYTES = 512
+"""Memory a cached series takes, 8 labels: its Labels JSON, its key, a dict slot (`make bench`:
+475-515 bytes)."""
+MIN_CACHED_SERIES, MAX_CACHED_SERIES = 200_000, 2_000_000
+
+
+def cached_series(memory: int) -> int:
+    """Entries each series cache may hold in a process whose share of --max-memory is `memory`:
+    a quarter of it at `CACHED_SERIES_BYTES` each, so both caches full take half of it again (its
+    default, half the container's memory: a quarter of the container). 200,000 at least,
+    2,000,000 at most: 1,000,000 series in use stay cached from a 4 GiB share (an 8 GiB
+    container), 262,144 from the 1 GiB default share without a container limit (524,288 entries)."""
+    return max(MIN_CACHED_SERIES, min(MAX_CACHED_SERIES, memory // 4 // CACHED_SERIES_BYTES))
+
+
 @dataclass(frozen=True)
 class MetricsConfig:
     """How metric series are routed and laid out."""
@@ -56,12 +71,11 @@ class MetricsConfig:
     add_labels: tuple[str, ...] = ()
     """adx-mon's `--add-labels`: `NAME=VALUE`; a string column NAME holding VALUE on every row,
     after `Value` and before the lifted columns (filters.py)."""
-    max_cached_series: int = 2_000_000
+    max_cached_series: int = MAX_CACHED_SERIES
     """Series entries each cache (remote write, OTLP) holds at most; see cache.py for which go.
-    A cache turns when its young generation holds half of it, so up to 1,000,000 series in use
-    stay cached; past that, points of series not seen in the last turn take the miss path
-    (~6x slower). Memory: about 500 bytes per cached series of 8 labels (its Labels JSON, its
-    key, a dict slot), so at most ~1 GB per receiver process, measured by `make bench`."""
+    A cache turns when its young generation holds half of it, so half of it in series in use stay
+    cached; past that, points of series not seen in the last turn take the miss path (~6x
+    slower). A node sizes it from its memory (`cached_series`)."""
 
 
 def _labels_end(b: bytes) -> int:

@@ -121,12 +121,14 @@ def test_ten_thousand_tables_are_taken_and_their_memory_comes_back_when_they_go_
               + f"; after they went cold {cold / MiB:.0f} MiB; table counters left {table_series(node)}")
         assert figures[10_000][0] < 30, figures
         assert table_series(node) <= 20  # the cold tables' counters are gone from /metrics
-        # 390,000 series of 13,010 names: the caches hold at most 200,000 series and forget the cold
-        # ones. What stays is the WAL's own state per table (an object per table written, the index
-        # of closed segments waiting for upload: ~1.7 KiB a table) and allocator slack: measured
-        # +88 MiB here, against +291 MiB when the caches were cleared only past 200,000 entries
-        # and per-table counters were kept for ever.
-        assert cold <= figures[10_000][1] and cold < start + 128 * MiB, (start, figures, cold)
+        # 390,000 series of 13,010 names: the caches (524,288 entries each at the default 1 GiB of
+        # --max-memory: rows/metrics.cached_series) hold them all while they are in use, and forget
+        # them once cold. What stays is the WAL's own state per table (an object per table written,
+        # the index of closed segments waiting for upload: ~1.7 KiB a table) and allocator slack
+        # (pymalloc keeps an arena while one object of it lives): measured +135 MiB here (+88 MiB
+        # when the caches held 200,000), against +291 MiB when the caches were cleared only past
+        # 200,000 entries and per-table counters were kept for ever.
+        assert cold <= figures[10_000][1] and cold < start + 160 * MiB, (start, figures, cold)
     finally:
         node.kill()  # a SIGTERM would upload 13,010 tables first
 

@@ -173,3 +173,11 @@ def test_cache_is_bounded() -> None:
 def test_unusable_configuration_is_refused(cfg: MetricsConfig) -> None:
     with pytest.raises(ValueError):
         MetricsConverter(cfg)
+
+
+def test_the_series_caches_are_sized_from_the_memory_share() -> None:
+    from node.rows.metrics import CACHED_SERIES_BYTES, cached_series
+
+    assert cached_series(1 << 30) == (1 << 30) // 4 // CACHED_SERIES_BYTES == 524_288  # the default share
+    assert cached_series(4 << 30) == 2_000_000  # a million series in use stay cached
+    assert cached_series(64 << 30) == 2_000_000 and cached_series(64 << 20) == 200_000  # the bounds
