@@ -310,10 +310,13 @@ class AdxmonLoad:
             self.report.answers[outcome] += 1
             if segment.attempts:
                 self.report.resent += 1
+            done = segment.acked_by is not None
             segment.attempts.append(Attempt(node.name, outcome, time.time()))
             if outcome in ("400", "413"):
                 self.report.errors.append(f"{node.name} answered {outcome} to a valid segment: {segment.describe()}")
                 return True  # dropped, as adx-mon's collector drops a 400
+            if done:  # sent again after its 202 (not by the collectors): acknowledged once
+                return True
             if outcome != "202":
                 return False
             self.report.acked_segments += 1
@@ -426,8 +429,10 @@ class AdxmonLoad:
     # -- the door at a fault ---------------------------------------------------------------------
 
     def hold(self, kind: str, node: NodeProcess) -> Held | None:
-        """A POST to `node` left part-way: half its body sent, or all of it with the answer unread.
-        None when it could not start (the outcome recorded, the segment queued)."""
+        """A POST to `node` left part-way: half its body sent, or all of it with the answer unread
+        (half the time, after a pause long enough for the node to commit it: the fault then cuts the
+        answer only, and the collector's resend may reach another node). None when it could not
+        start (the outcome recorded, the segment queued)."""
         rng = self._fault_rng
         whole = rng.random() < 0.5
         segment = self.make(rng, self._fault_ids)
@@ -439,6 +444,8 @@ class AdxmonLoad:
                 conn.send(payload[i:min(i + 4096, sent)])
             if whole:
                 conn.end()
+                if rng.random() < 0.5:  # time for the node to commit: the fault then takes only the answer
+                    time.sleep(rng.uniform(0.05, 0.3))
         except (OSError, ssl.SSLError, ConnectionError):
             conn.close()
             if not self._record(segment, node, REFUSED, conn.gzip):
