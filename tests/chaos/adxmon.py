@@ -164,6 +164,8 @@ class AdxmonReport:
     problems: list[str] = field(default_factory=list)
     """Segments lost, published and not delivered, stored more often than published, or whose
     ledgers contradict their answers, with their attempts."""
+    doubted: list[str] = field(default_factory=list)
+    """The segments an attempt was in doubt for: their attempts and the nodes that published them."""
     errors: list[str] = field(default_factory=list)
     """A valid segment refused for good (400, 413), a collector that failed."""
 
@@ -189,6 +191,8 @@ class AdxmonReport:
             text += f"; errors: {self.errors[:10]}"
         if self.problems:
             text += "\n  adx-mon segments lost or doubled:\n    " + "\n    ".join(self.problems[:20])
+        if self.doubted:
+            text += "\n  adx-mon segments in doubt:\n    " + "\n    ".join(self.doubted[:10])
         return text
 
 
@@ -510,6 +514,8 @@ class AdxmonLoad:
                 notes.append(f"{undelivered} published copies not delivered")
             if over:
                 notes.append(f"{over} copies beyond the {expect} publications")
+            if any(a.outcome == IN_DOUBT for a in s.attempts):
+                r.doubted.append(f"published by {sorted(at)}: {s.describe()}")
             if notes:
                 r.problems.append(f"{'; '.join(notes)}: published by {sorted(at)}: {s.describe()}")
         return explained
