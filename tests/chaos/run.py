@@ -12,7 +12,10 @@ ages (the load itself is timing-dependent).
 - Load: requests of 20 rows to a random live node over OTLP/gRPC metrics, OTLP/gRPC logs or
   remote write, every row carrying a unique `seq` (a metric row's value, a log row's
   attribute); the sender records which requests were acknowledged. With Prometheus: it scrapes
-  itself and the nodes each second and remote-writes to node 0 (prom.py).
+  itself and the nodes each second and remote-writes to node 0 (prom.py). With adx-mon collectors
+  (the user shape: 2; `--adxmon N`): segments POSTed to the nodes' transfer doors, retried with the
+  same name and bytes until a 202, a POST held in flight at each whole-node fault and one made
+  during each full disk (adxmon.py).
 - Faults, by kind: `kill9` (SIGKILL of the node's every process, restart after a pause),
   `sigterm` (SIGTERM with the node's short grace, restart), `kill_owner` (SIGKILL of the node that
   owns most tables while the others stream segments to it: a peer stopped mid-transfer),
@@ -24,7 +27,9 @@ ages (the load itself is timing-dependent).
 - Oracle, after the faults stop and the cluster drained: every acknowledged `seq` is in the
   sink; no `seq` that was never sent; duplicates counted; no segment left in any WAL; the cluster
   is live (a new row sent after the faults is delivered); Prometheus's every sample is in the
-  sink (prom.py); no process of a stopped node left running.
+  sink (prom.py); no process of a stopped node left running; every adx-mon segment's rows in the
+  sink as many times as the nodes' transfer ledgers published it, at least once if acknowledged
+  (adxmon.py; copies of a segment two nodes published are left out of the duplicates).
 """
 
 from __future__ import annotations
