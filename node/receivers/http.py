@@ -275,5 +275,9 @@ class HttpServer:
         await asyncio.gather(*self._accepting, return_exceptions=True)
         for sock in self._sockets:
             sock.close()
-        self._runner._shutdown_timeout = grace  # aiohttp reads it at cleanup; the constructor has no setter
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await self.connections.until_idle(grace)  # requests in progress finish, their bodies included
+        # read at cleanup (no setter); never 0, which aiohttp takes as no limit at all
+        self._runner._shutdown_timeout = max(0.1, grace - (loop.time() - t0))
         await self._runner.cleanup()

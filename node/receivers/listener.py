@@ -61,6 +61,29 @@ class Connections:
             self._idle.move_to_end(conn)
             self._changed.set()
 
+    @property
+    def in_progress(self) -> int:
+        """Connections with a request in progress."""
+        return len(self._open) - len(self._idle)
+
+    async def until_idle(self, timeout: float) -> None:
+        """Until no request is in progress, or `timeout` seconds: what a stopping port waits for
+        before its server closes the connections (aiohttp's shutdown closes them first and then
+        drops what arrives, so a body still arriving would never end and its request never be
+        answered)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.in_progress > 0:
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            self._changed.clear()
+            try:
+                async with asyncio.timeout(left):
+                    await self._changed.wait()
+            except TimeoutError:
+                return
+
     def _full(self) -> bool:
         return self.limit > 0 and len(self._open) >= self.limit
 

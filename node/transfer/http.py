@@ -44,6 +44,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -156,7 +157,23 @@ class TransferDoor:
         self._clock = clock
         self._said = RateLimitedLog(log)
         self._limits = BodyLimits(intake.budget.limit, config.stall_timeout, config.min_request_rate)
-        app = web.Application()
+        self._in_progress = 0
+        self._quiet = asyncio.Event()
+        self._quiet.set()
+
+        @web.middleware
+        async def counted(request: web.Request, handler: Any) -> web.StreamResponse:
+            self._in_progress += 1
+            self._quiet.clear()
+            try:
+                resp: web.StreamResponse = await handler(request)
+                return resp
+            finally:
+                self._in_progress -= 1
+                if not self._in_progress:
+                    self._quiet.set()
+
+        app = web.Application(middlewares=[counted])
         app.router.add_post(PATH, self._transfer)
         add_probes(app, not_ready_reason)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=60.0, auto_decompress=False,
@@ -193,7 +210,18 @@ class TransferDoor:
 
     async def stop(self, grace: float) -> None:
         """Stop accepting, let requests in flight finish within `grace`, then cut the rest."""
-        self._runner._shutdown_timeout = grace  # aiohttp reads it at cleanup; the constructor has no setter
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        for site in self._sites:  # no new connections; those open keep their requests
+            await site.stop()
+        self._sites = []
+        # aiohttp's shutdown closes every connection first and then drops what arrives: a body still
+        # arriving would never end, and its collector never get an answer. Requests finish first.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self._quiet.wait()
+        # read at cleanup (no setter); never 0, which aiohttp takes as no limit at all
+        self._runner._shutdown_timeout = max(0.1, grace - (loop.time() - t0))
         await self._runner.cleanup()
 
     # -- one request -----------------------------------------------------------------------
