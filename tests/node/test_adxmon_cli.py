@@ -35,7 +35,7 @@ from node.wal.repository import Repository, WalConfig
 from node.wal.segment import FsyncPolicy
 from tests.cluster.tls import make_certs
 from tests.harness import ROOT, free_port
-from tests.node.test_cli_mistakes import session
+from tests.node.test_cli_mistakes import ingestor
 from tests.upload.test_upload_log import FakeClient, _write
 
 INGESTOR = Path(sys.executable).with_name("ingestor")
@@ -117,18 +117,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """The `ingestor` console script with `args`, in a session of its own that it leaves empty."""
-    proc = subprocess.Popen([str(INGESTOR), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT, env=clean_env(**(env or {})), start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while session(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not session(proc.pid), err
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return ingestor(*args, env=env, timeout=timeout, script=INGESTOR)
 
 
 def warnings_of(stderr: str) -> list[str]:

@@ -37,10 +37,13 @@ fails, as when the port is taken between the check and the bind."""
 
 
 def ingestor(*args: str, env: dict[str, str] | None = None, code: str | None = None, cwd: Path = ROOT,
-             timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    """Run `python -m node.cli ARGS` (or `python -c CODE ARGS`) in a session of its own, and check
-    that it left no process behind (receiver processes, a resource tracker)."""
-    cmd = [sys.executable, *(["-c", code] if code else ["-m", "node.cli"]), *args]
+             timeout: float = 90, script: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `python -m node.cli ARGS` (or `python -c CODE ARGS`, or the console `script`) in a session
+    of its own, and check that it left no process behind (receiver processes, a resource tracker)."""
+    if script is not None:
+        cmd = [str(script), *args]
+    else:
+        cmd = [sys.executable, *(["-c", code] if code else ["-m", "node.cli"]), *args]
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("INGESTOR_")}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
                             env={**inherited, "PYTHONPATH": str(ROOT), **(env or {})}, start_new_session=True)

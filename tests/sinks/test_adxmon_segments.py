@@ -21,7 +21,6 @@ logs segment is not. And an adx-mon logs segment POSTed to a node's transfer fro
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -476,17 +475,10 @@ def test_clickhouse_takes_adxmon_logs_and_metrics(server: object, tmp_path: Path
 
 @pytest.fixture(scope="module")
 def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    from tests.sinks_adx.azurite import INSTALL_HINT, Azurite, find_azurite
+    from tests.sinks_adx.azurite import running_azurite
 
-    binary = find_azurite()
-    if binary is None:
-        if os.environ.get("AZURITE_REQUIRED", "") not in ("", "0"):
-            pytest.fail(f"Azurite not found and AZURITE_REQUIRED is set: {INSTALL_HINT}")
-        pytest.skip(f"Azurite not found: {INSTALL_HINT}")
-    storage = Azurite(binary, tmp_path_factory.mktemp("azurite"))
-    storage.start()
-    yield storage
-    storage.stop()
+    with running_azurite(tmp_path_factory.mktemp("azurite")) as storage:
+        yield storage
 
 
 def test_adx_ingests_adxmon_logs_and_metrics_with_the_default_mappings(azurite: object, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ survive a stop).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -18,7 +19,10 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 ACCOUNT = "devstoreaccount1"
 # Azurite's documented development key: public, valid only against the emulator.
@@ -126,3 +130,20 @@ class Azurite:
             self._reader = None
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+@contextlib.contextmanager
+def running_azurite(directory: Path) -> Iterator[Azurite]:
+    """An Azurite serving from `directory` for the block; the test is skipped without one (failed
+    when AZURITE_REQUIRED is set, as CI sets it)."""
+    binary = find_azurite()
+    if binary is None:
+        if os.environ.get("AZURITE_REQUIRED", "") not in ("", "0"):
+            pytest.fail(f"Azurite not found and AZURITE_REQUIRED is set: {INSTALL_HINT}")
+        pytest.skip(f"Azurite not found: {INSTALL_HINT}")
+    storage = Azurite(binary, directory)
+    storage.start()
+    try:
+        yield storage
+    finally:
+        storage.stop()

@@ -46,7 +46,7 @@ from node.wal.repository import Repository, WalConfig
 from tests.rows.build import T_MS, T_NS, kvs, log_record, logs_request, remote_write
 from tests.rows.hostile import CASES as HOSTILE_CASES
 from tests.rows.hostile import check, strict_csv
-from tests.sinks_adx.azurite import INSTALL_HINT, Azurite, find_azurite
+from tests.sinks_adx.azurite import Azurite, running_azurite
 from tests.sinks_adx.fake_kusto import AUTH_CONTEXT, FakeKusto, Ingestion
 from tests.wal.helpers import write_block
 
@@ -58,15 +58,8 @@ _DATETIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z")
 
 @pytest.fixture(scope="module")
 def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
-    binary = find_azurite()
-    if binary is None:
-        if os.environ.get("AZURITE_REQUIRED", "") not in ("", "0"):
-            pytest.fail(f"Azurite not found and AZURITE_REQUIRED is set: {INSTALL_HINT}")
-        pytest.skip(f"Azurite not found: {INSTALL_HINT}")
-    storage = Azurite(binary, tmp_path_factory.mktemp("azurite"))
-    storage.start()
-    yield storage
-    storage.stop()
+    with running_azurite(tmp_path_factory.mktemp("azurite")) as storage:
+        yield storage
 
 
 @pytest.fixture
