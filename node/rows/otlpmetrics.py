@@ -24,7 +24,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from itertools import accumulate
+from typing import Any, cast
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
@@ -44,11 +45,53 @@ _NO_RECORDED_VALUE = 1
 _FIXED64_TAGS = b"\x11\x19\x21\x31"  # NumberDataPoint fields 2, 3, 4, 6: tag + 8 bytes
 _EXEMPLARS_TAG = 0x2A  # NumberDataPoint field 5 (length-delimited)
 _RESOURCE_SERVICE_KEYS = ("service.name", "service.namespace", "service.instance.id")
+_H_FIXED64_TAGS = b"\x11\x19\x21\x29\x59\x61"  # HistogramDataPoint fields 2-5, 11, 12: tag + 8 bytes
+_H_SKIPPED_TAGS = b"\x32\x42"  # fields 6 (bucket counts) and 8 (exemplars), length-delimited
+_H_BOUNDS_TAG = 0x3A  # field 7 (explicit bounds), length-delimited
+_H_ATTRIBUTES_TAG = 0x4A  # field 9 (attributes), length-delimited, repeated
+_H_FLAGS_TAG = 0x50  # field 10 (flags), varint
 
 Labels = Iterable[tuple[str, str]]
 _NONE: dict[Any, Entry] = {}
 """The old series of a metric that has none (never written to)."""
 _Series = tuple[str, tuple[str, str] | None, str]  # (metric name, extra label, value text)
+
+
+def _histogram_key(b: bytes, has_sum: bool) -> tuple[bytes, bytes, bool] | None:
+    """The key of a serialized HistogramDataPoint's series: its attribute bytes, its bounds' bytes
+    and whether it has a sum (which give its series and their order); None when its bytes hold a
+    field not expected here (then the caller keys it by its parsed attributes and bounds).
+
+    A serialized message has its fields in field-number order, so the attributes are one run.
+    """
+    i = 0
+    n = len(b)
+    attrs = bounds = b""
+    while i < n:
+        tag = b[i]
+        if tag == _H_ATTRIBUTES_TAG:
+            if attrs:
+                return None
+            start = i
+            while i < n and b[i] == _H_ATTRIBUTES_TAG:
+                i = skip_length_delimited(b, i)
+            attrs = b[start:i]
+        elif tag in _H_FIXED64_TAGS:
+            i += 9
+        elif tag in _H_SKIPPED_TAGS:
+            i = skip_length_delimited(b, i)
+        elif tag == _H_BOUNDS_TAG:
+            start = i
+            i = skip_length_delimited(b, i)
+            bounds = b[start:i]
+        elif tag == _H_FLAGS_TAG:
+            i += 1
+            while b[i] >= 0x80:
+                i += 1
+            i += 1
+        else:
+            return None
+    return attrs, bounds, has_sum
 
 
 class _Resource:
@@ -118,7 +161,7 @@ class OtlpMetrics:
                     elif kind == "sum":
                         t = self._numbers(m.sum.data_points, name, res, out)
                     elif kind == "histogram":
-                        t = self._points(m.histogram.data_points, name, res, out, self._histogram)
+                        t = self._histograms(m.histogram.data_points, name, res, out)
                     elif kind == "exponential_histogram":
                         t = self._points(m.exponential_histogram.data_points, name, res, out, self._exponential)
                     elif kind == "summary":
@@ -281,6 +324,80 @@ class OtlpMetrics:
 
     # -- histograms and summaries: several series per data point ----------------------------
 
+    def _histograms(self, points: Any, name: str, res: _Resource, out: ResultBuilder) -> int:
+        """Rows of HistogramDataPoints; returns the latest timestamp of a point with rows (-1 if none).
+
+        The series of a point (`_count`, `_sum`, a `_bucket` per bound and `+Inf`) are cached
+        together, as one tuple of entries in the metric's series dict, keyed by the point's
+        attribute bytes, bounds bytes and whether it has a sum (`_histogram_key`): a known point
+        costs one lookup and one formatted string per row.
+        """
+        # the metric's series dict; its points' keys (3-tuples) are apart from its series' (ints, pairs)
+        inner, old = cast(tuple[dict[Any, tuple[Entry, ...]], dict[Any, tuple[Entry, ...]]], self._inner(res, name))
+        tget = self._ts.cache.get
+        tformat = self._ts.format
+        latest = -1
+        last_dest: tuple[str, str] | None = None
+        rows: list[str] = []
+        for dp in points:
+            if dp.flags & _NO_RECORDED_VALUE:
+                continue
+            t = dp.time_unix_nano
+            counts = dp.bucket_counts
+            bounds = dp.explicit_bounds
+            try:
+                stamp = tget(t) or tformat(t)
+            except ValueError as err:
+                out.reject(str(err))
+                continue
+            n = len(bounds)
+            if counts and len(counts) != n + 1:
+                out.reject(f"histogram bucket counts do not match its bounds: {len(counts)} counts, {n} bounds")
+                continue
+            has_sum = dp.HasField("sum")
+            key: tuple[Any, ...] | None = _histogram_key(dp.SerializeToString(), has_sum)
+            if key is None:
+                key = (tuple([kv.SerializeToString() for kv in dp.attributes]), tuple(bounds), has_sum)
+            group = inner.get(key)
+            if group is None:
+                group = old.get(key) or self._histogram_series(dp.attributes, res, name, has_sum, bounds)
+                inner[key] = group
+                self._size += len(group)
+            dest, reason, _ = group[0]
+            if dest is None and reason:  # refused (an empty reason: _count is dropped, --drop-labels)
+                out.reject(reason)
+                continue
+            count = str(dp.count)
+            texts = [count, real(dp.sum)] if has_sum else [count]
+            if counts:
+                texts += map(str, accumulate(counts[:n]))
+            else:
+                texts += ["0"] * n
+            texts.append(count)
+            emitted = False
+            for (dest, mid, tail), text in zip(group, texts, strict=True):  # the key holds n and has_sum
+                if dest is not None:
+                    if dest is not last_dest:
+                        rows = out.rows(dest)
+                        last_dest = dest
+                    rows.append(f"{stamp}{mid}{text}{tail}")
+                    emitted = True
+            if emitted and t > latest:
+                latest = t
+        return latest
+
+    def _histogram_series(
+        self, attrs: Sequence[KeyValue], res: _Resource, name: str, has_sum: bool, bounds: Sequence[float]
+    ) -> tuple[Entry, ...]:
+        """The entries of a histogram point's series, in row order: _count, [_sum,] _bucket per le."""
+        bucket = name + "_bucket"
+        series: list[tuple[str, tuple[str, str] | None]] = [(name + "_count", None)]
+        if has_sum:
+            series.append((name + "_sum", None))
+        series += [(bucket, ("le", label_float(bound))) for bound in bounds]
+        series.append((bucket, ("le", "+Inf")))
+        return tuple([self._series.encode(self._labels(attrs, res, n, extra)) for n, extra in series])
+
     def _points(self, points: Any, name: str, res: _Resource, out: ResultBuilder, series: Any) -> int:
         latest = -1
         for dp in points:
@@ -304,8 +421,13 @@ class OtlpMetrics:
         series are refused, none when they are dropped)."""
         akey = tuple([kv.SerializeToString() for kv in attrs])
         entries: list[Entry] = []
+        last = ""
+        inner: dict[Any, Entry] = _NONE
+        old: dict[Any, Entry] = _NONE
         for name, extra, _ in rows:
-            inner, old = self._inner(res, name)
+            if name is not last:  # a point's rows come in runs of one series name
+                inner, old = self._inner(res, name)
+                last = name
             key = (akey, extra)
             entry = inner.get(key)
             if entry is None:
@@ -318,30 +440,16 @@ class OtlpMetrics:
             out.reject(reason)
             return False
         emitted = False
+        last_dest: tuple[str, str] | None = None
+        out_rows: list[str] = []
         for (dest, mid, tail), (_, _, text) in zip(entries, rows, strict=True):
             if dest is not None:
-                out.rows(dest).append(f"{stamp}{mid}{text}{tail}")
+                if dest is not last_dest:
+                    out_rows = out.rows(dest)
+                    last_dest = dest
+                out_rows.append(f"{stamp}{mid}{text}{tail}")
                 emitted = True
         return emitted
-
-    @staticmethod
-    def _histogram(dp: Any, name: str) -> list[_Series]:
-        counts = dp.bucket_counts
-        bounds = dp.explicit_bounds
-        if counts and len(counts) != len(bounds) + 1:
-            raise ValueError(
-                f"histogram bucket counts do not match its bounds: {len(counts)} counts, {len(bounds)} bounds"
-            )
-        rows: list[_Series] = [(name + "_count", None, str(dp.count))]
-        if dp.HasField("sum"):
-            rows.append((name + "_sum", None, real(dp.sum)))
-        bucket = name + "_bucket"
-        total = 0
-        for k, bound in enumerate(bounds):
-            total += counts[k] if counts else 0
-            rows.append((bucket, ("le", label_float(bound)), str(total)))
-        rows.append((bucket, ("le", "+Inf"), str(dp.count)))
-        return rows
 
     @staticmethod
     def _exponential(dp: Any, name: str) -> list[_Series]:
