@@ -58,6 +58,10 @@ from node.wal.repository import Repository, SharedUsage, directory_stats
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 1.0
+STOP_MARGIN_SECONDS = 5.0
+"""Of the grace, kept after the uploads of a stop, for what follows them: the uploads already at
+the sink finishing, the ledger, the exit (a tenth of the grace when that is less), so that the
+process is gone within --shutdown-grace whatever is left to upload."""
 TICK_ERROR_LOG_SECONDS = 60.0
 """A tick that keeps failing (a full disk) is logged once a minute."""
 MALLOC_TRIM_THRESHOLD = 256 << 20
@@ -259,7 +263,7 @@ class Node:
         await self.intake.settle()  # a commit outlives its cancelled call: the WAL and ledger stay until it ends
         closed = await asyncio.to_thread(self.wal.stop)
         log.info("node %s: receivers stopped, %d active segments closed", self.config.node_name, len(closed))
-        await self.role.stop(deadline)
+        await self.role.stop(deadline - min(STOP_MARGIN_SECONDS, grace / 10))
         await asyncio.to_thread(self.ledger.close)
         self.state.set_phase(Phase.STOPPED)
         log.info("node %s stopped", self.config.node_name)

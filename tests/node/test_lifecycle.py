@@ -85,6 +85,24 @@ def test_second_signal_exits_at_once_and_the_next_start_recovers(tmp_path: Path)
         again.stop()
 
 
+def test_a_drain_that_cannot_finish_still_exits_within_the_grace(tmp_path: Path) -> None:
+    # A sink that cannot be reached keeps the drain busy: the node stops uploading early enough
+    # that the process is gone within --shutdown-grace (it used to exit after it), its rows on disk.
+    dead = f"Metrics=clickhouse://u@127.0.0.1:{free_port()}/Metrics"
+    node = NodeProcess(tmp_path / "data", *KEEP, "--shutdown-grace", "6s", "--storage-backend", "clickhouse",
+                       "--metrics-kusto-endpoints", dead).start()
+    with grpc.insecure_channel(node.grpc_addr) as ch:
+        metrics_service_pb2_grpc.MetricsServiceStub(ch).Export(gauge_request("late", points=7), timeout=10)
+    assert node.proc is not None
+    t0 = time.monotonic()
+    node.proc.send_signal(signal.SIGTERM)
+    assert node.proc.wait(30) == 0
+    took = time.monotonic() - t0
+    assert took < 6.0, f"exited {took:.2f}s after SIGTERM, past its 6 s grace"
+    assert "grace period over with 1 segments" in node.log()
+    assert len(list((node.storage_dir / "wal").glob("*.wal"))) == 1
+
+
 def test_two_receivers_share_the_ports_and_survive_a_killed_receiver(tmp_path: Path) -> None:
     node = NodeProcess(tmp_path / "data", *KEEP, "--receivers", "2", "--shutdown-grace", "0s").start()
     assert node.proc is not None
