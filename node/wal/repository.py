@@ -13,7 +13,6 @@ while `max_segment_count` segments exist, fails with OverLimitsError and writes 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
@@ -322,34 +321,40 @@ class Repository:
                 self._count_segment(delta)
 
         wals = sorted({id(e[0]): e[0] for e in encoded}.values(), key=lambda w: w.key)
+        held: list[TableWal] = []
         try:
-            with contextlib.ExitStack() as held:
-                for w in wals:
-                    held.enter_context(w.lock)
-                marks = [w.mark() for w in wals]
-                counted: dict[int, int] = defaultdict(int)  # bytes accounted per table in this request
-                try:
-                    for wal, database, header, payload, count in encoded:
-                        grown = wal.append_held(header, payload, count, new_segment=new_segment)
-                        size = len(header) + len(payload)
-                        need[database] -= size
-                        self._account(database, grown - size, 0)
-                        counted[id(wal)] += grown
-                except BaseException as e:
-                    undone = 0
-                    for w, m in zip(wals, marks, strict=True):
-                        nbytes, segments = w.undo(m)
-                        undone += nbytes
-                        self._account(w.database, -counted[id(w)], -segments)
-                    if isinstance(e, OverLimitsError):
-                        self._note_refused()
-                    if undone:
-                        log.warning("write of a request failed part way (%s); the %d bytes it had appended were cut "
-                                    "back out: nothing of it stays", e, undone)
-                    raise
-                for w in wals:
-                    w.close_if_full_held()
+            for w in wals:
+                w.lock.acquire()
+                held.append(w)
+            marks = [w.mark() for w in wals]
+            counted: dict[int, int] = defaultdict(int)  # bytes written per table in this request
+            extra: dict[str, int] = defaultdict(int)  # bytes written past the reservation (new files' magic)
+            try:
+                for wal, database, header, payload, count in encoded:
+                    grown = wal.append_held(header, payload, count, new_segment=new_segment)
+                    size = len(header) + len(payload)
+                    need[database] -= size
+                    extra[database] += grown - size
+                    counted[id(wal)] += grown
+            except BaseException as e:
+                self._account_many(extra)
+                undone = 0
+                for w, m in zip(wals, marks, strict=True):
+                    nbytes, segments = w.undo(m)
+                    undone += nbytes
+                    self._account(w.database, -counted[id(w)], -segments)
+                if isinstance(e, OverLimitsError):
+                    self._note_refused()
+                if undone:
+                    log.warning("write of a request failed part way (%s); the %d bytes it had appended were cut "
+                                "back out: nothing of it stays", e, undone)
+                raise
+            self._account_many(extra)
+            for w in wals:
+                w.close_if_full_held()
         finally:
+            for w in reversed(held):
+                w.lock.release()
             for database, nbytes in need.items():  # what was reserved and not written
                 if nbytes:
                     self._account(database, -nbytes, 0)
@@ -429,6 +434,15 @@ class Repository:
                 self._note_refused()
                 raise OverLimitsError(f"{self._segments + other_segments} segments at max-segment-count {limit}")
             self._segments += delta
+            self._publish()
+
+    def _account_many(self, nbytes: dict[str, int]) -> None:
+        """`_account` of bytes for several databases at once (one lock)."""
+        with self._lock:
+            for database, n in nbytes.items():
+                if n:
+                    self._usage += n
+                    self._usage_by_db[database] += n
             self._publish()
 
     def _account(self, database: str, nbytes: int, segments: int) -> None:

@@ -81,8 +81,9 @@ class SegmentWriter:
             fd, self.fd = self.fd, -1
             os.close(fd)
 
-    def _write(self, parts: list[bytes], sync: bool = False) -> None:
-        total = sum(len(p) for p in parts)
+    def _write(self, parts: list[bytes], sync: bool = False, total: int = -1) -> None:
+        if total < 0:
+            total = sum(len(p) for p in parts)
         fd = self.files.acquire(self)
         try:
             written = os.writev(fd, parts)
@@ -106,7 +107,7 @@ class SegmentWriter:
 
     def append(self, header: bytes, payload: bytes, rows: int) -> None:
         """Append one framed block; returns once it is written (and fsynced under `always`)."""
-        self._write([header, payload], sync=self._fsync is FsyncPolicy.ALWAYS)
+        self._write([header, payload], self._fsync is FsyncPolicy.ALWAYS, len(header) + len(payload))
         self.blocks += 1
         self.rows += rows
 

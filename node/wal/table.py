@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from node.storage import ACTIVE_DIR, fsync_dir
 from node.wal.names import FlakeIds, SegmentName
@@ -53,14 +54,17 @@ class _Closing:
     """(size, blocks, rows) once rewritten: a later try publishes it as such."""
 
 
-@dataclass(frozen=True, slots=True)
-class Mark:
-    """The end of a table's active segment at one moment (`TableWal.mark`)."""
+class Mark(NamedTuple):
+    """The end of a table's active segment at one moment (`TableWal.mark`); a tuple, as one is
+    taken per table of every request."""
 
     writer: SegmentWriter | None
     size: int
     blocks: int
     rows: int
+
+
+NO_SEGMENT = Mark(None, 0, 0, 0)
 
 
 class TableWal:
@@ -144,7 +148,7 @@ class TableWal:
     def mark(self) -> Mark:
         """Where the active segment ends now (lock held)."""
         a = self._active
-        return Mark(a, a.size, a.blocks, a.rows) if a is not None else Mark(None, 0, 0, 0)
+        return Mark(a, a.size, a.blocks, a.rows) if a is not None else NO_SEGMENT
 
     def undo(self, mark: Mark) -> tuple[int, int]:
         """Cut what was appended since `mark` (lock held, no segment closed since); return the bytes
