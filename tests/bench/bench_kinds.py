@@ -1,0 +1,346 @@
+"""The kinds of data under gRPC load: gauge points, histograms, logs, each against the parse-only
+ceiling of grpc.aio for its service, measured in one run with one driver (h2load, bench_node).
+
+Run: .venv/bin/python -m tests.bench.bench_kinds   (BENCH_SECONDS, default 8: each figure is the
+median of 3 runs of BENCH_SECONDS / 2 seconds, after a second of warm-up)
+
+* gauge: bench_node's request, 1000 gauge points across 50 metrics, 8 attributes each: one row a
+  point.
+* histogram: 200 explicit-bucket histogram points across 20 metrics (10 series each), 14 bounds
+  (OpenTelemetry's HTTP duration buckets, in seconds), 6 attributes (method, route, status code,
+  server address, scheme, protocol version) and a resource of 3 attributes: 17 rows a point
+  (`_count`, `_sum`, 15 `_bucket`s), plus one TargetInfo row a request.
+* logs: 1000 records of short bodies (about 40 characters), 7 attributes each, trace and span ids,
+  routed by `kusto.table` on the resource.
+
+For each: the parse-only server (a bare grpc.aio server of that service that parses each request
+and answers), then a node with 1 receiver process and one with 2 (`--receivers 2`), all running at
+once (idle but for the one driven) and driven in turn, round after round, so that a slower minute
+of a shared machine hits them alike. Printed: items/s and rows/s acknowledged, the node's ratio to
+the ceiling, the CPU seconds the server's processes spent per million items (utime + stime of the
+process and its receivers, from /proc, over the measured seconds), 2 receivers / 1, histogram
+rows/s against gauge rows/s; then where the node's CPU per item goes: parse, and parse + convert,
+measured in this process (one core, warm caches), and the rest (gRPC, the WAL, the event loop).
+About 2.5 minutes with the default BENCH_SECONDS.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import SEVERITY_NUMBER_INFO
+from opentelemetry.proto.metrics.v1.metrics_pb2 import AGGREGATION_TEMPORALITY_CUMULATIVE
+
+from node.rows.batch import ConvertResult
+from node.rows.logs import LogsConfig, LogsConverter
+from node.rows.metrics import MetricsConverter
+from tests.bench.bench_node import (
+    CLIENTS,
+    LOGS_PATH,
+    METRICS_PATH,
+    POINTS,
+    SECONDS,
+    STREAMS,
+    h2load,
+    metrics_request,
+    parse_only_server,
+    tree_rss_mb,
+    wait_port,
+)
+from tests.harness import NodeProcess, free_port
+
+RUN = max(2, round(SECONDS / 2))
+"""Seconds measured per run (h2load's -D), after its second of warm-up."""
+ROUNDS = 3
+WARM_UP = 1.0
+T0 = 1_795_000_000_000_000_000
+HIST_POINTS, HIST_METRICS = 200, 20
+HIST_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+HIST_ROWS = 2 + len(HIST_BOUNDS) + 1
+"""Rows of one histogram point: _count, _sum, a _bucket per bound and +Inf."""
+LOG_RECORDS = 1000
+_ROUTES = ("/api/v1/items/{id}", "/api/v1/users/{id}", "/api/v1/orders", "/healthz", "/api/v1/search")
+_METHODS = ("GET", "POST", "PUT", "DELETE")
+
+
+def _add(attrs: Any, key: str, value: AnyValue) -> None:
+    attrs.add(key=key, value=value)
+
+
+def histogram_request() -> bytes:
+    """HIST_POINTS explicit-bucket histogram points across HIST_METRICS metrics (HIST_ROWS rows each)."""
+    req = ExportMetricsServiceRequest()
+    rm = req.resource_metrics.add()
+    for key, value in (("service.name", "api"), ("service.instance.id", "api-0"), ("k8s.namespace.name", "prod")):
+        _add(rm.resource.attributes, key, AnyValue(string_value=value))
+    sm = rm.scope_metrics.add()
+    per = HIST_POINTS // HIST_METRICS
+    for m in range(HIST_METRICS):
+        metric = sm.metrics.add(name=f"http.server.request.duration_{m}")
+        metric.histogram.aggregation_temporality = AGGREGATION_TEMPORALITY_CUMULATIVE
+        for p in range(per):
+            counts = [(p * 7 + k * 3) % 11 for k in range(len(HIST_BOUNDS) + 1)]
+            dp = metric.histogram.data_points.add(
+                start_time_unix_nano=T0 - 60_000_000_000, time_unix_nano=T0 + 123_456_789, count=sum(counts),
+                sum=sum(counts) * 0.173, bucket_counts=counts, explicit_bounds=HIST_BOUNDS)
+            _add(dp.attributes, "http.request.method", AnyValue(string_value=_METHODS[p % len(_METHODS)]))
+            _add(dp.attributes, "http.route", AnyValue(string_value=_ROUTES[p % len(_ROUTES)]))
+            _add(dp.attributes, "http.response.status_code", AnyValue(int_value=(200, 201, 404, 500)[p // 4 % 4]))
+            _add(dp.attributes, "server.address", AnyValue(string_value=f"api-{p % 3}.prod.svc"))
+            _add(dp.attributes, "url.scheme", AnyValue(string_value="https"))
+            _add(dp.attributes, "network.protocol.version", AnyValue(string_value="2" if p % 2 else "1.1"))
+    return req.SerializeToString()
+
+
+def logs_request() -> bytes:
+    """LOG_RECORDS records, short bodies, 7 attributes, kusto.table on the resource."""
+    req = ExportLogsServiceRequest()
+    rl = req.resource_logs.add()
+    for key, value in (("service.name", "api"), ("k8s.pod.name", "api-7d9f-x2"), ("kusto.table", "BenchLogs")):
+        _add(rl.resource.attributes, key, AnyValue(string_value=value))
+    sl = rl.scope_logs.add()
+    for r in range(LOG_RECORDS):
+        rec = sl.log_records.add(
+            time_unix_nano=T0 + r * 1000, observed_time_unix_nano=T0 + r * 1000 + 500, severity_text="INFO",
+            severity_number=SEVERITY_NUMBER_INFO, trace_id=r.to_bytes(16, "big"), span_id=(r + 1).to_bytes(8, "big"))
+        route = _ROUTES[r % len(_ROUTES)]
+        rec.body.string_value = f"{_METHODS[r % 4]} {route} {200 + r % 3} in {r % 97} ms"
+        _add(rec.attributes, "http.request.method", AnyValue(string_value=_METHODS[r % 4]))
+        _add(rec.attributes, "http.route", AnyValue(string_value=route))
+        _add(rec.attributes, "http.response.status_code", AnyValue(int_value=200 + r % 3))
+        _add(rec.attributes, "duration_ms", AnyValue(double_value=(r % 97) * 0.5))
+        _add(rec.attributes, "user.id", AnyValue(string_value=f"u{r * 7919 % 10000}"))
+        _add(rec.attributes, "thread.name", AnyValue(string_value=f"worker-{r % 8}"))
+        _add(rec.attributes, "retry", AnyValue(bool_value=r % 10 == 0))
+    return req.SerializeToString()
+
+
+def logs_parse_only_server(port: int) -> subprocess.Popen[bytes]:
+    """bench_node.parse_only_server for the logs service: a bare grpc.aio server that parses each
+    ExportLogsServiceRequest (grpc does, before the handler) and answers."""
+    code = f"""
+import asyncio, grpc
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as pb, logs_service_pb2_grpc as pbg
+class S(pbg.LogsServiceServicer):
+    async def Export(self, request, context):
+        return pb.ExportLogsServiceResponse()
+async def main():
+    s = grpc.aio.server()
+    pbg.add_LogsServiceServicer_to_server(S(), s)
+    s.add_insecure_port("127.0.0.1:{port}")
+    await s.start()
+    await s.wait_for_termination()
+asyncio.run(main())
+"""
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and all its descendants (every thread), now."""
+    parent: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+        parent[int(entry)] = int(fields[1])
+        times[int(entry)] = (int(fields[11]) + int(fields[12])) / _TICK
+    tree, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        tree.add(p)
+        todo += [c for c, pp in parent.items() if pp == p and c not in tree]
+    return sum(times.get(p, 0.0) for p in tree)
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    path: str
+    body: bytes
+    items: int
+    """Items (points, records) in one request."""
+    rows: int
+    """Rows one request makes."""
+    unit: str
+    message: Any
+    """The request's protobuf class."""
+    convert: Callable[[Any], ConvertResult]
+    """A converter of its own (warm caches), as a node's receiver converts it."""
+
+
+@dataclass
+class Figures:
+    """The runs of one kind against one server: requests/s and CPU seconds per million items."""
+
+    rps: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    failed: int = 0
+
+    def items(self, kind: Kind) -> float:
+        return statistics.median(self.rps) * kind.items
+
+    def cpu_per_million(self) -> float:
+        return statistics.median(self.cpu)
+
+
+def drive(port: int, pid: int, kind: Kind, figures: Figures) -> None:
+    """One run of h2load against `port`, with the CPU of `pid`'s process tree over its measured seconds."""
+    with ThreadPoolExecutor(1) as pool:
+        run = pool.submit(h2load, port, kind.path, kind.body, RUN)
+        time.sleep(WARM_UP + 0.2)
+        c0, t0 = tree_cpu_seconds(pid), time.monotonic()
+        time.sleep(RUN - 0.4)
+        c1, t1 = tree_cpu_seconds(pid), time.monotonic()
+        rps, failed = run.result()
+    figures.rps.append(rps)
+    figures.cpu.append((c1 - c0) / (t1 - t0) / max(rps * kind.items, 1e-9) * 1e6)
+    figures.failed += failed
+
+
+def start_node(tmp: Path, receivers: int) -> NodeProcess:
+    return NodeProcess(tmp / f"node{receivers}", "--receivers", str(receivers), "--max-segment-size", "64MB",
+                       "--storage-backend", "local", "--min-batch-size", "1TB", "--max-segment-age", "1h",
+                       "--shutdown-grace", "10s", name=f"kinds-{receivers}").start()
+
+
+def stop_node(node: NodeProcess) -> None:
+    try:
+        node.stop(signal.SIGTERM, timeout=120)
+    except subprocess.TimeoutExpired:
+        print("node did not stop in time; its log ends with:\n" + node.log()[-4000:])
+        raise
+
+
+def kinds() -> list[Kind]:
+    metrics = MetricsConverter(), MetricsConverter()
+    return [
+        Kind("gauge", METRICS_PATH, metrics_request(), POINTS, POINTS, "points", ExportMetricsServiceRequest,
+             metrics[0].convert_otlp),
+        Kind("histogram", METRICS_PATH, histogram_request(), HIST_POINTS, HIST_POINTS * HIST_ROWS + 1, "points",
+             ExportMetricsServiceRequest, metrics[1].convert_otlp),
+        Kind("logs", LOGS_PATH, logs_request(), LOG_RECORDS, LOG_RECORDS, "records", ExportLogsServiceRequest,
+             LogsConverter(LogsConfig()).convert),
+    ]
+
+
+def cpu_per_item(run: Callable[[], object], items: int, seconds: float) -> float:
+    """CPU microseconds per item of `run`, in this process, after a warm-up."""
+    for _ in range(10):
+        run()
+    n, start = 0, time.process_time()
+    while (spent := time.process_time() - start) < seconds:
+        run()
+        n += 1
+    return spent / n / items * 1e6
+
+
+def main() -> None:
+    if shutil.which("h2load") is None:
+        print("kinds bench skipped: h2load (Debian package nghttp2-client) is not installed")
+        return
+    all_kinds = kinds()
+    for kind in all_kinds:
+        result = kind.convert(kind.message.FromString(kind.body))
+        assert (result.accepted, result.rejected) == (kind.rows, 0), (kind.name, result)
+    targets = ("parse-only", "1 receiver", "2 receivers")
+    figures = {(t, k.name): Figures() for t in targets for k in all_kinds}
+    metrics_port, logs_port = free_port(), free_port()
+    servers = {METRICS_PATH: parse_only_server(metrics_port), LOGS_PATH: logs_parse_only_server(logs_port)}
+    ports = {METRICS_PATH: metrics_port, LOGS_PATH: logs_port}
+    nodes: list[NodeProcess] = []
+    rss: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="bench-kinds-") as d:
+        try:
+            wait_port(metrics_port)
+            wait_port(logs_port)
+            nodes = [start_node(Path(d), 1), start_node(Path(d), 2)]
+            for _ in range(ROUNDS):  # round after round, so that a slower minute of the machine hits all alike
+                for kind in all_kinds:
+                    server = servers[kind.path]
+                    drive(ports[kind.path], server.pid, kind, figures[("parse-only", kind.name)])
+                    for target, node in zip(targets[1:], nodes, strict=True):
+                        assert node.proc is not None
+                        drive(node.grpc_port, node.proc.pid, kind, figures[(target, kind.name)])
+            rss = [tree_rss_mb(node.proc.pid) for node in nodes if node.proc is not None]
+        finally:
+            for server in servers.values():
+                server.terminate()
+                server.wait()
+            with ThreadPoolExecutor(2) as pool:  # both at once: each closes its segments
+                list(pool.map(stop_node, nodes))
+    report(all_kinds, figures, rss)
+    breakdown(all_kinds, figures)
+
+
+def report(all_kinds: list[Kind], figures: dict[tuple[str, str], Figures], rss: list[float]) -> None:
+    print(f"h2load {CLIENTS} connections x {STREAMS} streams; median of {ROUNDS} runs of {RUN} s; CPU: seconds "
+          "the server's processes spent per million items (all threads, every receiver)")
+    print(f"{'kind':<10} {'rows/item':>9} | {'parse-only':>10} {'CPU':>5} | "
+          f"{'1 receiver':>10} {'rows/s':>10} {'ratio':>5} {'CPU':>5} | "
+          f"{'2 receivers':>11} {'rows/s':>10} {'ratio':>5} {'CPU':>5} | {'2/1':>4}")
+    rows_per_s: dict[tuple[str, str], float] = {}
+    for kind in all_kinds:
+        ceiling = figures[("parse-only", kind.name)]
+        one, two = figures[("1 receiver", kind.name)], figures[("2 receivers", kind.name)]
+        per = kind.rows / kind.items
+        for target in ("1 receiver", "2 receivers"):
+            rows_per_s[(target, kind.name)] = figures[(target, kind.name)].items(kind) * per
+        print(f"{kind.name:<10} {per:>9.2f} | {ceiling.items(kind):>10,.0f} {ceiling.cpu_per_million():>5.1f} | "
+              f"{one.items(kind):>10,.0f} {rows_per_s[('1 receiver', kind.name)]:>10,.0f} "
+              f"{one.items(kind) / ceiling.items(kind):>5.2f} {one.cpu_per_million():>5.1f} | "
+              f"{two.items(kind):>11,.0f} {rows_per_s[('2 receivers', kind.name)]:>10,.0f} "
+              f"{two.items(kind) / ceiling.items(kind):>5.2f} {two.cpu_per_million():>5.1f} | "
+              f"{two.items(kind) / one.items(kind):>4.2f}   ({kind.unit}/s)")
+    for target in ("1 receiver", "2 receivers"):
+        ratio = rows_per_s[(target, "histogram")] / rows_per_s[(target, "gauge")]
+        print(f"histogram rows/s against gauge rows/s, {target}: {ratio:.2f}")
+    failed = {key: f.failed for key, f in figures.items() if f.failed}
+    if failed:
+        print(f"failed requests: {failed}")
+    if rss:
+        print("peak RSS: " + ", ".join(f"{n} receiver(s) {mb:.0f} MB" for n, mb in zip((1, 2), rss, strict=False)))
+
+
+def breakdown(all_kinds: list[Kind], figures: dict[tuple[str, str], Figures]) -> None:
+    """Where a node's CPU per item goes: parse and convert measured here, in one process; the rest
+    (gRPC, the WAL, the event loop and its converter thread) is the node's figure less those."""
+    print("CPU microseconds per item: parse and parse + convert in one process (warm caches); the node (1 "
+          "receiver, above) less parse + convert: gRPC, the WAL, the event loop")
+    print(f"{'kind':<10} {'parse':>6} {'+convert':>8} {'node':>6} {'rest':>6}")
+    for kind in all_kinds:
+        parse = cpu_per_item(partial(kind.message.FromString, kind.body), kind.items, 0.5)
+
+        def parse_and_convert(kind: Kind = kind) -> ConvertResult:
+            return kind.convert(kind.message.FromString(kind.body))
+
+        convert = cpu_per_item(parse_and_convert, kind.items, 1.0)
+        node = figures[("1 receiver", kind.name)].cpu_per_million()
+        print(f"{kind.name:<10} {parse:>6.2f} {convert:>8.2f} {node:>6.2f} {node - convert:>6.2f}")
+
+
+if __name__ == "__main__":
+    main()
