@@ -308,13 +308,11 @@ class Ingest:
         t0 = time.perf_counter()
         batches = result.tables.values()
         self._wal.write_many([Block(b.database, b.table, b.kind, b.data, b.count, b.schema) for b in batches])
+        per_db: dict[str, int] = {}
         with self._counters_lock:
             dbs, tables = self._db_counters, self._table_counters
             for batch in batches:  # labels() costs a lock and a lookup: keep the children
-                db = dbs.get((signal, batch.database))
-                if db is None:
-                    db = dbs.put((signal, batch.database), self._metrics.rows.labels(signal, batch.database))
-                db.inc(batch.count)
+                per_db[batch.database] = per_db.get(batch.database, 0) + batch.count
                 key = (batch.database, batch.table)
                 table = tables.get(key)
                 if table is None:
@@ -323,4 +321,9 @@ class Ingest:
                         tables = self._table_counters
                     table = tables.put(key, self._metrics.table_rows.labels(*key))
                 table.inc(batch.count)
+            for database, count in per_db.items():
+                db = dbs.get((signal, database))
+                if db is None:
+                    db = dbs.put((signal, database), self._metrics.rows.labels(signal, database))
+                db.inc(count)
         self._metrics.wal_write_seconds.observe(time.perf_counter() - t0)
