@@ -55,6 +55,9 @@ Labels = Iterable[tuple[str, str]]
 _NONE: dict[Any, Entry] = {}
 """The old series of a metric that has none (never written to)."""
 _Series = tuple[str, tuple[str, str] | None, str]  # (metric name, extra label, value text)
+_Group = tuple[str, tuple[tuple[tuple[str, str], int, int, tuple[tuple[str, str], ...]], ...]]
+"""The series of a histogram point: the reason its _count series is refused ("" when it is not), and
+its rows as runs (destination, first and end index in the point's values, (mid, tail) of each)."""
 
 
 def _histogram_key(b: bytes, has_sum: bool) -> tuple[bytes, bytes, bool] | None:
@@ -328,17 +331,15 @@ class OtlpMetrics:
         """Rows of HistogramDataPoints; returns the latest timestamp of a point with rows (-1 if none).
 
         The series of a point (`_count`, `_sum`, a `_bucket` per bound and `+Inf`) are cached
-        together, as one tuple of entries in the metric's series dict, keyed by the point's
-        attribute bytes, bounds bytes and whether it has a sum (`_histogram_key`): a known point
-        costs one lookup and one formatted string per row.
+        together (`_Group`) in the metric's series dict, keyed by the point's attribute bytes,
+        bounds bytes and whether it has a sum (`_histogram_key`): a known point costs one lookup,
+        then its rows are formatted table by table.
         """
         # the metric's series dict; its points' keys (3-tuples) are apart from its series' (ints, pairs)
-        inner, old = cast(tuple[dict[Any, tuple[Entry, ...]], dict[Any, tuple[Entry, ...]]], self._inner(res, name))
+        inner, old = cast(tuple[dict[Any, _Group], dict[Any, _Group]], self._inner(res, name))
         tget = self._ts.cache.get
         tformat = self._ts.format
         latest = -1
-        last_dest: tuple[str, str] | None = None
-        rows: list[str] = []
         for dp in points:
             if dp.flags & _NO_RECORDED_VALUE:
                 continue
@@ -360,12 +361,14 @@ class OtlpMetrics:
                 key = (tuple([kv.SerializeToString() for kv in dp.attributes]), tuple(bounds), has_sum)
             group = inner.get(key)
             if group is None:
-                group = old.get(key) or self._histogram_series(dp.attributes, res, name, has_sum, bounds)
+                group = old.get(key) or self._histogram_group(dp.attributes, res, name, has_sum, bounds)
                 inner[key] = group
-                self._size += len(group)
-            dest, reason, _ = group[0]
-            if dest is None and reason:  # refused (an empty reason: _count is dropped, --drop-labels)
-                out.reject(reason)
+                self._size += n + 2 + has_sum
+            refused, runs = group
+            if refused:  # its _count series is refused, so is the point (a dropped _count is not: the rest is written)
+                out.reject(refused)
+                continue
+            if not runs:
                 continue
             count = str(dp.count)
             texts = [count, real(dp.sum)] if has_sum else [count]
@@ -374,29 +377,36 @@ class OtlpMetrics:
             else:
                 texts += ["0"] * n
             texts.append(count)
-            emitted = False
-            for (dest, mid, tail), text in zip(group, texts, strict=True):  # the key holds n and has_sum
-                if dest is not None:
-                    if dest is not last_dest:
-                        rows = out.rows(dest)
-                        last_dest = dest
-                    rows.append(f"{stamp}{mid}{text}{tail}")
-                    emitted = True
-            if emitted and t > latest:
+            for dest, lo, hi, series in runs:
+                values = texts[lo:hi]
+                out.rows(dest).extend([f"{stamp}{mid}{v}{tail}" for (mid, tail), v in zip(series, values, strict=True)])
+            if t > latest:
                 latest = t
         return latest
 
-    def _histogram_series(
+    def _histogram_group(
         self, attrs: Sequence[KeyValue], res: _Resource, name: str, has_sum: bool, bounds: Sequence[float]
-    ) -> tuple[Entry, ...]:
-        """The entries of a histogram point's series, in row order: _count, [_sum,] _bucket per le."""
+    ) -> _Group:
+        """The series of a histogram point, in row order: _count, [_sum,] a _bucket per le."""
         bucket = name + "_bucket"
         series: list[tuple[str, tuple[str, str] | None]] = [(name + "_count", None)]
         if has_sum:
             series.append((name + "_sum", None))
         series += [(bucket, ("le", label_float(bound))) for bound in bounds]
         series.append((bucket, ("le", "+Inf")))
-        return tuple([self._series.encode(self._labels(attrs, res, n, extra)) for n, extra in series])
+        entries = [self._series.encode(self._labels(attrs, res, n, extra)) for n, extra in series]
+        dest, reason, _ = entries[0]
+        if dest is None and reason:
+            return reason, ()
+        runs: list[tuple[tuple[str, str], int, int, tuple[tuple[str, str], ...]]] = []
+        lo = 0
+        for i in range(1, len(entries) + 1):  # runs of one destination; dropped series (SKIP) cut them
+            if i == len(entries) or entries[i][0] is not entries[lo][0]:
+                dest = entries[lo][0]
+                if dest is not None:
+                    runs.append((dest, lo, i, tuple([(mid, tail) for _, mid, tail in entries[lo:i]])))
+                lo = i
+        return "", tuple(runs)
 
     def _points(self, points: Any, name: str, res: _Resource, out: ResultBuilder, series: Any) -> int:
         latest = -1
