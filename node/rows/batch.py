@@ -92,18 +92,21 @@ class ResultBuilder:
 
     def flush(self) -> None:
         """Encode the rows collected so far; the row lists are emptied in place."""
+        data, counts = self._data, self._counts
         for dest, rows in self._rows.items():
             if rows:
-                self._data[dest] = _encode(rows, self._data.get(dest))
-                self._counts[dest] = self._counts.get(dest, 0) + len(rows)
+                prev = data.get(dest)
+                if prev is None and len(rows) <= JOIN_ROWS:  # the common case, inline: once per table
+                    data[dest] = bytearray("".join(rows), "utf-8")
+                    counts[dest] = len(rows)
+                else:
+                    data[dest] = _encode(rows, prev)
+                    counts[dest] = counts.get(dest, 0) + len(rows)
                 rows.clear()
 
     def result(self) -> ConvertResult:
         self.flush()
-        tables: dict[tuple[str, str], TableBatch] = {}
-        accepted = 0
-        for dest, data in self._data.items():
-            count = self._counts[dest]
-            tables[dest] = TableBatch(dest[0], dest[1], self._kind, self._schema, data, count)
-            accepted += count
-        return ConvertResult(tables, accepted, self.rejected, list(self._reasons))
+        kind, schema, counts = self._kind, self._schema, self._counts
+        tables = {dest: TableBatch(dest[0], dest[1], kind, schema, data, counts[dest])
+                  for dest, data in self._data.items()}
+        return ConvertResult(tables, sum(counts.values()), self.rejected, list(self._reasons))
