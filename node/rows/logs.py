@@ -172,6 +172,8 @@ class LogsConverter:
         severity = self._severity
         cache = self._attributes
         known = cache.get
+        last_dest: tuple[str, str] | None = None
+        rows: list[str] = []
         for rl in req.resource_logs:
             rattrs, rdb, rtable = split_attributes(rl.resource.attributes, "resource")
             resource = quoted(encode_json(rattrs))
@@ -221,12 +223,15 @@ class LogsConverter:
                         sev = severity.put(text, field(text))
                     value = rec.body
                     if value.WhichOneof("value") == "string_value":
-                        body = quoted(encode_basestring(value.string_value))
+                        body = '"' + encode_basestring(value.string_value).replace('"', '""') + '"'
                     else:
                         body = quoted(encode_json(to_json(value)))
                     trace_id = rec.trace_id
                     span_id = rec.span_id
-                    out.rows(dest).append(
+                    if dest is not last_dest:
+                        rows = out.rows(dest)
+                        last_dest = dest
+                    rows.append(
                         f"{stamp},{observed_stamp},{trace_id.hex() if trace_id.strip(_ZERO) else ''},"
                         f"{span_id.hex() if span_id.strip(_ZERO) else ''},{sev},"
                         f"{rec.severity_number},{body},{resource},{attributes}\n"
