@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import logging
 
-from tests.bench import bench_node, bench_ring, bench_rows, bench_scale, bench_transfer, bench_upload, bench_wal
+from tests.bench import (
+    bench_node,
+    bench_remote_write,
+    bench_ring,
+    bench_rows,
+    bench_scale,
+    bench_tables,
+    bench_transfer,
+    bench_upload,
+    bench_wal,
+)
 
 
 def main() -> None:
@@ -17,6 +27,10 @@ def main() -> None:
     bench_scale.main()
     print("== node under gRPC load ==")
     bench_node.main()
+    print("== the whole node as the tables grow (OTLP over gRPC, one receiver) ==")
+    bench_tables.main()
+    print("== remote write: the node against Prometheus's own receiver ==")
+    bench_remote_write.main()
     print("== upload ==")
     bench_upload.main()
     print("== ownership ring ==")
