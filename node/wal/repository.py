@@ -84,8 +84,13 @@ class WalConfig:
     """A segment is closed once it has been open this many seconds."""
     max_disk_usage: int = 0
     """Bytes of segments (active and closed) past which writes fail; 0 means no limit."""
-    max_segment_count: int = 10000
-    """Segments (active and closed) past which new segments are refused; 0 means no limit."""
+    max_segment_count: int = 50000
+    """Segments (active and closed) past which new segments are refused; 0 means no limit. Five
+    times adx-mon's 10,000: every table written has a segment, and as segments close each table has
+    two (the closed one waiting for its upload, the next one), so at 10,000 tables adx-mon's default
+    refuses every request that needs a new segment from the first closing until the sink has
+    taken half the closed ones. It bounds files (inodes, the index: ~0.5 KiB a segment), not
+    descriptors (`max_open_segments`)."""
     max_disk_usage_per_database: int = 0
     """Bytes of one database's segments past which its writes fail; 0 means no limit."""
     max_open_segments: int = OPEN_FILES_LIMIT

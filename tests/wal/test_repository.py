@@ -443,3 +443,16 @@ def test_a_refresh_between_a_close_and_its_indexing_counts_the_segment_once(tmp_
     assert repo.disk_usage() == info.size and wal_stats(repo).segment_count == 1
     repo.remove([info])
     assert (repo.disk_usage(), wal_stats(repo).segment_count) == (0, 0)
+
+
+def test_ten_thousand_tables_fit_the_default_segment_limit_across_a_closing(tmp_path: Path) -> None:
+    # At a closing every table holds two segments (the closed one waiting for its upload, the next
+    # one): with adx-mon's default of 10,000 the second round of a 10,000-table node was refused.
+    wal = Repository(WalConfig(directory=tmp_path / "wal", max_segment_age=3600))
+    wal.start()
+    row = b"2026-11-24T04:00:00Z,1,{},1.5\n"
+    for _ in range(2):
+        wal.write_many([Block("Metrics", f"T{i}", fmt.KIND_METRIC, row, 1) for i in range(10_000)])
+        assert len(wal.rotate_all(compact=False)) == 10_000
+    assert wal.over_limits() == ""
+    assert len(wal.closed_segments()) == 20_000
