@@ -19,8 +19,9 @@ once (idle but for the one driven) and driven in turn, round after round, so tha
 of a shared machine hits them alike. Printed: items/s and rows/s acknowledged, the node's ratio to
 the ceiling, the CPU seconds the server's processes spent per million items (utime + stime of the
 process and its receivers, from /proc, over the measured seconds), 2 receivers / 1, histogram
-rows/s against gauge rows/s; then where the node's CPU per item goes: parse, and parse + convert,
-measured in this process (one core, warm caches), and the rest (gRPC, the WAL, the event loop).
+rows/s against gauge rows/s; then where the node's CPU per item goes: parse, parse + convert and
+parse + convert + WAL append, measured in this process (one core, warm caches) in the same rounds,
+and the rest of the node's figure (gRPC, the event loop, counters).
 About 2.5 minutes with the default BENCH_SECONDS.
 """
 
@@ -50,6 +51,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import AGGREGATION_TEMPORALITY_C
 from node.rows.batch import ConvertResult
 from node.rows.logs import LogsConfig, LogsConverter
 from node.rows.metrics import MetricsConverter
+from node.wal.repository import Block, Repository, WalConfig
 from tests.bench.bench_node import (
     CLIENTS,
     LOGS_PATH,
@@ -249,7 +251,7 @@ def kinds() -> list[Kind]:
 
 def cpu_per_item(run: Callable[[], object], items: int, seconds: float) -> float:
     """CPU microseconds per item of `run`, in this process, after a warm-up."""
-    for _ in range(10):
+    for _ in range(5):
         run()
     n, start = 0, time.process_time()
     while (spent := time.process_time() - start) < seconds:
@@ -267,17 +269,21 @@ def main() -> None:
         result = kind.convert(kind.message.FromString(kind.body))
         assert (result.accepted, result.rejected) == (kind.rows, 0), (kind.name, result)
     targets = ("parse-only", "1 receiver", "2 receivers")
-    figures = {(t, k.name): Figures() for t in targets for k in all_kinds}
+    figures = {(t, k.name): Figures() for t in (*targets, "parse", "convert", "wal") for k in all_kinds}
     metrics_port, logs_port = free_port(), free_port()
     servers = {METRICS_PATH: parse_only_server(metrics_port), LOGS_PATH: logs_parse_only_server(logs_port)}
     ports = {METRICS_PATH: metrics_port, LOGS_PATH: logs_port}
     nodes: list[NodeProcess] = []
+    stops: list[Callable[[], object]] = []
     rss: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench-kinds-") as d:
         try:
             wait_port(metrics_port)
             wait_port(logs_port)
             nodes = [start_node(Path(d), 1), start_node(Path(d), 2)]
+            wal = Repository(WalConfig(directory=Path(d) / "wal", max_segment_age=3600, max_segment_size=64 << 20))
+            wal.start()
+            stops.append(wal.stop)
             for _ in range(ROUNDS):  # round after round, so that a slower minute of the machine hits all alike
                 for kind in all_kinds:
                     server = servers[kind.path]
@@ -285,8 +291,11 @@ def main() -> None:
                     for target, node in zip(targets[1:], nodes, strict=True):
                         assert node.proc is not None
                         drive(node.grpc_port, node.proc.pid, kind, figures[(target, kind.name)])
+                    in_process(kind, wal, figures)
             rss = [tree_rss_mb(node.proc.pid) for node in nodes if node.proc is not None]
         finally:
+            for stop in stops:
+                stop()
             for server in servers.values():
                 server.terminate()
                 server.wait()
@@ -325,21 +334,35 @@ def report(all_kinds: list[Kind], figures: dict[tuple[str, str], Figures], rss: 
         print("peak RSS: " + ", ".join(f"{n} receiver(s) {mb:.0f} MB" for n, mb in zip((1, 2), rss, strict=False)))
 
 
+def in_process(kind: Kind, wal: Repository, figures: dict[tuple[str, str], Figures]) -> None:
+    """CPU per item of parse, parse + convert, and parse + convert + WAL append (as a node appends a
+    request's rows), in this process (one core, warm caches)."""
+    figures[("parse", kind.name)].cpu.append(cpu_per_item(partial(kind.message.FromString, kind.body), kind.items, 0.2))
+
+    def parse_and_convert() -> ConvertResult:
+        return kind.convert(kind.message.FromString(kind.body))
+
+    def and_append() -> None:
+        result = parse_and_convert()
+        wal.write_many([Block(b.database, b.table, b.kind, b.data, b.count, b.schema) for b in result.tables.values()])
+
+    figures[("convert", kind.name)].cpu.append(cpu_per_item(parse_and_convert, kind.items, 0.4))
+    figures[("wal", kind.name)].cpu.append(cpu_per_item(and_append, kind.items, 0.4))
+
+
 def breakdown(all_kinds: list[Kind], figures: dict[tuple[str, str], Figures]) -> None:
-    """Where a node's CPU per item goes: parse and convert measured here, in one process; the rest
-    (gRPC, the WAL, the event loop and its converter thread) is the node's figure less those."""
-    print("CPU microseconds per item: parse and parse + convert in one process (warm caches); the node (1 "
-          "receiver, above) less parse + convert: gRPC, the WAL, the event loop")
-    print(f"{'kind':<10} {'parse':>6} {'+convert':>8} {'node':>6} {'rest':>6}")
+    """Where a node's CPU per item goes: parse, convert and the WAL append measured in this process,
+    in the same rounds; the rest (gRPC, the event loop and its converter thread, counters) is the
+    node's figure less those."""
+    print("CPU microseconds per item, in one process (warm caches, medians of the same rounds): parse, + convert, "
+          "+ WAL append; the node (1 receiver, above) less all three: gRPC, the event loop, counters")
+    print(f"{'kind':<10} {'parse':>6} {'+convert':>8} {'+WAL':>6} {'node':>6} {'rest':>6}")
     for kind in all_kinds:
-        parse = cpu_per_item(partial(kind.message.FromString, kind.body), kind.items, 0.5)
-
-        def parse_and_convert(kind: Kind = kind) -> ConvertResult:
-            return kind.convert(kind.message.FromString(kind.body))
-
-        convert = cpu_per_item(parse_and_convert, kind.items, 1.0)
+        parse = figures[("parse", kind.name)].cpu_per_million()
+        convert = figures[("convert", kind.name)].cpu_per_million()
+        wal = figures[("wal", kind.name)].cpu_per_million()
         node = figures[("1 receiver", kind.name)].cpu_per_million()
-        print(f"{kind.name:<10} {parse:>6.2f} {convert:>8.2f} {node:>6.2f} {node - convert:>6.2f}")
+        print(f"{kind.name:<10} {parse:>6.2f} {convert:>8.2f} {wal:>6.2f} {node:>6.2f} {node - wal:>6.2f}")
 
 
 if __name__ == "__main__":
