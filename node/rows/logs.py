@@ -68,6 +68,9 @@ def hex_id(b: bytes) -> str:
 
 MAX_CACHED_ATTRIBUTES = 16384
 """Attributes (key and value) whose JSON text a converter keeps, at most."""
+MAX_CACHED_ATTRIBUTE_BYTES = 256
+"""A longer attribute (a stack trace, say: seldom the same twice) is not kept, so that the cache
+holds a few megabytes at most."""
 
 _BEFORE_ATTRIBUTES = b"\x09\x10\x1a\x2a"
 """LogRecord fields 1 (time, fixed64), 2 (severity number, varint), 3 (severity text) and 5 (body)
@@ -196,7 +199,9 @@ class LogsConverter:
                             i = j
                             entry = known(kb)
                             if entry is None:
-                                entry = cache.put(kb, _attribute(kb))
+                                entry = _attribute(kb)
+                                if len(kb) <= MAX_CACHED_ATTRIBUTE_BYTES:
+                                    cache.put(kb, entry)
                             key, text, choice = entry
                             if text is not None:
                                 parts[key] = text

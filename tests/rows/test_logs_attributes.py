@@ -63,3 +63,12 @@ def test_unexpected_fields_are_read_the_slow_way() -> None:
     attributes = kvs({"a": "1", "b": 2})
     for unknown in (b"\x78\x01", b"\x22\x00", b"\xf8\x01\x01"):  # field 15, reserved field 4, field 31
         assert [json.loads(c) for c in _attributes_column(conv, _record(attributes, unknown))] == [{"a": "1", "b": 2}]
+
+
+def test_long_attributes_are_not_cached() -> None:
+    conv = LogsConverter(LogsConfig())
+    rec = _record(kvs({"short": "x", "trace": "at line 1\n" * 100}))
+    for _ in range(2):
+        assert [json.loads(c) for c in _attributes_column(conv, rec)] == [{"short": "x", "trace": "at line 1\n" * 100}]
+    short = KeyValue(key="short", value=AnyValue(string_value="x")).SerializeToString()
+    assert list(conv._attributes) == [b"\x32" + bytes([len(short)]) + short]  # field 6 of LogRecord: the short one
