@@ -274,16 +274,16 @@ def main() -> None:
     servers = {METRICS_PATH: parse_only_server(metrics_port), LOGS_PATH: logs_parse_only_server(logs_port)}
     ports = {METRICS_PATH: metrics_port, LOGS_PATH: logs_port}
     nodes: list[NodeProcess] = []
-    stops: list[Callable[[], object]] = []
+    wal: Repository | None = None
     rss: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench-kinds-") as d:
         try:
             wait_port(metrics_port)
             wait_port(logs_port)
-            nodes = [start_node(Path(d), 1), start_node(Path(d), 2)]
+            for receivers in (1, 2):
+                nodes.append(start_node(Path(d), receivers))
             wal = Repository(WalConfig(directory=Path(d) / "wal", max_segment_age=3600, max_segment_size=64 << 20))
             wal.start()
-            stops.append(wal.stop)
             for _ in range(ROUNDS):  # round after round, so that a slower minute of the machine hits all alike
                 for kind in all_kinds:
                     server = servers[kind.path]
@@ -294,8 +294,8 @@ def main() -> None:
                     in_process(kind, wal, figures)
             rss = [tree_rss_mb(node.proc.pid) for node in nodes if node.proc is not None]
         finally:
-            for stop in stops:
-                stop()
+            if wal is not None:
+                wal.stop()
             for server in servers.values():
                 server.terminate()
                 server.wait()
