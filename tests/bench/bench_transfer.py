@@ -1,9 +1,17 @@
-"""Transfer: MB/s of segment bytes from one node to another on loopback, and the coalescing of the
-three-node cluster (batches per table per interval).
+"""Transfer: MB/s of segment bytes from one node to another on loopback, against a bare gRPC stream
+measured in the same run, and the coalescing of the three-node cluster (batches per table per
+interval).
 
 The receiver is a real `ingestor serve` process; the sender is the node's `TransferClient` in this
 process, sending closed segments of a real WAL. A transfer is counted when the receiver answered
 OK, that is after it verified every block, fsynced and renamed the segment.
+
+The reference is a bare grpc.aio server in its own process serving the same method
+(`ingestor.v1.Transfer/TransferSegment`) that reads the metadata, says go, consumes every chunk
+message and answers OK: no verification, no write. The same sender sends it the same segments
+with the same number of streams, in turns with the node, so both see the same machine. For each:
+MB/s of segment bytes, the node's ratio to the bare stream, and CPU seconds per GB of the
+receiving process tree (utime + stime of every process and thread, from /proc) and of the sender.
 """
 
 from __future__ import annotations
@@ -12,19 +20,25 @@ import asyncio
 import os
 import resource
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+
+import grpc
 
 from cluster.membership import Peer
 from node.transfer.client import TransferClient
-from node.transfer.protocol import Outcome
+from node.transfer.protocol import READY_HEADER, Outcome
 from node.wal import format as fmt
 from node.wal.repository import Repository, WalConfig
 from node.wal.table import SegmentInfo
+from tests.bench.bench_kinds import tree_cpu_seconds
 from tests.bench.bench_wal import SCHEMA, make_block
-from tests.harness import NodeProcess
+from tests.harness import ROOT, NodeProcess, free_port
 from tests.wal.helpers import write_block
 
 MB = 1_000_000
@@ -51,7 +65,8 @@ def rss_peak_mb(pid: int) -> float:
     return 0.0
 
 
-async def send_all(client: TransferClient, peer: Peer, segments: list[SegmentInfo], parallel: int) -> float:
+async def send_all(client: TransferClient, peer: Peer, segments: list[SegmentInfo], parallel: int) -> tuple[int, float]:
+    """Send `segments` over `parallel` streams; (bytes acknowledged, seconds)."""
     queue = list(segments)
     sent = 0
 
@@ -66,7 +81,80 @@ async def send_all(client: TransferClient, peer: Peer, segments: list[SegmentInf
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(parallel)))
-    return sent / MB / (time.perf_counter() - t0)
+    return sent, time.perf_counter() - t0
+
+
+BARE_SERVER = """
+import asyncio, sys
+import grpc
+from node.gen.ingestor.v1 import transfer_pb2, transfer_pb2_grpc
+
+class Bare(transfer_pb2_grpc.TransferServicer):
+    async def TransferSegment(self, request_iterator, context):
+        await context.read()  # the metadata
+        await context.send_initial_metadata(((sys.argv[2], "1"),))
+        n = 0
+        while (msg := await context.read()) is not grpc.aio.EOF:
+            n += len(msg.chunk)
+        return transfer_pb2.TransferSegmentResponse(bytes=n)
+
+async def main():
+    s = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
+    transfer_pb2_grpc.add_TransferServicer_to_server(Bare(), s)
+    s.add_insecure_port(sys.argv[1])
+    await s.start()
+    await s.wait_for_termination()
+
+asyncio.run(main())
+"""
+
+
+def bare_server(address: str) -> subprocess.Popen[bytes]:
+    """The reference: a bare grpc.aio server of the transfer method that only consumes the chunks
+    (the node's own receive limit, 64 MiB, so the same messages pass)."""
+    proc = subprocess.Popen([sys.executable, "-c", BARE_SERVER, address, READY_HEADER], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    with grpc.insecure_channel(address) as ch:
+        grpc.channel_ready_future(ch).result(timeout=30)
+    return proc
+
+
+@dataclass
+class Run:
+    """One receiver's runs: bytes acknowledged, seconds, CPU seconds of its process tree and of the sender."""
+
+    bytes: int = 0
+    seconds: float = 0.0
+    cpu: float = 0.0
+    sender_cpu: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.bytes / MB / self.seconds
+
+    def per_gb(self, cpu: float) -> float:
+        return cpu / (self.bytes / 1e9)
+
+
+def self_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def measure(run: Run, pid: int, peer: Peer, segments: list[SegmentInfo], parallel: int) -> None:
+    async def go() -> tuple[int, float]:
+        client = TransferClient("bench", token=TOKEN)
+        try:
+            return await send_all(client, peer, segments, parallel)
+        finally:
+            await client.close()
+
+    cpu0, own0 = tree_cpu_seconds(pid), self_cpu()
+    sent, seconds = asyncio.run(go())
+    run.cpu += tree_cpu_seconds(pid) - cpu0
+    run.sender_cpu += self_cpu() - own0
+    run.bytes += sent
+    run.seconds += seconds
 
 
 def bench_throughput() -> None:
@@ -77,24 +165,29 @@ def bench_throughput() -> None:
         os.sync()  # the setup's dirty pages are flushed before, not during, the measure
         receiver = NodeProcess(root / "receiver", "--peer-token", TOKEN, "--upload-interval", "1h",
                                "--max-disk-usage", "0", name="receiver").start()
+        bare_addr = f"127.0.0.1:{free_port()}"
+        bare = bare_server(bare_addr)
         try:
             assert receiver.proc is not None
-            peer = Peer("receiver", receiver.grpc_addr)
-
-            async def run(parallel: int) -> float:
-                client = TransferClient("bench", token=TOKEN)
-                try:
-                    return await send_all(client, peer, sets[parallel], parallel)
-                finally:
-                    await client.close()
-
+            node_peer, bare_peer = Peer("receiver", receiver.grpc_addr), Peer("bare", bare_addr)
             for parallel, segs in sets.items():
-                rate = asyncio.run(run(parallel))
-                print(f"transfer, {parallel} stream(s): {rate:7.0f} MB/s of segment bytes "
-                      f"({len(segs)} segments, {sum(s.size for s in segs) / MB:.0f} MB; target >= 500 MB/s)")
+                node, ref = Run(), Run()
+                # In turns, halves of the set each: the node and the bare stream see the same machine.
+                # The bare server keeps nothing, so it is sent the node's segments of the same run.
+                half = len(segs) // 2
+                for part in (segs[:half], segs[half:]):
+                    measure(ref, bare.pid, bare_peer, part, parallel)
+                    measure(node, receiver.proc.pid, node_peer, part, parallel)
+                print(f"transfer, {parallel} stream(s): node {node.rate:5.0f} MB/s of segment bytes, bare gRPC "
+                      f"stream {ref.rate:5.0f} MB/s, ratio {node.rate / ref.rate:.2f} (target >= 0.5); receiver "
+                      f"CPU s per GB: node {node.per_gb(node.cpu):.2f}, bare {ref.per_gb(ref.cpu):.2f}; sender "
+                      f"{node.per_gb(node.sender_cpu):.2f} / {ref.per_gb(ref.sender_cpu):.2f} "
+                      f"({len(segs)} segments, {sum(s.size for s in segs) / MB:.0f} MB)")
             print(f"peak RSS: receiver {rss_peak_mb(receiver.proc.pid):.0f} MB, sender "
                   f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
         finally:
+            bare.kill()
+            bare.wait()
             receiver.stop(signal.SIGKILL)  # not a drain: uploading the received GBs is not what is measured
 
 
@@ -128,7 +221,8 @@ def bench_coalescing() -> None:
 
 def main() -> None:
     bench_throughput()
-    bench_coalescing()
+    if sys.argv[1:] != ["throughput"]:  # `python -m tests.bench.bench_transfer throughput`: the first alone
+        bench_coalescing()
 
 
 if __name__ == "__main__":
