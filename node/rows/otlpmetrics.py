@@ -50,6 +50,7 @@ _H_SKIPPED_TAGS = b"\x32\x42"  # fields 6 (bucket counts) and 8 (exemplars), len
 _H_BOUNDS_TAG = 0x3A  # field 7 (explicit bounds), length-delimited
 _H_ATTRIBUTES_TAG = 0x4A  # field 9 (attributes), length-delimited, repeated
 _H_FLAGS_TAG = 0x50  # field 10 (flags), varint
+_E_ATTRIBUTES_TAG = 0x0A  # ExponentialHistogramDataPoint field 1 (attributes): first on the wire
 
 Labels = Iterable[tuple[str, str]]
 _NONE: dict[Any, Entry] = {}
@@ -58,6 +59,8 @@ _Series = tuple[str, tuple[str, str] | None, str]  # (metric name, extra label, 
 _Group = tuple[str, tuple[tuple[tuple[str, str], int, int, tuple[tuple[str, str], ...]], ...]]
 """The series of a histogram point: the reason its _count series is refused ("" when it is not), and
 its rows as runs (destination, first and end index in the point's values, (mid, tail) of each)."""
+_ExpGroup = tuple[str, tuple[tuple[tuple[str, str], int, int, tuple[tuple[str, str], ...]], ...], tuple[int, ...]]
+"""The same for an exponential histogram point, with the indexes of its cumulative counts that are rows."""
 
 
 def _histogram_key(b: bytes, has_sum: bool) -> tuple[bytes, bytes, bool] | None:
@@ -166,7 +169,7 @@ class OtlpMetrics:
                     elif kind == "histogram":
                         t = self._histograms(m.histogram.data_points, name, res, out)
                     elif kind == "exponential_histogram":
-                        t = self._points(m.exponential_histogram.data_points, name, res, out, self._exponential)
+                        t = self._exponentials(m.exponential_histogram.data_points, name, res, out)
                     elif kind == "summary":
                         t = self._points(m.summary.data_points, name, res, out, self._summary)
                     else:
@@ -388,11 +391,16 @@ class OtlpMetrics:
         self, attrs: Sequence[KeyValue], res: _Resource, name: str, has_sum: bool, bounds: Sequence[float]
     ) -> _Group:
         """The series of a histogram point, in row order: _count, [_sum,] a _bucket per le."""
+        return self._group(attrs, res, name, has_sum, [label_float(bound) for bound in bounds])
+
+    def _group(self, attrs: Sequence[KeyValue], res: _Resource, name: str, has_sum: bool, les: list[str]) -> _Group:
+        """The series of a (classic or exponential) histogram point with buckets `les` (+Inf added),
+        in row order: _count, [_sum,] a _bucket per le."""
         bucket = name + "_bucket"
         series: list[tuple[str, tuple[str, str] | None]] = [(name + "_count", None)]
         if has_sum:
             series.append((name + "_sum", None))
-        series += [(bucket, ("le", label_float(bound))) for bound in bounds]
+        series += [(bucket, ("le", le)) for le in les]
         series.append((bucket, ("le", "+Inf")))
         entries = [self._series.encode(self._labels(attrs, res, n, extra)) for n, extra in series]
         dest, reason, _ = entries[0]
@@ -407,6 +415,80 @@ class OtlpMetrics:
                     runs.append((dest, lo, i, tuple([(mid, tail) for _, mid, tail in entries[lo:i]])))
                 lo = i
         return "", tuple(runs)
+
+    def _exponentials(self, points: Any, name: str, res: _Resource, out: ResultBuilder) -> int:
+        """Rows of ExponentialHistogramDataPoints, their buckets as classic `le` buckets (exphist.py);
+        returns the latest timestamp of a point with rows (-1 if none).
+
+        As `_histograms`: the series of a point are cached together, keyed by its attribute bytes
+        (field 1: first on the wire) and its layout (scale, offsets, bucket counts, zero bucket, sum),
+        which gives its bounds; with them, which of its cumulative counts have a finite bound.
+        """
+        inner, old = cast(tuple[dict[Any, _ExpGroup], dict[Any, _ExpGroup]], self._inner(res, name))
+        tget = self._ts.cache.get
+        tformat = self._ts.format
+        latest = -1
+        for dp in points:
+            if dp.flags & _NO_RECORDED_VALUE:
+                continue
+            t = dp.time_unix_nano
+            try:
+                stamp = tget(t) or tformat(t)
+            except ValueError as err:
+                out.reject(str(err))
+                continue
+            has_sum = dp.HasField("sum")
+            positive = dp.positive
+            negative = dp.negative
+            pcounts = positive.bucket_counts
+            ncounts = negative.bucket_counts
+            zero = dp.zero_count
+            b = dp.SerializeToString()
+            i = 0
+            n = len(b)
+            while i < n and b[i] == _E_ATTRIBUTES_TAG:
+                i = skip_length_delimited(b, i)
+            key = (b[:i], (dp.scale, positive.offset, len(pcounts), negative.offset, len(ncounts),
+                           repr(dp.zero_threshold) if zero else None, has_sum))
+            group = inner.get(key)
+            if group is None:
+                group = old.get(key) or self._exponential_group(dp, res, name, has_sum)
+                inner[key] = group
+                self._size += len(group[2]) + 2 + has_sum
+            refused, runs, kept = group
+            if refused:  # its _count series is refused, so is the point (a dropped _count is not: the rest is written)
+                out.reject(refused)
+                continue
+            if not runs:
+                continue
+            counts = list(ncounts)
+            counts.reverse()
+            if zero:
+                counts.append(zero)
+            counts += pcounts
+            totals = list(accumulate(counts))
+            count = str(dp.count)
+            texts = [count, real(dp.sum)] if has_sum else [count]
+            texts += [str(totals[k]) for k in kept]
+            texts.append(count)
+            for dest, lo, hi, series in runs:
+                values = texts[lo:hi]
+                out.rows(dest).extend([f"{stamp}{mid}{v}{tail}" for (mid, tail), v in zip(series, values, strict=True)])
+            if t > latest:
+                latest = t
+        return latest
+
+    def _exponential_group(self, dp: Any, res: _Resource, name: str, has_sum: bool) -> _ExpGroup:
+        """The series of an exponential histogram point, and the indexes (in its counts from the most
+        negative bucket to the most positive one) of those whose bound is finite: a bound that
+        overflows a double is left out, and its count goes to the next bucket's (exphist.py)."""
+        positive, negative = dp.positive, dp.negative
+        # with a count of 1 in each bucket, the cumulative count of a bucket is its index + 1
+        buckets = cumulative_buckets(dp.scale, 1 if dp.zero_count else 0, dp.zero_threshold, positive.offset,
+                                     [1] * len(positive.bucket_counts), negative.offset,
+                                     [1] * len(negative.bucket_counts))
+        refused, runs = self._group(dp.attributes, res, name, has_sum, [label_float(bound) for bound, _ in buckets])
+        return refused, runs, tuple([total - 1 for _, total in buckets])
 
     def _points(self, points: Any, name: str, res: _Resource, out: ResultBuilder, series: Any) -> int:
         latest = -1
@@ -460,25 +542,6 @@ class OtlpMetrics:
                 out_rows.append(f"{stamp}{mid}{text}{tail}")
                 emitted = True
         return emitted
-
-    @staticmethod
-    def _exponential(dp: Any, name: str) -> list[_Series]:
-        rows: list[_Series] = [(name + "_count", None, str(dp.count))]
-        if dp.HasField("sum"):
-            rows.append((name + "_sum", None, real(dp.sum)))
-        bucket = name + "_bucket"
-        buckets = cumulative_buckets(
-            dp.scale,
-            dp.zero_count,
-            dp.zero_threshold,
-            dp.positive.offset,
-            dp.positive.bucket_counts,
-            dp.negative.offset,
-            dp.negative.bucket_counts,
-        )
-        rows.extend((bucket, ("le", label_float(bound)), str(total)) for bound, total in buckets)
-        rows.append((bucket, ("le", "+Inf"), str(dp.count)))
-        return rows
 
     @staticmethod
     def _summary(dp: Any, name: str) -> list[_Series]:
