@@ -149,6 +149,8 @@ class Repository:
         self._on_vanished = on_vanished
         self._listeners: list[Callable[[SegmentInfo], None]] = []
         self._indexing = True
+        self._stopping = False
+        """Set by `stop`: a `rotate_expired` in another thread ends early."""
         self._refused_at = 0.0  # monotonic time of the last write refused for limits
         self._refused_usage = 0  # this process's bytes of segments then
         self._refused_at_db: dict[str, float] = {}
@@ -278,7 +280,11 @@ class Repository:
         return found
 
     def stop(self) -> list[SegmentInfo]:
-        """Close every active segment (they become closed segments in the index), as they are."""
+        """Close every active segment (they become closed segments in the index), as they are. A
+        `rotate_expired` running meanwhile in another thread stops after the table it is closing,
+        so that a stop does not wait for thousands of closings with their compaction and fsyncs
+        (10,000 tables: ~2 minutes here)."""
+        self._stopping = True
         return self.rotate_all(compact=False)
 
     def add_listener(self, fn: Callable[[SegmentInfo], None]) -> None:
@@ -501,10 +507,12 @@ class Repository:
         return self._rotate_each(lambda w: w.rotate(compact=compact))
 
     def rotate_expired(self) -> list[SegmentInfo]:
-        """Close the active segments older than max-segment-age; call it periodically."""
-        return self._rotate_each(lambda w: w.rotate_if_expired())
+        """Close the active segments older than max-segment-age; call it periodically. It ends
+        early once `stop` has begun (which closes the rest)."""
+        return self._rotate_each(lambda w: w.rotate_if_expired(), until_stop=True)
 
-    def _rotate_each(self, rotate: Callable[[TableWal], SegmentInfo | None]) -> list[SegmentInfo]:
+    def _rotate_each(self, rotate: Callable[[TableWal], SegmentInfo | None],
+                     until_stop: bool = False) -> list[SegmentInfo]:
         """`rotate` every table; one that fails (a full disk) does not keep the others open: its
         error is raised once they are all done, and it is tried again next time."""
         with self._lock:
@@ -512,6 +520,8 @@ class Repository:
         closed: list[SegmentInfo] = []
         error: OSError | None = None
         for w in wals:
+            if until_stop and self._stopping:
+                break
             try:
                 info = rotate(w)
             except OSError as e:
