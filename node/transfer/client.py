@@ -14,13 +14,13 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-import zlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+from isal import isal_zlib
 
 try:  # grpc raises its core's batch error, not AioRpcError, from a write the deadline ended
     from grpc._cython.cygrpc import ExecuteBatchError as _BatchError
@@ -63,9 +63,9 @@ def _plan(paths: Sequence[Path]) -> tuple[list[tuple[Path, int, int]], int, int]
             fmt.check_magic(head)
             start = 0 if i == 0 else len(fmt.MAGIC)
             if i == 0:
-                crc = zlib.crc32(head, crc)
+                crc = isal_zlib.crc32(head, crc)
             while chunk := f.read(MAX_CHUNK):
-                crc = zlib.crc32(chunk, crc)
+                crc = isal_zlib.crc32(chunk, crc)  # zlib's CRC-32, ~6x faster
             size = f.tell()
         parts.append((path, start, size - start))
         total += size - start
