@@ -25,7 +25,10 @@ old bytes or the new ones, never a mix or nothing.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,6 +106,33 @@ def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _syncfs() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        fn: Callable[[int], int] = ctypes.CDLL(name, use_errno=True).syncfs if name else None  # type: ignore[assignment]
+    except (OSError, AttributeError):
+        return None
+    return fn
+
+
+_SYNCFS = _syncfs()
+
+
+def sync_filesystem(directory: Path) -> None:
+    """Make every write, rename and unlink on the file system of `directory` durable at once
+    (Linux's syncfs; sync() where it is missing): one call instead of an fsync per file and per
+    directory, for closing thousands of segments together. OSError when write-back failed."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _SYNCFS is None:
+            os.sync()
+        elif _SYNCFS(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(directory))
     finally:
         os.close(fd)
 

@@ -26,7 +26,7 @@ from typing import Protocol
 
 from node.errors import InvalidInputError, InvalidNameError, OverLimitsError
 from node.names import MAX_DATABASE_LEN, MAX_TABLE_LEN, validate_name
-from node.storage import ACTIVE_DIR, fsync_dir
+from node.storage import ACTIVE_DIR, fsync_dir, sync_filesystem
 from node.wal import adopt
 from node.wal import format as fmt
 from node.wal.importer import SegmentImport
@@ -503,8 +503,33 @@ class Repository:
 
     def rotate_all(self, compact: bool = True) -> list[SegmentInfo]:
         """Close every active segment; `compact=False` when closing them all at once must be quick
-        (stopping, leaving: the rewrite of small blocks costs a read and an fsync a segment)."""
-        return self._rotate_each(lambda w: w.rotate(compact=compact))
+        (stopping, leaving): then they are not rewritten (a read and an fsync a segment), and they
+        are made durable together, with one sync of the file system rather than an fsync per
+        file and two per directory (10,000 segments: ~8 ms each here under load, 80 s)."""
+        if compact:
+            return self._rotate_each(lambda w: w.rotate(compact=True))
+        with self._lock:
+            wals = list(self._wals.values())
+        closed: list[SegmentInfo] = []
+        taken: list[SegmentInfo] = []
+        error: OSError | None = None
+        for w in wals:
+            try:
+                done, info = w.close_unsynced()
+            except OSError as e:
+                error = error or e
+                continue
+            if done is not None:
+                closed.append(done)
+            if info is not None:
+                taken.append(info)
+        if taken and self.config.fsync is not FsyncPolicy.NEVER:
+            sync_filesystem(self.directory)  # on failure they stay unannounced, on disk for the next start
+        for info in taken:
+            self._index_new(info)
+        if error is not None:
+            raise error
+        return closed + taken
 
     def rotate_expired(self) -> list[SegmentInfo]:
         """Close the active segments older than max-segment-age; call it periodically. It ends

@@ -129,9 +129,10 @@ class SegmentWriter:
         self._give_up_fd()
         self.path.unlink(missing_ok=True)
 
-    def close(self, sync: bool = True) -> None:
+    def close(self, sync: bool = True, sync_dir: bool = True) -> None:
         """Close the file, fsyncing it first unless the policy is `never` or `sync` is false (its
-        bytes were made durable otherwise: rewritten and fsynced by `compact`)."""
+        bytes were made durable otherwise: rewritten and fsynced by `compact`, or by the caller
+        for many files at once); then its directory, unless `sync_dir` is false."""
         if self.closed:
             return
         try:
@@ -144,7 +145,7 @@ class SegmentWriter:
         finally:
             self.closed = True
             self._give_up_fd()
-        if self._fsync is not FsyncPolicy.NEVER:
+        if sync_dir and self._fsync is not FsyncPolicy.NEVER:
             fsync_dir(self.path.parent)
 
 

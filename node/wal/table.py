@@ -184,6 +184,28 @@ class TableWal:
                 return done
             return self._close_locked(compact)
 
+    def close_unsynced(self) -> tuple[SegmentInfo | None, SegmentInfo | None]:
+        """For closing every table at once (`Repository.rotate_all(compact=False)`): take the active
+        segment out of service and rename it into the WAL, without an fsync and without announcing
+        it; the caller makes them all durable with one sync of the file system, then announces
+        them. Returns (the last segment an earlier failed closing published now, announced as
+        usual; the segment taken, to announce). A failed rename keeps the segment for the usual
+        path (`_publish_closing`, at the next rotate)."""
+        with self._lock:
+            done = self._publish_closing() if self._closing else None
+            active, name = self._active, self._active_name
+            if active is None or name is None:
+                return done, None
+            self._active = self._active_name = None
+            closed = self._dir / name.filename
+            try:
+                active.close(sync=False, sync_dir=False)
+                os.rename(active.path, closed)
+            except BaseException:
+                self._closing.append(_Closing(active, name, False))
+                raise
+            return done, SegmentInfo(closed, name, active.size, active.blocks, active.rows)
+
     def rotate_if_expired(self) -> SegmentInfo | None:
         return self.rotate(older_than=self._max_age)
 

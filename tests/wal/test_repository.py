@@ -490,3 +490,37 @@ def test_stop_does_not_wait_behind_a_burst_of_expired_segments(tmp_path: Path,
     assert took < 1.5, f"stop took {took:.2f}s behind the rotation"
     assert len(wal.closed_segments()) == 300
     assert list((tmp_path / "wal" / "active").iterdir()) == []
+
+
+def test_closing_every_table_at_once_syncs_the_file_system_once(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # A stop or a leave closes every table's segment: one sync of the file system for them all,
+    # not an fsync per file and two per directory (10,000 tables: 80 s here under load, against a
+    # promise of 10 s). Every segment is still closed, announced and whole.
+    import node.wal.repository as repository
+    import node.wal.segment as segment
+    import node.wal.table as table
+
+    fsyncs: list[int] = []
+    syncs: list[Path] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(segment.os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd))[1])
+    monkeypatch.setattr(segment, "fsync_dir", lambda d: fsyncs.append(-1))
+    monkeypatch.setattr(table, "fsync_dir", lambda d: fsyncs.append(-1))
+    import node.storage as storage
+
+    real_sync = getattr(storage, "sync_filesystem", os.sync)
+    monkeypatch.setattr(repository, "sync_filesystem", lambda d: (syncs.append(d), real_sync(d))[1],
+                        raising=False)
+    wal = Repository(WalConfig(directory=tmp_path / "wal", max_segment_age=3600))
+    wal.start()
+    announced: list[SegmentInfo] = []
+    wal.add_listener(announced.append)
+    row = b"2026-11-24T04:00:00Z,1,{},1.5\n"
+    wal.write_many([Block("Metrics", f"T{i}", fmt.KIND_METRIC, row, 1) for i in range(500)])
+    fsyncs.clear()  # those of the start
+    closed = wal.stop()
+    assert (len(closed), len(announced), fsyncs, syncs) == (500, 500, [], [tmp_path / "wal"])
+    assert list((tmp_path / "wal" / "active").iterdir()) == []
+    assert sorted(i.name.table for i in wal.closed_segments()) == sorted(f"T{i}" for i in range(500))
+    assert all(list(iter_rows(i.path)) == [row] for i in closed)
