@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from tests.bench import (
+    bench_kinds,
     bench_node,
     bench_remote_write,
     bench_ring,
@@ -27,6 +28,8 @@ def main() -> None:
     bench_scale.main()
     print("== node under gRPC load ==")
     bench_node.main()
+    print("== kinds of data under gRPC load against the parse-only ceiling: gauge, histograms, logs ==")
+    bench_kinds.main()
     print("== the whole node as the tables grow (OTLP over gRPC, one receiver) ==")
     bench_tables.main()
     print("== remote write: the node against Prometheus's own receiver ==")
