@@ -55,7 +55,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from node.budget import MemoryBudget
 from node.cache import BoundedCache, Generations
 from node.errors import DecodeError, RequestTooLargeError
-from node.gen.prometheus.remote_pb2 import WriteRequest
+from node.gen.prometheus.remote_raw_pb2 import RawWriteRequest
 from node.metrics import NodeMetrics
 from node.ratelog import RateLimitedLog
 from node.rows.batch import ConvertResult
@@ -115,10 +115,18 @@ class Kind:
     """The kind of request, as the log says it ("OTLP logs")."""
     items: str
     """What its refused items are ("log records")."""
+    sent: str = ""
+    """The message senders send, as a refusal names it, when `message` reads it under another name
+    (remote write: a `prometheus.WriteRequest` read as a RawWriteRequest); "": `message`'s name."""
 
 
-REMOTE_WRITE = Kind("metrics", WriteRequest, REMOTE_WRITE_LEVELS,
-                    lambda c, reqs: c.metrics.convert_remote_write_pieces(reqs), "remote write", "samples")
+REMOTE_WRITE = Kind("metrics", RawWriteRequest, REMOTE_WRITE_LEVELS,
+                    lambda c, reqs: c.metrics.convert_remote_write_pieces(reqs), "remote write", "samples",
+                    "prometheus.WriteRequest")
+"""Read as RawWriteRequest (proto/prometheus/remote_raw.proto): the wire of a WriteRequest, each series
+left as its bytes for the converter, which parses those it cannot read from their bytes, refusing one
+that does not parse (DecodeError, as the parse of a WriteRequest did). Its pieces split at field 1, the
+same on both messages' wire."""
 OTLP_METRICS = Kind("metrics", ExportMetricsServiceRequest, OTLP_METRICS_LEVELS,
                     lambda c, reqs: c.metrics.convert_otlp_pieces(reqs), "OTLP metrics", "data points")
 OTLP_LOGS = Kind("logs", ExportLogsServiceRequest, OTLP_LOGS_LEVELS, lambda c, reqs: c.logs.convert_pieces(reqs),
@@ -135,7 +143,7 @@ def _parse(kind: Kind, data: bytes) -> Any:
     try:
         return kind.message.FromString(data)
     except ProtobufDecodeError as e:
-        raise DecodeError(f"malformed {kind.message.DESCRIPTOR.full_name}: {e}") from e
+        raise DecodeError(f"malformed {kind.sent or kind.message.DESCRIPTOR.full_name}: {e}") from e
 
 
 def _malloc_trim() -> Callable[[int], int] | None:

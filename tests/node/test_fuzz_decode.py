@@ -21,6 +21,7 @@ from typing import Any
 
 import cramjam
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError as ProtobufDecodeError
 from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -30,10 +31,10 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from node.errors import InvalidInputError
-from node.gen.prometheus import remote_pb2
+from node.errors import DecodeError, InvalidInputError
+from node.gen.prometheus import remote_pb2, remote_raw_pb2
 from node.names import is_valid_name
-from node.receivers.decode import decode_otlp, decode_remote_write
+from node.receivers.decode import decode_otlp, decode_remote_write, snappy_block
 from node.rows.batch import MAX_REASONS, ConvertResult
 from node.rows.logs import LogsConfig, LogsConverter
 from node.rows.metrics import MetricsConfig, MetricsConverter
@@ -208,13 +209,37 @@ def check_result(kind: str, result: ConvertResult) -> None:
                 json.loads(row[column])
 
 
+def _tables(result: ConvertResult) -> dict[tuple[str, str], bytes]:
+    return {key: bytes(batch.data) for key, batch in result.tables.items()}
+
+
 def check_remote_write(body: bytes, encoding: str | None = "snappy", content_type: str | None = PB) -> None:
+    """`body` refused (the port's 400/413/415), or converted to well-formed rows. What the node does
+    (a RawWriteRequest, each series read from its bytes: a series that does not parse is refused by
+    the converter) is what a parsed WriteRequest gives: refused exactly when its parse refuses, else
+    the same rows, counts and reasons."""
     try:
         req = decode_remote_write(body, encoding, content_type, MAX)
     except InvalidInputError:
         return
-    assert isinstance(req, remote_pb2.WriteRequest)
-    check_result("remote_write", _converters()["remote_write"](req))
+    assert isinstance(req, remote_raw_pb2.RawWriteRequest)
+    raw = snappy_block(body, MAX)
+    try:
+        whole = remote_pb2.WriteRequest.FromString(raw)
+    except ProtobufDecodeError:
+        whole = None
+    try:
+        result = _converters()["remote_write"](req)
+    except DecodeError as e:
+        assert whole is None, f"refused by the converter ({e}), but it parses as a WriteRequest"
+        assert "malformed prometheus." in str(e)
+        return
+    assert whole is not None, "accepted, but it does not parse as a WriteRequest"
+    check_result("remote_write", result)
+    reference = _converters()["remote_write"](whole)
+    assert _tables(result) == _tables(reference)
+    assert (result.accepted, result.rejected, result.reasons) == (reference.accepted, reference.rejected,
+                                                                  reference.reasons)
 
 
 def check_otlp(signal: str, body: bytes, content_type: str | None, encoding: str | None = None) -> None:
@@ -229,9 +254,13 @@ def check_otlp(signal: str, body: bytes, content_type: str | None, encoding: str
 def test_seed_bodies_decode_and_convert() -> None:
     """The seeds themselves are accepted, with rows: mutations start from real, working bodies."""
     req = decode_remote_write(RW_BODY, "snappy", PB, MAX)
+    assert isinstance(req, remote_raw_pb2.RawWriteRequest)
+    assert [remote_pb2.TimeSeries.FromString(b) for b in req.timeseries] == list(
+        remote_pb2.WriteRequest.FromString(RW_RAW).timeseries)
     result = _converters()["remote_write"](req)
     check_result("remote_write", result)
     assert result.accepted == 6
+    check_remote_write(RW_BODY)
     for signal in SIGNALS:
         for body, ct in ((PB_BODIES[signal], PB), (JSON_BODIES[signal], JSON_CT)):
             msg = decode_otlp(body, ct, None, CLASSES[signal], MAX)
