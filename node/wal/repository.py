@@ -151,6 +151,10 @@ class Repository:
         self._indexing = True
         self._stopping = False
         """Set by `stop`: a `rotate_expired` in another thread ends early."""
+        self._closing_all = 0
+        """Closings of every table at once in progress (`rotate_all(compact=False)`: a stop, a
+        leave): a `rotate_expired` in another thread ends early meanwhile, rather than hold each
+        table's lock ahead of them."""
         self._refused_at = 0.0  # monotonic time of the last write refused for limits
         self._refused_usage = 0  # this process's bytes of segments then
         self._refused_at_db: dict[str, float] = {}
@@ -508,6 +512,13 @@ class Repository:
         file and two per directory (10,000 segments: ~8 ms each here under load, 80 s)."""
         if compact:
             return self._rotate_each(lambda w: w.rotate(compact=True))
+        self._closing_all += 1  # a rotate_expired in another thread gives way (a leave, as a stop)
+        try:
+            return self._close_all_at_once()
+        finally:
+            self._closing_all -= 1
+
+    def _close_all_at_once(self) -> list[SegmentInfo]:
         with self._lock:
             wals = list(self._wals.values())
         closed: list[SegmentInfo] = []
@@ -533,7 +544,8 @@ class Repository:
 
     def rotate_expired(self) -> list[SegmentInfo]:
         """Close the active segments older than max-segment-age; call it periodically. It ends
-        early once `stop` has begun (which closes the rest)."""
+        early once `stop` has begun, or while every table is being closed at once (which closes
+        the rest)."""
         return self._rotate_each(lambda w: w.rotate_if_expired(), until_stop=True)
 
     def _rotate_each(self, rotate: Callable[[TableWal], SegmentInfo | None],
@@ -545,7 +557,7 @@ class Repository:
         closed: list[SegmentInfo] = []
         error: OSError | None = None
         for w in wals:
-            if until_stop and self._stopping:
+            if until_stop and (self._stopping or self._closing_all):
                 break
             try:
                 info = rotate(w)
