@@ -61,6 +61,7 @@ from node.ratelog import RateLimitedLog
 from node.rows.batch import ConvertResult
 from node.rows.logs import LogsConverter
 from node.rows.metrics import MetricsConverter
+from node.rows.otlpmetrics import parse_request
 from node.rows.traces import TracesConverter
 from node.rows.wire import (
     OTLP_LOGS_LEVELS,
@@ -127,8 +128,23 @@ REMOTE_WRITE = Kind("metrics", RawWriteRequest, REMOTE_WRITE_LEVELS,
 left as its bytes for the converter, which parses those it cannot read from their bytes, refusing one
 that does not parse (DecodeError, as the parse of a WriteRequest did). Its pieces split at field 1, the
 same on both messages' wire."""
-OTLP_METRICS = Kind("metrics", ExportMetricsServiceRequest, OTLP_METRICS_LEVELS,
+
+
+class _OtlpMetricsRequest:
+    """An ExportMetricsServiceRequest read as ingestor.otlp_raw's (`parse_request`: the same wire,
+    a gauge or sum point's attributes left as their bytes); refused with the parse error of the
+    ExportMetricsServiceRequest, which is the name a refusal gives."""
+
+    DESCRIPTOR = ExportMetricsServiceRequest.DESCRIPTOR
+    FromString = staticmethod(parse_request)
+
+
+OTLP_METRICS = Kind("metrics", _OtlpMetricsRequest, OTLP_METRICS_LEVELS,
                     lambda c, reqs: c.metrics.convert_otlp_pieces(reqs), "OTLP metrics", "data points")
+"""Read as ingestor.otlp_raw.ExportMetricsServiceRequest (proto/opentelemetry_raw/metrics_raw.proto);
+the converter parses a point's attributes only for a series it does not know, refusing the request
+(DecodeError, as the parse of the whole request did) when they do not parse. Pieces split as before:
+the wire is the same."""
 OTLP_LOGS = Kind("logs", ExportLogsServiceRequest, OTLP_LOGS_LEVELS, lambda c, reqs: c.logs.convert_pieces(reqs),
                  "OTLP logs", "log records")
 OTLP_TRACES = Kind("traces", ExportTraceServiceRequest, OTLP_TRACES_LEVELS,

@@ -31,7 +31,7 @@ from node.gen.prometheus.remote_raw_pb2 import RawWriteRequest
 from node.rows.batch import KIND_METRIC, ConvertResult, ResultBuilder, Schema
 from node.rows.csvtext import Timestamps, real
 from node.rows.filters import MetricFilters
-from node.rows.otlpmetrics import OtlpMetrics
+from node.rows.otlpmetrics import OtlpMetrics, Parsed
 from node.rows.series import Entry, SeriesEncoder
 from node.rows.wire import skip_length_delimited
 
@@ -310,13 +310,16 @@ class MetricsConverter:
             v = s.value
             rows.append(f"{stamp}{mid}{repr(v) if v - v == 0.0 else real(v)}{tail}")
 
-    def convert_otlp(self, req: ExportMetricsServiceRequest) -> ConvertResult:
-        """Rows of a decoded `ExportMetricsServiceRequest`."""
+    def convert_otlp(self, req: Parsed | ExportMetricsServiceRequest) -> ConvertResult:
+        """Rows of a decoded `ExportMetricsServiceRequest`: its bytes read as a RawRequest
+        (otlpmetrics.py's `parse_request`: fastest), or the message."""
         return self.convert_otlp_pieces((req,))
 
-    def convert_otlp_pieces(self, reqs: Iterable[ExportMetricsServiceRequest]) -> ConvertResult:
+    def convert_otlp_pieces(self, reqs: Iterable[Parsed | ExportMetricsServiceRequest]) -> ConvertResult:
         """Rows of an `ExportMetricsServiceRequest` given in pieces (wire.pieces), parsed one at a
-        time; one TargetInfo row per resource of the request, after its pieces."""
+        time (`parse_request`); one TargetInfo row per resource of the request, after its pieces.
+        Raises DecodeError, as the parse of the request would, when a gauge or sum point's
+        attributes do not parse (otlpmetrics.py)."""
         out = ResultBuilder(KIND_METRIC, self.schema)
         latest = self._otlp.start()
         for req in reqs:

@@ -19,20 +19,30 @@
   explicit `le` bounds (see exphist.py). summary -> `<name>_count`, `<name>_sum`, and `<name>` with
   a `quantile` label per quantile.
 * A data point flagged "no recorded value" is skipped: neither accepted nor rejected.
+
+Requests are read as `ingestor.otlp_raw.ExportMetricsServiceRequest` (proto/opentelemetry_raw/
+metrics_raw.proto, `parse_request`): the wire of an ExportMetricsServiceRequest, parsed as it parses,
+except that a gauge or sum point's attributes are left as the bytes each KeyValue came as. A point of
+a known series costs no attribute parse; the new series of a metric's points are parsed at once
+(`_new_series`), nested as deep as in the request, so that they parse exactly when the whole request's
+parse parses them; a request that parse refuses is refused with its error (DecodeError, the request's
+bytes parsed again for its text). Given a message (OTLP/JSON), the converter reads it from its bytes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from itertools import accumulate
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
+from google.protobuf.message import DecodeError as ProtobufDecodeError
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
-from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from xxhash import xxh3_128_intdigest
 
 from node.cache import Generations
+from node.errors import DecodeError
+from node.gen.opentelemetry_raw import metrics_raw_pb2
 from node.rows.anyvalue import to_label
 from node.rows.batch import ResultBuilder
 from node.rows.csvtext import Timestamps, label_float, real
@@ -51,6 +61,92 @@ _H_BOUNDS_TAG = 0x3A  # field 7 (explicit bounds), length-delimited
 _H_ATTRIBUTES_TAG = 0x4A  # field 9 (attributes), length-delimited, repeated
 _H_FLAGS_TAG = 0x50  # field 10 (flags), varint
 _E_ATTRIBUTES_TAG = 0x0A  # ExponentialHistogramDataPoint field 1 (attributes): first on the wire
+_KV_TAG = b"\x3a"  # NumberDataPoint field 7 (attributes), length-delimited
+_MALFORMED = f"malformed {ExportMetricsServiceRequest.DESCRIPTOR.full_name}"
+
+RawRequest = metrics_raw_pb2.ExportMetricsServiceRequest
+"""An ExportMetricsServiceRequest's wire, each gauge or sum point's attributes left as their bytes."""
+
+
+class Parsed(NamedTuple):
+    """A serialized ExportMetricsServiceRequest read as a RawRequest (`parse_request`), with its bytes:
+    when a point's attributes do not parse, the request is refused with the error of its whole parse
+    (whose text depends on the bytes around them)."""
+
+    request: RawRequest
+    data: bytes
+
+
+def parse_request(data: bytes) -> Parsed:
+    """`data`, a serialized ExportMetricsServiceRequest, read as a RawRequest. Raises the DecodeError
+    of protobuf that the parse of an ExportMetricsServiceRequest raises when this parse fails (a
+    point's attributes that do not parse are found by the converter)."""
+    try:
+        return Parsed(RawRequest.FromString(data), data)
+    except ProtobufDecodeError:
+        ExportMetricsServiceRequest.FromString(data)  # raises the error the senders' message gives
+        raise
+
+
+def _several_data(req: RawRequest) -> bool:
+    """Whether a metric of `req` came with more than one data field (gauge, sum, the oneof of the
+    others): an ExportMetricsServiceRequest's parse keeps the last, and refuses the request when a
+    point of another has attributes that do not parse."""
+    for rm in req.resource_metrics:
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                if m.HasField("gauge") + m.HasField("sum") + (m.WhichOneof("data") is not None) > 1:
+                    return True
+    return False
+
+
+class _Malformed(Exception):
+    """A gauge or sum point's attributes that the parse of their request would refuse."""
+
+
+_VARINTS = [bytes((n,)) for n in range(0x80)]
+
+
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return _VARINTS[n]
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _wrapped(field: bytes, data: bytes) -> bytes:
+    return field + _varint(len(data)) + data
+
+
+def _request_of(points: Iterable[bytes]) -> bytes:
+    """A serialized ExportMetricsServiceRequest whose one gauge has these serialized NumberDataPoints:
+    their fields nested as deep as in any request (resource_metrics(1).scope_metrics(2).metrics(2).
+    gauge(5).data_points(1)), so that they parse there as they parse in the request they came in."""
+    gauge = b"".join([b"\x0a" + _varint(len(p)) + p for p in points])
+    return _wrapped(b"\x0a", _wrapped(b"\x12", _wrapped(b"\x12", _wrapped(b"\x2a", gauge))))
+
+
+def _point_attributes(attributes: Sequence[bytes], strict: bool) -> tuple[Sequence[KeyValue], bool]:
+    """The KeyValues of a gauge or sum point's attribute bytes, parsed where an ExportMetricsServiceRequest
+    parses them (in a point of a metric of a scope of a resource: the same nesting limit), and whether
+    that parse took them (False: only a parse of each alone did, for a message given whole, which
+    held them). Raises _Malformed when it does not and `strict` (the request came as bytes, so its
+    parse would have refused it)."""
+    point = b"".join([_wrapped(_KV_TAG, a) for a in attributes])
+    try:
+        req = ExportMetricsServiceRequest.FromString(_request_of([point]))
+    except ProtobufDecodeError as e:
+        if strict:
+            raise _Malformed(f"{_MALFORMED}: {e}") from e
+        try:
+            return [KeyValue.FromString(a) for a in attributes], False
+        except ProtobufDecodeError as e2:  # cannot happen: they were a message's
+            raise DecodeError(f"{_MALFORMED}: {e2}") from e2
+    return req.resource_metrics[0].scope_metrics[0].metrics[0].gauge.data_points[0].attributes, True
 
 Labels = Iterable[tuple[str, str]]
 _NONE: dict[Any, Entry] = {}
@@ -149,8 +245,34 @@ class OtlpMetrics:
         """A request begins: what `convert` notes for `finish`."""
         return {}
 
-    def convert(self, req: ExportMetricsServiceRequest, out: ResultBuilder, latest: Latest) -> None:
-        """Rows of `req` (one request, or one piece of one) into `out`; TargetInfo into `latest`."""
+    def convert(self, req: Parsed | ExportMetricsServiceRequest, out: ResultBuilder, latest: Latest) -> None:
+        """Rows of `req` (one request, or one piece of one) into `out`; TargetInfo into `latest`.
+        Parsed: it came as bytes (`parse_request`), refused with DecodeError, as their parse refuses
+        them, when a point's attributes do not parse. A message (OTLP/JSON) is read from its bytes."""
+        if isinstance(req, Parsed):
+            if _several_data(req.request):  # read from the whole parse, which keeps the last and checks all
+                try:
+                    whole = ExportMetricsServiceRequest.FromString(req.data)
+                except ProtobufDecodeError as e:
+                    raise DecodeError(f"{_MALFORMED}: {e}") from e
+                self.convert(whole, out, latest)
+                return
+            try:
+                self._convert(req.request, out, latest, True)
+            except _Malformed as m:
+                try:
+                    ExportMetricsServiceRequest.FromString(req.data)
+                except ProtobufDecodeError as e:
+                    raise DecodeError(f"{_MALFORMED}: {e}") from e
+                raise DecodeError(str(m)) from m  # not reached: the parse of the request refuses them
+        else:
+            try:
+                raw = RawRequest.FromString(req.SerializeToString())
+            except ProtobufDecodeError as e:  # nested deeper than a parse takes (OTLP/JSON refuses those)
+                raise DecodeError(f"{_MALFORMED}: {e}") from e
+            self._convert(raw, out, latest, False)
+
+    def _convert(self, req: RawRequest, out: ResultBuilder, latest: Latest, strict: bool) -> None:
         if max(self._size, len(self._young), len(self._resources.young), len(self._names.young)) >= self._half:
             self.turn()
         for rm in req.resource_metrics:
@@ -161,19 +283,21 @@ class OtlpMetrics:
                     name = self._names.get(m.name)
                     if name is None:
                         name = self._names.put(m.name, prometheus_metric_name(m.name))
-                    kind = m.WhichOneof("data")
-                    if kind == "gauge":
-                        t = self._numbers(m.gauge.data_points, name, res, out)
-                    elif kind == "sum":
-                        t = self._numbers(m.sum.data_points, name, res, out)
-                    elif kind == "histogram":
-                        t = self._histograms(m.histogram.data_points, name, res, out)
-                    elif kind == "exponential_histogram":
-                        t = self._exponentials(m.exponential_histogram.data_points, name, res, out)
-                    elif kind == "summary":
-                        t = self._points(m.summary.data_points, name, res, out, self._summary)
+                    # gauge and sum are outside the oneof: at most one of the three is set (_several_data)
+                    if m.HasField("gauge"):
+                        t = self._numbers(m.gauge.data_points, name, res, out, strict)
+                    elif m.HasField("sum"):
+                        t = self._numbers(m.sum.data_points, name, res, out, strict)
                     else:
-                        continue
+                        kind = m.WhichOneof("data")
+                        if kind == "histogram":
+                            t = self._histograms(m.histogram.data_points, name, res, out)
+                        elif kind == "exponential_histogram":
+                            t = self._exponentials(m.exponential_histogram.data_points, name, res, out)
+                        elif kind == "summary":
+                            t = self._points(m.summary.data_points, name, res, out, self._summary)
+                        else:
+                            continue
                     t_max = max(t_max, t)
             if res.info is not None and t_max >= 0:
                 seen = latest.get(key)
@@ -187,14 +311,14 @@ class OtlpMetrics:
 
     # -- resources and labels -------------------------------------------------------------
 
-    def _resource(self, resource: Resource) -> tuple[bytes, _Resource]:
+    def _resource(self, resource: Any) -> tuple[bytes, _Resource]:
         key = resource.SerializeToString()
         res = self._resources.get(key)
         if res is None:
             res = self._resources.put(key, self._new_resource(resource.attributes))
         return key, res
 
-    def _new_resource(self, attributes: Iterable[KeyValue]) -> _Resource:
+    def _new_resource(self, attributes: Iterable[Any]) -> _Resource:
         attrs = {kv.key: to_label(kv.value) for kv in attributes if kv.key}
         overrides: dict[str, str] = {}
         job = attrs.get("service.name")
@@ -235,7 +359,7 @@ class OtlpMetrics:
         }
 
     def _labels(
-        self, attributes: Iterable[KeyValue], res: _Resource, name: str, extra: tuple[str, str] | None
+        self, attributes: Iterable[Any], res: _Resource, name: str, extra: tuple[str, str] | None
     ) -> Labels:
         labels = dict(res.defaults)
         labels.update(self._join_collisions((kv.key, to_label(kv.value)) for kv in attributes if kv.key))
@@ -264,12 +388,16 @@ class OtlpMetrics:
 
     # -- gauge and sum: the hot path --------------------------------------------------------
 
-    def _numbers(self, points: Any, name: str, res: _Resource, out: ResultBuilder) -> int:
-        """Rows of NumberDataPoints; returns the latest accepted timestamp (-1 if none).
+    def _numbers(self, points: Any, name: str, res: _Resource, out: ResultBuilder, strict: bool) -> int:
+        """Rows of NumberDataPoints (ingestor.otlp_raw's: attributes as their bytes); returns the
+        latest accepted timestamp (-1 if none).
 
         The series cache is keyed by the data point's serialized bytes from its attributes on:
-        fields 2-6 (times, value, exemplars) come first on the wire, so the key is attributes +
-        flags (+ unknown fields), without reading a single attribute when the series is known.
+        fields 2-6 (times, value, exemplars) come first on the wire, so the key is attributes (as
+        they came) + flags (+ unknown fields), without parsing a single attribute when the series is
+        known. At the first point of a new series, the new series of all the points are parsed at
+        once (`_new_series`); an entry is kept only when the parse of a request would have taken its
+        attributes, so that a hit stands for bytes that parse.
         """
         inner, old = self._inner(res, name)
         tget = self._ts.cache.get
@@ -277,6 +405,7 @@ class OtlpMetrics:
         latest = -1
         last_dest: tuple[str, str] | None = None
         rows: list[str] = []
+        new = False
         for dp in points:
             b = dp.SerializeToString()
             i = 0
@@ -293,13 +422,23 @@ class OtlpMetrics:
             entry = inner.get(key)
             if entry is None:
                 entry = old.get(key)
-                if entry is None:
-                    if dp.flags & _NO_RECORDED_VALUE:
-                        entry = SKIP
-                    else:
-                        entry = self._series.encode(self._labels(dp.attributes, res, name, None))
-                inner[key] = entry
-                self._size += 1
+                if entry is not None:
+                    inner[key] = entry
+                    self._size += 1
+                else:
+                    if not new:
+                        new = True
+                        self._new_series(points, inner, old, res, name, strict)
+                        entry = inner.get(key)
+                    if entry is None:  # a message's attributes that bytes would not parse in: this point alone
+                        attrs, parsed = _point_attributes(dp.attributes, strict)
+                        if dp.flags & _NO_RECORDED_VALUE:
+                            entry = SKIP
+                        else:
+                            entry = self._series.encode(self._labels(attrs, res, name, None))
+                        if parsed:
+                            inner[key] = entry
+                            self._size += 1
             dest, mid, tail = entry
             if dest is None:
                 if mid:
@@ -327,6 +466,43 @@ class OtlpMetrics:
             if t > latest:
                 latest = t
         return latest
+
+    def _new_series(self, points: Any, inner: dict[Any, Entry], old: dict[Any, Entry], res: _Resource, name: str,
+                    strict: bool) -> None:
+        """The entries of the series of `points` in neither generation, into `inner`: their points' bytes
+        from the attributes on (their keys) parsed at once as NumberDataPoints, where a request's parse
+        parses them. When that parse fails: raises _Malformed (`strict`), or puts none (a message's
+        points: each is then parsed alone, `_point_attributes`)."""
+        tails: dict[int, bytes] = {}
+        for dp in points:
+            b = dp.SerializeToString()
+            i = 0
+            n = len(b)
+            while i < n:
+                tag = b[i]
+                if tag in _FIXED64_TAGS:
+                    i += 9
+                elif tag == _EXEMPLARS_TAG:
+                    i = skip_length_delimited(b, i)
+                else:
+                    break
+            tail = b[i:] if i else b
+            key = xxh3_128_intdigest(tail)
+            if key not in inner and key not in old:
+                tails[key] = tail
+        try:
+            req = ExportMetricsServiceRequest.FromString(_request_of(tails.values()))
+        except ProtobufDecodeError as e:
+            if strict:
+                raise _Malformed(f"{_MALFORMED}: {e}") from e
+            return
+        parsed = req.resource_metrics[0].scope_metrics[0].metrics[0].gauge.data_points
+        for key, dp in zip(tails, parsed, strict=True):
+            if dp.flags & _NO_RECORDED_VALUE:
+                inner[key] = SKIP
+            else:
+                inner[key] = self._series.encode(self._labels(dp.attributes, res, name, None))
+        self._size += len(tails)
 
     # -- histograms and summaries: several series per data point ----------------------------
 
@@ -388,12 +564,12 @@ class OtlpMetrics:
         return latest
 
     def _histogram_group(
-        self, attrs: Sequence[KeyValue], res: _Resource, name: str, has_sum: bool, bounds: Sequence[float]
+        self, attrs: Sequence[Any], res: _Resource, name: str, has_sum: bool, bounds: Sequence[float]
     ) -> _Group:
         """The series of a histogram point, in row order: _count, [_sum,] a _bucket per le."""
         return self._group(attrs, res, name, has_sum, [label_float(bound) for bound in bounds])
 
-    def _group(self, attrs: Sequence[KeyValue], res: _Resource, name: str, has_sum: bool, les: list[str]) -> _Group:
+    def _group(self, attrs: Sequence[Any], res: _Resource, name: str, has_sum: bool, les: list[str]) -> _Group:
         """The series of a (classic or exponential) histogram point with buckets `les` (+Inf added),
         in row order: _count, [_sum,] a _bucket per le."""
         bucket = name + "_bucket"
@@ -507,7 +683,7 @@ class OtlpMetrics:
         return latest
 
     def _emit(
-        self, out: ResultBuilder, res: _Resource, attrs: Sequence[KeyValue], stamp: str, rows: list[_Series]
+        self, out: ResultBuilder, res: _Resource, attrs: Sequence[Any], stamp: str, rows: list[_Series]
     ) -> bool:
         """Append the rows of one data point; False if none was written (with one rejection when its
         series are refused, none when they are dropped)."""

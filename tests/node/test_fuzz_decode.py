@@ -38,7 +38,9 @@ from node.receivers.decode import decode_otlp, decode_remote_write, snappy_block
 from node.rows.batch import MAX_REASONS, ConvertResult
 from node.rows.logs import LogsConfig, LogsConverter
 from node.rows.metrics import MetricsConfig, MetricsConverter
+from node.rows.otlpmetrics import Parsed
 from node.rows.traces import TracesConfig, TracesConverter
+from tests.rows import otlpmetrics_before
 
 MAX = 1 << 20
 T_MS = 1_795_492_800_123
@@ -247,8 +249,37 @@ def check_otlp(signal: str, body: bytes, content_type: str | None, encoding: str
         msg = decode_otlp(body, content_type, encoding, CLASSES[signal], MAX)
     except InvalidInputError:
         return
+    if isinstance(msg, Parsed):  # OTLP metrics in protobuf
+        check_otlp_metrics(msg)
+        return
     assert isinstance(msg, CLASSES[signal])
     check_result(signal, _converters()[signal](msg))
+
+
+def check_otlp_metrics(parsed: Parsed) -> None:
+    """What the node does with OTLP metrics in protobuf (read as ingestor.otlp_raw's, a point's
+    attributes parsed by the converter for a new series, refused there when they do not parse) is
+    what the whole parse and the converter as it was give (tests/rows/otlpmetrics_before.py):
+    refused exactly when that parse refuses, with its error, else the same rows, counts and reasons."""
+    full = metrics_service_pb2.ExportMetricsServiceRequest
+    try:
+        whole = full.FromString(parsed.data)
+    except ProtobufDecodeError as e:
+        whole, error = None, f"malformed {full.DESCRIPTOR.full_name}: {e}"
+    try:
+        result = _converters()["metrics"](parsed)
+    except DecodeError as e:
+        assert whole is None, f"refused by the converter ({e}), but it parses as an ExportMetricsServiceRequest"
+        assert str(e) == error
+        return
+    assert whole is not None, "accepted, but it does not parse as an ExportMetricsServiceRequest"
+    check_result("metrics", result)
+    conv = MetricsConverter(MetricsConfig())
+    conv._otlp = otlpmetrics_before.OtlpMetrics(conv._series, (), conv.cfg.max_cached_series)  # type: ignore[assignment]
+    reference = conv.convert_otlp(whole)
+    assert _tables(result) == _tables(reference)
+    assert (result.accepted, result.rejected, result.reasons) == (reference.accepted, reference.rejected,
+                                                                  reference.reasons)
 
 
 def test_seed_bodies_decode_and_convert() -> None:
@@ -264,11 +295,17 @@ def test_seed_bodies_decode_and_convert() -> None:
     for signal in SIGNALS:
         for body, ct in ((PB_BODIES[signal], PB), (JSON_BODIES[signal], JSON_CT)):
             msg = decode_otlp(body, ct, None, CLASSES[signal], MAX)
-            assert msg == MESSAGES[signal]
+            if isinstance(msg, Parsed):  # OTLP metrics in protobuf, read as ingestor.otlp_raw's
+                assert (signal, ct, msg.data) == ("metrics", PB, body)
+                check_otlp_metrics(msg)
+            else:
+                assert msg == MESSAGES[signal]
             result = _converters()[signal](msg)
             check_result(signal, result)
             assert result.accepted > 0
-        assert decode_otlp(gzip.compress(PB_BODIES[signal]), PB, "gzip", CLASSES[signal], MAX) == MESSAGES[signal]
+        msg = decode_otlp(gzip.compress(PB_BODIES[signal]), PB, "gzip", CLASSES[signal], MAX)
+        want = PB_BODIES[signal] if signal == "metrics" else MESSAGES[signal]
+        assert (msg.data if isinstance(msg, Parsed) else msg) == want
 
 
 # -- mutations -------------------------------------------------------------------------------

@@ -1,0 +1,553 @@
+# node/rows/otlpmetrics.py as it was before OTLP metrics were read as ingestor.otlp_raw (issue 17), every
+# message parsed whole: the reference tests/rows/test_otlp_metrics_raw.py compares the converter against.
+# ruff: noqa
+"""OTLP metrics to metric rows, the way Prometheus's OTLP translation names things.
+
+* Metric names: `prometheus_metric_name` (characters outside [A-Za-z0-9_:] become "_"; no unit
+  or `_total` suffixes are added), then `normalize_name` for the table.
+* Data-point attributes become labels (`prometheus_label_name`; keys that collide after that are
+  joined with ";" in key order, as Prometheus does).
+* Resource: `service.name` -> `job` (`service.namespace/service.name` when a namespace is set),
+  `service.instance.id` -> `instance`; both override data-point attributes of the same name. The
+  attributes listed in `promote_resource_attributes`, and `adxmon_database` (also spelled
+  `adxmon.database`) if present, become labels of every series unless a data point sets them.
+  Every other resource attribute is kept the way Prometheus keeps it: one `target_info` series per
+  resource (table `TargetInfo`, value 1, at the latest timestamp of the resource's points in the
+  request; one row per distinct resource of a request, however often the request repeats it) whose
+  labels are `job`, `instance` and all the other resource attributes. Join on
+  `Labels.job`/`Labels.instance` to get them. Scope names and versions are not kept.
+* gauge, sum -> one row per data point (delta sums are written as they come).
+  histogram -> `<name>_count`, `<name>_sum` (when set), `<name>_bucket` with cumulative counts per
+  `le`, the last one `+Inf` = count. exponential histogram -> the same, its buckets turned into
+  explicit `le` bounds (see exphist.py). summary -> `<name>_count`, `<name>_sum`, and `<name>` with
+  a `quantile` label per quantile.
+* A data point flagged "no recorded value" is skipped: neither accepted nor rejected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from itertools import accumulate
+from typing import Any, cast
+
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from xxhash import xxh3_128_intdigest
+
+from node.cache import Generations
+from node.rows.anyvalue import to_label
+from node.rows.batch import ResultBuilder
+from node.rows.csvtext import Timestamps, label_float, real
+from node.rows.exphist import cumulative_buckets
+from node.rows.names import prometheus_label_name, prometheus_metric_name
+from node.rows.series import DATABASE_LABEL, NAME_LABEL, SKIP, Entry, SeriesEncoder
+from node.rows.wire import skip_length_delimited
+
+_NO_RECORDED_VALUE = 1
+_FIXED64_TAGS = b"\x11\x19\x21\x31"  # NumberDataPoint fields 2, 3, 4, 6: tag + 8 bytes
+_EXEMPLARS_TAG = 0x2A  # NumberDataPoint field 5 (length-delimited)
+_RESOURCE_SERVICE_KEYS = ("service.name", "service.namespace", "service.instance.id")
+_H_FIXED64_TAGS = b"\x11\x19\x21\x29\x59\x61"  # HistogramDataPoint fields 2-5, 11, 12: tag + 8 bytes
+_H_SKIPPED_TAGS = b"\x32\x42"  # fields 6 (bucket counts) and 8 (exemplars), length-delimited
+_H_BOUNDS_TAG = 0x3A  # field 7 (explicit bounds), length-delimited
+_H_ATTRIBUTES_TAG = 0x4A  # field 9 (attributes), length-delimited, repeated
+_H_FLAGS_TAG = 0x50  # field 10 (flags), varint
+_E_ATTRIBUTES_TAG = 0x0A  # ExponentialHistogramDataPoint field 1 (attributes): first on the wire
+
+Labels = Iterable[tuple[str, str]]
+_NONE: dict[Any, Entry] = {}
+"""The old series of a metric that has none (never written to)."""
+_Series = tuple[str, tuple[str, str] | None, str]  # (metric name, extra label, value text)
+_Group = tuple[str, tuple[tuple[tuple[str, str], int, int, tuple[tuple[str, str], ...]], ...]]
+"""The series of a histogram point: the reason its _count series is refused ("" when it is not), and
+its rows as runs (destination, first and end index in the point's values, (mid, tail) of each)."""
+_ExpGroup = tuple[str, tuple[tuple[tuple[str, str], int, int, tuple[tuple[str, str], ...]], ...], tuple[int, ...]]
+"""The same for an exponential histogram point, with the indexes of its cumulative counts that are rows."""
+
+
+def _histogram_key(b: bytes, has_sum: bool) -> tuple[bytes, bytes, bool] | None:
+    """The key of a serialized HistogramDataPoint's series: its attribute bytes, its bounds' bytes
+    and whether it has a sum (which give its series and their order); None when its bytes hold a
+    field not expected here (then the caller keys it by its parsed attributes and bounds).
+
+    A serialized message has its fields in field-number order, so the attributes are one run.
+    """
+    i = 0
+    n = len(b)
+    attrs = bounds = b""
+    while i < n:
+        tag = b[i]
+        if tag == _H_ATTRIBUTES_TAG:
+            if attrs:
+                return None
+            start = i
+            while i < n and b[i] == _H_ATTRIBUTES_TAG:
+                i = skip_length_delimited(b, i)
+            attrs = b[start:i]
+        elif tag in _H_FIXED64_TAGS:
+            i += 9
+        elif tag in _H_SKIPPED_TAGS:
+            i = skip_length_delimited(b, i)
+        elif tag == _H_BOUNDS_TAG:
+            start = i
+            i = skip_length_delimited(b, i)
+            bounds = b[start:i]
+        elif tag == _H_FLAGS_TAG:
+            i += 1
+            while b[i] >= 0x80:
+                i += 1
+            i += 1
+        else:
+            return None
+    return attrs, bounds, has_sum
+
+
+class _Resource:
+    """What one OTLP resource contributes. Hashed by identity: the converter keeps one per
+    distinct serialized resource (while it is cached), so it can key the series cache."""
+
+    __slots__ = ("defaults", "info", "info_entry", "overrides")
+
+    def __init__(self, defaults: dict[str, str], overrides: dict[str, str], info: dict[str, str] | None):
+        self.defaults = defaults
+        self.overrides = overrides
+        self.info = info
+        self.info_entry: Entry | None = None
+
+
+Latest = dict[bytes, tuple[_Resource, int]]
+"""Per serialized resource of one request: its TargetInfo and the latest timestamp of its points."""
+
+
+class OtlpMetrics:
+    """Holds the caches of OTLP metric conversion: resources, names, label names, series entries.
+
+    Each is two generations (node/cache.py). The series entries are kept per (resource, metric name),
+    each a dict of the metric's series, in a young and an old generation of such dicts: a series
+    is found with one lookup in the young dict of its metric, and one not used for two turns goes.
+    """
+
+    def __init__(self, series: SeriesEncoder, promote: tuple[str, ...], max_series: int) -> None:
+        self._series = series
+        self._promote = promote
+        self._half = max(1, max_series // 2)
+        self._ts = Timestamps(9)
+        self._resources: Generations[bytes, _Resource] = Generations(max_series)
+        self._young: dict[tuple[_Resource, str], dict[Any, Entry]] = {}
+        self._old: dict[tuple[_Resource, str], dict[Any, Entry]] = {}
+        self._size = 0
+        """Series entries in the young generation."""
+        self._names: Generations[str, str] = Generations(max_series)
+        self._label_names: Generations[str, str] = Generations(max_series)
+
+    def turn(self) -> None:
+        """Forget what was not used since the previous turn."""
+        self._resources.turn()
+        self._old, self._young, self._size = self._young, {}, 0
+        self._names.turn()
+        self._label_names.turn()
+
+    def start(self) -> Latest:
+        """A request begins: what `convert` notes for `finish`."""
+        return {}
+
+    def convert(self, req: ExportMetricsServiceRequest, out: ResultBuilder, latest: Latest) -> None:
+        """Rows of `req` (one request, or one piece of one) into `out`; TargetInfo into `latest`."""
+        if max(self._size, len(self._young), len(self._resources.young), len(self._names.young)) >= self._half:
+            self.turn()
+        for rm in req.resource_metrics:
+            key, res = self._resource(rm.resource)
+            t_max = -1
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    name = self._names.get(m.name)
+                    if name is None:
+                        name = self._names.put(m.name, prometheus_metric_name(m.name))
+                    kind = m.WhichOneof("data")
+                    if kind == "gauge":
+                        t = self._numbers(m.gauge.data_points, name, res, out)
+                    elif kind == "sum":
+                        t = self._numbers(m.sum.data_points, name, res, out)
+                    elif kind == "histogram":
+                        t = self._histograms(m.histogram.data_points, name, res, out)
+                    elif kind == "exponential_histogram":
+                        t = self._exponentials(m.exponential_histogram.data_points, name, res, out)
+                    elif kind == "summary":
+                        t = self._points(m.summary.data_points, name, res, out, self._summary)
+                    else:
+                        continue
+                    t_max = max(t_max, t)
+            if res.info is not None and t_max >= 0:
+                seen = latest.get(key)
+                if seen is None or t_max > seen[1]:
+                    latest[key] = (res, t_max)
+
+    def finish(self, latest: Latest, out: ResultBuilder) -> None:
+        """The TargetInfo rows of the request."""
+        for res, t in latest.values():
+            self._target_info(res, t, out)
+
+    # -- resources and labels -------------------------------------------------------------
+
+    def _resource(self, resource: Resource) -> tuple[bytes, _Resource]:
+        key = resource.SerializeToString()
+        res = self._resources.get(key)
+        if res is None:
+            res = self._resources.put(key, self._new_resource(resource.attributes))
+        return key, res
+
+    def _new_resource(self, attributes: Iterable[KeyValue]) -> _Resource:
+        attrs = {kv.key: to_label(kv.value) for kv in attributes if kv.key}
+        overrides: dict[str, str] = {}
+        job = attrs.get("service.name")
+        if job is not None:
+            namespace = attrs.get("service.namespace")
+            overrides["job"] = f"{namespace}/{job}" if namespace else job
+        if "service.instance.id" in attrs:
+            overrides["instance"] = attrs["service.instance.id"]
+        defaults: dict[str, str] = {}
+        for key in self._promote:
+            if key in attrs:
+                defaults[self._label_name(key)] = attrs[key]
+        for key, value in attrs.items():
+            if self._label_name(key) == DATABASE_LABEL:
+                defaults[DATABASE_LABEL] = value
+        rest = {k: v for k, v in attrs.items() if k not in _RESOURCE_SERVICE_KEYS}
+        info = None
+        if rest:
+            info = self._join_collisions(rest.items())
+            info.update(overrides)
+            info[NAME_LABEL] = "target_info"
+        return _Resource(defaults, overrides, info)
+
+    def _label_name(self, key: str) -> str:
+        name = self._label_names.get(key)
+        if name is None:
+            name = self._label_names.put(key, prometheus_label_name(key))
+        return name
+
+    def _join_collisions(self, pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+        """Label dict of (attribute key, value) pairs; keys equal after sanitising are joined by ";"."""
+        grouped: dict[str, dict[str, str]] = {}
+        for key, value in pairs:
+            grouped.setdefault(self._label_name(key), {})[key] = value
+        return {
+            name: next(iter(vals.values())) if len(vals) == 1 else ";".join(vals[k] for k in sorted(vals))
+            for name, vals in grouped.items()
+        }
+
+    def _labels(
+        self, attributes: Iterable[KeyValue], res: _Resource, name: str, extra: tuple[str, str] | None
+    ) -> Labels:
+        labels = dict(res.defaults)
+        labels.update(self._join_collisions((kv.key, to_label(kv.value)) for kv in attributes if kv.key))
+        labels.update(res.overrides)
+        labels[NAME_LABEL] = name
+        if extra is not None:
+            labels[extra[0]] = extra[1]
+        return labels.items()
+
+    def _target_info(self, res: _Resource, latest: int, out: ResultBuilder) -> None:
+        if res.info_entry is None:
+            assert res.info is not None
+            res.info_entry = self._series.encode(res.info.items())
+        dest, mid, tail = res.info_entry
+        if dest is not None:
+            stamp = self._ts.cache.get(latest) or self._ts.format(latest)
+            out.rows(dest).append(f"{stamp}{mid}1{tail}")
+
+    def _inner(self, res: _Resource, name: str) -> tuple[dict[Any, Entry], dict[Any, Entry]]:
+        """The young and the old series dicts of a metric of a resource."""
+        key = (res, name)
+        inner = self._young.get(key)
+        if inner is None:
+            inner = self._young[key] = {}
+        return inner, self._old.get(key) or _NONE
+
+    # -- gauge and sum: the hot path --------------------------------------------------------
+
+    def _numbers(self, points: Any, name: str, res: _Resource, out: ResultBuilder) -> int:
+        """Rows of NumberDataPoints; returns the latest accepted timestamp (-1 if none).
+
+        The series cache is keyed by the data point's serialized bytes from its attributes on:
+        fields 2-6 (times, value, exemplars) come first on the wire, so the key is attributes +
+        flags (+ unknown fields), without reading a single attribute when the series is known.
+        """
+        inner, old = self._inner(res, name)
+        tget = self._ts.cache.get
+        tformat = self._ts.format
+        latest = -1
+        last_dest: tuple[str, str] | None = None
+        rows: list[str] = []
+        for dp in points:
+            b = dp.SerializeToString()
+            i = 0
+            n = len(b)
+            while i < n:
+                tag = b[i]
+                if tag in _FIXED64_TAGS:
+                    i += 9
+                elif tag == _EXEMPLARS_TAG:
+                    i = skip_length_delimited(b, i)
+                else:
+                    break
+            key = xxh3_128_intdigest(b[i:] if i else b)
+            entry = inner.get(key)
+            if entry is None:
+                entry = old.get(key)
+                if entry is None:
+                    if dp.flags & _NO_RECORDED_VALUE:
+                        entry = SKIP
+                    else:
+                        entry = self._series.encode(self._labels(dp.attributes, res, name, None))
+                inner[key] = entry
+                self._size += 1
+            dest, mid, tail = entry
+            if dest is None:
+                if mid:
+                    out.reject(mid)
+                continue
+            t = dp.time_unix_nano
+            try:
+                stamp = tget(t) or tformat(t)
+            except ValueError as err:
+                out.reject(str(err))
+                continue
+            kind = dp.WhichOneof("value")
+            if kind == "as_double":
+                v = dp.as_double
+                text = repr(v) if v - v == 0.0 else real(v)
+            elif kind == "as_int":
+                text = str(dp.as_int)
+            else:
+                out.reject("number data point without a value")
+                continue
+            if dest is not last_dest:
+                rows = out.rows(dest)
+                last_dest = dest
+            rows.append(f"{stamp}{mid}{text}{tail}")
+            if t > latest:
+                latest = t
+        return latest
+
+    # -- histograms and summaries: several series per data point ----------------------------
+
+    def _histograms(self, points: Any, name: str, res: _Resource, out: ResultBuilder) -> int:
+        """Rows of HistogramDataPoints; returns the latest timestamp of a point with rows (-1 if none).
+
+        The series of a point (`_count`, `_sum`, a `_bucket` per bound and `+Inf`) are cached
+        together (`_Group`) in the metric's series dict, keyed by the point's attribute bytes,
+        bounds bytes and whether it has a sum (`_histogram_key`): a known point costs one lookup,
+        then its rows are formatted table by table.
+        """
+        # the metric's series dict; its points' keys (3-tuples) are apart from its series' (ints, pairs)
+        inner, old = cast(tuple[dict[Any, _Group], dict[Any, _Group]], self._inner(res, name))
+        tget = self._ts.cache.get
+        tformat = self._ts.format
+        latest = -1
+        for dp in points:
+            if dp.flags & _NO_RECORDED_VALUE:
+                continue
+            t = dp.time_unix_nano
+            counts = dp.bucket_counts
+            bounds = dp.explicit_bounds
+            try:
+                stamp = tget(t) or tformat(t)
+            except ValueError as err:
+                out.reject(str(err))
+                continue
+            n = len(bounds)
+            if counts and len(counts) != n + 1:
+                out.reject(f"histogram bucket counts do not match its bounds: {len(counts)} counts, {n} bounds")
+                continue
+            has_sum = dp.HasField("sum")
+            key: tuple[Any, ...] | None = _histogram_key(dp.SerializeToString(), has_sum)
+            if key is None:
+                key = (tuple([kv.SerializeToString() for kv in dp.attributes]), tuple(bounds), has_sum)
+            group = inner.get(key)
+            if group is None:
+                group = old.get(key) or self._histogram_group(dp.attributes, res, name, has_sum, bounds)
+                inner[key] = group
+                self._size += n + 2 + has_sum
+            refused, runs = group
+            if refused:  # its _count series is refused, so is the point (a dropped _count is not: the rest is written)
+                out.reject(refused)
+                continue
+            if not runs:
+                continue
+            count = str(dp.count)
+            texts = [count, real(dp.sum)] if has_sum else [count]
+            if counts:
+                texts += map(str, accumulate(counts[:n]))
+            else:
+                texts += ["0"] * n
+            texts.append(count)
+            for dest, lo, hi, series in runs:
+                values = texts[lo:hi]
+                out.rows(dest).extend([f"{stamp}{mid}{v}{tail}" for (mid, tail), v in zip(series, values, strict=True)])
+            if t > latest:
+                latest = t
+        return latest
+
+    def _histogram_group(
+        self, attrs: Sequence[KeyValue], res: _Resource, name: str, has_sum: bool, bounds: Sequence[float]
+    ) -> _Group:
+        """The series of a histogram point, in row order: _count, [_sum,] a _bucket per le."""
+        return self._group(attrs, res, name, has_sum, [label_float(bound) for bound in bounds])
+
+    def _group(self, attrs: Sequence[KeyValue], res: _Resource, name: str, has_sum: bool, les: list[str]) -> _Group:
+        """The series of a (classic or exponential) histogram point with buckets `les` (+Inf added),
+        in row order: _count, [_sum,] a _bucket per le."""
+        bucket = name + "_bucket"
+        series: list[tuple[str, tuple[str, str] | None]] = [(name + "_count", None)]
+        if has_sum:
+            series.append((name + "_sum", None))
+        series += [(bucket, ("le", le)) for le in les]
+        series.append((bucket, ("le", "+Inf")))
+        entries = [self._series.encode(self._labels(attrs, res, n, extra)) for n, extra in series]
+        dest, reason, _ = entries[0]
+        if dest is None and reason:
+            return reason, ()
+        runs: list[tuple[tuple[str, str], int, int, tuple[tuple[str, str], ...]]] = []
+        lo = 0
+        for i in range(1, len(entries) + 1):  # runs of one destination; dropped series (SKIP) cut them
+            if i == len(entries) or entries[i][0] is not entries[lo][0]:
+                dest = entries[lo][0]
+                if dest is not None:
+                    runs.append((dest, lo, i, tuple([(mid, tail) for _, mid, tail in entries[lo:i]])))
+                lo = i
+        return "", tuple(runs)
+
+    def _exponentials(self, points: Any, name: str, res: _Resource, out: ResultBuilder) -> int:
+        """Rows of ExponentialHistogramDataPoints, their buckets as classic `le` buckets (exphist.py);
+        returns the latest timestamp of a point with rows (-1 if none).
+
+        As `_histograms`: the series of a point are cached together, keyed by its attribute bytes
+        (field 1: first on the wire) and its layout (scale, offsets, bucket counts, zero bucket, sum),
+        which gives its bounds; with them, which of its cumulative counts have a finite bound.
+        """
+        inner, old = cast(tuple[dict[Any, _ExpGroup], dict[Any, _ExpGroup]], self._inner(res, name))
+        tget = self._ts.cache.get
+        tformat = self._ts.format
+        latest = -1
+        for dp in points:
+            if dp.flags & _NO_RECORDED_VALUE:
+                continue
+            t = dp.time_unix_nano
+            try:
+                stamp = tget(t) or tformat(t)
+            except ValueError as err:
+                out.reject(str(err))
+                continue
+            has_sum = dp.HasField("sum")
+            positive = dp.positive
+            negative = dp.negative
+            pcounts = positive.bucket_counts
+            ncounts = negative.bucket_counts
+            zero = dp.zero_count
+            b = dp.SerializeToString()
+            i = 0
+            n = len(b)
+            while i < n and b[i] == _E_ATTRIBUTES_TAG:
+                i = skip_length_delimited(b, i)
+            key = (b[:i], (dp.scale, positive.offset, len(pcounts), negative.offset, len(ncounts),
+                           repr(dp.zero_threshold) if zero else None, has_sum))
+            group = inner.get(key)
+            if group is None:
+                group = old.get(key) or self._exponential_group(dp, res, name, has_sum)
+                inner[key] = group
+                self._size += len(group[2]) + 2 + has_sum
+            refused, runs, kept = group
+            if refused:  # its _count series is refused, so is the point (a dropped _count is not: the rest is written)
+                out.reject(refused)
+                continue
+            if not runs:
+                continue
+            counts = list(ncounts)
+            counts.reverse()
+            if zero:
+                counts.append(zero)
+            counts += pcounts
+            totals = list(accumulate(counts))
+            count = str(dp.count)
+            texts = [count, real(dp.sum)] if has_sum else [count]
+            texts += [str(totals[k]) for k in kept]
+            texts.append(count)
+            for dest, lo, hi, series in runs:
+                values = texts[lo:hi]
+                out.rows(dest).extend([f"{stamp}{mid}{v}{tail}" for (mid, tail), v in zip(series, values, strict=True)])
+            if t > latest:
+                latest = t
+        return latest
+
+    def _exponential_group(self, dp: Any, res: _Resource, name: str, has_sum: bool) -> _ExpGroup:
+        """The series of an exponential histogram point, and the indexes (in its counts from the most
+        negative bucket to the most positive one) of those whose bound is finite: a bound that
+        overflows a double is left out, and its count goes to the next bucket's (exphist.py)."""
+        positive, negative = dp.positive, dp.negative
+        # with a count of 1 in each bucket, the cumulative count of a bucket is its index + 1
+        buckets = cumulative_buckets(dp.scale, 1 if dp.zero_count else 0, dp.zero_threshold, positive.offset,
+                                     [1] * len(positive.bucket_counts), negative.offset,
+                                     [1] * len(negative.bucket_counts))
+        refused, runs = self._group(dp.attributes, res, name, has_sum, [label_float(bound) for bound, _ in buckets])
+        return refused, runs, tuple([total - 1 for _, total in buckets])
+
+    def _points(self, points: Any, name: str, res: _Resource, out: ResultBuilder, series: Any) -> int:
+        latest = -1
+        for dp in points:
+            if dp.flags & _NO_RECORDED_VALUE:
+                continue
+            t = dp.time_unix_nano
+            try:
+                stamp = self._ts.cache.get(t) or self._ts.format(t)
+                rows: list[_Series] = series(dp, name)
+            except ValueError as err:
+                out.reject(str(err))
+                continue
+            if self._emit(out, res, dp.attributes, stamp, rows) and t > latest:
+                latest = t
+        return latest
+
+    def _emit(
+        self, out: ResultBuilder, res: _Resource, attrs: Sequence[KeyValue], stamp: str, rows: list[_Series]
+    ) -> bool:
+        """Append the rows of one data point; False if none was written (with one rejection when its
+        series are refused, none when they are dropped)."""
+        akey = tuple([kv.SerializeToString() for kv in attrs])
+        entries: list[Entry] = []
+        last = ""
+        inner: dict[Any, Entry] = _NONE
+        old: dict[Any, Entry] = _NONE
+        for name, extra, _ in rows:
+            if name is not last:  # a point's rows come in runs of one series name
+                inner, old = self._inner(res, name)
+                last = name
+            key = (akey, extra)
+            entry = inner.get(key)
+            if entry is None:
+                entry = old.get(key) or self._series.encode(self._labels(attrs, res, name, extra))
+                inner[key] = entry
+                self._size += 1
+            entries.append(entry)
+        dest, reason, _ = entries[0]
+        if dest is None and reason:  # refused (an empty reason: that series is dropped, --drop-labels)
+            out.reject(reason)
+            return False
+        emitted = False
+        last_dest: tuple[str, str] | None = None
+        out_rows: list[str] = []
+        for (dest, mid, tail), (_, _, text) in zip(entries, rows, strict=True):
+            if dest is not None:
+                if dest is not last_dest:
+                    out_rows = out.rows(dest)
+                    last_dest = dest
+                out_rows.append(f"{stamp}{mid}{text}{tail}")
+                emitted = True
+        return emitted
+
+    @staticmethod
+    def _summary(dp: Any, name: str) -> list[_Series]:
+        rows: list[_Series] = [(name + "_count", None, str(dp.count)), (name + "_sum", None, real(dp.sum))]
+        rows.extend((name, ("quantile", label_float(q.quantile)), real(q.value)) for q in dp.quantile_values)
+        return rows
