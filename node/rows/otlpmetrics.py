@@ -196,6 +196,22 @@ def _histogram_key(b: bytes, has_sum: bool) -> tuple[bytes, bytes, bool] | None:
     return attrs, bounds, has_sum
 
 
+def _series_bytes(b: bytes) -> bytes:
+    """A serialized NumberDataPoint from its attributes on (its series, as the cache keys it):
+    fields 2-6 (times, value, exemplars) come first on the wire and are skipped."""
+    i = 0
+    n = len(b)
+    while i < n:
+        tag = b[i]
+        if tag in _FIXED64_TAGS:
+            i += 9
+        elif tag == _EXEMPLARS_TAG:
+            i = skip_length_delimited(b, i)
+        else:
+            break
+    return b[i:] if i else b
+
+
 class _Resource:
     """What one OTLP resource contributes. Hashed by identity: the converter keeps one per
     distinct serialized resource (while it is cached), so it can key the series cache."""
@@ -407,18 +423,7 @@ class OtlpMetrics:
         rows: list[str] = []
         new = False
         for dp in points:
-            b = dp.SerializeToString()
-            i = 0
-            n = len(b)
-            while i < n:
-                tag = b[i]
-                if tag in _FIXED64_TAGS:
-                    i += 9
-                elif tag == _EXEMPLARS_TAG:
-                    i = skip_length_delimited(b, i)
-                else:
-                    break
-            key = xxh3_128_intdigest(b[i:] if i else b)
+            key = xxh3_128_intdigest(_series_bytes(dp.SerializeToString()))
             entry = inner.get(key)
             if entry is None:
                 entry = old.get(key)
@@ -475,18 +480,7 @@ class OtlpMetrics:
         points: each is then parsed alone, `_point_attributes`)."""
         tails: dict[int, bytes] = {}
         for dp in points:
-            b = dp.SerializeToString()
-            i = 0
-            n = len(b)
-            while i < n:
-                tag = b[i]
-                if tag in _FIXED64_TAGS:
-                    i += 9
-                elif tag == _EXEMPLARS_TAG:
-                    i = skip_length_delimited(b, i)
-                else:
-                    break
-            tail = b[i:] if i else b
+            tail = _series_bytes(dp.SerializeToString())
             key = xxh3_128_intdigest(tail)
             if key not in inner and key not in old:
                 tails[key] = tail
