@@ -118,7 +118,8 @@ class Kind:
     """What its refused items are ("log records")."""
     sent: str = ""
     """The message senders send, as a refusal names it, when `message` reads it under another name
-    (remote write: a `prometheus.WriteRequest` read as a RawWriteRequest); "": `message`'s name."""
+    (a `prometheus.WriteRequest` read as a RawWriteRequest, an OTLP metrics request as
+    ingestor.otlp_raw's); "": `message`'s name."""
 
 
 REMOTE_WRITE = Kind("metrics", RawWriteRequest, REMOTE_WRITE_LEVELS,
@@ -132,15 +133,14 @@ same on both messages' wire."""
 
 class _OtlpMetricsRequest:
     """An ExportMetricsServiceRequest read as ingestor.otlp_raw's (`parse_request`: the same wire,
-    a gauge or sum point's attributes left as their bytes); refused with the parse error of the
-    ExportMetricsServiceRequest, which is the name a refusal gives."""
+    a gauge or sum point's attributes left as their bytes)."""
 
-    DESCRIPTOR = ExportMetricsServiceRequest.DESCRIPTOR
     FromString = staticmethod(parse_request)
 
 
 OTLP_METRICS = Kind("metrics", _OtlpMetricsRequest, OTLP_METRICS_LEVELS,
-                    lambda c, reqs: c.metrics.convert_otlp_pieces(reqs), "OTLP metrics", "data points")
+                    lambda c, reqs: c.metrics.convert_otlp_pieces(reqs), "OTLP metrics", "data points",
+                    ExportMetricsServiceRequest.DESCRIPTOR.full_name)
 """Read as ingestor.otlp_raw.ExportMetricsServiceRequest (proto/opentelemetry_raw/metrics_raw.proto);
 the converter parses a point's attributes only for a series it does not know, refusing the request
 (DecodeError, as the parse of the whole request did) when they do not parse. Pieces split as before:
