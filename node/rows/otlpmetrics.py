@@ -22,15 +22,18 @@
 
 Requests are read as `ingestor.otlp_raw.ExportMetricsServiceRequest` (proto/opentelemetry_raw/
 metrics_raw.proto, `parse_request`): the wire of an ExportMetricsServiceRequest, parsed as it parses,
-except that a gauge or sum point's attributes are left as the bytes each KeyValue came as. A point of
-a known series costs no attribute parse; the new series of a metric's points are parsed at once
-(`_new_series`), nested as deep as in the request, so that they parse exactly when the whole request's
-parse parses them; a request that parse refuses is refused with its error (DecodeError, the request's
-bytes parsed again for its text). Given a message (OTLP/JSON), the converter reads it from its bytes.
+except that a gauge or sum point is left as the bytes it came as. A point is read from its bytes when
+they are laid out as senders write them (`_numbers`: its times and value first, then its attributes and
+flags, its series known by those); a point of a known series costs no parse. The new series of a
+metric's points are parsed at once (`_new_series`), nested as deep as in the request, so that they parse
+exactly when the whole request's parse parses them; any other point is parsed alone, nested as deep
+(`_point`). A request that parse refuses is refused with its error (DecodeError, the request's bytes
+parsed again for its text). Given a message (OTLP/JSON), the converter reads it from its bytes.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable, Sequence
 from itertools import accumulate
 from typing import Any, NamedTuple, cast
@@ -54,6 +57,19 @@ from node.rows.wire import skip_length_delimited
 _NO_RECORDED_VALUE = 1
 _FIXED64_TAGS = b"\x11\x19\x21\x31"  # NumberDataPoint fields 2, 3, 4, 6: tag + 8 bytes
 _EXEMPLARS_TAG = 0x2A  # NumberDataPoint field 5 (length-delimited)
+_START_TAG = 0x11  # NumberDataPoint field 2 (start_time_unix_nano, fixed64)
+_TIME_TAG = 0x19  # field 3 (time_unix_nano, fixed64)
+_DOUBLE_TAG = 0x21  # field 4 (as_double, double)
+_INT_TAG = 0x31  # field 6 (as_int, sfixed64)
+_FLAGS_TAG = 0x40  # field 8 (flags, varint)
+_ATTRIBUTE_TAG = 0x3A  # field 7 (attributes, length-delimited)
+_NO_VALUE, _DOUBLE, _INT = 0, 1, 2  # a point's value: none, as_double, as_int
+_U64 = struct.Struct("<Q").unpack_from
+_U64_F64 = struct.Struct("<Qxd").unpack_from  # time, a tag, as_double
+_U64_I64 = struct.Struct("<Qxq").unpack_from  # time, a tag, as_int
+_F64 = struct.Struct("<d").unpack_from
+_I64 = struct.Struct("<q").unpack_from
+_NO_VALUE_REASON = "number data point without a value"
 _RESOURCE_SERVICE_KEYS = ("service.name", "service.namespace", "service.instance.id")
 _H_FIXED64_TAGS = b"\x11\x19\x21\x29\x59\x61"  # HistogramDataPoint fields 2-5, 11, 12: tag + 8 bytes
 _H_SKIPPED_TAGS = b"\x32\x42"  # fields 6 (bucket counts) and 8 (exemplars), length-delimited
@@ -88,20 +104,14 @@ def parse_request(data: bytes) -> Parsed:
         raise
 
 
-def _several_data(req: RawRequest) -> bool:
-    """Whether a metric of `req` came with more than one data field (gauge, sum, the oneof of the
-    others): an ExportMetricsServiceRequest's parse keeps the last, and refuses the request when a
-    point of another has attributes that do not parse."""
-    for rm in req.resource_metrics:
-        for sm in rm.scope_metrics:
-            for m in sm.metrics:
-                if m.HasField("gauge") + m.HasField("sum") + (m.WhichOneof("data") is not None) > 1:
-                    return True
-    return False
+class _Several(Exception):
+    """A metric came with more than one data field (gauge, sum, the oneof of the others): an
+    ExportMetricsServiceRequest's parse keeps the last, and refuses the request when a point of
+    another does not parse. Raised before a row is written; the request is read from its whole parse."""
 
 
 class _Malformed(Exception):
-    """A gauge or sum point's attributes that the parse of their request would refuse."""
+    """A gauge or sum point that the parse of its request would refuse."""
 
 
 _VARINTS = [bytes((n,)) for n in range(0x80)]
@@ -212,6 +222,26 @@ def _series_bytes(b: bytes) -> bytes:
     return b[i:] if i else b
 
 
+def _only_series(b: bytes) -> bool:
+    """Whether a NumberDataPoint's bytes from the attributes on (which parse) hold nothing but
+    attributes and flags: fields whose last occurrence would override the time or value read
+    before them, exemplars and unknown fields send the point to `_point`."""
+    i = 0
+    n = len(b)
+    while i < n:
+        tag = b[i]
+        if tag == _ATTRIBUTE_TAG:
+            i = skip_length_delimited(b, i)
+        elif tag == _FLAGS_TAG:
+            i += 1
+            while b[i] >= 0x80:
+                i += 1
+            i += 1
+        else:
+            return False
+    return True
+
+
 class _Resource:
     """What one OTLP resource contributes. Hashed by identity: the converter keeps one per
     distinct serialized resource (while it is cached), so it can key the series cache."""
@@ -264,17 +294,16 @@ class OtlpMetrics:
     def convert(self, req: Parsed | ExportMetricsServiceRequest, out: ResultBuilder, latest: Latest) -> None:
         """Rows of `req` (one request, or one piece of one) into `out`; TargetInfo into `latest`.
         Parsed: it came as bytes (`parse_request`), refused with DecodeError, as their parse refuses
-        them, when a point's attributes do not parse. A message (OTLP/JSON) is read from its bytes."""
+        them, when a gauge or sum point does not parse. A message (OTLP/JSON) is read from its bytes."""
         if isinstance(req, Parsed):
-            if _several_data(req.request):  # read from the whole parse, which keeps the last and checks all
+            try:
+                self._convert(req.request, out, latest, True)
+            except _Several:  # read from the whole parse, which keeps the last and checks all
                 try:
                     whole = ExportMetricsServiceRequest.FromString(req.data)
                 except ProtobufDecodeError as e:
                     raise DecodeError(f"{_MALFORMED}: {e}") from e
                 self.convert(whole, out, latest)
-                return
-            try:
-                self._convert(req.request, out, latest, True)
             except _Malformed as m:
                 try:
                     ExportMetricsServiceRequest.FromString(req.data)
@@ -291,30 +320,129 @@ class OtlpMetrics:
     def _convert(self, req: RawRequest, out: ResultBuilder, latest: Latest, strict: bool) -> None:
         if max(self._size, len(self._young), len(self._resources.young), len(self._names.young)) >= self._half:
             self.turn()
+        # first what each metric holds (raises _Several before a row is written), then the rows
+        plan: list[tuple[Any, list[tuple[str, Any, str | None]]]] = []
         for rm in req.resource_metrics:
-            key, res = self._resource(rm.resource)
-            t_max = -1
+            metrics: list[tuple[str, Any, str | None]] = []
             for sm in rm.scope_metrics:
                 for m in sm.metrics:
-                    name = self._names.get(m.name)
-                    if name is None:
-                        name = self._names.put(m.name, prometheus_metric_name(m.name))
-                    # gauge and sum are outside the oneof: at most one of the three is set (_several_data)
+                    # gauge and sum are outside the oneof: a metric with more than one is read from the whole parse
                     if m.HasField("gauge"):
-                        t = self._numbers(m.gauge.data_points, name, res, out, strict)
+                        if m.HasField("sum") or m.WhichOneof("data") is not None:
+                            raise _Several
+                        metrics.append((m.name, m.gauge.data_points, None))
                     elif m.HasField("sum"):
-                        t = self._numbers(m.sum.data_points, name, res, out, strict)
+                        if m.WhichOneof("data") is not None:
+                            raise _Several
+                        metrics.append((m.name, m.sum.data_points, None))
                     else:
                         kind = m.WhichOneof("data")
-                        if kind == "histogram":
-                            t = self._histograms(m.histogram.data_points, name, res, out)
-                        elif kind == "exponential_histogram":
-                            t = self._exponentials(m.exponential_histogram.data_points, name, res, out)
-                        elif kind == "summary":
-                            t = self._points(m.summary.data_points, name, res, out, self._summary)
+                        if kind is not None:
+                            metrics.append((m.name, m, kind))
+            plan.append((rm.resource, metrics))
+        names = self._names
+        young = self._young
+        tget = self._ts.cache.get
+        tformat = self._ts.format
+        xxh = xxh3_128_intdigest
+        rows_of = out.rows
+        last_dest: tuple[str, str] | None = None
+        rows: list[str] = []
+        for resource, metrics in plan:
+            key, res = self._resource(resource)
+            t_max = -1
+            for mname, data, kind in metrics:
+                name = names.young.get(mname) or names.get(mname)
+                if name is None:
+                    name = names.put(mname, prometheus_metric_name(mname))
+                if kind is not None:
+                    if kind == "histogram":
+                        t = self._histograms(data.histogram.data_points, name, res, out)
+                    elif kind == "exponential_histogram":
+                        t = self._exponentials(data.exponential_histogram.data_points, name, res, out)
+                    else:
+                        t = self._points(data.summary.data_points, name, res, out, self._summary)
+                    if t > t_max:
+                        t_max = t
+                    continue
+                # gauge and sum points: the hot path (see `_numbers`)
+                mkey = (res, name)
+                inner = young.get(mkey)
+                if inner is None:
+                    inner = young[mkey] = {}
+                old: dict[Any, Entry] | None = None
+                new = False
+                for b in data:
+                    entry: Entry | None = None
+                    try:  # [start time] [time] [as_double | as_int] then its series: attributes, flags
+                        i = 9 if b[0] == _START_TAG else 0
+                        c = b[i]
+                        if c == _TIME_TAG:
+                            c = b[i + 9]
+                            if c == _DOUBLE_TAG:
+                                t, v = _U64_F64(b, i + 1)
+                                value = _DOUBLE
+                                i += 18
+                            elif c == _INT_TAG:
+                                t, v = _U64_I64(b, i + 1)
+                                value = _INT
+                                i += 18
+                            else:
+                                t = _U64(b, i + 1)[0]
+                                value = _NO_VALUE
+                                i += 9
                         else:
-                            continue
-                    t_max = max(t_max, t)
+                            t = 0
+                            if c == _DOUBLE_TAG:
+                                v = _F64(b, i + 1)[0]
+                                value = _DOUBLE
+                                i += 9
+                            elif c == _INT_TAG:
+                                v = _I64(b, i + 1)[0]
+                                value = _INT
+                                i += 9
+                            else:
+                                value = _NO_VALUE
+                        h = xxh(b[i:])
+                        entry = inner.get(h)
+                        if entry is None:
+                            if old is None:
+                                old = self._old.get(mkey) or _NONE
+                            entry = old.get(h)
+                            if entry is not None:
+                                inner[h] = entry
+                                self._size += 1
+                            elif not new:
+                                new = True
+                                self._new_series(data, inner, old, res, name, strict)
+                                entry = inner.get(h)
+                    except (IndexError, struct.error):  # shorter than its layout: parsed (`_point`)
+                        pass
+                    if entry is None:  # a layout not read here, or a series whose bytes are not only attributes
+                        entry, t, value, v = self._point(b, inner, res, name, strict)
+                    dest, mid, tail = entry
+                    if dest is None:
+                        if mid:
+                            out.reject(mid)
+                        continue
+                    try:
+                        stamp = tget(t) or tformat(t)
+                    except ValueError as err:
+                        out.reject(str(err))
+                        continue
+                    if value == _DOUBLE:
+                        text = repr(v) if v - v == 0.0 else real(v)
+                    elif value == _INT:
+                        text = str(v)
+                    else:
+                        out.reject(_NO_VALUE_REASON)
+                        continue
+                    if dest is not last_dest:
+                        rows = rows_of(dest)
+                        last_dest = dest
+                    rows.append(f"{stamp}{mid}{text}{tail}")
+                    if t > t_max:
+                        t_max = t
             if res.info is not None and t_max >= 0:
                 seen = latest.get(key)
                 if seen is None or t_max > seen[1]:
@@ -402,88 +530,42 @@ class OtlpMetrics:
             inner = self._young[key] = {}
         return inner, self._old.get(key) or _NONE
 
-    # -- gauge and sum: the hot path --------------------------------------------------------
+    # -- gauge and sum: the hot path (in `_convert`) --------------------------------------------
 
-    def _numbers(self, points: Any, name: str, res: _Resource, out: ResultBuilder, strict: bool) -> int:
-        """Rows of NumberDataPoints (ingestor.otlp_raw's: attributes as their bytes); returns the
-        latest accepted timestamp (-1 if none).
-
-        The series cache is keyed by the data point's serialized bytes from its attributes on:
-        fields 2-6 (times, value, exemplars) come first on the wire, so the key is attributes (as
-        they came) + flags (+ unknown fields), without parsing a single attribute when the series is
-        known. At the first point of a new series, the new series of all the points are parsed at
-        once (`_new_series`); an entry is kept only when the parse of a request would have taken its
-        attributes, so that a hit stands for bytes that parse.
-        """
-        inner, old = self._inner(res, name)
-        tget = self._ts.cache.get
-        tformat = self._ts.format
-        latest = -1
-        last_dest: tuple[str, str] | None = None
-        rows: list[str] = []
-        new = False
-        for dp in points:
-            key = xxh3_128_intdigest(_series_bytes(dp.SerializeToString()))
-            entry = inner.get(key)
-            if entry is None:
-                entry = old.get(key)
-                if entry is not None:
-                    inner[key] = entry
-                    self._size += 1
-                else:
-                    if not new:
-                        new = True
-                        self._new_series(points, inner, old, res, name, strict)
-                        entry = inner.get(key)
-                    if entry is None:  # a message's attributes that bytes would not parse in: this point alone
-                        attrs, parsed = _point_attributes(dp.attributes, strict)
-                        if dp.flags & _NO_RECORDED_VALUE:
-                            entry = SKIP
-                        else:
-                            entry = self._series.encode(self._labels(attrs, res, name, None))
-                        if parsed:
-                            inner[key] = entry
-                            self._size += 1
-            dest, mid, tail = entry
-            if dest is None:
-                if mid:
-                    out.reject(mid)
-                continue
-            t = dp.time_unix_nano
-            try:
-                stamp = tget(t) or tformat(t)
-            except ValueError as err:
-                out.reject(str(err))
-                continue
-            kind = dp.WhichOneof("value")
-            if kind == "as_double":
-                v = dp.as_double
-                text = repr(v) if v - v == 0.0 else real(v)
-            elif kind == "as_int":
-                text = str(dp.as_int)
-            else:
-                out.reject("number data point without a value")
-                continue
-            if dest is not last_dest:
-                rows = out.rows(dest)
-                last_dest = dest
-            rows.append(f"{stamp}{mid}{text}{tail}")
-            if t > latest:
-                latest = t
-        return latest
+    # A gauge or sum point comes as its bytes (ingestor.otlp_raw's Gauge and Sum). Senders write a
+    # NumberDataPoint's fields in field-number order: [start time] [time] [as_double | as_int], each a
+    # tag and 8 bytes, then its series: attributes and flags (exemplars, field 5, come between them).
+    # `_convert` reads the time and the value of such a point from its bytes and keys its series by the
+    # rest (`xxh3_128_intdigest`); a key is cached only when that rest parsed (nested as deep as in
+    # the request, `_new_series`) and holds nothing but attributes and flags, so that a hit stands for
+    # a point that parses and whose time and value are those read. Any other point (fields in another
+    # order or repeated, exemplars, unknown fields, shorter than its layout) is parsed (`_point`).
 
     def _new_series(self, points: Any, inner: dict[Any, Entry], old: dict[Any, Entry], res: _Resource, name: str,
                     strict: bool) -> None:
-        """The entries of the series of `points` in neither generation, into `inner`: their points' bytes
-        from the attributes on (their keys) parsed at once as NumberDataPoints, where a request's parse
-        parses them. When that parse fails: raises _Malformed (`strict`), or puts none (a message's
-        points: each is then parsed alone, `_point_attributes`)."""
+        """The entries of the series of `points` (their bytes) in neither generation, into `inner`:
+        their bytes from the attributes on (their keys) parsed at once as NumberDataPoints, where a
+        request's parse parses them; kept only when they hold nothing but attributes and flags. When
+        that parse fails: raises _Malformed (`strict`), or puts none (a message's points: each is then
+        parsed alone, `_point`). A point not laid out as `_convert` reads it is left to `_point`."""
         tails: dict[int, bytes] = {}
-        for dp in points:
-            tail = _series_bytes(dp.SerializeToString())
+        for b in points:
+            try:
+                i = 9 if b[0] == _START_TAG else 0
+                if b[i] == _TIME_TAG:
+                    i += 9
+                if b[i] in (_DOUBLE_TAG, _INT_TAG):
+                    i += 9
+            except IndexError:
+                continue
+            if i > len(b):
+                continue
+            tail = b[i:]
             key = xxh3_128_intdigest(tail)
             if key not in inner and key not in old:
                 tails[key] = tail
+        if not tails:
+            return
         try:
             req = ExportMetricsServiceRequest.FromString(_request_of(tails.values()))
         except ProtobufDecodeError as e:
@@ -491,12 +573,48 @@ class OtlpMetrics:
                 raise _Malformed(f"{_MALFORMED}: {e}") from e
             return
         parsed = req.resource_metrics[0].scope_metrics[0].metrics[0].gauge.data_points
-        for key, dp in zip(tails, parsed, strict=True):
+        added = 0
+        for (key, tail), dp in zip(tails.items(), parsed, strict=True):
+            if not _only_series(tail):
+                continue
             if dp.flags & _NO_RECORDED_VALUE:
                 inner[key] = SKIP
             else:
                 inner[key] = self._series.encode(self._labels(dp.attributes, res, name, None))
-        self._size += len(tails)
+            added += 1
+        self._size += added
+
+    def _point(self, b: bytes, inner: dict[Any, Entry], res: _Resource, name: str,
+               strict: bool) -> tuple[Entry, int, int, Any]:
+        """A gauge or sum point's bytes parsed (nested as deep as in the request): its entry, time,
+        kind of value and value. Raises _Malformed when they do not parse and `strict`; a message's
+        point that does not parse there is read as ingestor.otlp_raw's, its attributes as
+        `_point_attributes` reads them. Its entry is cached under its bytes from the attributes on as
+        that parse writes them (a tuple: apart from the keys of `_new_series`) when they parsed."""
+        dp: Any
+        try:
+            req = ExportMetricsServiceRequest.FromString(_request_of([b]))
+        except ProtobufDecodeError as e:
+            if strict:
+                raise _Malformed(f"{_MALFORMED}: {e}") from e
+            dp = metrics_raw_pb2.NumberDataPoint.FromString(b)
+            attrs, parsed = _point_attributes(dp.attributes, strict)
+        else:
+            dp = req.resource_metrics[0].scope_metrics[0].metrics[0].gauge.data_points[0]
+            attrs, parsed = dp.attributes, True
+        key = (_series_bytes(dp.SerializeToString()),)
+        entry = inner.get(key)
+        if entry is None:
+            entry = SKIP if dp.flags & _NO_RECORDED_VALUE else self._series.encode(self._labels(attrs, res, name, None))
+            if parsed:
+                inner[key] = entry
+                self._size += 1
+        kind = dp.WhichOneof("value")
+        if kind == "as_double":
+            return entry, dp.time_unix_nano, _DOUBLE, dp.as_double
+        if kind == "as_int":
+            return entry, dp.time_unix_nano, _INT, dp.as_int
+        return entry, dp.time_unix_nano, _NO_VALUE, None
 
     # -- histograms and summaries: several series per data point ----------------------------
 

@@ -54,8 +54,9 @@ def _messages(d: Any) -> Iterator[Any]:
 
 def test_raw_messages_are_the_originals_but_number_point_attributes() -> None:
     """Every message of the request, field for field (names, numbers, types, oneofs), as
-    opentelemetry-proto declares it (an upgrade that adds a field fails here: copy it), but a
-    NumberDataPoint's attributes (bytes) and Metric's gauge and sum (outside its oneof)."""
+    opentelemetry-proto declares it (an upgrade that adds a field fails here: copy it), but Gauge's
+    and Sum's data points (bytes), a NumberDataPoint's attributes (bytes) and Metric's gauge and sum
+    (outside its oneof)."""
     originals = [
         *(common_pb2.DESCRIPTOR.message_types_by_name[n] for n in
           ("AnyValue", "ArrayValue", "KeyValueList", "KeyValue", "InstrumentationScope", "EntityRef")),
@@ -70,6 +71,8 @@ def test_raw_messages_are_the_originals_but_number_point_attributes() -> None:
             want = _fields(d)
             if d.name == "NumberDataPoint":
                 want = [(*f[:3], 12, "", *f[5:]) if f[0] == "attributes" else f for f in want]  # 12: bytes
+            if d.name in ("Gauge", "Sum"):
+                want = [(*f[:3], 12, "", *f[5:]) if f[0] == "data_points" else f for f in want]
             if d.name == "Metric":  # gauge and sum outside the oneof
                 want = [(*f[:5], None, f[6]) if f[0] in ("gauge", "sum") else f for f in want]
             assert _fields(mine) == want, d.full_name
@@ -179,9 +182,42 @@ class Shapes:
         if r.random() < 0.1:
             ex = dp.exemplars.add(time_unix_nano=T0, as_double=1.0, span_id=b"12345678", trace_id=b"1" * 16)
             ex.filtered_attributes.add(key="e", value=raw.AnyValue(string_value="x"))
+            if r.random() < 0.2:
+                ex.filtered_attributes.add().MergeFromString(_nested(30))  # parses at a point's depth
         if r.random() < 0.05:
             dp.MergeFromString(_varint(98 << 3) + b"\x05")  # an unknown field
         return dp
+
+    def number_bytes(self, dp: raw.NumberDataPoint) -> bytes:
+        """A point's bytes: as senders write them mostly; its fields reordered, repeated, padded, at times."""
+        r = self.r
+        b = dp.SerializeToString()
+        x = r.random()
+        if x < 0.03:  # fields in another order
+            fields = _wire_fields(b)
+            r.shuffle(fields)
+            b = b"".join(fields)
+        elif x < 0.06:  # fields in reverse order: attributes before the time and the value
+            b = b"".join(reversed(_wire_fields(b)))
+        elif x < 0.08:  # a time after the attributes: the last wins
+            b += b"\x19" + struct.pack("<Q", r.choice([0, T0 + 5, 2**64 - 1]))
+        elif x < 0.10:  # a value after the attributes: the last wins (as_int after as_double: the oneof's)
+            b += r.choice([b"\x21" + struct.pack("<d", 2.5), b"\x31" + struct.pack("<q", -7)])
+        elif x < 0.11:  # a start time after the attributes: ignored, but not where it is read
+            b += b"\x11" + struct.pack("<Q", 5)
+        elif x < 0.13:  # flags written twice, or long, or zero
+            b += r.choice([b"\x40\x00", b"\x40\x01", b"\x40\x81\x00", b"\x40\x80\x80\x00"])
+        elif x < 0.14:  # an unknown field before the attributes
+            b = b"\xc0\x06\x01" + b
+        elif x < 0.15:  # the time twice, first
+            b = b"\x19" + struct.pack("<Q", 3) + b
+        elif x < 0.16:  # empty
+            b = b""
+        elif x < 0.17:  # the start time alone
+            b = b"\x11" + struct.pack("<Q", T0)
+        elif x < 0.18:  # a varint where a fixed64 is declared: an unknown field, the time unset
+            b = b"\x18\x05" + b
+        return b
 
     def histogram_point(self, attrs: list[list[bytes]]) -> raw.HistogramDataPoint:
         r = self.r
@@ -225,19 +261,26 @@ class Shapes:
         field = r.choice([5, 7, 9, 11])
         if field in (5, 7):
             dp = self.number_point(attrs)
-            if r.random() < 0.5:
+            x = r.random()
+            if x < 0.4:
                 dp.attributes.extend(r.choice(BAD_ATTRIBUTES))
-            body = raw.Gauge(data_points=[dp]).SerializeToString()  # a Sum's data points are its field 1 too
+            b = self.number_bytes(dp)
+            if x > 0.7:
+                b = r.choice(BAD_POINTS)(b)
+            body = raw.Gauge(data_points=[b]).SerializeToString()  # a Sum's data points are its field 1 too
         elif field == 9:
             body = raw.Histogram(data_points=[self.histogram_point(attrs)]).SerializeToString()
         else:
             body = raw.Summary(data_points=[self.summary_point(attrs)]).SerializeToString()
         m.MergeFromString(_ld(field, body))
 
-    def request(self, attrs: list[list[bytes]], bad: list[bytes] | None = None) -> raw.ExportMetricsServiceRequest:
-        """A request of every kind of data; `bad`: one gauge or sum point gets these attributes."""
+    def request(self, attrs: list[list[bytes]], bad: list[bytes] | None = None,
+                bad_point: Callable[[bytes], bytes] | None = None) -> raw.ExportMetricsServiceRequest:
+        """A request of every kind of data; `bad`: one gauge or sum point gets these attributes;
+        `bad_point`: the bytes of one are changed by it (not to parse)."""
         r = self.r
         req = raw.ExportMetricsServiceRequest()
+        points: list[tuple[Any, list[raw.NumberDataPoint]]] = []
         for _ in range(r.randrange(1, 4)):
             rm = req.resource_metrics.add()
             for _ in range(r.randrange(4)):
@@ -257,10 +300,10 @@ class Shapes:
                     m.unit = "s"
                     k = r.randrange(10)
                     if k < 4:
-                        m.gauge.data_points.extend([self.number_point(attrs) for _ in range(r.randrange(6))])
+                        points.append((m.gauge.data_points, [self.number_point(attrs) for _ in range(r.randrange(6))]))
                         m.gauge.SetInParent()
                     elif k < 7:
-                        m.sum.data_points.extend([self.number_point(attrs) for _ in range(r.randrange(6))])
+                        points.append((m.sum.data_points, [self.number_point(attrs) for _ in range(r.randrange(6))]))
                         m.sum.aggregation_temporality = r.choice([1, 2])
                         m.sum.is_monotonic = True
                         m.sum.SetInParent()
@@ -276,12 +319,64 @@ class Shapes:
                         m.summary.SetInParent()
                     if r.random() < 0.03:  # a second data field, after: the parse keeps the last
                         self.another_data_field(m, attrs)
-        if bad is not None:
-            points = [dp for rm in req.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
-                      for dp in [*m.gauge.data_points, *m.sum.data_points]]
-            if points:
-                r.choice(points).attributes.extend(bad)
+        every = [(i, j) for i, (_, dps) in enumerate(points) for j in range(len(dps))]
+        if bad is not None and every:
+            i, j = r.choice(every)
+            points[i][1][j].attributes.extend(bad)
+        broken = r.choice(every) if bad_point is not None and every else None
+        for i, (field, dps) in enumerate(points):
+            for j, dp in enumerate(dps):
+                b = self.number_bytes(dp)
+                if broken == (i, j):
+                    assert bad_point is not None
+                    b = bad_point(b)
+                field.append(b)
         return req
+
+
+def _wire_fields(b: bytes) -> list[bytes]:
+    """A message's bytes as its fields' (tag, then varint, 8 bytes or length-delimited)."""
+    fields = []
+    i = 0
+    while i < len(b):
+        start = i
+        while b[i] >= 0x80:
+            i += 1
+        wire = b[start] & 7
+        i += 1
+        if wire == 0:
+            while b[i] >= 0x80:
+                i += 1
+            i += 1
+        elif wire == 1:
+            i += 8
+        else:
+            assert wire == 2
+            n = shift = 0
+            while True:
+                byte = b[i]
+                i += 1
+                n |= (byte & 0x7F) << shift
+                shift += 7
+                if byte < 0x80:
+                    break
+            i += n
+        fields.append(b[start:i])
+    return fields
+
+
+BAD_POINTS: list[Callable[[bytes], bytes]] = [
+    lambda b: b[:-1] if b else b"\x19",  # cut short (the last field, or a time without its 8 bytes)
+    lambda b: b[:10],  # cut in its value or attributes
+    lambda b: b + b"\x0f",  # wire type 7
+    lambda b: b + b"\x3a\x05ab",  # an attribute longer than the point
+    lambda b: b"\x19\x01\x02" + b,  # a time cut short, at its start
+    lambda b: b + _ld(7, _ld(1, b"\xff\xfe")),  # an attribute whose key is not UTF-8
+    lambda b: b + _ld(5, _ld(7, _ld(1, b"\xc3"))),  # an exemplar's attribute whose key is not UTF-8
+    lambda b: b + _ld(5, _ld(7, _nested(31))),  # an exemplar's attribute nested deeper than a request takes
+    lambda b: b + b"\x40",  # flags without their varint
+    lambda b: b + b"\x40\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01",  # a varint of 11 bytes
+]
 
 
 BAD_ATTRIBUTES = [
@@ -357,7 +452,8 @@ def stream(seed: int, n: int) -> Iterator[bytes]:
     attrs = [s.attributes() for _ in range(30)]
     for i in range(n):
         bad = s.r.choice(BAD_ATTRIBUTES) if i % 7 == 3 else None
-        data = s.request(attrs, bad).SerializeToString()
+        bad_point = s.r.choice(BAD_POINTS) if i % 11 == 5 else None
+        data = s.request(attrs, bad, bad_point).SerializeToString()
         if i % 23 == 11:  # a truncated request
             data = data[: len(data) * 2 // 3]
         yield data
@@ -481,7 +577,7 @@ def test_a_metric_with_several_data_fields_is_read_from_the_whole_parse() -> Non
                 if field == first and bad:
                     dp.attributes.extend(bad)
                 if field in (5, 7):
-                    body = raw.Gauge(data_points=[dp]).SerializeToString()
+                    body = raw.Gauge(data_points=[dp.SerializeToString()]).SerializeToString()
                 elif field == 9:
                     body = raw.Histogram(data_points=[s.histogram_point([[]])]).SerializeToString()
                 else:

@@ -137,18 +137,18 @@ class Metric(_message.Message):
 class Gauge(_message.Message):
     __slots__ = ("data_points",)
     DATA_POINTS_FIELD_NUMBER: _ClassVar[int]
-    data_points: _containers.RepeatedCompositeFieldContainer[NumberDataPoint]
-    def __init__(self, data_points: _Optional[_Iterable[_Union[NumberDataPoint, _Mapping]]] = ...) -> None: ...
+    data_points: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, data_points: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class Sum(_message.Message):
     __slots__ = ("data_points", "aggregation_temporality", "is_monotonic")
     DATA_POINTS_FIELD_NUMBER: _ClassVar[int]
     AGGREGATION_TEMPORALITY_FIELD_NUMBER: _ClassVar[int]
     IS_MONOTONIC_FIELD_NUMBER: _ClassVar[int]
-    data_points: _containers.RepeatedCompositeFieldContainer[NumberDataPoint]
+    data_points: _containers.RepeatedScalarFieldContainer[bytes]
     aggregation_temporality: AggregationTemporality
     is_monotonic: bool
-    def __init__(self, data_points: _Optional[_Iterable[_Union[NumberDataPoint, _Mapping]]] = ..., aggregation_temporality: _Optional[_Union[AggregationTemporality, str]] = ..., is_monotonic: _Optional[bool] = ...) -> None: ...
+    def __init__(self, data_points: _Optional[_Iterable[bytes]] = ..., aggregation_temporality: _Optional[_Union[AggregationTemporality, str]] = ..., is_monotonic: _Optional[bool] = ...) -> None: ...
 
 class Histogram(_message.Message):
     __slots__ = ("data_points", "aggregation_temporality")
