@@ -60,6 +60,7 @@ from node.metrics import NodeMetrics
 from node.ratelog import RateLimitedLog
 from node.rows.batch import ConvertResult
 from node.rows.logs import LogsConverter
+from node.rows.logs import parse_request as parse_logs_request
 from node.rows.metrics import MetricsConverter
 from node.rows.otlpmetrics import parse_request
 from node.rows.traces import TracesConverter
@@ -145,8 +146,21 @@ OTLP_METRICS = Kind("metrics", _OtlpMetricsRequest, OTLP_METRICS_LEVELS,
 the converter parses a point's attributes only for a series it does not know, refusing the request
 (DecodeError, as the parse of the whole request did) when they do not parse. Pieces split as before:
 the wire is the same."""
-OTLP_LOGS = Kind("logs", ExportLogsServiceRequest, OTLP_LOGS_LEVELS, lambda c, reqs: c.logs.convert_pieces(reqs),
-                 "OTLP logs", "log records")
+
+
+class _OtlpLogsRequest:
+    """An ExportLogsServiceRequest read as ingestor.otlp_raw_logs's (node.rows.logs.parse_request: the
+    same wire, a record's attributes left as their bytes)."""
+
+    FromString = staticmethod(parse_logs_request)
+
+
+OTLP_LOGS = Kind("logs", _OtlpLogsRequest, OTLP_LOGS_LEVELS, lambda c, reqs: c.logs.convert_pieces(reqs),
+                 "OTLP logs", "log records", ExportLogsServiceRequest.DESCRIPTOR.full_name)
+"""Read as ingestor.otlp_raw_logs.ExportLogsServiceRequest (proto/opentelemetry_raw/logs_raw.proto); the
+converter parses a record's attribute only when it does not know its bytes, refusing the request
+(DecodeError, as the parse of the whole request did) when it does not parse. Pieces split as before: the
+wire is the same."""
 OTLP_TRACES = Kind("traces", ExportTraceServiceRequest, OTLP_TRACES_LEVELS,
                    lambda c, reqs: c.traces.convert_pieces(reqs), "OTLP traces", "spans")
 

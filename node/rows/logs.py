@@ -11,23 +11,37 @@ Timestamps have 9 fractional digits. A record without a timestamp gets its obser
 or all zero. Body, resource and attributes are JSON (anyvalue.py); `kusto.*` attributes are
 removed. Routing and refusals: routing.py. A record that names no database or table goes to
 `Logs`.`Logs` unless configured otherwise (an empty default refuses such records).
+
+A request that comes as bytes is read as ingestor.otlp_raw_logs (proto/opentelemetry_raw/logs_raw.proto,
+`parse_request`): the wire of an ExportLogsServiceRequest, parsed as it parses, except that a record's
+attributes are left as the bytes each KeyValue came as. Each attribute's JSON text is cached by those
+bytes; an attribute not in the cache is parsed where the request's parse parses it (in a record of a
+scope of a resource: the same nesting limit, `_record`), and a request whose attribute does not parse
+is refused with the error of the request's parse (DecodeError, its bytes parsed again for its text).
+Given a message (OTLP/JSON), the converter reads it from its bytes.
 '''
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from json.encoder import encode_basestring
+from operator import attrgetter
+from typing import NamedTuple, cast
 
+from google.protobuf.message import DecodeError as ProtobufDecodeError
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 from node.cache import BoundedCache
+from node.errors import DecodeError
+from node.gen.opentelemetry_raw import logs_raw_pb2
 from node.rows.anyvalue import encode_json, to_json
 from node.rows.batch import KIND_LOG, ConvertResult, ResultBuilder, Schema
 from node.rows.csvtext import Timestamps, field, quoted
 from node.rows.routing import DATABASE_KEY, ROUTING_PREFIX, TABLE_KEY, Choice, Router, routing_value, split_attributes
-from node.rows.wire import skip_length_delimited
 
 LOGS_SCHEMA: Schema = (
     ("Timestamp", "datetime"),
@@ -72,71 +86,102 @@ MAX_CACHED_ATTRIBUTE_BYTES = 256
 """A longer attribute (a stack trace, say: seldom the same twice) is not kept, so that the cache
 holds a few megabytes at most."""
 
-_BEFORE_ATTRIBUTES = b"\x09\x10\x1a\x2a"
-"""LogRecord fields 1 (time, fixed64), 2 (severity number, varint), 3 (severity text) and 5 (body)
-come before its attributes (6) on the wire."""
-_ATTRIBUTE_TAG = 0x32
 _ZERO = b"\0"
 """What `hex_id` strips, inlined in the loop."""
-_AFTER_ATTRIBUTES = b"\x38\x45\x4a\x52\x59\x62"
-"""LogRecord fields 7-12: after the attributes."""
+_MALFORMED = f"malformed {ExportLogsServiceRequest.DESCRIPTOR.full_name}"
 
-Attribute = tuple[str, str | None, Choice]
-"""One serialized attribute (a KeyValue) of a log record: its key, its `"key":value` JSON text
-with `"` doubled (as inside a quoted CSV field), or None for a `kusto.*` key, and the routing
-choice of `kusto.database` / `kusto.table` (None for the others)."""
+RawRequest = logs_raw_pb2.ExportLogsServiceRequest
+"""An ExportLogsServiceRequest's wire, each record's attributes left as their bytes."""
 
+_FIELDS = attrgetter("attributes", "time_unix_nano", "observed_time_unix_nano", "severity_text", "body", "trace_id",
+                     "span_id", "severity_number")
+"""What a row takes of a record, read at once."""
 
-def _attributes_start(b: bytes) -> int:
-    """Where the attributes of a serialized LogRecord start, or would (a serialized message has its
-    fields in field-number order, so they are one run of fields); -1 when its bytes hold a field
-    not expected here."""
-    i = 0
-    n = len(b)
-    while i < n:
-        tag = b[i]
-        if tag == 0x09:
-            i += 9
-        elif tag in _BEFORE_ATTRIBUTES:
-            if tag == 0x10:  # a varint
-                i += 1
-                while b[i] >= 0x80:
-                    i += 1
-                i += 1
-            elif b[i + 1] < 0x80:
-                i += 2 + b[i + 1]
-            else:
-                i = skip_length_delimited(b, i)
-        elif tag == _ATTRIBUTE_TAG or tag in _AFTER_ATTRIBUTES:
-            return i
-        else:
-            return -1
-    return n
+_ROUTING = "\0kusto"
+"""The key, in the attributes' cache, of every `kusto.*` attribute (no attribute's key: its text
+comes first): a record with one is read attribute by attribute (`_attributes_of`)."""
+
+Attribute = tuple[str, str] | tuple[str, tuple[str, Choice]]
+"""One serialized attribute (a KeyValue) of a log record, as cached: its key and its `"key":value`
+JSON text with `"` doubled (as inside a quoted CSV field); for a `kusto.*` key, _ROUTING and the key
+with the routing choice of `kusto.database` / `kusto.table` (None for the others)."""
 
 
-def _attribute(b: bytes) -> Attribute:
-    """The `Attribute` of one serialized LogRecord attribute field (its tag and length included)."""
-    i = 1
-    while b[i] >= 0x80:
-        i += 1
-    i += 1
+class Parsed(NamedTuple):
+    """A serialized ExportLogsServiceRequest read as a RawRequest (`parse_request`), with its bytes:
+    when a record's attribute does not parse, the request is refused with the error of its whole
+    parse (whose text depends on the bytes around it)."""
+
+    request: RawRequest
+    data: bytes
+
+
+def parse_request(data: bytes) -> Parsed:
+    """`data`, a serialized ExportLogsServiceRequest, read as a RawRequest. Raises the DecodeError of
+    protobuf that the parse of an ExportLogsServiceRequest raises when this parse fails (an attribute
+    that does not parse is found by the converter)."""
+    try:
+        return Parsed(RawRequest.FromString(data), data)
+    except ProtobufDecodeError:
+        ExportLogsServiceRequest.FromString(data)  # raises the error the senders' message gives
+        raise
+
+
+class _Malformed(Exception):
+    """A record's attribute that the parse of its request would refuse."""
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _record(b: bytes) -> LogRecord:
+    """The LogRecord of serialized record `b`, parsed where an ExportLogsServiceRequest parses it (a
+    record of a scope of a resource: the same nesting limit). Raises _Malformed when that parse fails."""
+    sl = b"\x12" + _varint(len(b)) + b
+    rl = b"\x12" + _varint(len(sl)) + sl
+    try:
+        req = ExportLogsServiceRequest.FromString(b"\x0a" + _varint(len(rl)) + rl)
+    except ProtobufDecodeError as e:
+        raise _Malformed(str(e)) from e
+    return req.resource_logs[0].scope_logs[0].log_records[0]
+
+
+def _attribute(b: bytes, strict: bool) -> tuple[Attribute, bool]:
+    """The `Attribute` of one serialized KeyValue of a log record, and whether it was checked as its
+    request's parse checks it. A KeyValue not read here is parsed where that parse parses it
+    (`_record`), raising _Malformed when that fails; unless not `strict` (it came in a message, which
+    may nest deeper than a parse takes): then it is parsed alone, unchecked (not to be cached)."""
     n = len(b)
     # the common one, read here: KeyValue{key (1): "k", value (2): AnyValue{string_value (1): "v"}},
     # each length under 128 (0x0a k-length k 0x12 v-length+2 0x0a v-length v)
-    if i + 2 < n and b[i] == 0x0A and b[i + 1] < 0x80:
-        k = i + 2 + b[i + 1]
+    if n > 2 and b[0] == 0x0A and b[1] < 0x80:
+        k = 2 + b[1]
         if k + 4 <= n and b[k] == 0x12 and b[k + 1] == n - k - 2 and b[k + 2] == 0x0A and b[k + 3] == n - k - 4:
-            key = b[i + 2 : k].decode()
-            if not key.startswith(ROUTING_PREFIX):
-                text = encode_basestring(key) + ":" + encode_basestring(b[k + 4 :].decode())
-                return key, text.replace('"', '""'), None
-    kv = KeyValue.FromString(b[i:])
+            with contextlib.suppress(UnicodeDecodeError):  # not UTF-8: the parse below refuses it
+                key = b[2:k].decode()
+                value = b[k + 4 :].decode()
+                if not key.startswith(ROUTING_PREFIX):
+                    return (key, (encode_basestring(key) + ":" + encode_basestring(value)).replace('"', '""')), True
+    try:
+        kv = _record(b"\x32" + _varint(n) + b).attributes[0]
+        checked = True
+    except _Malformed:
+        if strict:
+            raise
+        kv = KeyValue.FromString(b)
+        checked = False
     key = kv.key
     if key.startswith(ROUTING_PREFIX):
         if key in (DATABASE_KEY, TABLE_KEY):
-            return key, None, routing_value(key, kv.value, "log record")
-        return key, None, None
-    return key, encode_json({key: to_json(kv.value)})[1:-1].replace('"', '""'), None
+            return (_ROUTING, (key, routing_value(key, kv.value, "log record"))), checked
+        return (_ROUTING, (key, None)), checked
+    return (key, encode_json({key: to_json(kv.value)})[1:-1].replace('"', '""')), checked
 
 
 class LogsConverter:
@@ -153,91 +198,105 @@ class LogsConverter:
         """Forget the destinations not used since the previous turn (node/cache.py)."""
         self._router.turn()
 
-    def convert(self, req: ExportLogsServiceRequest) -> ConvertResult:
+    def convert(self, req: ExportLogsServiceRequest | Parsed) -> ConvertResult:
         return self.convert_pieces((req,))
 
-    def convert_pieces(self, reqs: Iterable[ExportLogsServiceRequest]) -> ConvertResult:
-        """Rows of a request given in pieces (wire.pieces), parsed one at a time."""
+    def convert_pieces(self, reqs: Iterable[ExportLogsServiceRequest | Parsed]) -> ConvertResult:
+        """Rows of a request given in pieces (wire.pieces), parsed one at a time: each a Parsed (it
+        came as bytes, `parse_request`), refused with DecodeError as the parse of an
+        ExportLogsServiceRequest refuses it when an attribute does not parse; or a message
+        (OTLP/JSON), read from its bytes."""
         out = ResultBuilder(KIND_LOG, LOGS_SCHEMA)
         for req in reqs:
-            self._convert(req, out)
+            if isinstance(req, Parsed):
+                try:
+                    self._convert(req.request, out, True)
+                except _Malformed as m:
+                    try:
+                        ExportLogsServiceRequest.FromString(req.data)
+                    except ProtobufDecodeError as e:
+                        raise DecodeError(f"{_MALFORMED}: {e}") from e
+                    raise DecodeError(f"{_MALFORMED}: {m}") from m  # not reached: the request's parse refuses it
+            else:
+                try:
+                    raw = RawRequest.FromString(req.SerializeToString())
+                except ProtobufDecodeError as e:  # nested deeper than a parse takes (OTLP/JSON refuses those)
+                    raise DecodeError(f"{_MALFORMED}: {e}") from e
+                self._convert(raw, out, False)
             out.flush()
         return out.result()
 
-    def _convert(self, req: ExportLogsServiceRequest, out: ResultBuilder) -> None:
-        """The rows of `req`. A record's attributes are read from its serialized bytes: each one's
-        JSON text is cached by its bytes (most attributes of a stream of records repeat: methods,
-        routes, codes, pods), so a known attribute costs one lookup; a record whose bytes hold a
-        field not expected here is read the slow way (`split_attributes`)."""
+    def _convert(self, req: RawRequest, out: ResultBuilder, strict: bool) -> None:
+        """The rows of `req`. A record's attributes are looked up by their bytes at once (most
+        attributes of a stream of records repeat: methods, routes, codes, pods), so a known
+        attribute costs one lookup; a record with an attribute not known or a `kusto.*` one is
+        read attribute by attribute (`_attributes_of`)."""
         tget = self._ts.cache.get
         tformat = self._ts.format
         resolve = self._router.resolve
         severity = self._severity
-        cache = self._attributes
-        known = cache.get
+        known = self._attributes.get
         last_dest: tuple[str, str] | None = None
         rows: list[str] = []
         for rl in req.resource_logs:
-            rattrs, rdb, rtable = split_attributes(rl.resource.attributes, "resource")
+            rattrs, rdb, rtable = split_attributes(cast("Iterable[KeyValue]", rl.resource.attributes), "resource")
             resource = quoted(encode_json(rattrs))
             resource_dest = resolve(None, None, rdb, rtable)
             for sl in rl.scope_logs:
-                for rec in sl.log_records:
-                    b = rec.SerializeToString()
-                    i = _attributes_start(b)
-                    if i < 0:
-                        attrs, db, table = split_attributes(rec.attributes, "log record")
-                        attributes = quoted(encode_json(attrs))
-                        dest = resolve(db, table, rdb, rtable)
-                    else:
-                        parts: dict[str, str] = {}  # a repeated key: its first place, its last value
-                        db = table = None
-                        n = len(b)
-                        while i < n and b[i] == _ATTRIBUTE_TAG:
-                            j = i + 2 + b[i + 1] if b[i + 1] < 0x80 else skip_length_delimited(b, i)
-                            kb = b[i:j]
-                            i = j
-                            entry = known(kb)
-                            if entry is None:
-                                entry = _attribute(kb)
-                                if len(kb) <= MAX_CACHED_ATTRIBUTE_BYTES:
-                                    cache.put(kb, entry)
-                            key, text, choice = entry
-                            if text is not None:
-                                parts[key] = text
-                            elif key == DATABASE_KEY:
-                                db = choice
-                            elif key == TABLE_KEY:
-                                table = choice
-                        attributes = '"{' + ",".join(parts.values()) + '}"'
+                for attrs, t, observed, text, value, trace_id, span_id, number in map(_FIELDS, sl.log_records):
+                    try:
+                        parts: dict[str, str] = dict(map(known, attrs[:]))  # type: ignore[arg-type]  # [:]: faster than iter
+                    except TypeError:  # an attribute not in the cache (None)
+                        parts = {_ROUTING: ""}
+                    if _ROUTING in parts:
+                        parts, db, table = self._attributes_of(attrs, strict)
                         dest = resource_dest if db is None and table is None else resolve(db, table, rdb, rtable)
+                    else:
+                        dest = resource_dest
                     if isinstance(dest, str):
                         out.reject(dest)
                         continue
-                    t = rec.time_unix_nano
-                    observed = rec.observed_time_unix_nano
                     try:
                         stamp = tget(t or observed) or tformat(t or observed)
                         observed_stamp = tget(observed or t) or tformat(observed or t)
                     except ValueError as err:
                         out.reject(str(err))
                         continue
-                    text = rec.severity_text
                     sev = severity.get(text)
                     if sev is None:
                         sev = severity.put(text, field(text))
-                    value = rec.body
-                    if value.WhichOneof("value") == "string_value":
-                        body = '"' + encode_basestring(value.string_value).replace('"', '""') + '"'
+                    body = value.string_value
+                    if body or value.WhichOneof("value") == "string_value":
+                        body = encode_basestring(body).replace('"', '""')
                     else:
-                        body = quoted(encode_json(to_json(value)))
-                    trace_id = rec.trace_id
-                    span_id = rec.span_id
+                        body = encode_json(to_json(cast("AnyValue", value))).replace('"', '""')
                     if dest is not last_dest:
                         rows = out.rows(dest)
                         last_dest = dest
                     rows.append(
                         f"{stamp},{observed_stamp},{trace_id.hex() if trace_id.strip(_ZERO) else ''},"
-                        f"{span_id.hex() if span_id.strip(_ZERO) else ''},{sev},"
-                        f"{rec.severity_number},{body},{resource},{attributes}\n"
+                        f"{span_id.hex() if span_id.strip(_ZERO) else ''},{sev},{number},"
+                        f'"{body}",{resource},"{{{",".join(parts.values())}}}"\n'
                     )
+
+    def _attributes_of(self, attrs: Iterable[bytes], strict: bool) -> tuple[dict[str, str], Choice, Choice]:
+        """The `"key":value` texts of a record's attributes by key (a repeated key: its first place,
+        its last value) without `kusto.*`, and the database and table they choose."""
+        cache = self._attributes
+        parts: dict[str, str] = {}
+        db: Choice = None
+        table: Choice = None
+        for kb in attrs:
+            entry = cache.get(kb)
+            if entry is None:
+                entry, checked = _attribute(kb, strict)
+                if checked and len(kb) <= MAX_CACHED_ATTRIBUTE_BYTES:
+                    cache.put(kb, entry)
+            key, text = entry
+            if isinstance(text, str):
+                parts[key] = text
+            elif text[0] == DATABASE_KEY:
+                db = text[1]
+            elif text[0] == TABLE_KEY:
+                table = text[1]
+        return parts, db, table

@@ -1,7 +1,7 @@
-"""Log record attributes read from the record's bytes, each one's JSON text cached by its bytes
-(node/rows/logs.py): the same text as the attributes read one by one, on a first and a cached
-conversion, with repeated keys, routing keys, values of every type, and fields the reader does not
-expect (read the slow way)."""
+"""Log record attributes left as their bytes by the request's parse, each one's JSON text cached by
+its bytes (node/rows/logs.py): the same text as the attributes read one by one, on a first and a
+cached conversion, with repeated keys, routing keys, values of every type, and fields of the record
+that no reader expects."""
 
 from __future__ import annotations
 
@@ -71,4 +71,4 @@ def test_long_attributes_are_not_cached() -> None:
     for _ in range(2):
         assert [json.loads(c) for c in _attributes_column(conv, rec)] == [{"short": "x", "trace": "at line 1\n" * 100}]
     short = KeyValue(key="short", value=AnyValue(string_value="x")).SerializeToString()
-    assert list(conv._attributes) == [b"\x32" + bytes([len(short)]) + short]  # field 6 of LogRecord: the short one
+    assert list(conv._attributes) == [short]  # the short one's KeyValue
