@@ -26,6 +26,7 @@ from node.errors import DecodeError
 from node.gen.opentelemetry_raw import logs_raw_pb2 as raw
 from node.ingest import OTLP_LOGS, _parse
 from node.receivers.decode import PROTOBUF, decode_otlp
+from node.rows import logs
 from node.rows.batch import ConvertResult
 from node.rows.logs import LogsConfig, LogsConverter
 from node.rows.wire import OTLP_LOGS_LEVELS, Unsplittable, pieces
@@ -427,10 +428,11 @@ def test_every_bad_record_is_refused_as_before() -> None:
                 assert new(conv, data, 150) == reference(old, data, 150), k
 
 
-def test_an_attribute_a_message_held_that_bytes_cannot_is_not_cached() -> None:
+def test_an_attribute_a_message_held_that_bytes_cannot_is_not_cached(monkeypatch: pytest.MonkeyPatch) -> None:
     """A cached attribute stands for bytes that parse where a request's parse parses them. A message
     given whole may hold one nested deeper than that parse takes: it is converted as before, and
     not cached, so that the same bytes sent are still refused."""
+    monkeypatch.setattr(logs, "MAX_CACHED_ATTRIBUTE_BYTES", 1 << 20)  # the deep one is long: cached if at all
     old, conv = logs_before.LogsConverter(), LogsConverter()
     msg = Full()
     rec = msg.resource_logs.add().scope_logs.add().log_records.add(time_unix_nano=T0)
@@ -445,6 +447,7 @@ def test_an_attribute_a_message_held_that_bytes_cannot_is_not_cached() -> None:
         assert _outcome(conv.convert(msg)) == rows
         assert new(conv, data) == want
         assert new(conv, data, piece_bytes=10) == reference(old, data, piece_bytes=10)
+    assert len(conv._attributes) == 1  # "a" only
 
 
 @pytest.mark.parametrize("seed", range(3))
