@@ -23,7 +23,7 @@
 Requests are read as `ingestor.otlp_raw.ExportMetricsServiceRequest` (proto/opentelemetry_raw/
 metrics_raw.proto, `parse_request`): the wire of an ExportMetricsServiceRequest, parsed as it parses,
 except that a gauge or sum point is left as the bytes it came as. A point is read from its bytes when
-they are laid out as senders write them (`_numbers`: its times and value first, then its attributes and
+they are laid out as senders write them (`_convert`: its times and value first, then its attributes and
 flags, its series known by those); a point of a known series costs no parse. The new series of a
 metric's points are parsed at once (`_new_series`), nested as deep as in the request, so that they parse
 exactly when the whole request's parse parses them; any other point is parsed alone, nested as deep
@@ -277,6 +277,9 @@ class OtlpMetrics:
         self._old: dict[tuple[_Resource, str], dict[Any, Entry]] = {}
         self._size = 0
         """Series entries in the young generation."""
+        self._numbers_of: dict[_Resource, dict[str, tuple[str, dict[Any, Entry]]]] = {}
+        """Per resource, per gauge or sum metric name as it came: its table's name and its young series
+        dict (one lookup for both); forgotten at each turn, with the young generation."""
         self._names: Generations[str, str] = Generations(max_series)
         self._label_names: Generations[str, str] = Generations(max_series)
 
@@ -284,6 +287,7 @@ class OtlpMetrics:
         """Forget what was not used since the previous turn."""
         self._resources.turn()
         self._old, self._young, self._size = self._young, {}, 0
+        self._numbers_of = {}
         self._names.turn()
         self._label_names.turn()
 
@@ -320,7 +324,8 @@ class OtlpMetrics:
     def _convert(self, req: RawRequest, out: ResultBuilder, latest: Latest, strict: bool) -> None:
         if max(self._size, len(self._young), len(self._resources.young), len(self._names.young)) >= self._half:
             self.turn()
-        # first what each metric holds (raises _Several before a row is written), then the rows
+        # first what each metric holds (raises _Several before a row is written), then the rows; a
+        # container's points are taken as a list (a slice): iterating it costs more than that
         plan: list[tuple[Any, list[tuple[str, Any, str | None]]]] = []
         for rm in req.resource_metrics:
             metrics: list[tuple[str, Any, str | None]] = []
@@ -330,11 +335,11 @@ class OtlpMetrics:
                     if m.HasField("gauge"):
                         if m.HasField("sum") or m.WhichOneof("data") is not None:
                             raise _Several
-                        metrics.append((m.name, m.gauge.data_points, None))
+                        metrics.append((m.name, m.gauge.data_points[:], None))
                     elif m.HasField("sum"):
                         if m.WhichOneof("data") is not None:
                             raise _Several
-                        metrics.append((m.name, m.sum.data_points, None))
+                        metrics.append((m.name, m.sum.data_points[:], None))
                     else:
                         kind = m.WhichOneof("data")
                         if kind is not None:
@@ -342,6 +347,7 @@ class OtlpMetrics:
             plan.append((rm.resource, metrics))
         names = self._names
         young = self._young
+        numbers_of = self._numbers_of
         tget = self._ts.cache.get
         tformat = self._ts.format
         xxh = xxh3_128_intdigest
@@ -350,12 +356,15 @@ class OtlpMetrics:
         rows: list[str] = []
         for resource, metrics in plan:
             key, res = self._resource(resource)
+            known = numbers_of.get(res)
+            if known is None:
+                known = numbers_of[res] = {}
             t_max = -1
             for mname, data, kind in metrics:
-                name = names.young.get(mname) or names.get(mname)
-                if name is None:
-                    name = names.put(mname, prometheus_metric_name(mname))
                 if kind is not None:
+                    name = names.get(mname)
+                    if name is None:
+                        name = names.put(mname, prometheus_metric_name(mname))
                     if kind == "histogram":
                         t = self._histograms(data.histogram.data_points, name, res, out)
                     elif kind == "exponential_histogram":
@@ -365,11 +374,17 @@ class OtlpMetrics:
                     if t > t_max:
                         t_max = t
                     continue
-                # gauge and sum points: the hot path (see `_numbers`)
-                mkey = (res, name)
-                inner = young.get(mkey)
-                if inner is None:
-                    inner = young[mkey] = {}
+                # gauge and sum points: the hot path (see `_new_series`)
+                number = known.get(mname)
+                if number is None:
+                    name = names.get(mname)
+                    if name is None:
+                        name = names.put(mname, prometheus_metric_name(mname))
+                    inner = young.get((res, name))
+                    if inner is None:
+                        inner = young[(res, name)] = {}
+                    number = known[mname] = (name, inner)
+                name, inner = number
                 old: dict[Any, Entry] | None = None
                 new = False
                 for b in data:
@@ -407,7 +422,7 @@ class OtlpMetrics:
                         entry = inner.get(h)
                         if entry is None:
                             if old is None:
-                                old = self._old.get(mkey) or _NONE
+                                old = self._old.get((res, name)) or _NONE
                             entry = old.get(h)
                             if entry is not None:
                                 inner[h] = entry
