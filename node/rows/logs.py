@@ -23,11 +23,11 @@ Given a message (OTLP/JSON), the converter reads it from its bytes.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from json.encoder import encode_basestring
 from operator import attrgetter
+from struct import Struct
 from typing import NamedTuple, cast
 
 from google.protobuf.message import DecodeError as ProtobufDecodeError
@@ -40,7 +40,7 @@ from node.errors import DecodeError
 from node.gen.opentelemetry_raw import logs_raw_pb2
 from node.rows.anyvalue import encode_json, to_json
 from node.rows.batch import KIND_LOG, ConvertResult, ResultBuilder, Schema
-from node.rows.csvtext import Timestamps, field, quoted
+from node.rows.csvtext import Timestamps, field, quoted, real
 from node.rows.routing import DATABASE_KEY, ROUTING_PREFIX, TABLE_KEY, Choice, Router, routing_value, split_attributes
 
 LOGS_SCHEMA: Schema = (
@@ -107,6 +107,9 @@ JSON text with `"` doubled (as inside a quoted CSV field); for a `kusto.*` key, 
 with the routing choice of `kusto.database` / `kusto.table` (None for the others)."""
 
 
+_DOUBLE = Struct("<d").unpack_from
+
+
 class Parsed(NamedTuple):
     """A serialized ExportLogsServiceRequest read as a RawRequest (`parse_request`), with its bytes:
     when a record's attribute does not parse, the request is refused with the error of its whole
@@ -158,16 +161,37 @@ def _attribute(b: bytes, strict: bool) -> tuple[Attribute, bool]:
     (`_record`), raising _Malformed when that fails; unless not `strict` (it came in a message, which
     may nest deeper than a parse takes): then it is parsed alone, unchecked (not to be cached)."""
     n = len(b)
-    # the common one, read here: KeyValue{key (1): "k", value (2): AnyValue{string_value (1): "v"}},
-    # each length under 128 (0x0a k-length k 0x12 v-length+2 0x0a v-length v)
-    if n > 2 and b[0] == 0x0A and b[1] < 0x80:
-        k = 2 + b[1]
-        if k + 4 <= n and b[k] == 0x12 and b[k + 1] == n - k - 2 and b[k + 2] == 0x0A and b[k + 3] == n - k - 4:
-            with contextlib.suppress(UnicodeDecodeError):  # not UTF-8: the parse below refuses it
-                key = b[2:k].decode()
-                value = b[k + 4 :].decode()
+    # the common ones, read here, their text as json writes it (as below): KeyValue{key (1): "k",
+    # value (2): AnyValue{one scalar}}, each length under 128: 0x0a k-length k 0x12 v-length, then
+    # 0x0a s-length s (a string), 0x18 varint (an int), 0x21 8 bytes (a double) or 0x10 0|1 (a bool)
+    if (n > 4 and b[0] == 0x0A and b[1] < 0x80 and b[1] < n - 4 and b[2 + b[1]] == 0x12
+            and b[3 + b[1]] == n - 4 - b[1] < 0x80):
+        k = 4 + b[1]  # the value's field
+        kind = b[k]
+        text = None
+        try:
+            if kind == 0x0A:
+                if n - k >= 2 and b[k + 1] == n - k - 2:
+                    text = encode_basestring(b[k + 2 :].decode())
+            elif kind == 0x18:
+                if 2 <= n - k <= 11 and b[n - 1] < 0x80 and all(c >= 0x80 for c in b[k + 1 : n - 1]):
+                    v = sum((c & 0x7F) << (7 * i) for i, c in enumerate(b[k + 1 :]))
+                    if v < 1 << 63:
+                        text = str(v)
+                    elif v < 1 << 64:  # a negative int64 (ten bytes, the last 0x01)
+                        text = str(v - (1 << 64))
+            elif kind == 0x21:
+                if n == k + 9:
+                    d: float = _DOUBLE(b, k + 1)[0]
+                    text = repr(d) if d - d == 0.0 else encode_basestring(real(d))  # as to_json and json do
+            elif kind == 0x10 and n == k + 2 and b[k + 1] < 2:
+                text = "true" if b[k + 1] else "false"
+            if text is not None:
+                key = b[2 : k - 2].decode()
                 if not key.startswith(ROUTING_PREFIX):
-                    return (key, (encode_basestring(key) + ":" + encode_basestring(value)).replace('"', '""')), True
+                    return (key, (encode_basestring(key) + ":" + text).replace('"', '""')), True
+        except UnicodeDecodeError:  # not UTF-8: the parse below refuses it
+            pass
     try:
         kv = _record(b"\x32" + _varint(n) + b).attributes[0]
         checked = True

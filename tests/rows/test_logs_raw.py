@@ -11,6 +11,7 @@ import contextlib
 import gzip
 import math
 import random
+import struct
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -490,3 +491,51 @@ def test_bench_request_warm_and_cold() -> None:
         assert new(conv, data) == want
         assert new(LogsConverter(), data) == want
         assert new(conv, data, 20_000) == reference(old, data, 20_000)
+
+
+SCALARS = [
+    b"\x18\x00", b"\x18\x01", b"\x18\x7f", b"\x18\x80\x01", b"\x18\x80\x00",  # ints, one padded
+    b"\x18" + b"\xff" * 9 + b"\x01",  # -1
+    b"\x18" + b"\x80" * 9 + b"\x01",  # -2**63
+    b"\x18" + b"\xff" * 8 + b"\x7f",  # 2**63 - 1
+    b"\x18" + b"\xff" * 9 + b"\x7f",  # ten bytes, beyond 64 bits
+    b"\x18" + b"\xff" * 10 + b"\x01",  # eleven bytes
+    b"\x18" + b"\x80" * 9 + b"\x00", b"\x18" + b"\x80" * 10 + b"\x00",  # 0 in ten bytes, in eleven
+    b"\x18\x80", b"\x18",  # cut short
+    b"\x21" + struct.pack("<d", 0.5), b"\x21" + struct.pack("<d", -0.0), b"\x21" + struct.pack("<d", math.nan),
+    b"\x21" + struct.pack("<d", math.inf), b"\x21" + struct.pack("<d", -math.inf), b"\x21\x00",
+    b"\x10\x00", b"\x10\x01", b"\x10\x02", b"\x10\x80\x00", b"\x10", b"\x10\x80", b"\xff",
+    b"\x0a\x00", b"\x0a\x01a", b"\x0a\x02a", b"\x0a\x01\xff", b"\x0a", b"\x0a\x80\x01" + b"x" * 128,
+    b"\x3a\x03abc", b"\x40\x02", b"", b"\x0f",
+]
+
+
+@pytest.mark.parametrize("key", [b"k", b"", b"\xc3", b"kusto.table", b"x" * 130])
+def test_scalar_attributes_of_every_spelling(key: bytes) -> None:
+    """A KeyValue{key, AnyValue{one scalar}} is read from its bytes: as its parse reads it, or refused."""
+    old, conv = logs_before.LogsConverter(), LogsConverter()
+    for value in SCALARS:
+        for kv in (_ld(1, key) + _ld(2, value), _ld(2, value) + _ld(1, key), _ld(1, key) + _ld(2, value) + b"\x18\x01"):
+            rec = b"\x09" + struct.pack("<Q", T0) + _ld(6, kv) + _ld(6, _ld(1, b"other") + _ld(2, value))
+            data = _ld(1, _ld(2, _ld(2, rec)))
+            want = reference(old, data)
+            for _ in range(2):
+                assert new(conv, data) == want, (key, value, kv)
+
+
+
+ODD_KEYVALUES = [
+    b"\x0a\x01k\x12\x85\x0a\x83" + b"s" * 131,  # a value's length of two bytes read as one: its string fits
+    b"\x0a\x01k\x12\x85\x01\x0a\x83\x01" + b"s" * 131,  # the same, well formed
+    b"\x0a\x85\x00k\x12\x02\x0a\x00",  # a key's length padded
+    b"\x0a\x01k\x12\x02\x0a\x00\x12\x02\x18\x01",  # the value twice (merged: the int)
+]
+
+
+def test_odd_keyvalues() -> None:
+    old, conv = logs_before.LogsConverter(), LogsConverter()
+    for kv in ODD_KEYVALUES:
+        data = _ld(1, _ld(2, _ld(2, b"\x09" + struct.pack("<Q", T0) + _ld(6, kv))))
+        want = reference(old, data)
+        for _ in range(2):
+            assert new(conv, data) == want, kv
