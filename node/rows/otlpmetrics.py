@@ -81,27 +81,90 @@ _KV_TAG = b"\x3a"  # NumberDataPoint field 7 (attributes), length-delimited
 _MALFORMED = f"malformed {ExportMetricsServiceRequest.DESCRIPTOR.full_name}"
 
 RawRequest = metrics_raw_pb2.ExportMetricsServiceRequest
-"""An ExportMetricsServiceRequest's wire, each gauge or sum point's attributes left as their bytes."""
+"""An ExportMetricsServiceRequest's wire, each gauge or sum point left as its bytes."""
+BytesRequest = metrics_raw_pb2.ExportMetricsServiceRequestOfBytes
+"""An ExportMetricsServiceRequest's wire, each metric left as its bytes."""
+_RawMetric = metrics_raw_pb2.Metric
+_RawGauge = metrics_raw_pb2.Gauge
+_RawSum = metrics_raw_pb2.Sum
+_GAUGE_TAG = 0x2A  # Metric field 5 (gauge), length-delimited
+_SUM_TAG = 0x3A  # Metric field 7 (sum), length-delimited
+_HEAD_TAGS = (0x12, 0x1A)  # Metric fields 2 and 3 (description, unit), length-delimited
+_POINT_TAG = 0x0A  # Gauge and Sum field 1 (data_points), length-delimited
+_SUM_TAILS = frozenset([b"", b"\x10\x01", b"\x10\x02", b"\x18\x01", b"\x10\x01\x18\x01", b"\x10\x02\x18\x01"])
+"""A Sum's fields after its one point, as senders write them: aggregation_temporality, is_monotonic."""
 
 
 class Parsed(NamedTuple):
-    """A serialized ExportMetricsServiceRequest read as a RawRequest (`parse_request`), with its bytes:
-    when a point's attributes do not parse, the request is refused with the error of its whole parse
-    (whose text depends on the bytes around them)."""
+    """A serialized ExportMetricsServiceRequest read as a BytesRequest (`parse_request`), with its
+    bytes: when a metric or a point does not parse, the request is refused with the error of its whole
+    parse (whose text depends on the bytes around them)."""
 
-    request: RawRequest
+    request: BytesRequest
     data: bytes
 
 
 def parse_request(data: bytes) -> Parsed:
-    """`data`, a serialized ExportMetricsServiceRequest, read as a RawRequest. Raises the DecodeError
+    """`data`, a serialized ExportMetricsServiceRequest, read as a BytesRequest. Raises the DecodeError
     of protobuf that the parse of an ExportMetricsServiceRequest raises when this parse fails (a
-    point's attributes that do not parse are found by the converter)."""
+    metric or a point that does not parse is found by the converter)."""
     try:
-        return Parsed(RawRequest.FromString(data), data)
+        return Parsed(BytesRequest.FromString(data), data)
     except ProtobufDecodeError:
         ExportMetricsServiceRequest.FromString(data)  # raises the error the senders' message gives
         raise
+
+
+def _number_points(mb: bytes, k: int, is_sum: bool) -> list[bytes] | None:
+    """The points of the Gauge or Sum that `mb` (a serialized Metric) holds from `k` to its end, or
+    None when that is not laid out so that its parse alone is its parse in a request: anything but
+    its points (and a Sum's aggregation_temporality and is_monotonic) may be an unknown field, whose
+    parse depends on how deep it is. One point: read from the bytes; more: parsed, each byte accounted
+    for by its points and fields as senders write them."""
+    end = len(mb)
+    if mb[k] == _POINT_TAG:
+        n = mb[k + 1]
+        p = k + 2
+        if n >= 0x80:
+            hi = mb[k + 2]
+            if hi >= 0x80:
+                return None
+            n = n & 0x7F | hi << 7
+            p = k + 3
+        q = p + n
+        if q == end if not is_sum else q <= end and mb[q:] in _SUM_TAILS:
+            return [mb[p:q]]
+    body = mb[k:]
+    try:
+        if is_sum:
+            msg: Any = _RawSum.FromString(body)
+            t = msg.aggregation_temporality
+            if not 0 <= t < 0x80:
+                return None
+            size = (2 if t else 0) + (2 if msg.is_monotonic else 0)
+        else:
+            msg = _RawGauge.FromString(body)
+            size = 0
+    except ProtobufDecodeError:
+        return None
+    points: list[bytes] = msg.data_points[:]
+    if points:
+        lengths = list(map(len, points))
+        top = max(lengths)
+        if top < 0x80:
+            size += 2 * len(points)
+        elif top < 0x4000 and min(lengths) >= 0x80:
+            size += 3 * len(points)
+        else:
+            return None
+        size += sum(lengths)
+    return points if size == len(body) else None
+
+
+def _metric_at_depth(mb: bytes) -> Any:
+    """A serialized Metric parsed as a Metric of a request (nested as deep); raises ProtobufDecodeError."""
+    req = RawRequest.FromString(_wrapped(b"\x0a", _wrapped(b"\x12", _wrapped(b"\x12", mb))))
+    return req.resource_metrics[0].scope_metrics[0].metrics[0]
 
 
 class _Several(Exception):
@@ -277,9 +340,10 @@ class OtlpMetrics:
         self._old: dict[tuple[_Resource, str], dict[Any, Entry]] = {}
         self._size = 0
         """Series entries in the young generation."""
-        self._numbers_of: dict[_Resource, dict[str, tuple[str, dict[Any, Entry]]]] = {}
-        """Per resource, per gauge or sum metric name as it came: its table's name and its young series
-        dict (one lookup for both); forgotten at each turn, with the young generation."""
+        self._numbers_of: dict[_Resource, dict[str | bytes, tuple[str, dict[Any, Entry]]]] = {}
+        """Per resource, per gauge or sum metric name as it came (or its bytes before its data, which
+        parsed): its table's name and its young series dict (one lookup for both); forgotten at each
+        turn, with the young generation."""
         self._names: Generations[str, str] = Generations(max_series)
         self._label_names: Generations[str, str] = Generations(max_series)
 
@@ -315,22 +379,54 @@ class OtlpMetrics:
                     raise DecodeError(f"{_MALFORMED}: {e}") from e
                 raise DecodeError(str(m)) from m  # not reached: the parse of the request refuses them
         else:
+            data = req.SerializeToString()
             try:
-                raw = RawRequest.FromString(req.SerializeToString())
-            except ProtobufDecodeError as e:  # nested deeper than a parse takes (OTLP/JSON refuses those)
-                raise DecodeError(f"{_MALFORMED}: {e}") from e
-            self._convert(raw, out, latest, False)
+                self._convert(BytesRequest.FromString(data), out, latest, False)
+            except (ProtobufDecodeError, _Malformed) as m:  # nested deeper than a parse takes (OTLP/JSON refuses those)
+                try:
+                    RawRequest.FromString(data)
+                except ProtobufDecodeError as e:
+                    raise DecodeError(f"{_MALFORMED}: {e}") from e
+                raise DecodeError(f"{_MALFORMED}: {m}") from m  # not reached
 
-    def _convert(self, req: RawRequest, out: ResultBuilder, latest: Latest, strict: bool) -> None:
+    def _convert(self, req: BytesRequest, out: ResultBuilder, latest: Latest, strict: bool) -> None:
         if max(self._size, len(self._young), len(self._resources.young), len(self._names.young)) >= self._half:
             self.turn()
-        # first what each metric holds (raises _Several before a row is written), then the rows; a
-        # container's points are taken as a list (a slice): iterating it costs more than that
-        plan: list[tuple[Any, list[tuple[str, Any, str | None]]]] = []
+        # first what each metric holds (raises _Several before a row is written), then the rows. A
+        # gauge or sum metric laid out as senders write it ([name] [description] [unit] gauge or sum, its
+        # points as _number_points reads them) is read from its bytes, known by its bytes before its
+        # data (its head: checked to parse the first time); any other is parsed, nested as deep as in
+        # a request. A container is taken as a list (a slice): iterating it costs more than that.
+        plan: list[tuple[Any, list[tuple[str | bytes, Any, str | None]]]] = []
         for rm in req.resource_metrics:
-            metrics: list[tuple[str, Any, str | None]] = []
+            metrics: list[tuple[str | bytes, Any, str | None]] = []
             for sm in rm.scope_metrics:
-                for m in sm.metrics:
+                for mb in sm.metrics[:]:
+                    try:
+                        if mb[0] == 0x0A and mb[1] < 0x80:  # the name, shorter than 128 bytes
+                            j = 2 + mb[1]
+                            tag = mb[j]
+                            while tag in _HEAD_TAGS and mb[j + 1] < 0x80:
+                                j += 2 + mb[j + 1]
+                                tag = mb[j]
+                            if tag in (_GAUGE_TAG, _SUM_TAG):
+                                n = mb[j + 1]
+                                k = j + 2
+                                if n >= 0x80:
+                                    hi = mb[j + 2]
+                                    n = n & 0x7F | hi << 7 if hi < 0x80 else -1
+                                    k = j + 3
+                                if k + n == len(mb):
+                                    points = _number_points(mb, k, tag == _SUM_TAG)
+                                    if points is not None:
+                                        metrics.append((mb[:j], points, None))
+                                        continue
+                    except IndexError:
+                        pass
+                    try:
+                        m = _metric_at_depth(mb)
+                    except ProtobufDecodeError as e:
+                        raise _Malformed(f"{_MALFORMED}: {e}") from e
                     # gauge and sum are outside the oneof: a metric with more than one is read from the whole parse
                     if m.HasField("gauge"):
                         if m.HasField("sum") or m.WhichOneof("data") is not None:
@@ -362,6 +458,7 @@ class OtlpMetrics:
             t_max = -1
             for mname, data, kind in metrics:
                 if kind is not None:
+                    assert isinstance(mname, str)
                     name = names.get(mname)
                     if name is None:
                         name = names.put(mname, prometheus_metric_name(mname))
@@ -377,9 +474,16 @@ class OtlpMetrics:
                 # gauge and sum points: the hot path (see `_new_series`)
                 number = known.get(mname)
                 if number is None:
-                    name = names.get(mname)
+                    if isinstance(mname, bytes):  # a metric's bytes before its data: parsed the first time
+                        try:
+                            text = _RawMetric.FromString(mname).name
+                        except ProtobufDecodeError as e:
+                            raise _Malformed(f"{_MALFORMED}: {e}") from e
+                    else:
+                        text = mname
+                    name = names.get(text)
                     if name is None:
-                        name = names.put(mname, prometheus_metric_name(mname))
+                        name = names.put(text, prometheus_metric_name(text))
                     inner = young.get((res, name))
                     if inner is None:
                         inner = young[(res, name)] = {}

@@ -56,7 +56,8 @@ def test_raw_messages_are_the_originals_but_number_point_attributes() -> None:
     """Every message of the request, field for field (names, numbers, types, oneofs), as
     opentelemetry-proto declares it (an upgrade that adds a field fails here: copy it), but Gauge's
     and Sum's data points (bytes), a NumberDataPoint's attributes (bytes) and Metric's gauge and sum
-    (outside its oneof)."""
+    (outside its oneof); and the request again with its metrics as bytes (ExportMetricsServiceRequestOfBytes,
+    ResourceMetricsOfBytes, ScopeMetricsOfBytes: otherwise the originals)."""
     originals = [
         *(common_pb2.DESCRIPTOR.message_types_by_name[n] for n in
           ("AnyValue", "ArrayValue", "KeyValueList", "KeyValue", "InstrumentationScope", "EntityRef")),
@@ -77,6 +78,16 @@ def test_raw_messages_are_the_originals_but_number_point_attributes() -> None:
                 want = [(*f[:5], None, f[6]) if f[0] in ("gauge", "sum") else f for f in want]
             assert _fields(mine) == want, d.full_name
             seen += 1
+    of_bytes = {"ExportMetricsServiceRequest": ("resource_metrics", "ResourceMetricsOfBytes"),
+                "ResourceMetrics": ("scope_metrics", "ScopeMetricsOfBytes"),
+                "ScopeMetrics": ("metrics", None)}
+    for name, (field, type_name) in of_bytes.items():
+        d = Full.DESCRIPTOR if name == "ExportMetricsServiceRequest" else metrics_pb2.DESCRIPTOR.message_types_by_name[
+            name]
+        want = [(*f[:3], 12, "", *f[5:]) if f[0] == field and type_name is None
+                else (*f[:4], type_name, *f[5:]) if f[0] == field else f for f in _fields(d)]
+        assert _fields(raw.DESCRIPTOR.message_types_by_name[name + "OfBytes"]) == want, name
+        seen += 1
     assert seen == len(raw.DESCRIPTOR.message_types_by_name) + 2  # and the nested Buckets, ValueAtQuantile
     for e in ("AggregationTemporality",):
         assert ([(v.name, v.number) for v in raw.DESCRIPTOR.enum_types_by_name[e].values]
@@ -296,8 +307,10 @@ class Shapes:
                 sm = rm.scope_metrics.add()
                 sm.scope.name = "lib"
                 for _ in range(r.randrange(1, 5)):
-                    m = sm.metrics.add(name=r.choice(["cpu", "cpu.usage", "cpu_usage", "requests", "lat", "x-y", ""]))
-                    m.unit = "s"
+                    m = sm.metrics.add(name=r.choice(["cpu", "cpu.usage", "cpu_usage", "requests", "lat", "x-y", "",
+                                                      "n" * 130, "ünï"]))
+                    m.unit = r.choice(["s", "s", "", "ünï"])
+                    m.description = r.choice(["", "", "", "d", "x" * 200])
                     k = r.randrange(10)
                     if k < 4:
                         points.append((m.gauge.data_points, [self.number_point(attrs) for _ in range(r.randrange(6))]))
@@ -319,6 +332,9 @@ class Shapes:
                         m.summary.SetInParent()
                     if r.random() < 0.03:  # a second data field, after: the parse keeps the last
                         self.another_data_field(m, attrs)
+                    if k < 7 and r.random() < 0.05:  # an unknown field in the gauge or sum (a group: nested
+                        n = r.choice([1, 1, 97])      # 97 deep, it parses alone but not in a request)
+                        (m.gauge if k < 4 else m.sum).MergeFromString(b"\x7b" * n + b"\x7c" * n)
         every = [(i, j) for i, (_, dps) in enumerate(points) for j in range(len(dps))]
         if bad is not None and every:
             i, j = r.choice(every)
@@ -335,7 +351,8 @@ class Shapes:
 
 
 def _wire_fields(b: bytes) -> list[bytes]:
-    """A message's bytes as its fields' (tag, then varint, 8 bytes or length-delimited)."""
+    """A message's bytes as its fields' (tag, then varint, 8 or 4 bytes or length-delimited; a
+    group's start and end tags each alone)."""
     fields = []
     i = 0
     while i < len(b):
@@ -350,6 +367,10 @@ def _wire_fields(b: bytes) -> list[bytes]:
             i += 1
         elif wire == 1:
             i += 8
+        elif wire == 5:
+            i += 4
+        elif wire in (3, 4):  # a group's start or end: a field of its own here
+            pass
         else:
             assert wire == 2
             n = shift = 0
@@ -446,6 +467,72 @@ CONFIGS = [
 ]
 
 
+def _ld_payload(field: bytes) -> tuple[bytes, bytes]:
+    """A length-delimited field's (tag and length, payload)."""
+    i = 0
+    while field[i] >= 0x80:
+        i += 1
+    i += 1
+    while field[i] >= 0x80:
+        i += 1
+    i += 1
+    return field[:i], field[i:]
+
+
+def _odd_metric(r: random.Random, mb: bytes) -> bytes:
+    """A metric's bytes (as Shapes.request made them) laid out otherwise at times, or malformed."""
+    x = r.random()
+    fields = _wire_fields(mb)
+    if x < 0.02:  # an unknown field, after its data
+        return mb + b"\xf8\x07\x01"
+    if x < 0.04:  # metadata, after its data
+        return mb + _ld(12, _ld(1, b"m") + _ld(2, _ld(1, b"v")))
+    if x < 0.06:  # its fields in reverse order (the name last)
+        return b"".join(reversed(fields))
+    if x < 0.08:  # a gauge's or sum's points and fields in reverse order (a sum's temporality first)
+        out = []
+        for f in fields:
+            if f[0] in (0x2A, 0x3A):
+                _, body = _ld_payload(f)
+                f = _ld(f[0] >> 3, b"".join(reversed(_wire_fields(body))))
+            out.append(f)
+        return b"".join(out)
+    if x < 0.09:  # the name twice: the last wins
+        return _ld(1, b"first") + mb
+    if x < 0.095:  # a name that is not UTF-8: refused
+        return _ld(1, b"\xff\xfe") + b"".join(f for f in fields if f[0] != 0x0A)
+    if x < 0.1:  # a description that is not UTF-8: refused
+        return b"".join(f for f in fields if f[0] == 0x0A) + _ld(2, b"\xc3") + b"".join(
+            f for f in fields if f[0] not in (0x0A, 0x12))
+    if x < 0.105:  # a gauge's or sum's length longer than the metric: refused
+        return mb[:-1] if any(f[0] in (0x2A, 0x3A) for f in fields) else mb
+    if x < 0.11:  # a gauge's or sum's point length written in 3 bytes (not as senders write it)
+        out = []
+        for f in fields:
+            if f[0] in (0x2A, 0x3A):
+                _, body = _ld_payload(f)
+                inner = []
+                for g in _wire_fields(body):
+                    if g[0] == 0x0A:
+                        _, p = _ld_payload(g)
+                        n = len(p)
+                        g = b"\x0a" + bytes([n & 0x7F | 0x80, (n >> 7) & 0x7F | 0x80, n >> 14]) + p
+                    inner.append(g)
+                f = _ld(f[0] >> 3, b"".join(inner))
+            out.append(f)
+        return b"".join(out)
+    return mb
+
+
+def _odd_metrics(r: random.Random, data: bytes) -> bytes:
+    req = raw.ExportMetricsServiceRequestOfBytes.FromString(data)
+    for rm in req.resource_metrics:
+        for sm in rm.scope_metrics:
+            for i, mb in enumerate(sm.metrics):
+                sm.metrics[i] = _odd_metric(r, mb)
+    return req.SerializeToString()
+
+
 def stream(seed: int, n: int) -> Iterator[bytes]:
     """`n` requests over a few dozen attribute sets (so that series repeat), some malformed."""
     s = Shapes(seed)
@@ -453,7 +540,7 @@ def stream(seed: int, n: int) -> Iterator[bytes]:
     for i in range(n):
         bad = s.r.choice(BAD_ATTRIBUTES) if i % 7 == 3 else None
         bad_point = s.r.choice(BAD_POINTS) if i % 11 == 5 else None
-        data = s.request(attrs, bad, bad_point).SerializeToString()
+        data = _odd_metrics(s.r, s.request(attrs, bad, bad_point).SerializeToString())
         if i % 23 == 11:  # a truncated request
             data = data[: len(data) * 2 // 3]
         yield data

@@ -301,3 +301,29 @@ class ExportMetricsServiceRequest(_message.Message):
     RESOURCE_METRICS_FIELD_NUMBER: _ClassVar[int]
     resource_metrics: _containers.RepeatedCompositeFieldContainer[ResourceMetrics]
     def __init__(self, resource_metrics: _Optional[_Iterable[_Union[ResourceMetrics, _Mapping]]] = ...) -> None: ...
+
+class ExportMetricsServiceRequestOfBytes(_message.Message):
+    __slots__ = ("resource_metrics",)
+    RESOURCE_METRICS_FIELD_NUMBER: _ClassVar[int]
+    resource_metrics: _containers.RepeatedCompositeFieldContainer[ResourceMetricsOfBytes]
+    def __init__(self, resource_metrics: _Optional[_Iterable[_Union[ResourceMetricsOfBytes, _Mapping]]] = ...) -> None: ...
+
+class ResourceMetricsOfBytes(_message.Message):
+    __slots__ = ("resource", "scope_metrics", "schema_url")
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_METRICS_FIELD_NUMBER: _ClassVar[int]
+    SCHEMA_URL_FIELD_NUMBER: _ClassVar[int]
+    resource: Resource
+    scope_metrics: _containers.RepeatedCompositeFieldContainer[ScopeMetricsOfBytes]
+    schema_url: str
+    def __init__(self, resource: _Optional[_Union[Resource, _Mapping]] = ..., scope_metrics: _Optional[_Iterable[_Union[ScopeMetricsOfBytes, _Mapping]]] = ..., schema_url: _Optional[str] = ...) -> None: ...
+
+class ScopeMetricsOfBytes(_message.Message):
+    __slots__ = ("scope", "metrics", "schema_url")
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    SCHEMA_URL_FIELD_NUMBER: _ClassVar[int]
+    scope: InstrumentationScope
+    metrics: _containers.RepeatedScalarFieldContainer[bytes]
+    schema_url: str
+    def __init__(self, scope: _Optional[_Union[InstrumentationScope, _Mapping]] = ..., metrics: _Optional[_Iterable[bytes]] = ..., schema_url: _Optional[str] = ...) -> None: ...
