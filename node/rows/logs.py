@@ -15,10 +15,11 @@ removed. Routing and refusals: routing.py. A record that names no database or ta
 A request that comes as bytes is read as ingestor.otlp_raw_logs (proto/opentelemetry_raw/logs_raw.proto,
 `parse_request`): the wire of an ExportLogsServiceRequest, parsed as it parses, except that a record's
 attributes are left as the bytes each KeyValue came as. Each attribute's JSON text is cached by those
-bytes; an attribute not in the cache is parsed where the request's parse parses it (in a record of a
-scope of a resource: the same nesting limit, `_record`), and a request whose attribute does not parse
-is refused with the error of the request's parse (DecodeError, its bytes parsed again for its text).
-Given a message (OTLP/JSON), the converter reads it from its bytes.
+bytes; an attribute not in the cache is read from them when it is a key and a string, int, double or
+bool, and otherwise parsed where the request's parse parses it (in a record of a scope of a resource:
+the same nesting limit, `_record`); a request whose attribute does not parse is refused with the error
+of the request's parse (DecodeError, its bytes parsed again for its text). Given a message (OTLP/JSON,
+or OTLP/HTTP protobuf as node/receivers/decode.py parses it), the converter reads it from its bytes.
 '''
 
 from __future__ import annotations
@@ -98,8 +99,9 @@ _FIELDS = attrgetter("attributes", "time_unix_nano", "observed_time_unix_nano", 
 """What a row takes of a record, read at once."""
 
 _ROUTING = "\0kusto"
-"""The key, in the attributes' cache, of every `kusto.*` attribute (no attribute's key: its text
-comes first): a record with one is read attribute by attribute (`_attributes_of`)."""
+"""The key, in the attributes' cache, of every `kusto.*` attribute: a record with one is read
+attribute by attribute (`_attributes_of`), as is one with an attribute of that very key (rare, and
+right either way)."""
 
 Attribute = tuple[str, str] | tuple[str, tuple[str, Choice]]
 """One serialized attribute (a KeyValue) of a log record, as cached: its key and its `"key":value`
