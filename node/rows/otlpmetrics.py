@@ -119,21 +119,8 @@ def _number_points(mb: bytes, k: int, is_sum: bool) -> list[bytes] | None:
     """The points of the Gauge or Sum that `mb` (a serialized Metric) holds from `k` to its end, or
     None when that is not laid out so that its parse alone is its parse in a request: anything but
     its points (and a Sum's aggregation_temporality and is_monotonic) may be an unknown field, whose
-    parse depends on how deep it is. One point: read from the bytes; more: parsed, each byte accounted
-    for by its points and fields as senders write them."""
-    end = len(mb)
-    if mb[k] == _POINT_TAG:
-        n = mb[k + 1]
-        p = k + 2
-        if n >= 0x80:
-            hi = mb[k + 2]
-            if hi >= 0x80:
-                return None
-            n = n & 0x7F | hi << 7
-            p = k + 3
-        q = p + n
-        if q == end if not is_sum else q <= end and mb[q:] in _SUM_TAILS:
-            return [mb[p:q]]
+    parse depends on how deep it is. Parsed, each of its bytes accounted for by its points and fields
+    as senders write them (one point is read from the bytes in `OtlpMetrics._convert`)."""
     body = mb[k:]
     try:
         if is_sum:
@@ -416,7 +403,19 @@ class OtlpMetrics:
                                     hi = mb[j + 2]
                                     n = n & 0x7F | hi << 7 if hi < 0x80 else -1
                                     k = j + 3
-                                if k + n == len(mb):
+                                end = len(mb)
+                                if k + n == end:
+                                    if mb[k] == _POINT_TAG:  # one point, then nothing (a sum: its fields)
+                                        n = mb[k + 1]
+                                        p = k + 2
+                                        if n >= 0x80:
+                                            hi = mb[k + 2]
+                                            n = n & 0x7F | hi << 7 if hi < 0x80 else -1
+                                            p = k + 3
+                                        q = p + n
+                                        if q == end if tag == _GAUGE_TAG else q <= end and mb[q:] in _SUM_TAILS:
+                                            metrics.append((mb[:j], [mb[p:q]], None))
+                                            continue
                                     points = _number_points(mb, k, tag == _SUM_TAG)
                                     if points is not None:
                                         metrics.append((mb[:j], points, None))
