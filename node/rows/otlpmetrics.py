@@ -41,7 +41,7 @@ from typing import Any, NamedTuple, cast
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
-from xxhash import xxh3_128_intdigest
+from xxhash import xxh3_128_digest
 
 from node.cache import Generations
 from node.errors import DecodeError
@@ -445,7 +445,7 @@ class OtlpMetrics:
         numbers_of = self._numbers_of
         tget = self._ts.cache.get
         tformat = self._ts.format
-        xxh = xxh3_128_intdigest
+        xxh = xxh3_128_digest
         rows_of = out.rows
         last_dest: tuple[str, str] | None = None
         rows: list[str] = []
@@ -654,10 +654,11 @@ class OtlpMetrics:
     # NumberDataPoint's fields in field-number order: [start time] [time] [as_double | as_int], each a
     # tag and 8 bytes, then its series: attributes and flags (exemplars, field 5, come between them).
     # `_convert` reads the time and the value of such a point from its bytes and keys its series by the
-    # rest (`xxh3_128_intdigest`); a key is cached only when that rest parsed (nested as deep as in
-    # the request, `_new_series`) and holds nothing but attributes and flags, so that a hit stands for
-    # a point that parses and whose time and value are those read. Any other point (fields in another
-    # order or repeated, exemplars, unknown fields, shorter than its layout) is parsed (`_point`).
+    # rest (`xxh3_128_digest`: 16 bytes, made faster than the same hash as an int); a key is cached only
+    # when that rest parsed (nested as deep as in the request, `_new_series`) and holds nothing but
+    # attributes and flags, so that a hit stands for a point that parses and whose time and value are
+    # those read. Any other point (fields in another order or repeated, exemplars, unknown fields,
+    # shorter than its layout) is parsed (`_point`).
 
     def _new_series(self, points: Any, inner: dict[Any, Entry], old: dict[Any, Entry], res: _Resource, name: str,
                     strict: bool) -> None:
@@ -666,7 +667,7 @@ class OtlpMetrics:
         request's parse parses them; kept only when they hold nothing but attributes and flags. When
         that parse fails: raises _Malformed (`strict`), or puts none (a message's points: each is then
         parsed alone, `_point`). A point not laid out as `_convert` reads it is left to `_point`."""
-        tails: dict[int, bytes] = {}
+        tails: dict[bytes, bytes] = {}
         for b in points:
             try:
                 i = 9 if b[0] == _START_TAG else 0
@@ -679,7 +680,7 @@ class OtlpMetrics:
             if i > len(b):
                 continue
             tail = b[i:]
-            key = xxh3_128_intdigest(tail)
+            key = xxh3_128_digest(tail)
             if key not in inner and key not in old:
                 tails[key] = tail
         if not tails:
