@@ -414,7 +414,7 @@ class OtlpMetrics:
                                             p = k + 3
                                         q = p + n
                                         if q == end if tag == _GAUGE_TAG else q <= end and mb[q:] in _SUM_TAILS:
-                                            metrics.append((mb[:j], [mb[p:q]], None))
+                                            metrics.append((mb[:j], (mb[p:q],), None))
                                             continue
                                     points = _number_points(mb, k, tag == _SUM_TAG)
                                     if points is not None:
