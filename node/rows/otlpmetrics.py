@@ -20,15 +20,19 @@
   a `quantile` label per quantile.
 * A data point flagged "no recorded value" is skipped: neither accepted nor rejected.
 
-Requests are read as `ingestor.otlp_raw.ExportMetricsServiceRequest` (proto/opentelemetry_raw/
+Requests are read as `ingestor.otlp_raw.ExportMetricsServiceRequestOfBytes` (proto/opentelemetry_raw/
 metrics_raw.proto, `parse_request`): the wire of an ExportMetricsServiceRequest, parsed as it parses,
-except that a gauge or sum point is left as the bytes it came as. A point is read from its bytes when
-they are laid out as senders write them (`_convert`: its times and value first, then its attributes and
-flags, its series known by those); a point of a known series costs no parse. The new series of a
-metric's points are parsed at once (`_new_series`), nested as deep as in the request, so that they parse
-exactly when the whole request's parse parses them; any other point is parsed alone, nested as deep
-(`_point`). A request that parse refuses is refused with its error (DecodeError, the request's bytes
-parsed again for its text). Given a message (OTLP/JSON), the converter reads it from its bytes.
+except that each metric is left as the bytes it came as. A gauge or sum metric laid out as senders
+write it (name, description, unit, then its gauge or sum, nothing else) is read from those bytes, its
+points as the bytes each came as (`OtlpMetrics._convert`); any other metric is parsed as
+`ingestor.otlp_raw.Metric` (a point left as its bytes there too), nested as deep as in a request. A
+point is read from its bytes when they are laid out as senders write them (its times and value first,
+then its attributes and flags, its series known by those); a point of a known series costs no parse.
+The new series of a metric's points are parsed at once (`_new_series`), nested as deep as in the
+request, so that they parse exactly when the whole request's parse parses them; any other point is
+parsed alone, nested as deep (`_point`). A request that parse refuses is refused with its error
+(DecodeError, the request's bytes parsed again for its text). Given a message (OTLP/JSON), the
+converter reads it from its bytes.
 """
 
 from __future__ import annotations

@@ -676,3 +676,63 @@ def test_a_metric_with_several_data_fields_is_read_from_the_whole_parse() -> Non
             for _ in range(2):
                 assert new(conv, data) == want
                 assert new(conv, data, piece_bytes=20) == reference(old, data, piece_bytes=20)
+
+
+def _point_cases() -> list[bytes]:
+    """A NumberDataPoint's bytes in each layout the converter reads from the bytes or parses."""
+    kv = common_pb2.KeyValue(key="k", value=common_pb2.AnyValue(string_value="v")).SerializeToString()
+    attrs = _ld(7, kv)
+    start, time = b"\x11" + struct.pack("<Q", T0 - 1), b"\x19" + struct.pack("<Q", T0)
+    values = [b"\x21" + struct.pack("<d", v) for v in (1.5, -0.0, math.nan, math.inf, -math.inf, 1e-300)]
+    values += [b"\x31" + struct.pack("<q", v) for v in (0, -1, 2**63 - 1, -(2**63))]
+    exemplar = _ld(5, raw.Exemplar(time_unix_nano=T0, as_double=2.0).SerializeToString())
+    cases = [start + time + v + attrs for v in values]
+    cases += [
+        time + values[0] + attrs,  # no start time
+        values[0] + attrs,  # no time
+        start + values[0] + attrs,  # a start time, no time
+        start + time + attrs,  # no value
+        time,  # the time alone
+        b"",  # empty
+        attrs,  # attributes alone
+        start + time + values[0],  # no attributes
+        start + time + values[0] + attrs + b"\x40\x01",  # no recorded value
+        start + time + values[0] + attrs + b"\x40\x02",  # other flags
+        start + time + values[0] + attrs + b"\x40\x81\x00",  # flags in a longer varint
+        start + time + values[0] + exemplar + attrs,  # an exemplar
+        start + time + values[0] + exemplar + values[6] + attrs,  # as_double, then as_int: the oneof's last
+        attrs + start + time + values[0],  # attributes first
+        values[0] + time + attrs,  # the value before the time
+        start + time + values[0] + attrs + b"\x19" + struct.pack("<Q", T0 + 7),  # the time again, after
+        start + time + values[0] + attrs + values[7],  # a value again, after
+        time + time + values[0] + attrs,  # the time twice
+        start + time + values[0] + values[1] + attrs,  # the value twice
+        start + time + values[0] + attrs + b"\xc0\x06\x01",  # an unknown field
+        b"\x18\x05" + start + time + values[0] + attrs,  # field 3 as a varint: an unknown field
+    ]
+    bad = [
+        start + time + values[0][:5],  # the value cut short
+        time[:4],  # the time cut short
+        start + time + values[0] + attrs[:-1],  # an attribute cut short
+        start + time + values[0] + attrs + b"\x40",  # flags without their varint
+        start + time + values[0] + _ld(7, _ld(1, b"\xff")),  # a key that is not UTF-8
+        start + time + values[0] + _ld(5, b"\x0f"),  # an exemplar that does not parse
+        start + time + values[0] + attrs + b"\x0f",  # wire type 7
+    ]
+    return cases + bad
+
+
+@pytest.mark.parametrize("kind", [5, 7])
+def test_each_layout_of_a_point_reads_as_the_whole_parse(kind: int) -> None:
+    """Every layout of a point, alone in a gauge or sum and with a point that is read from its bytes,
+    cold and warm, gives what the whole parse gave (rows, counts, reasons, or the refusal)."""
+    old, conv = converters(MetricsConfig())
+    plain = _point_cases()[0]
+    for i, point in enumerate(_point_cases()):
+        for points in ([point], [plain, point], [point, plain, point]):
+            body = b"".join(_ld(1, p) for p in points) + (b"\x10\x02\x18\x01" if kind == 7 else b"")
+            metric = _ld(1, b"m") + _ld(kind, body)
+            data = _ld(1, _ld(2, _ld(2, metric)))
+            want = reference(old, data)
+            for _ in range(2):
+                assert new(conv, data) == want, (i, points)
