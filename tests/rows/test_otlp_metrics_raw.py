@@ -1,8 +1,10 @@
-"""OTLP metrics read as ingestor.otlp_raw (proto/opentelemetry_raw/metrics_raw.proto: a gauge or sum
-point's attributes left as their bytes) give what the whole parse gave, for every shape: the same rows,
-counts and reasons, or the same refusal (DecodeError and its text). The reference is the converter as
-it was (tests/rows/otlpmetrics_before.py) given the request parsed whole; the converter under test is
-given it as bytes (`parse_request`), whole and in pieces, as a message (OTLP/JSON), cold and warm."""
+"""OTLP metrics read as ingestor.otlp_raw (proto/opentelemetry_raw/metrics_raw.proto: each metric left as
+its bytes, a gauge or sum point too, and its attributes) give what the whole parse gave, for every shape:
+the same rows, counts and reasons, or the same refusal (DecodeError and its text). The reference is the
+converter as it was (tests/rows/otlpmetrics_before.py) given the request parsed whole; the converter
+under test is given it as bytes (`parse_request`), whole and in pieces, as a message (OTLP/JSON), cold
+and warm. The requests generated hold metrics and points laid out as senders write them and otherwise
+(fields reordered, repeated, unknown, deep groups, exemplars, flags), and some that do not parse."""
 
 from __future__ import annotations
 
