@@ -110,3 +110,34 @@ class ResultBuilder:
         tables = {dest: TableBatch(dest[0], dest[1], kind, schema, data, counts[dest])
                   for dest, data in self._data.items()}
         return ConvertResult(tables, sum(counts.values()), self.rejected, list(self._reasons))
+
+
+MAX_MERGED_BYTES = 64 << 20
+"""Most bytes of rows `merged` puts in one batch, far under the WAL's block limit (256 MiB)."""
+
+
+def merged(results: list[ConvertResult], max_bytes: int = MAX_MERGED_BYTES) -> list[TableBatch]:
+    """The batches of several requests' results as few batches as they allow: one per (database,
+    table, kind, schema), its rows those of each result in turn, unless that would pass `max_bytes`
+    (then the batch so far is closed and another begins). The results' own batches are left as
+    they are."""
+    out: dict[tuple[str, str, int, Schema], TableBatch] = {}
+    full: list[TableBatch] = []
+    mine: set[int] = set()  # id() of the batches made here (the only ones grown in place)
+    for result in results:
+        for b in result.tables.values():
+            key = (b.database, b.table, b.kind, b.schema)
+            m = out.get(key)
+            if m is None:
+                out[key] = b
+            elif len(m.data) + len(b.data) > max_bytes:
+                full.append(m)
+                out[key] = b
+            else:
+                if id(m) not in mine:
+                    m = out[key] = TableBatch(m.database, m.table, m.kind, m.schema, bytearray(m.data), m.count)
+                    mine.add(id(m))
+                m.data += b.data
+                m.count += b.count
+    full.extend(out.values())
+    return full
