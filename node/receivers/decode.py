@@ -18,10 +18,12 @@ import cramjam
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 from google.protobuf.message import Message
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
 from node.errors import DecodeError, RequestTooLargeError, UnsupportedMediaError
 from node.gen.prometheus import remote_raw_pb2
+from node.rows.logs import parse_request as parse_logs_request
 from node.rows.otlpmetrics import parse_request
 
 M = TypeVar("M", bound=Message)
@@ -186,10 +188,10 @@ def _hex_ids_to_base64(node: Any) -> Any:
 
 def decode_otlp(body: bytes, content_type: str | None, content_encoding: str | None, message_cls: type[M],
                 max_bytes: int) -> M:
-    """OTLP/HTTP: protobuf or JSON, identity or gzip. An ExportMetricsServiceRequest in protobuf is
-    read as ingestor.otlp_raw's, with its bytes (node/rows/otlpmetrics.py's `parse_request` and
-    `Parsed`, not the message: the metrics converter reads it fastest), refused as the parse of an
-    ExportMetricsServiceRequest is."""
+    """OTLP/HTTP: protobuf or JSON, identity or gzip. An ExportMetricsServiceRequest or an
+    ExportLogsServiceRequest in protobuf is read as gRPC's are, with its bytes (the `parse_request`
+    and `Parsed` of node/rows/otlpmetrics.py and node/rows/logs.py, not the message: their converters
+    read it fastest, and do not parse it twice), refused as the parse of the message is."""
     enc = (content_encoding or "identity").strip().lower()
     if enc == "gzip":
         body = gunzip(body, max_bytes)
@@ -203,6 +205,8 @@ def decode_otlp(body: bytes, content_type: str | None, content_encoding: str | N
                 # read as ingestor.otlp_raw's: a gauge or sum point's attributes left as their bytes,
                 # which the converter parses for a new series only, refusing them as this parse would
                 return cast(M, parse_request(body))
+            if message_cls is ExportLogsServiceRequest:  # a record's attributes left as their bytes, as above
+                return cast(M, parse_logs_request(body))
             return message_cls.FromString(body)
         except ProtobufDecodeError as e:
             raise DecodeError(f"malformed {name}: {e}") from e

@@ -37,10 +37,11 @@ from node.names import is_valid_name
 from node.receivers.decode import decode_otlp, decode_remote_write, snappy_block
 from node.rows.batch import MAX_REASONS, ConvertResult
 from node.rows.logs import LogsConfig, LogsConverter
+from node.rows.logs import Parsed as LogsParsed
 from node.rows.metrics import MetricsConfig, MetricsConverter
 from node.rows.otlpmetrics import Parsed
 from node.rows.traces import TracesConfig, TracesConverter
-from tests.rows import otlpmetrics_before
+from tests.rows import logs_before, otlpmetrics_before
 
 MAX = 1 << 20
 T_MS = 1_795_492_800_123
@@ -252,6 +253,9 @@ def check_otlp(signal: str, body: bytes, content_type: str | None, encoding: str
     if isinstance(msg, Parsed):  # OTLP metrics in protobuf
         check_otlp_metrics(msg)
         return
+    if isinstance(msg, LogsParsed):  # OTLP logs in protobuf
+        check_otlp_logs(msg)
+        return
     assert isinstance(msg, CLASSES[signal])
     check_result(signal, _converters()[signal](msg))
 
@@ -282,6 +286,30 @@ def check_otlp_metrics(parsed: Parsed) -> None:
                                                                   reference.reasons)
 
 
+def check_otlp_logs(parsed: LogsParsed) -> None:
+    """OTLP logs in protobuf, read as ingestor.otlp_raw_logs's (a record's attributes parsed by the
+    converter when it does not know them), against the whole parse and the converter as it was
+    (tests/rows/logs_before.py): refused exactly when that parse refuses, with its error, else the
+    same rows, counts and reasons."""
+    full = logs_service_pb2.ExportLogsServiceRequest
+    try:
+        whole = full.FromString(parsed.data)
+    except ProtobufDecodeError as e:
+        whole, error = None, f"malformed {full.DESCRIPTOR.full_name}: {e}"
+    try:
+        result = _converters()["logs"](parsed)
+    except DecodeError as e:
+        assert whole is None, f"refused by the converter ({e}), but it parses as an ExportLogsServiceRequest"
+        assert str(e) == error
+        return
+    assert whole is not None, "accepted, but it does not parse as an ExportLogsServiceRequest"
+    check_result("logs", result)
+    reference = logs_before.LogsConverter(LogsConfig(default_database="Logs", default_table="App")).convert(whole)
+    assert _tables(result) == _tables(reference)
+    assert (result.accepted, result.rejected, result.reasons) == (reference.accepted, reference.rejected,
+                                                                  reference.reasons)
+
+
 def test_seed_bodies_decode_and_convert() -> None:
     """The seeds themselves are accepted, with rows: mutations start from real, working bodies."""
     req = decode_remote_write(RW_BODY, "snappy", PB, MAX)
@@ -298,14 +326,17 @@ def test_seed_bodies_decode_and_convert() -> None:
             if isinstance(msg, Parsed):  # OTLP metrics in protobuf, read as ingestor.otlp_raw's
                 assert (signal, ct, msg.data) == ("metrics", PB, body)
                 check_otlp_metrics(msg)
+            elif isinstance(msg, LogsParsed):  # OTLP logs in protobuf, read as ingestor.otlp_raw_logs's
+                assert (signal, ct, msg.data) == ("logs", PB, body)
+                check_otlp_logs(msg)
             else:
                 assert msg == MESSAGES[signal]
             result = _converters()[signal](msg)
             check_result(signal, result)
             assert result.accepted > 0
         msg = decode_otlp(gzip.compress(PB_BODIES[signal]), PB, "gzip", CLASSES[signal], MAX)
-        want = PB_BODIES[signal] if signal == "metrics" else MESSAGES[signal]
-        assert (msg.data if isinstance(msg, Parsed) else msg) == want
+        want = PB_BODIES[signal] if signal in ("metrics", "logs") else MESSAGES[signal]
+        assert (msg.data if isinstance(msg, Parsed | LogsParsed) else msg) == want
 
 
 # -- mutations -------------------------------------------------------------------------------
