@@ -304,7 +304,8 @@ def check_otlp_logs(parsed: LogsParsed) -> None:
         return
     assert whole is not None, "accepted, but it does not parse as an ExportLogsServiceRequest"
     check_result("logs", result)
-    reference = logs_before.LogsConverter(logs_before.LogsConfig(default_database="Logs", default_table="App")).convert(whole)
+    old = logs_before.LogsConverter(logs_before.LogsConfig(default_database="Logs", default_table="App"))
+    reference = old.convert(whole)
     assert _tables(result) == _tables(reference)
     assert (result.accepted, result.rejected, result.reasons) == (reference.accepted, reference.rejected,
                                                                   reference.reasons)
