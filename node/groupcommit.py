@@ -8,8 +8,9 @@ cost one block per table for the group instead of one per request and table.
 
 The process's one converter thread groups: when it turns to the next request, it takes every
 request queued for it by then (and those that come while it converts them), converts them one
-after the other and writes their rows at once (`MAX_GROUP_REQUESTS` and `MAX_GROUP_BYTES` of rows
-at most: rows are held until the write). It never waits for more requests to come. Requests come
+after the other and writes their rows at once (at most `MAX_GROUP_REQUESTS` requests,
+`MAX_GROUP_BYTES` of rows, which are held until the write, and `MAX_GROUP_SECONDS` of converting,
+which the first request's answer waits for). It never waits for more requests to come. Requests come
 to it when they are large, when they come over HTTP (decompressed there: Prometheus's remote
 write) and when it is busy (node/ingest.py); a request converted on the event loop is written
 alone, at once: grpc.aio starts one call per turn of the loop, so there is nothing to group it
@@ -29,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +42,8 @@ MAX_GROUP_REQUESTS = 64
 """Requests the converter thread converts before it writes, at most."""
 MAX_GROUP_BYTES = 32 << 20
 """Bytes of rows the converter thread holds before it writes, at most."""
+MAX_GROUP_SECONDS = 0.1
+"""Seconds of converting after which the converter thread writes what it has."""
 
 Write = Callable[[Sequence[T]], list[BaseException | None]]
 """Appends the rows of several converted requests; returns what came of each (None: written)."""
@@ -97,39 +101,36 @@ class GroupCommit(Generic[T]):
                 await job.future
             raise
 
-    def _take(self) -> list[_Job[T]]:
+    def _take(self) -> _Job[T] | None:
+        """The next request queued and not cancelled, now the thread's."""
         with self._lock:
-            jobs: list[_Job[T]] = []
-            while self._jobs and len(jobs) < MAX_GROUP_REQUESTS:
+            while self._jobs:
                 job = self._jobs.popleft()
                 if job.state == "queued":
                     job.state = "taken"
-                    jobs.append(job)
-            return jobs
+                    return job
+            return None
 
     def _run_group(self, loop: asyncio.AbstractEventLoop) -> None:
         """In the thread: take what is queued, convert it, write it; once per request submitted,
-        so a run finds nothing left when an earlier one took its request."""
+        so a run finds nothing left when an earlier one took its request. A group ends when nothing
+        is queued, or at MAX_GROUP_REQUESTS, MAX_GROUP_BYTES or MAX_GROUP_SECONDS of converting (so
+        that a steady stream of requests does not hold the first one's answer)."""
         done: list[tuple[_Job[T], T]] = []
         held = 0
-        while held < MAX_GROUP_BYTES:
-            jobs = self._take() if len(done) < MAX_GROUP_REQUESTS else []
-            if not jobs:
+        start = time.monotonic()
+        while not done or (held < MAX_GROUP_BYTES and len(done) < MAX_GROUP_REQUESTS
+                           and time.monotonic() - start < MAX_GROUP_SECONDS):
+            job = self._take()
+            if job is None:
                 break
-            for i, job in enumerate(jobs):
-                if held >= MAX_GROUP_BYTES:  # the rest go back, first in line
-                    with self._lock:
-                        for rest in reversed(jobs[i:]):
-                            rest.state = "queued"
-                            self._jobs.appendleft(rest)
-                    break
-                try:
-                    item = job.convert()
-                except BaseException as e:  # the caller's to raise
-                    self._answer(loop, job, None, e)
-                    continue
-                done.append((job, item))
-                held += self._size(item)
+            try:
+                item = job.convert()
+            except BaseException as e:  # the caller's to raise
+                self._answer(loop, job, None, e)
+                continue
+            done.append((job, item))
+            held += self._size(item)
         if not done:
             return
         try:

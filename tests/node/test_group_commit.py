@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from node import groupcommit
 from node.errors import OverLimitsError, RequestTooLargeError
 from node.ingest import Converters, Ingest
 from node.metrics import NodeMetrics
@@ -34,6 +35,12 @@ def body(pod: int, tables: list[str], k: int = 0) -> bytes:
     """A remote-write request: one sample for each table of `tables`, from `pod`."""
     series = (({"__name__": t, "pod": f"p{pod}"}, [(float(k), T0 + k)]) for t in tables)
     return remote_write(*series).SerializeToString()
+
+
+@pytest.fixture(autouse=True)
+def slow_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first request's conversion lasts as long as the test holds it: not the end of its group."""
+    monkeypatch.setattr(groupcommit, "MAX_GROUP_SECONDS", 30.0)
 
 
 def make_ingest(tmp_path: Path, **wal: Any) -> tuple[Ingest, Repository]:
@@ -203,3 +210,17 @@ async def test_a_caller_cancelled_while_its_group_runs_waits_for_the_write(tmp_p
     with pytest.raises(asyncio.CancelledError):
         await held
     assert blocks_and_rows(repo) == {"A": (1, 1)}
+
+
+@pytest.mark.parametrize(("limit", "value", "groups"), [("MAX_GROUP_REQUESTS", 3, 3), ("MAX_GROUP_SECONDS", 0.0, 7),
+                                                      ("MAX_GROUP_BYTES", 1, 7)])
+async def test_a_group_ends_at_its_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: str, value: float,
+                                          groups: int) -> None:
+    """At most MAX_GROUP_REQUESTS requests, MAX_GROUP_BYTES of rows and MAX_GROUP_SECONDS of
+    converting a group (0 of either: one request a write); the rest are written by the next."""
+    monkeypatch.setattr(groupcommit, limit, value)
+    ingest, repo = make_ingest(tmp_path)
+    results = await queued_behind_a_busy_thread(ingest, [body(p, ["A", "B"]) for p in range(7)])
+    assert [r.accepted for r in results] == [2] * 7
+    assert (ingest._commit.groups, ingest._commit.grouped) == (groups, 7)
+    assert blocks_and_rows(repo) == {"A": (groups, 7), "B": (groups, 7)}
