@@ -11,10 +11,12 @@ Where the work runs, so that the event loop stays free to answer probes and take
   thread. Requests go through it one at a time, in the order they came (the converters' caches
   are not thread-safe); those queued for it together are written to the WAL together, one block
   per table for all of them (node/groupcommit.py). A smaller request runs on the loop when that
-  thread is idle, and queues behind it otherwise: it takes milliseconds (1,000 points with 8
-  attributes, 213 KiB: 2.8 ms, 23 ms when every series is new; the worst seen, 256 KiB of tiny
-  points of new series, ~60 ms), and the hop to a thread and back, with the GIL passed between
-  the loop and the thread, cost 15-25% of the node's throughput at 1,000-point requests (bench).
+  thread is idle (and is written by the thread when its rows are for `GROUP_TABLES` tables or
+  more, to be grouped with what queues behind it), and queues behind it otherwise: it takes
+  milliseconds (1,000 points with 8 attributes, 213 KiB: 2.8 ms, 23 ms when every series is new;
+  the worst seen, 256 KiB of tiny points of new series, ~60 ms), and the hop to a thread and
+  back, with the GIL passed between the loop and the thread, cost 15-25% of the node's throughput
+  at 1,000-point requests (bench).
 * A request given as its serialized protobuf (gRPC) is parsed in pieces of about a megabyte
   (`node.rows.wire.pieces`), each converted before the next is parsed: no single step holds the
   GIL for long, and only one piece's messages are alive at a time. A request given as a function
@@ -81,6 +83,12 @@ log = logging.getLogger(__name__)
 
 INLINE_BYTES = 256 << 10
 """Requests of at most this many bytes run on the event loop when the converter thread is idle."""
+GROUP_TABLES = 100
+"""A request converted on the event loop with rows for this many tables or more is written by the
+converter thread, in a group with the requests that queue behind it (node/groupcommit.py): its
+write costs a millisecond or more (~10 µs a table), the hop ~0.1 ms, and requests sent together
+share most of their tables (1,000 metric names in every request: 2.2-2.5 times the points a CPU
+second, in process, with 8 requests in flight)."""
 TRIM_AFTER_BYTES = 16 << 20
 """After a request with this many bytes of rows, the memory it freed goes back to the system at
 once (a few milliseconds, against seconds for the request)."""
@@ -268,7 +276,10 @@ class Ingest:
             _, result = await self._commit.in_thread(lambda: self._converted(kind, request))
         else:
             result = self._convert(kind, request)
-            if result.tables:
+            if len(result.tables) >= GROUP_TABLES:  # the write costs milliseconds: group it
+                item = (kind.signal, result)
+                await self._commit.in_thread(lambda: item)
+            elif result.tables:
                 if self._offload:
                     await asyncio.to_thread(self._write_one, result)
                 else:

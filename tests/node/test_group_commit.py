@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from node import groupcommit
 from node.errors import OverLimitsError, RequestTooLargeError
-from node.ingest import Converters, Ingest
+from node.ingest import GROUP_TABLES, Converters, Ingest
 from node.metrics import NodeMetrics
 from node.rows.batch import KIND_LOG, KIND_METRIC, ConvertResult, TableBatch, merged
 from node.rows.logs import LogsConfig, LogsConverter
@@ -224,3 +224,23 @@ async def test_a_group_ends_at_its_limits(tmp_path: Path, monkeypatch: pytest.Mo
     assert [r.accepted for r in results] == [2] * 7
     assert (ingest._commit.groups, ingest._commit.grouped) == (groups, 7)
     assert blocks_and_rows(repo) == {"A": (groups, 7), "B": (groups, 7)}
+
+
+async def test_a_request_converted_on_the_loop_for_many_tables_is_written_by_the_thread(tmp_path: Path) -> None:
+    """Converted on the event loop (small, thread idle), written by the converter thread when its
+    rows are for GROUP_TABLES tables or more, so that the requests queued behind it join its write;
+    one for fewer tables is written at once, on the loop."""
+    repo = Repository(WalConfig(tmp_path / "wal"))
+    repo.start()
+    state = NodeState(over_limits=repo.over_limits)
+    state.set_phase(Phase.SERVING)
+    conv = Converters(MetricsConverter(MetricsConfig()), LogsConverter(LogsConfig()), TracesConverter(TracesConfig()))
+    ingest = Ingest(repo, conv, state, NodeMetrics(CollectorRegistry()))
+    few = [f"F{i}" for i in range(GROUP_TABLES - 1)]
+    many = [f"M{i}" for i in range(GROUP_TABLES)]
+    assert (await ingest.remote_write(body(0, few))).accepted == len(few)
+    assert ingest._commit.grouped == 0
+    assert (await ingest.remote_write(body(0, many))).accepted == len(many)
+    assert ingest._commit.grouped == 1 and ingest._commit.busy == 0
+    on_disk = blocks_and_rows(repo)
+    assert on_disk == {t: (1, 1) for t in few + many}
