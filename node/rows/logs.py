@@ -43,6 +43,7 @@ from node.rows.anyvalue import encode_json, to_json
 from node.rows.batch import KIND_LOG, ConvertResult, ResultBuilder, Schema
 from node.rows.csvtext import Timestamps, field, quoted, real
 from node.rows.routing import DATABASE_KEY, ROUTING_PREFIX, TABLE_KEY, Choice, Router, routing_value, split_attributes
+from node.rows.wire import uvarint
 
 LOGS_SCHEMA: Schema = (
     ("Timestamp", "datetime"),
@@ -136,22 +137,13 @@ class _Malformed(Exception):
     """A record's attribute that the parse of its request would refuse."""
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _record(b: bytes) -> LogRecord:
     """The LogRecord of serialized record `b`, parsed where an ExportLogsServiceRequest parses it (a
     record of a scope of a resource: the same nesting limit). Raises _Malformed when that parse fails."""
-    sl = b"\x12" + _varint(len(b)) + b
-    rl = b"\x12" + _varint(len(sl)) + sl
+    sl = b"\x12" + uvarint(len(b)) + b
+    rl = b"\x12" + uvarint(len(sl)) + sl
     try:
-        req = ExportLogsServiceRequest.FromString(b"\x0a" + _varint(len(rl)) + rl)
+        req = ExportLogsServiceRequest.FromString(b"\x0a" + uvarint(len(rl)) + rl)
     except ProtobufDecodeError as e:
         raise _Malformed(str(e)) from e
     return req.resource_logs[0].scope_logs[0].log_records[0]
@@ -195,7 +187,7 @@ def _attribute(b: bytes, strict: bool) -> tuple[Attribute, bool]:
         except UnicodeDecodeError:  # not UTF-8: the parse below refuses it
             pass
     try:
-        kv = _record(b"\x32" + _varint(n) + b).attributes[0]
+        kv = _record(b"\x32" + uvarint(n) + b).attributes[0]
         checked = True
     except _Malformed:
         if strict:

@@ -56,7 +56,7 @@ from node.rows.csvtext import Timestamps, label_float, real
 from node.rows.exphist import cumulative_buckets
 from node.rows.names import prometheus_label_name, prometheus_metric_name
 from node.rows.series import DATABASE_LABEL, NAME_LABEL, SKIP, Entry, SeriesEncoder
-from node.rows.wire import skip_length_delimited
+from node.rows.wire import skip_length_delimited, uvarint
 
 _NO_RECORDED_VALUE = 1
 _FIXED64_TAGS = b"\x11\x19\x21\x31"  # NumberDataPoint fields 2, 3, 4, 6: tag + 8 bytes
@@ -168,29 +168,15 @@ class _Malformed(Exception):
     """A gauge or sum point that the parse of its request would refuse."""
 
 
-_VARINTS = [bytes((n,)) for n in range(0x80)]
-
-
-def _varint(n: int) -> bytes:
-    if n < 0x80:
-        return _VARINTS[n]
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _wrapped(field: bytes, data: bytes) -> bytes:
-    return field + _varint(len(data)) + data
+    return field + uvarint(len(data)) + data
 
 
 def _request_of(points: Iterable[bytes]) -> bytes:
     """A serialized ExportMetricsServiceRequest whose one gauge has these serialized NumberDataPoints:
     their fields nested as deep as in any request (resource_metrics(1).scope_metrics(2).metrics(2).
     gauge(5).data_points(1)), so that they parse there as they parse in the request they came in."""
-    gauge = b"".join([b"\x0a" + _varint(len(p)) + p for p in points])
+    gauge = b"".join([b"\x0a" + uvarint(len(p)) + p for p in points])
     return _wrapped(b"\x0a", _wrapped(b"\x12", _wrapped(b"\x12", _wrapped(b"\x2a", gauge))))
 
 

@@ -83,8 +83,13 @@ def _read_uvarint(b: bytes | memoryview, i: int, end: int) -> tuple[int, int]:
     raise _Unsplittable
 
 
+_SMALL_VARINTS = [bytes((n,)) for n in range(0x80)]
+
+
 def uvarint(n: int) -> bytes:
     """`n` as a protobuf varint."""
+    if n < 0x80:
+        return _SMALL_VARINTS[n]
     out = bytearray()
     while n >= 0x80:
         out.append(n & 0x7F | 0x80)
