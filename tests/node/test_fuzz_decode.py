@@ -263,49 +263,39 @@ def check_otlp(signal: str, body: bytes, content_type: str | None, encoding: str
 def check_otlp_metrics(parsed: Parsed) -> None:
     """What the node does with OTLP metrics in protobuf (read as ingestor.otlp_raw's, a point's
     attributes parsed by the converter for a new series, refused there when they do not parse) is
-    what the whole parse and the converter as it was give (tests/rows/otlpmetrics_before.py):
-    refused exactly when that parse refuses, with its error, else the same rows, counts and reasons."""
-    full = metrics_service_pb2.ExportMetricsServiceRequest
-    try:
-        whole = full.FromString(parsed.data)
-    except ProtobufDecodeError as e:
-        whole, error = None, f"malformed {full.DESCRIPTOR.full_name}: {e}"
-    try:
-        result = _converters()["metrics"](parsed)
-    except DecodeError as e:
-        assert whole is None, f"refused by the converter ({e}), but it parses as an ExportMetricsServiceRequest"
-        assert str(e) == error
-        return
-    assert whole is not None, "accepted, but it does not parse as an ExportMetricsServiceRequest"
-    check_result("metrics", result)
+    what the whole parse and the converter as it was give (tests/rows/otlpmetrics_before.py)."""
     conv = MetricsConverter(MetricsConfig())
     conv._otlp = otlpmetrics_before.OtlpMetrics(conv._series, (), conv.cfg.max_cached_series)  # type: ignore[assignment]
-    reference = conv.convert_otlp(whole)
-    assert _tables(result) == _tables(reference)
-    assert (result.accepted, result.rejected, result.reasons) == (reference.accepted, reference.rejected,
-                                                                  reference.reasons)
+    check_as_before("metrics", parsed.data, parsed,
+                    metrics_service_pb2.ExportMetricsServiceRequest, conv.convert_otlp)
 
 
 def check_otlp_logs(parsed: LogsParsed) -> None:
     """OTLP logs in protobuf, read as ingestor.otlp_raw_logs's (a record's attributes parsed by the
     converter when it does not know them), against the whole parse and the converter as it was
-    (tests/rows/logs_before.py): refused exactly when that parse refuses, with its error, else the
-    same rows, counts and reasons."""
-    full = logs_service_pb2.ExportLogsServiceRequest
+    (tests/rows/logs_before.py)."""
+    old = logs_before.LogsConverter(logs_before.LogsConfig(default_database="Logs", default_table="App"))
+    check_as_before("logs", parsed.data, parsed, logs_service_pb2.ExportLogsServiceRequest, old.convert)
+
+
+def check_as_before(signal: str, data: bytes, parsed: Any, full: type[Message],
+                    before: Callable[[Any], ConvertResult]) -> None:
+    """`parsed` (the node's read of `data`) converted is refused exactly when the whole parse of
+    `data` as `full` refuses it, with its error, else gives the same rows, counts and reasons as the
+    converter as it was (`before`) given that whole parse."""
     try:
-        whole = full.FromString(parsed.data)
+        whole = full.FromString(data)
     except ProtobufDecodeError as e:
         whole, error = None, f"malformed {full.DESCRIPTOR.full_name}: {e}"
     try:
-        result = _converters()["logs"](parsed)
+        result = _converters()[signal](parsed)
     except DecodeError as e:
-        assert whole is None, f"refused by the converter ({e}), but it parses as an ExportLogsServiceRequest"
+        assert whole is None, f"refused by the converter ({e}), but it parses as a {full.DESCRIPTOR.name}"
         assert str(e) == error
         return
-    assert whole is not None, "accepted, but it does not parse as an ExportLogsServiceRequest"
-    check_result("logs", result)
-    old = logs_before.LogsConverter(logs_before.LogsConfig(default_database="Logs", default_table="App"))
-    reference = old.convert(whole)
+    assert whole is not None, f"accepted, but it does not parse as a {full.DESCRIPTOR.name}"
+    check_result(signal, result)
+    reference = before(whole)
     assert _tables(result) == _tables(reference)
     assert (result.accepted, result.rejected, result.reasons) == (reference.accepted, reference.rejected,
                                                                   reference.reasons)

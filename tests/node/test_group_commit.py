@@ -53,14 +53,20 @@ def make_ingest(tmp_path: Path, **wal: Any) -> tuple[Ingest, Repository]:
     return Ingest(repo, conv, state, NodeMetrics(CollectorRegistry()), inline_bytes=0), repo
 
 
-async def queued_behind_a_busy_thread(ingest: Ingest, bodies: list[bytes]) -> list[Any]:
-    """Take `bodies`, the first one held in the converter thread until all the others are queued."""
+def held(data: bytes) -> tuple[threading.Event, Any]:
+    """A request source that holds the converter thread until the event is set, then gives `data`."""
     release = threading.Event()
 
-    def first() -> bytes:
+    def source() -> bytes:
         release.wait(10)
-        return bodies[0]
+        return data
 
+    return release, source
+
+
+async def queued_behind_a_busy_thread(ingest: Ingest, bodies: list[bytes]) -> list[Any]:
+    """Take `bodies`, the first one held in the converter thread until all the others are queued."""
+    release, first = held(bodies[0])
     tasks = [asyncio.create_task(ingest.remote_write(first))]
     await asyncio.sleep(0.05)
     tasks += [asyncio.create_task(ingest.remote_write(b)) for b in bodies[1:]]
@@ -173,20 +179,15 @@ async def test_more_tables_than_segments_together_are_written_alone(tmp_path: Pa
 
 async def test_a_caller_cancelled_while_queued_never_runs(tmp_path: Path) -> None:
     ingest, repo = make_ingest(tmp_path)
-    release = threading.Event()
-
-    def first() -> bytes:
-        release.wait(10)
-        return body(0, ["A"])
-
-    held = asyncio.create_task(ingest.remote_write(first))
+    release, first = held(body(0, ["A"]))
+    task = asyncio.create_task(ingest.remote_write(first))
     await asyncio.sleep(0.05)
     queued = asyncio.create_task(ingest.remote_write(body(1, ["Never"])))
     await asyncio.sleep(0.05)
     queued.cancel()
     await asyncio.sleep(0.01)
     release.set()
-    assert (await held).accepted == 1
+    assert (await task).accepted == 1
     with pytest.raises(asyncio.CancelledError):
         await queued
     assert ingest._commit.busy == 0
@@ -195,20 +196,15 @@ async def test_a_caller_cancelled_while_queued_never_runs(tmp_path: Path) -> Non
 
 async def test_a_caller_cancelled_while_its_group_runs_waits_for_the_write(tmp_path: Path) -> None:
     ingest, repo = make_ingest(tmp_path)
-    release = threading.Event()
-
-    def first() -> bytes:
-        release.wait(10)
-        return body(0, ["A"])
-
-    held = asyncio.create_task(ingest.remote_write(first))
+    release, first = held(body(0, ["A"]))
+    task = asyncio.create_task(ingest.remote_write(first))
     await asyncio.sleep(0.05)
-    held.cancel()
+    task.cancel()
     await asyncio.sleep(0.05)
-    assert not held.done()  # its rows are being written: it waits
+    assert not task.done()  # its rows are being written: it waits
     release.set()
     with pytest.raises(asyncio.CancelledError):
-        await held
+        await task
     assert blocks_and_rows(repo) == {"A": (1, 1)}
 
 
