@@ -15,6 +15,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric, ResourceMetrics
 
 from node.gen.prometheus.remote_pb2 import WriteRequest
 from node.rows.batch import ConvertResult
+from node.rows.wire import uvarint
 
 T_MS = 1_795_492_800_123  # 2026-11-24T04:00:00.123Z
 T_NS = 1_795_492_800_123_456_789  # 2026-11-24T04:00:00.123456789Z
@@ -85,3 +86,16 @@ def text(result: ConvertResult, database: str, table: str) -> str:
 
 def parse(data: str) -> list[list[str]]:
     return list(csv.reader(io.StringIO(data, newline=""), strict=True))
+
+
+def ld(field: int, data: bytes) -> bytes:
+    """Protobuf field `field` holding `data` (wire type 2), written by hand."""
+    return uvarint(field << 3 | 2) + uvarint(len(data)) + data
+
+
+def nested(depth: int) -> bytes:
+    """A serialized KeyValue whose value nests `depth` kvlists (three messages each)."""
+    kv = KeyValue(key="deep", value=AnyValue(string_value="x")).SerializeToString()
+    for _ in range(depth):  # KeyValue{value: AnyValue{kvlist_value: KeyValueList{values: [kv]}}}
+        kv = ld(1, b"deep") + ld(2, ld(6, ld(1, kv)))
+    return kv

@@ -30,8 +30,9 @@ from node.receivers.decode import PROTOBUF, decode_otlp
 from node.rows import logs
 from node.rows.batch import ConvertResult
 from node.rows.logs import LogsConfig, LogsConverter
-from node.rows.wire import OTLP_LOGS_LEVELS, Unsplittable, pieces
+from node.rows.wire import OTLP_LOGS_LEVELS, Unsplittable, pieces, uvarint
 from tests.rows import logs_before
+from tests.rows.build import ld, nested
 
 Full = logs_service_pb2.ExportLogsServiceRequest
 T0 = 1_795_000_000_000_000_000
@@ -87,36 +88,17 @@ def test_raw_messages_are_the_originals_but_record_attributes() -> None:
 
 # -- requests of every shape -------------------------------------------------------------------
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _ld(field: int, data: bytes) -> bytes:
-    return _varint(field << 3 | 2) + _varint(len(data)) + data
-
-
-def _nested(depth: int) -> bytes:
-    """A KeyValue whose value nests `depth` kvlists (three messages each)."""
-    kv = common_pb2.KeyValue(key="deep", value=common_pb2.AnyValue(string_value="x")).SerializeToString()
-    for _ in range(depth):  # KeyValue{value: AnyValue{kvlist_value: KeyValueList{values: [kv]}}}
-        kv = _ld(1, b"deep") + _ld(2, _ld(6, _ld(1, kv)))
-    return kv
 
 
 def _too_deep() -> int:
     """The least depth of `_nested` whose attribute a request's parse refuses (it parses alone)."""
     for depth in range(20, 40):
-        rec = _ld(6, _nested(depth))
-        data = _ld(1, _ld(2, _ld(2, rec)))
+        rec = ld(6, nested(depth))
+        data = ld(1, ld(2, ld(2, rec)))
         try:
             Full.FromString(data)
         except ProtobufDecodeError:
-            common_pb2.KeyValue.FromString(_nested(depth))
+            common_pb2.KeyValue.FromString(nested(depth))
             return depth
     raise AssertionError("no depth refused")
 
@@ -162,15 +144,15 @@ BAD_RECORDS: list[Callable[[bytes], bytes]] = [
     lambda b: b[:12],  # cut in a field
     lambda b: b + b"\x0f",  # wire type 7
     lambda b: b + b"\x32\x05ab",  # an attribute longer than the record
-    lambda b: b + _ld(6, _ld(1, b"\xff\xfe")),  # an attribute whose key is not UTF-8
-    lambda b: b + _ld(6, _ld(1, b"k") + _ld(2, _ld(1, b"\xed\xa0\x80"))),  # a value not UTF-8 (a surrogate)
-    lambda b: b + _ld(6, _ld(1, b"k") + _ld(2, b"\x18")),  # an int value without its varint
-    lambda b: b + _ld(6, _nested(TOO_DEEP)),  # an attribute nested deeper than a request takes
-    lambda b: b + _ld(6, b"\x0f"),  # an attribute with wire type 7
-    lambda b: b + _ld(3, b"\xc3"),  # severity text not UTF-8
-    lambda b: b + _ld(12, b"\xc0\x80"),  # event name not UTF-8 (overlong)
-    lambda b: b + _ld(5, _ld(1, b"\xff")),  # a string body not UTF-8
-    lambda b: b + _ld(5, _ld(6, _ld(1, _nested(TOO_DEEP)))),  # a body nested deeper than a request takes
+    lambda b: b + ld(6, ld(1, b"\xff\xfe")),  # an attribute whose key is not UTF-8
+    lambda b: b + ld(6, ld(1, b"k") + ld(2, ld(1, b"\xed\xa0\x80"))),  # a value not UTF-8 (a surrogate)
+    lambda b: b + ld(6, ld(1, b"k") + ld(2, b"\x18")),  # an int value without its varint
+    lambda b: b + ld(6, nested(TOO_DEEP)),  # an attribute nested deeper than a request takes
+    lambda b: b + ld(6, b"\x0f"),  # an attribute with wire type 7
+    lambda b: b + ld(3, b"\xc3"),  # severity text not UTF-8
+    lambda b: b + ld(12, b"\xc0\x80"),  # event name not UTF-8 (overlong)
+    lambda b: b + ld(5, ld(1, b"\xff")),  # a string body not UTF-8
+    lambda b: b + ld(5, ld(6, ld(1, nested(TOO_DEEP)))),  # a body nested deeper than a request takes
     lambda b: b + b"\x10\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01",  # a varint of 11 bytes
     lambda b: b + b"\x45\x01",  # flags cut short
 ]
@@ -228,15 +210,15 @@ class Shapes:
         b = kv.SerializeToString()
         x = r.random()
         if x < 0.04:  # value before key
-            b = (_ld(2, kv.value.SerializeToString()) if kv.HasField("value") else b"") + _ld(1, kv.key.encode())
+            b = (ld(2, kv.value.SerializeToString()) if kv.HasField("value") else b"") + ld(1, kv.key.encode())
         elif x < 0.07:  # key twice: the last wins
-            b = _ld(1, b"first") + b
+            b = ld(1, b"first") + b
         elif x < 0.09:  # an unknown field
-            b = b + _varint(99 << 3) + b"\x07"
+            b = b + uvarint(99 << 3) + b"\x07"
         elif x < 0.10:
             b = b""
         elif x < 0.12:  # a nested one that parses where a request parses it
-            b = _nested(TOO_DEEP - 1)
+            b = nested(TOO_DEEP - 1)
         return b
 
     def attributes(self) -> list[bytes]:
@@ -278,7 +260,7 @@ class Shapes:
         b = rec.SerializeToString()
         fields = _wire_fields(b)
         for a in r.choice(attrs):  # the attributes in their place (field 6: after 1, 2, 3, 5)
-            fields.append(_ld(6, a))
+            fields.append(ld(6, a))
         fields.sort(key=lambda f: (f[0] >> 3 if f[0] < 0x80 else 99))
         x = r.random()
         if x < 0.04:  # fields in another order
@@ -286,9 +268,9 @@ class Shapes:
         elif x < 0.07:  # a field twice (the body twice: merged)
             fields.append(r.choice(fields) if fields else b"\x09" + bytes(8))
             if r.random() < 0.5:
-                fields.append(_ld(5, self.any_value().SerializeToString()))
+                fields.append(ld(5, self.any_value().SerializeToString()))
         elif x < 0.09:  # an unknown field, or the reserved one (4)
-            fields.insert(r.randrange(len(fields) + 1), r.choice([b"\x78\x01", _ld(4, b"x"), b"\xf8\x01\x01"]))
+            fields.insert(r.randrange(len(fields) + 1), r.choice([b"\x78\x01", ld(4, b"x"), b"\xf8\x01\x01"]))
         elif x < 0.10:  # a wrong wire type for a known field (an unknown field then)
             fields.append(b"\x48\x01")  # trace_id (9) as a varint
         elif x < 0.11:  # a length padded to two bytes
@@ -314,16 +296,16 @@ class Shapes:
                 if r.random() < 0.2:
                     scope.attributes.add(key="s", value=common_pb2.AnyValue(int_value=1))
                 records = [self.record(attrs) for _ in range(r.randrange(0, 8))]
-                sl = _ld(1, scope.SerializeToString()) + b"".join(_ld(2, rec) for rec in records)
+                sl = ld(1, scope.SerializeToString()) + b"".join(ld(2, rec) for rec in records)
                 if r.random() < 0.2:
-                    sl += _ld(3, b"https://schema")
+                    sl += ld(3, b"https://schema")
                 scopes.append(sl)
-            rl = _ld(1, res.SerializeToString()) + b"".join(_ld(2, sl) for sl in scopes)
+            rl = ld(1, res.SerializeToString()) + b"".join(ld(2, sl) for sl in scopes)
             resource_logs.append(rl)
-        data = b"".join(_ld(1, rl) for rl in resource_logs)
+        data = b"".join(ld(1, rl) for rl in resource_logs)
         if bad is not None:
             rec = bad(self.record(attrs))
-            data += _ld(1, _ld(2, _ld(2, rec)))
+            data += ld(1, ld(2, ld(2, rec)))
         return data
 
 
@@ -438,7 +420,7 @@ def test_an_attribute_a_message_held_that_bytes_cannot_is_not_cached(monkeypatch
     msg = Full()
     rec = msg.resource_logs.add().scope_logs.add().log_records.add(time_unix_nano=T0)
     rec.attributes.add(key="a", value=common_pb2.AnyValue(string_value="b"))
-    rec.attributes.add().MergeFromString(_nested(TOO_DEEP))
+    rec.attributes.add().MergeFromString(nested(TOO_DEEP))
     data = msg.SerializeToString()
     want = reference(old, data)
     assert want[0] == "refused" and "MaxDepth" in want[2]
@@ -515,9 +497,9 @@ def test_scalar_attributes_of_every_spelling(key: bytes) -> None:
     """A KeyValue{key, AnyValue{one scalar}} is read from its bytes: as its parse reads it, or refused."""
     old, conv = logs_before.LogsConverter(), LogsConverter()
     for value in SCALARS:
-        for kv in (_ld(1, key) + _ld(2, value), _ld(2, value) + _ld(1, key), _ld(1, key) + _ld(2, value) + b"\x18\x01"):
-            rec = b"\x09" + struct.pack("<Q", T0) + _ld(6, kv) + _ld(6, _ld(1, b"other") + _ld(2, value))
-            data = _ld(1, _ld(2, _ld(2, rec)))
+        for kv in (ld(1, key) + ld(2, value), ld(2, value) + ld(1, key), ld(1, key) + ld(2, value) + b"\x18\x01"):
+            rec = b"\x09" + struct.pack("<Q", T0) + ld(6, kv) + ld(6, ld(1, b"other") + ld(2, value))
+            data = ld(1, ld(2, ld(2, rec)))
             want = reference(old, data)
             for _ in range(2):
                 assert new(conv, data) == want, (key, value, kv)
@@ -535,7 +517,7 @@ ODD_KEYVALUES = [
 def test_odd_keyvalues() -> None:
     old, conv = logs_before.LogsConverter(), LogsConverter()
     for kv in ODD_KEYVALUES:
-        data = _ld(1, _ld(2, _ld(2, b"\x09" + struct.pack("<Q", T0) + _ld(6, kv))))
+        data = ld(1, ld(2, ld(2, b"\x09" + struct.pack("<Q", T0) + ld(6, kv))))
         want = reference(old, data)
         for _ in range(2):
             assert new(conv, data) == want, kv

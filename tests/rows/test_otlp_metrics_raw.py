@@ -31,8 +31,9 @@ from node.receivers.decode import PROTOBUF, decode_otlp
 from node.rows.batch import ConvertResult
 from node.rows.metrics import MetricsConfig, MetricsConverter
 from node.rows.otlpmetrics import Parsed
-from node.rows.wire import OTLP_METRICS_LEVELS, Unsplittable, pieces
+from node.rows.wire import OTLP_METRICS_LEVELS, Unsplittable, pieces, uvarint
 from tests.rows import otlpmetrics_before
+from tests.rows.build import ld, nested
 
 Full = metrics_service_pb2.ExportMetricsServiceRequest
 NAME = Full.DESCRIPTOR.full_name
@@ -98,24 +99,6 @@ def test_raw_messages_are_the_originals_but_number_point_attributes() -> None:
 
 # -- requests of every shape -------------------------------------------------------------------
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _ld(field: int, data: bytes) -> bytes:
-    return _varint(field << 3 | 2) + _varint(len(data)) + data
-
-
-def _nested(depth: int) -> bytes:
-    kv = common_pb2.KeyValue(key="deep", value=common_pb2.AnyValue(string_value="x")).SerializeToString()
-    for _ in range(depth):  # KeyValue{value: AnyValue{kvlist_value: KeyValueList{values: [kv]}}}
-        kv = _ld(1, b"deep") + _ld(2, _ld(6, _ld(1, kv)))
-    return kv
 
 
 class Shapes:
@@ -163,11 +146,11 @@ class Shapes:
         b = kv.SerializeToString()
         x = r.random()
         if x < 0.06:  # value before key
-            b = (_ld(2, kv.value.SerializeToString()) if kv.HasField("value") else b"") + _ld(1, kv.key.encode())
+            b = (ld(2, kv.value.SerializeToString()) if kv.HasField("value") else b"") + ld(1, kv.key.encode())
         elif x < 0.1:  # key twice: the last wins
-            b = _ld(1, b"first") + b
+            b = ld(1, b"first") + b
         elif x < 0.13:  # an unknown field
-            b = b + _varint(99 << 3) + b"\x07"
+            b = b + uvarint(99 << 3) + b"\x07"
         elif x < 0.15:
             b = b""
         return b
@@ -196,9 +179,9 @@ class Shapes:
             ex = dp.exemplars.add(time_unix_nano=T0, as_double=1.0, span_id=b"12345678", trace_id=b"1" * 16)
             ex.filtered_attributes.add(key="e", value=raw.AnyValue(string_value="x"))
             if r.random() < 0.2:
-                ex.filtered_attributes.add().MergeFromString(_nested(30))  # parses at a point's depth
+                ex.filtered_attributes.add().MergeFromString(nested(30))  # parses at a point's depth
         if r.random() < 0.05:
-            dp.MergeFromString(_varint(98 << 3) + b"\x05")  # an unknown field
+            dp.MergeFromString(uvarint(98 << 3) + b"\x05")  # an unknown field
         return dp
 
     def number_bytes(self, dp: raw.NumberDataPoint) -> bytes:
@@ -285,7 +268,7 @@ class Shapes:
             body = raw.Histogram(data_points=[self.histogram_point(attrs)]).SerializeToString()
         else:
             body = raw.Summary(data_points=[self.summary_point(attrs)]).SerializeToString()
-        m.MergeFromString(_ld(field, body))
+        m.MergeFromString(ld(field, body))
 
     def request(self, attrs: list[list[bytes]], bad: list[bytes] | None = None,
                 bad_point: Callable[[bytes], bytes] | None = None) -> raw.ExportMetricsServiceRequest:
@@ -298,12 +281,12 @@ class Shapes:
             rm = req.resource_metrics.add()
             for _ in range(r.randrange(4)):
                 rm.resource.attributes.add().MergeFromString(
-                    r.choice([_ld(1, b"service.name") + _ld(2, _ld(1, b"api")),
-                              _ld(1, b"service.namespace") + _ld(2, _ld(1, b"shop")),
-                              _ld(1, b"service.instance.id") + _ld(2, _ld(1, b"api-0")),
-                              _ld(1, b"adxmon_database") + _ld(2, _ld(1, b"Other")),
-                              _ld(1, b"region") + _ld(2, _ld(1, b"eu")),
-                              _ld(1, b"host") + _ld(2, _ld(1, b"h1")),
+                    r.choice([ld(1, b"service.name") + ld(2, ld(1, b"api")),
+                              ld(1, b"service.namespace") + ld(2, ld(1, b"shop")),
+                              ld(1, b"service.instance.id") + ld(2, ld(1, b"api-0")),
+                              ld(1, b"adxmon_database") + ld(2, ld(1, b"Other")),
+                              ld(1, b"region") + ld(2, ld(1, b"eu")),
+                              ld(1, b"host") + ld(2, ld(1, b"h1")),
                               self.kv().SerializeToString()]))
             for _ in range(r.randrange(1, 3)):
                 sm = rm.scope_metrics.add()
@@ -394,9 +377,9 @@ BAD_POINTS: list[Callable[[bytes], bytes]] = [
     lambda b: b + b"\x0f",  # wire type 7
     lambda b: b + b"\x3a\x05ab",  # an attribute longer than the point
     lambda b: b"\x19\x01\x02" + b,  # a time cut short, at its start
-    lambda b: b + _ld(7, _ld(1, b"\xff\xfe")),  # an attribute whose key is not UTF-8
-    lambda b: b + _ld(5, _ld(7, _ld(1, b"\xc3"))),  # an exemplar's attribute whose key is not UTF-8
-    lambda b: b + _ld(5, _ld(7, _nested(31))),  # an exemplar's attribute nested deeper than a request takes
+    lambda b: b + ld(7, ld(1, b"\xff\xfe")),  # an attribute whose key is not UTF-8
+    lambda b: b + ld(5, ld(7, ld(1, b"\xc3"))),  # an exemplar's attribute whose key is not UTF-8
+    lambda b: b + ld(5, ld(7, nested(31))),  # an exemplar's attribute nested deeper than a request takes
     lambda b: b + b"\x40",  # flags without their varint
     lambda b: b + b"\x40\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01",  # a varint of 11 bytes
 ]
@@ -404,13 +387,13 @@ BAD_POINTS: list[Callable[[bytes], bytes]] = [
 
 BAD_ATTRIBUTES = [
     [b"\x0a\x05ab"],  # truncated key
-    [_ld(1, b"\xff\xfe")],  # key not UTF-8
-    [_ld(1, b"k") + _ld(2, _ld(1, b"\xc3"))],  # string value not UTF-8
-    [_ld(1, b"k") + _ld(2, b"\x08")],  # a varint cut short
+    [ld(1, b"\xff\xfe")],  # key not UTF-8
+    [ld(1, b"k") + ld(2, ld(1, b"\xc3"))],  # string value not UTF-8
+    [ld(1, b"k") + ld(2, b"\x08")],  # a varint cut short
     [b"\x0f"],  # wire type 7
-    [_nested(32)],  # parses alone, not at a point's depth
-    [_nested(31)],  # parses at a point's depth
-    [_ld(1, b"ok"), b"\xff"],
+    [nested(32)],  # parses alone, not at a point's depth
+    [nested(31)],  # parses at a point's depth
+    [ld(1, b"ok"), b"\xff"],
 ]
 
 
@@ -488,7 +471,7 @@ def _odd_metric(r: random.Random, mb: bytes) -> bytes:
     if x < 0.02:  # an unknown field, after its data
         return mb + b"\xf8\x07\x01"
     if x < 0.04:  # metadata, after its data
-        return mb + _ld(12, _ld(1, b"m") + _ld(2, _ld(1, b"v")))
+        return mb + ld(12, ld(1, b"m") + ld(2, ld(1, b"v")))
     if x < 0.06:  # its fields in reverse order (the name last)
         return b"".join(reversed(fields))
     if x < 0.08:  # a gauge's or sum's points and fields in reverse order (a sum's temporality first)
@@ -496,15 +479,15 @@ def _odd_metric(r: random.Random, mb: bytes) -> bytes:
         for f in fields:
             if f[0] in (0x2A, 0x3A):
                 _, body = _ld_payload(f)
-                f = _ld(f[0] >> 3, b"".join(reversed(_wire_fields(body))))
+                f = ld(f[0] >> 3, b"".join(reversed(_wire_fields(body))))
             out.append(f)
         return b"".join(out)
     if x < 0.09:  # the name twice: the last wins
-        return _ld(1, b"first") + mb
+        return ld(1, b"first") + mb
     if x < 0.095:  # a name that is not UTF-8: refused
-        return _ld(1, b"\xff\xfe") + b"".join(f for f in fields if f[0] != 0x0A)
+        return ld(1, b"\xff\xfe") + b"".join(f for f in fields if f[0] != 0x0A)
     if x < 0.1:  # a description that is not UTF-8: refused
-        return b"".join(f for f in fields if f[0] == 0x0A) + _ld(2, b"\xc3") + b"".join(
+        return b"".join(f for f in fields if f[0] == 0x0A) + ld(2, b"\xc3") + b"".join(
             f for f in fields if f[0] not in (0x0A, 0x12))
     if x < 0.105:  # a gauge's or sum's length longer than the metric: refused
         return mb[:-1] if any(f[0] in (0x2A, 0x3A) for f in fields) else mb
@@ -520,7 +503,7 @@ def _odd_metric(r: random.Random, mb: bytes) -> bytes:
                         n = len(p)
                         g = b"\x0a" + bytes([n & 0x7F | 0x80, (n >> 7) & 0x7F | 0x80, n >> 14]) + p
                     inner.append(g)
-                f = _ld(f[0] >> 3, b"".join(inner))
+                f = ld(f[0] >> 3, b"".join(inner))
             out.append(f)
         return b"".join(out)
     return mb
@@ -576,7 +559,7 @@ def test_attributes_a_message_held_that_bytes_cannot_are_not_cached() -> None:
     message given whole (OTLP/JSON) may hold attributes nested deeper than that parse takes: it is
     converted as before, and its series is not cached, so the same bytes sent are still refused."""
     old, conv = converters(MetricsConfig())
-    deep = _nested(32)
+    deep = nested(32)
     common_pb2.KeyValue.FromString(deep)  # parses alone
     msg = Full()
     m = msg.resource_metrics.add().scope_metrics.add().metrics.add(name="deep")
@@ -655,7 +638,7 @@ def test_a_metric_with_several_data_fields_is_read_from_the_whole_parse() -> Non
     gauge's point with attributes that do not parse refuses the request even when a sum follows it."""
     old, conv = converters(MetricsConfig())
     s = Shapes(3)
-    for bad in (None, [_ld(1, b"\xff\xfe")]):
+    for bad in (None, [ld(1, b"\xff\xfe")]):
         for first, then in ((5, 7), (7, 5), (5, 9), (7, 11), (5, 5)):
             req = raw.ExportMetricsServiceRequest()
             m = req.resource_metrics.add().scope_metrics.add().metrics.add(name="m")
@@ -671,7 +654,7 @@ def test_a_metric_with_several_data_fields_is_read_from_the_whole_parse() -> Non
                     body = raw.Histogram(data_points=[s.histogram_point([[]])]).SerializeToString()
                 else:
                     body = raw.Summary(data_points=[s.summary_point([[]])]).SerializeToString()
-                m.MergeFromString(_ld(field, body))
+                m.MergeFromString(ld(field, body))
             data = req.SerializeToString()  # both fields, in field-number order (5, 5: one, merged)
             want = reference(old, data)
             assert (want[0] == "refused") == (bad is not None), (first, then)
@@ -683,11 +666,11 @@ def test_a_metric_with_several_data_fields_is_read_from_the_whole_parse() -> Non
 def _point_cases() -> list[bytes]:
     """A NumberDataPoint's bytes in each layout the converter reads from the bytes or parses."""
     kv = common_pb2.KeyValue(key="k", value=common_pb2.AnyValue(string_value="v")).SerializeToString()
-    attrs = _ld(7, kv)
+    attrs = ld(7, kv)
     start, time = b"\x11" + struct.pack("<Q", T0 - 1), b"\x19" + struct.pack("<Q", T0)
     values = [b"\x21" + struct.pack("<d", v) for v in (1.5, -0.0, math.nan, math.inf, -math.inf, 1e-300)]
     values += [b"\x31" + struct.pack("<q", v) for v in (0, -1, 2**63 - 1, -(2**63))]
-    exemplar = _ld(5, raw.Exemplar(time_unix_nano=T0, as_double=2.0).SerializeToString())
+    exemplar = ld(5, raw.Exemplar(time_unix_nano=T0, as_double=2.0).SerializeToString())
     cases = [start + time + v + attrs for v in values]
     cases += [
         time + values[0] + attrs,  # no start time
@@ -717,8 +700,8 @@ def _point_cases() -> list[bytes]:
         time[:4],  # the time cut short
         start + time + values[0] + attrs[:-1],  # an attribute cut short
         start + time + values[0] + attrs + b"\x40",  # flags without their varint
-        start + time + values[0] + _ld(7, _ld(1, b"\xff")),  # a key that is not UTF-8
-        start + time + values[0] + _ld(5, b"\x0f"),  # an exemplar that does not parse
+        start + time + values[0] + ld(7, ld(1, b"\xff")),  # a key that is not UTF-8
+        start + time + values[0] + ld(5, b"\x0f"),  # an exemplar that does not parse
         start + time + values[0] + attrs + b"\x0f",  # wire type 7
     ]
     return cases + bad
@@ -732,9 +715,9 @@ def test_each_layout_of_a_point_reads_as_the_whole_parse(kind: int) -> None:
     plain = _point_cases()[0]
     for i, point in enumerate(_point_cases()):
         for points in ([point], [plain, point], [point, plain, point]):
-            body = b"".join(_ld(1, p) for p in points) + (b"\x10\x02\x18\x01" if kind == 7 else b"")
-            metric = _ld(1, b"m") + _ld(kind, body)
-            data = _ld(1, _ld(2, _ld(2, metric)))
+            body = b"".join(ld(1, p) for p in points) + (b"\x10\x02\x18\x01" if kind == 7 else b"")
+            metric = ld(1, b"m") + ld(kind, body)
+            data = ld(1, ld(2, ld(2, metric)))
             want = reference(old, data)
             for _ in range(2):
                 assert new(conv, data) == want, (i, points)
