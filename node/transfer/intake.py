@@ -30,6 +30,8 @@ import asyncio
 import contextlib
 import functools
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 from node.budget import MemoryBudget
 from node.errors import AlreadyExistsError, InvalidInputError, UnavailableError
@@ -70,10 +72,10 @@ class Held:
             self.nbytes = nbytes
 
 
-def _log_orphan(what: str, commit: asyncio.Future[SegmentInfo]) -> None:
-    """The outcome of a commit whose call was cancelled meanwhile: nobody else reads it."""
-    if not commit.cancelled() and commit.exception() is not None:
-        log.info("%s: commit failed: %s", what, commit.exception())
+def _log_orphan(what: str, step: str, work: asyncio.Future[Any]) -> None:
+    """The outcome of a commit or an abort whose call was cancelled meanwhile: nobody else reads it."""
+    if not work.cancelled() and work.exception() is not None:
+        log.info("%s: %s failed: %s", what, step, work.exception())
 
 
 class Incoming:
@@ -91,14 +93,39 @@ class Incoming:
         self.what = what
         self.committing = False
         self._settled = False
+        self.feeding: asyncio.Future[None] | None = None
+        """The chunk being fed now, in a thread (`submit`)."""
 
     async def feed(self, chunk: bytes | bytearray | memoryview) -> None:
+        """Write and verify `chunk` (in a thread), and wait for it."""
+        await self.submit(chunk)
+        await self.drain()
+
+    async def submit(self, chunk: bytes | bytearray | memoryview) -> None:
+        """Start feeding `chunk` in a thread and return without waiting for it: the door reads its
+        next chunk meanwhile. At most one chunk is in flight, and they are fed in order: the one
+        before is waited for first (its error raised here), then the memory this one holds is
+        reserved (`memory_for` reads the import's state, so never while a feed runs). The chunk in
+        flight is `feeding`; `drain()` waits for it, `commit()` and `abort()` do."""
+        await self.drain()
         await self._memory.grow_to(self._base + self._imp.memory_for(chunk))
-        await asyncio.to_thread(self._imp.feed, chunk)
+        self.feeding = asyncio.get_running_loop().run_in_executor(None, self._imp.feed, chunk)
+
+    async def drain(self) -> None:
+        """Wait for the chunk in flight, if any; its error is raised here (and then the caller
+        aborts). Shielded: a cancelled caller leaves the thread's future to `abort`."""
+        feeding = self.feeding
+        if feeding is not None:
+            try:
+                await asyncio.shield(feeding)
+            finally:
+                if feeding.done():
+                    self.feeding = None
 
     async def commit(self) -> SegmentInfo:
-        """Verify and publish. Shielded: a cancelled caller does not stop it half-way; its outcome
-        then goes to the log."""
+        """Verify and publish, once the last chunk is fed. Shielded: a cancelled caller does not
+        stop it half-way; its outcome then goes to the log."""
+        await self.drain()
         self.committing = True
         commit = asyncio.ensure_future(asyncio.to_thread(self._intake.commit, self._imp, self._crc32, self._claim))
         self._intake.commits.add(commit)
@@ -106,19 +133,40 @@ class Incoming:
         try:
             return await asyncio.shield(commit)
         except asyncio.CancelledError:
-            commit.add_done_callback(functools.partial(_log_orphan, self.what))
+            commit.add_done_callback(functools.partial(_log_orphan, self.what, "commit"))
             raise
 
     async def abort(self) -> None:
+        """Once no chunk is in flight (its thread may still be writing the part file), the part
+        file goes, then the claim. Shielded: a cancelled caller does not stop it half-way."""
         if not self.committing and not self._settled:
             self._settled = True
-            await asyncio.to_thread(self._intake.abort, self._imp, self._claim)
+            await asyncio.shield(self._track(self._end()))
 
     def abort_now(self) -> None:
-        """`abort()` without leaving the thread (the caller is being cancelled)."""
+        """`abort()` without waiting (the caller is being cancelled): at once when no chunk is in
+        flight, else as soon as its thread is done (`Intake.settle` waits for it)."""
         if not self.committing and not self._settled:
             self._settled = True
-            self._intake.abort(self._imp, self._claim)
+            if self.feeding is None or self.feeding.done():
+                self._intake.abort(self._imp, self._claim)
+            else:
+                self._track(self._end()).add_done_callback(functools.partial(_log_orphan, self.what, "abort"))
+
+    async def _end(self) -> None:
+        feeding = self.feeding
+        if feeding is not None:
+            await asyncio.wait((feeding,))
+            if not feeding.cancelled():
+                feeding.exception()  # raised to the caller already, or moot now that the call ends
+            self.feeding = None
+        await asyncio.to_thread(self._intake.abort, self._imp, self._claim)
+
+    def _track(self, work: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
+        task = asyncio.ensure_future(work)
+        self._intake.commits.add(task)
+        task.add_done_callback(self._intake.commits.discard)
+        return task
 
 
 class Intake:
@@ -132,11 +180,11 @@ class Intake:
         self.ledger = ledger
         self.metrics = metrics
         self.budget = budget if budget is not None else MemoryBudget(1 << 62)
-        self.commits: set[asyncio.Future[SegmentInfo]] = set()
-        """Commits running now (each in a thread, whatever became of its call)."""
+        self.commits: set[asyncio.Future[Any]] = set()
+        """Commits and aborts running now (each in a thread, whatever became of its call)."""
 
     async def settle(self) -> None:
-        """Wait for the commits running now: once the doors stopped, before the WAL and the ledger
+        """Wait for the commits and aborts running now: once the doors stopped, before the WAL and the ledger
         close under them."""
         if self.commits:
             await asyncio.gather(*self.commits, return_exceptions=True)

@@ -71,14 +71,16 @@ class Receiver:
 
 
 async def start_receiver(root: Path, credentials: grpc.ServerCredentials | None = None, mtls: bool = False,
-                         **wal_config: Any) -> Receiver:
+                         service_options: dict[str, Any] | None = None, **wal_config: Any) -> Receiver:
+    """`service_options`: keyword arguments of the `TransferService` (its pace)."""
     wal = Repository(WalConfig(root / "wal", **wal_config))
     wal.start()
     state = NodeState(over_limits=wal.over_limits)
     metrics = NodeMetrics(CollectorRegistry())
     ledger = TransferLedger(root / "transfers.ledger")
     ledger.open()
-    service = TransferService(Intake(wal, state, ledger, metrics), PeerAuth(token=TOKEN, mtls=mtls))
+    service = TransferService(Intake(wal, state, ledger, metrics), PeerAuth(token=TOKEN, mtls=mtls),
+                              **(service_options or {}))
     conv = Converters(MetricsConverter(MetricsConfig()), LogsConverter(LogsConfig()), TracesConverter(TracesConfig()))
     server = GrpcServer("127.0.0.1:0", Ingest(wal, conv, state, metrics), state, metrics,
                         lambda: admin_pb2.NodeStatus(node_name="receiver"), max_request_bytes=64 << 20,
