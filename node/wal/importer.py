@@ -89,6 +89,10 @@ class SegmentImport:
         self._scratch = bytearray()
         """Where blocks decode, reused: at most the largest block decoded so far (and SCRATCH_MAX),
         which the caller reserved for that block (`memory_for`)."""
+        self._sizes: tuple[object, list[int]] | None = None
+        """What `memory_for(chunk)` read of the chunk: the decoded length each block wholly inside
+        it declares, in order, which `feed(chunk)` (the same object) then takes instead of reading
+        each header twice."""
 
     def _invalid(self, reason: str) -> InvalidInputError:
         return InvalidInputError(f"transferred segment {self.name.filename}: {reason}")
@@ -101,8 +105,9 @@ class SegmentImport:
             raise self._invalid(f"more than the declared {self.declared_size} bytes")
         self._write(chunk)
         self._crc = _crc32(chunk, self._crc)
+        sizes, self._sizes = self._sizes, None
         with memoryview(chunk) as view:
-            self._verify(view)
+            self._verify(view, sizes[1] if sizes is not None and sizes[0] is chunk else [])
         self.received += n
 
     def memory_for(self, chunk: bytes | bytearray | memoryview) -> int:
@@ -111,10 +116,13 @@ class SegmentImport:
         the block headers (one step per block, nothing decoded); bytes that do not parse count as
         nothing, since `feed` refuses them before it allocates. The reused decode buffer, kept from
         the blocks before, is held too and counted on top."""
+        sizes: list[int] = []
         with memoryview(chunk) as view:
-            return self._memory_for(view) + len(self._scratch)
+            need = self._memory_for(view, sizes) + len(self._scratch)
+        self._sizes = (chunk, sizes)
+        return need
 
-    def _memory_for(self, view: memoryview) -> int:
+    def _memory_for(self, view: memoryview, sizes: list[int]) -> int:
         hs = fmt.BLOCK_HEADER.size
         size, pos, pending = len(view), 0, len(self._pending)
         if not self._magic_seen:
@@ -143,6 +151,7 @@ class SegmentImport:
                 break
             if self.decode:
                 n = _declared(view[pos + hs: end])
+                sizes.append(n)
                 if DECODE_FACTOR * n > peak and n <= codec.MAX_DECODED_LEN:
                     peak = DECODE_FACTOR * n
             pos = end
@@ -177,9 +186,11 @@ class SegmentImport:
             self._pending += view[pos : pos + k]
         return pos + max(k, 0)
 
-    def _verify(self, view: memoryview) -> None:
+    def _verify(self, view: memoryview, sizes: list[int]) -> None:
         """Check every block that completes within `view`: blocks wholly inside it are read in
-        place; only a block split across chunks is gathered in `_pending` (at most one block)."""
+        place; only a block split across chunks is gathered in `_pending` (at most one block).
+        `sizes`: the decoded lengths the blocks wholly inside `view` declare, as `memory_for` read
+        them (fewer, or none: the rest are read here)."""
         header = fmt.BLOCK_HEADER
         pos = 0
         if not self._magic_seen:
@@ -200,15 +211,21 @@ class SegmentImport:
             pos = self._take(view, pos, header.size + self._length(self._pending, 0))
             if len(self._pending) < header.size + self._length(self._pending, 0):
                 return
-            self._check_block(memoryview(self._pending), 0)
+            with memoryview(self._pending) as whole:
+                self._check_block(whole, 0)
             self._offset += len(self._pending)
             self._pending = bytearray()
-        size = len(view)
-        while size - pos >= header.size:
-            end = pos + header.size + self._length(view, pos)
+        size, hs, unpack, check, k = len(view), header.size, header.unpack_from, self._check_payload, 0
+        while size - pos >= hs:
+            length, crc = unpack(view, pos)
+            if length == 0 or length > fmt.MAX_BLOCK_LEN:
+                self._length(view, pos)  # raises
+            end = pos + hs + length
             if end > size:
                 break
-            self._check_block(view, pos)
+            with view[pos + hs: end] as payload:
+                check(payload, crc, sizes[k] if k < len(sizes) else None)
+            k += 1
             self._offset += end - pos
             pos = end
         if pos < size:
@@ -223,17 +240,19 @@ class SegmentImport:
     def _check_block(self, buf: memoryview, pos: int) -> None:
         """CRC (and, with `decode`, decompression) of the whole block at `buf[pos:]`."""
         length, crc = fmt.BLOCK_HEADER.unpack_from(buf, pos)
-        payload = buf[pos + fmt.BLOCK_HEADER.size : pos + fmt.BLOCK_HEADER.size + length]
-        try:
-            if _crc32(payload) != crc:
-                raise self._invalid(f"offset {self._offset}: CRC mismatch")
-            if self.decode:
-                self.rows += self._decodes(payload)
-        finally:
-            payload.release()
+        with buf[pos + fmt.BLOCK_HEADER.size : pos + fmt.BLOCK_HEADER.size + length] as payload:
+            self._check_payload(payload, crc, None)
+
+    def _check_payload(self, payload: memoryview, crc: int, declared: int | None) -> None:
+        """CRC (and, with `decode`, decompression) of one whole block's `payload`; `declared`: the
+        decoded length its header declares, if read already (`_declared`)."""
+        if _crc32(payload) != crc:
+            raise self._invalid(f"offset {self._offset}: CRC mismatch")
+        if self.decode:
+            self.rows += self._decodes(payload, declared)
         self.blocks += 1
 
-    def _decodes(self, payload: memoryview) -> int:
+    def _decodes(self, payload: memoryview, declared: int | None = None) -> int:
         """Decode the block `payload` whole (InvalidInputError when it does not) and return its rows.
 
         The usual block, Snappy of at most SCRATCH_MAX bytes, decodes into the reused `_scratch`
@@ -244,8 +263,10 @@ class SegmentImport:
         declared length): so a block that decodes here decodes there, to the same bytes
         (tests/wal/test_import_decode.py compares them over mutated blocks). Anything else (S2,
         a block over SCRATCH_MAX, one that does not decode, a count of 0) takes the general path,
-        `format.decode_payload` then `format.rows_of`, as before."""
-        declared = _declared(payload)
+        `format.decode_payload` then `format.rows_of`, as before. `declared`: what `_declared(payload)`
+        says, if read already."""
+        if declared is None:
+            declared = _declared(payload)
         if 0 <= declared <= SCRATCH_MAX:
             scratch = self._scratch
             if declared > len(scratch):
@@ -332,6 +353,7 @@ class SegmentImport:
             return
         self._done = True
         self._scratch = bytearray()
+        self._sizes = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

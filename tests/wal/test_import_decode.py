@@ -135,9 +135,13 @@ def undecodable(payload: bytes) -> bytes:
     raise AssertionError("no byte breaks it")
 
 
+@pytest.mark.parametrize("sized", [False, True], ids=["fed", "sized-then-fed"])
 @pytest.mark.parametrize("chunk", [3, 700, 1 << 20])
 def test_a_block_that_does_not_decode_in_the_middle_is_refused_and_nothing_is_published(tmp_path: Path,
-                                                                                        chunk: int) -> None:
+                                                                                        chunk: int,
+                                                                                        sized: bool) -> None:
+    """Also when each chunk's `memory_for` was read first, as the doors do (its block sizes then
+    serve the feed)."""
     wal = Repository(WalConfig(tmp_path / "wal"))
     wal.start()
     payloads = [fmt.encode_block(fmt.KIND_METRIC, 300, rows(300, i))[1] for i in range(5)]
@@ -147,7 +151,10 @@ def test_a_block_that_does_not_decode_in_the_middle_is_refused_and_nothing_is_pu
     imp = wal.begin_import("Metrics_Cpu", len(data))
     with pytest.raises(InvalidInputError, match=f"offset {third.offset}: payload does not decompress"):
         for i in range(0, len(data), chunk):
-            imp.feed(data[i:i + chunk])
+            piece = data[i:i + chunk]
+            if sized:
+                imp.memory_for(piece)
+            imp.feed(piece)
         imp.commit(zlib.crc32(data))
     imp.abort()
     assert imp.blocks == 2
@@ -170,3 +177,42 @@ def test_a_whole_segment_counts_the_rows_the_general_path_counts(tmp_path: Path)
             assert imp.rows == sum(reference(p) or 0 for p in payloads)
         finally:
             imp.abort()
+
+
+def test_the_block_sizes_memory_for_read_serve_only_the_chunk_it_read_and_decide_nothing(tmp_path: Path) -> None:
+    """`memory_for(chunk)` keeps the decoded length each block declares for `feed(chunk)`: another
+    chunk fed instead does not use them, and sizes that are wrong only send a block to the general
+    path, which decodes it whole: the same blocks are refused, the same rows counted."""
+    wal = Repository(WalConfig(tmp_path / "wal"))
+    wal.start()
+    good = [fmt.encode_block(fmt.KIND_METRIC, 300, rows(300, i))[1] for i in range(4)]
+    bad = list(good)
+    bad[2] = undecodable(good[2])
+    good_data, bad_data = segment(*good), segment(*bad)
+    assert len(good_data) == len(bad_data)
+
+    imp = wal.begin_import("Metrics_Cpu", len(bad_data))
+    imp.memory_for(good_data)  # read from a chunk that is then not the one fed
+    with pytest.raises(InvalidInputError, match="payload does not decompress"):
+        imp.feed(bad_data)
+    imp.abort()
+
+    for wrong in (0, 1, 10 ** 6, -1):
+        imp = wal.begin_import("Metrics_Cpu", len(good_data))
+        try:
+            imp.memory_for(good_data)
+            assert imp._sizes is not None and len(imp._sizes[1]) == len(good)
+            imp._sizes[1][:] = [wrong] * len(good)
+            imp.feed(good_data)
+            imp.verify(zlib.crc32(good_data))
+            assert (imp.blocks, imp.rows) == (len(good), 4 * 300)
+        finally:
+            imp.abort()
+        imp = wal.begin_import("Metrics_Cpu", len(bad_data))
+        imp.memory_for(bad_data)
+        assert imp._sizes is not None
+        imp._sizes[1][:] = [wrong] * len(bad)
+        with pytest.raises(InvalidInputError, match="payload does not decompress"):
+            imp.feed(bad_data)
+        assert imp.blocks == 2
+        imp.abort()
