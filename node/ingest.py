@@ -76,7 +76,7 @@ from node.rows.wire import (
     pieces,
 )
 from node.state import NodeState
-from node.wal.repository import Block, Repository
+from node.wal.repository import Repository
 from node.wal.segment import FsyncPolicy
 
 log = logging.getLogger(__name__)
@@ -364,7 +364,7 @@ class Ingest:
 
     def _write(self, batches: Collection[TableBatch]) -> None:
         t0 = time.perf_counter()
-        self._wal.write_many([Block(b.database, b.table, b.kind, b.data, b.count, b.schema) for b in batches])
+        self._wal.write_many(batches if isinstance(batches, Sequence) else list(batches))
         per_db: dict[tuple[str, str], int] = {}
         with self._counters_lock:
             dbs, tables = self._db_counters, self._table_counters

@@ -22,6 +22,7 @@ import os
 import resource
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Protocol
 
 DEFAULT_LIMIT = 1024
@@ -55,25 +56,49 @@ class OpenFiles:
     def acquire(self, f: Reopenable) -> int:
         """Pin `f` for a write and return its descriptor, reopening it if it was closed."""
         with self._lock:
-            if f.fd < 0:
-                f.fd = f.reopen()
-                self.reopened += 1
-            if f in self._open:
-                self._open.move_to_end(f)
-            else:  # a new file, or one reopened
-                self._open[f] = None
-                self._evict(keep=f)
-            f.pins += 1
+            self._pin(f)
             return f.fd
 
     def release(self, f: Reopenable) -> None:
         with self._lock:
             f.pins -= 1
 
+    def acquire_all(self, files: Sequence[Reopenable]) -> None:
+        """`acquire` each of `files` under one lock (the segments one request writes to): all pinned,
+        or, if a reopen fails, none."""
+        with self._lock:
+            done = 0
+            try:
+                for f in files:
+                    self._pin(f)
+                    done += 1
+            except BaseException:
+                for f in files[:done]:
+                    f.pins -= 1
+                raise
+
+    def release_all(self, files: Sequence[Reopenable]) -> None:
+        with self._lock:
+            for f in files:
+                f.pins -= 1
+
     def forget(self, f: Reopenable) -> None:
         """`f` closed its descriptor itself (closed or deleted for good)."""
         with self._lock:
             self._open.pop(f, None)
+
+    def _pin(self, f: Reopenable) -> None:
+        """With the lock held: open `f`'s descriptor if it was closed, mark it written most recently,
+        pin it."""
+        if f.fd < 0:
+            f.fd = f.reopen()
+            self.reopened += 1
+        if f in self._open:
+            self._open.move_to_end(f)
+        else:  # a new file, or one reopened
+            self._open[f] = None
+            self._evict(keep=f)
+        f.pins += 1
 
     def _evict(self, keep: Reopenable) -> None:
         """Close the descriptors written least recently until the limit holds (the pinned ones

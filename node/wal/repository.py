@@ -53,6 +53,23 @@ OVER_LIMITS_HOLD_SECONDS = 5.0
 MAX_CACHED_NAMES = 100_000
 
 
+class BlockLike(Protocol):
+    """What `Repository.write_many` reads of a block: a `Block`, or a converter's `TableBatch` as it is."""
+
+    @property
+    def database(self) -> str: ...
+    @property
+    def table(self) -> str: ...
+    @property
+    def kind(self) -> int: ...
+    @property
+    def value(self) -> bytes | bytearray: ...
+    @property
+    def count(self) -> int: ...
+    @property
+    def schema(self) -> Schema | None: ...
+
+
 @dataclass(slots=True)
 class Block:
     """One block of rows (CSV text, each row ending in "\\n") for a table (not frozen: one is made
@@ -297,7 +314,7 @@ class Repository:
 
     # -- writing ----------------------------------------------------------------------------
 
-    def write_many(self, blocks: Sequence[Block]) -> None:
+    def write_many(self, blocks: Sequence[BlockLike]) -> None:
         """Append each block to its table's active segment: all of them or none. A bad name or a
         limit refuses the request before the first append; a write that fails part way (a disk
         that fills in the middle of the request) cuts the blocks already appended back out. So a
@@ -308,14 +325,16 @@ class Repository:
 
         Returns once every block is in its file. Raises InvalidNameError or OverLimitsError.
         """
-        encoded: list[tuple[TableWal, str, bytes, bytes, int]] = []
-        need: dict[str, int] = defaultdict(int)
+        encoded: list[tuple[TableWal, bytes, bytes, int]] = []
+        need: dict[str, int] = {}  # bytes per database
+        valid, wals_by_key, encode = self._valid_names, self._wals, fmt.encode_block
         for b in blocks:
-            if (b.database, b.table) not in self._valid_names:
-                validate_name(b.database, "database", MAX_DATABASE_LEN)
-                validate_name(b.table, "table", MAX_TABLE_LEN)
-                if len(self._valid_names) < MAX_CACHED_NAMES:
-                    self._valid_names.add((b.database, b.table))
+            database, table = b.database, b.table
+            if (database, table) not in valid:
+                validate_name(database, "database", MAX_DATABASE_LEN)
+                validate_name(table, "table", MAX_TABLE_LEN)
+                if len(valid) < MAX_CACHED_NAMES:
+                    valid.add((database, table))
             sid = None
             line = b""
             if b.schema:
@@ -323,10 +342,14 @@ class Repository:
                 if known is None:
                     known = self._schemas[b.schema] = (schema_hash(b.schema), schema_line(b.schema))
                 sid, line = known
-            header, payload = fmt.encode_block(b.kind, b.count, b.value, line)
-            encoded.append((self._wal(b.database, b.table, sid), b.database, header, payload, b.count))
-            need[b.database] += len(header) + len(payload)
-        new_segments = len({id(e[0]) for e in encoded if not e[0].is_open})
+            header, payload = encode(b.kind, b.count, b.value, line)
+            wal = wals_by_key.get((database, table, sid))
+            if wal is None:
+                wal = self._wal(database, table, sid)
+            encoded.append((wal, header, payload, b.count))
+            need[database] = need.get(database, 0) + len(header) + len(payload)
+        unique = {id(e[0]): e[0] for e in encoded}
+        new_segments = sum(1 for w in unique.values() if not w.is_open)
         self._reserve(need, new_segments)
         credits = [new_segments]
 
@@ -336,25 +359,35 @@ class Repository:
             else:
                 self._count_segment(delta)
 
-        wals = sorted({id(e[0]): e[0] for e in encoded}.values(), key=lambda w: w.key)
+        wals = sorted(unique.values(), key=lambda w: w.key)
         held: list[TableWal] = []
+        written = 0  # blocks appended
+        grown: list[int] = []  # bytes each appended block grew its file by (a new file's magic too)
         try:
+            marks = []
             for w in wals:
                 w.lock.acquire()
                 held.append(w)
-            marks = [w.mark() for w in wals]
-            counted: dict[int, int] = defaultdict(int)  # bytes written per table in this request
-            extra: dict[str, int] = defaultdict(int)  # bytes written past the reservation (new files' magic)
+                marks.append(w.mark())
             try:
-                for wal, database, header, payload, count in encoded:
-                    grown = wal.append_held(header, payload, count, new_segment=new_segment)
-                    size = len(header) + len(payload)
-                    need[database] -= size
-                    extra[database] += grown - size
-                    counted[id(wal)] += grown
+                # one lock for the descriptors of the request's segments, not two a block; a request
+                # with more tables than half the bound takes them one at a time, so that the bound holds
+                pinned = [w.writer for w in wals if w.writer is not None]
+                if self.files.limit and len(pinned) > self.files.limit // 2:
+                    pinned = []
+                self.files.acquire_all(pinned)
+                try:
+                    for wal, header, payload, count in encoded:
+                        grown.append(wal.append_held(header, payload, count, new_segment=new_segment))
+                        written += 1
+                finally:
+                    self.files.release_all(pinned)
             except BaseException as e:
-                self._account_many(extra)
+                self._settle(encoded, grown, need)
                 undone = 0
+                counted: dict[int, int] = defaultdict(int)  # bytes appended per table
+                for (wal, *_), n in zip(encoded, grown, strict=False):
+                    counted[id(wal)] += n
                 for w, m in zip(wals, marks, strict=True):
                     nbytes, segments = w.undo(m)
                     undone += nbytes
@@ -365,7 +398,7 @@ class Repository:
                     log.warning("write of a request failed part way (%s); the %d bytes it had appended were cut "
                                 "back out: nothing of it stays", e, undone)
                 raise
-            self._account_many(extra)
+            self._settle(encoded, grown, need)
             for w in wals:
                 w.close_if_full_held()
         finally:
@@ -376,6 +409,21 @@ class Repository:
                     self._account(database, -nbytes, 0)
             if credits[0]:
                 self._account(next(iter(need), ""), 0, -credits[0])
+
+    def _settle(self, encoded: Sequence[tuple[TableWal, bytes, bytes, int]], grown: list[int],
+                need: dict[str, int]) -> None:
+        """After the appends of `write_many` (all of them, or the first `len(grown)`): take what was
+        written out of `need` (what was reserved) and count what the files grew by past it (a new
+        file's magic)."""
+        extra: dict[str, int] = {}
+        for (wal, header, payload, _), n in zip(encoded, grown, strict=False):
+            size = len(header) + len(payload)
+            database = wal.database
+            need[database] -= size
+            if n != size:
+                extra[database] = extra.get(database, 0) + n - size
+        if extra:
+            self._account_many(extra)
 
     def _wal(self, database: str, table: str, sid: str | None) -> TableWal:
         key = (database, table, sid)

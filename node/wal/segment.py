@@ -86,6 +86,13 @@ class SegmentWriter:
             total = sum(len(p) for p in parts)
         fd = self.files.acquire(self)
         try:
+            self._write_fd(fd, parts, total, sync)
+        finally:
+            self.files.release(self)
+
+    def _write_fd(self, fd: int, parts: list[bytes], total: int, sync: bool) -> None:
+        """Write `parts` at the end through `fd` (pinned by the caller), all of them or none."""
+        try:
             written = os.writev(fd, parts)
             while written < total:  # short writes are rare on files, but legal
                 rest = b"".join(parts)[written:]
@@ -101,13 +108,19 @@ class SegmentWriter:
             if e.errno in (28, 122):  # ENOSPC, EDQUOT
                 raise OverLimitsError(f"disk full writing {self.path.name}: {e.strerror}") from e
             raise
-        finally:
-            self.files.release(self)
         self.size += total
 
     def append(self, header: bytes, payload: bytes, rows: int) -> None:
-        """Append one framed block; returns once it is written (and fsynced under `always`)."""
-        self._write([header, payload], self._fsync is FsyncPolicy.ALWAYS, len(header) + len(payload))
+        """Append one framed block; returns once it is written (and fsynced under `always`).
+
+        A writer the caller pinned (`OpenFiles.acquire_all`, for all the segments of a request at
+        once) is written through its descriptor as it is: only the thread that holds the table's
+        lock changes its pins, so a pin seen here stays until that thread lets it go."""
+        total = len(header) + len(payload)
+        if self.pins and self.fd >= 0:
+            self._write_fd(self.fd, [header, payload], total, self._fsync is FsyncPolicy.ALWAYS)
+        else:
+            self._write([header, payload], self._fsync is FsyncPolicy.ALWAYS, total)
         self.blocks += 1
         self.rows += rows
 

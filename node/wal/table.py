@@ -109,6 +109,12 @@ class TableWal:
         return self._active is not None
 
     @property
+    def writer(self) -> SegmentWriter | None:
+        """The active segment's writer (lock held), for a caller that pins the descriptors of a
+        request's segments at once (`OpenFiles.acquire_all`)."""
+        return self._active
+
+    @property
     def lock(self) -> threading.Lock:
         """Held by `append`, `rotate` and their kin; a caller that holds it (to write one request
         to several tables as a whole) uses the `*_held` methods."""

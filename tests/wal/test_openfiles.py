@@ -31,6 +31,20 @@ def open_in(directory: Path) -> int:
     return n
 
 
+def disk_fills_at_write(monkeypatch: pytest.MonkeyPatch, n: int) -> list[int]:
+    """Make the `n`th `os.writev` from now fail as a full disk does; returns the count of calls."""
+    real, calls = os.writev, [0]
+
+    def fills(fd: int, parts: list[bytes]) -> int:
+        calls[0] += 1
+        if calls[0] == n:
+            raise OSError(28, "No space left on device")
+        return real(fd, parts)
+
+    monkeypatch.setattr(os, "writev", fills)
+    return calls
+
+
 def stored(repo: Repository) -> dict[str, list[bytes]]:
     out: dict[str, list[bytes]] = {}
     for s in repo.closed_segments():
@@ -65,18 +79,10 @@ def test_a_request_undone_on_an_evicted_segment_is_cut_back(tmp_path: Path, monk
     for t in range(5):
         write_block(repo, "Db", f"T{t}", fmt.KIND_METRIC, rows_for(t, 1), 1)
     before = {p.name: p.stat().st_size for p in repo.active_directory.iterdir()}
-    real, calls = os.writev, [0]
-
-    def fills(fd: int, parts: list[bytes]) -> int:
-        calls[0] += 1
-        if calls[0] == 4:
-            raise OSError(28, "No space left on device")
-        return real(fd, parts)
-
-    monkeypatch.setattr(os, "writev", fills)
+    calls = disk_fills_at_write(monkeypatch, 4)
     with pytest.raises(OverLimitsError, match="disk full"):
         repo.write_many([Block("Db", f"T{t}", fmt.KIND_METRIC, rows_for(100 + t, 1), 1) for t in range(5)])
-    monkeypatch.setattr(os, "writev", real)
+    monkeypatch.undo()
     assert calls[0] == 4 and repo.files.reopened >= 3
     assert {p.name: p.stat().st_size for p in repo.active_directory.iterdir()} == before
 
@@ -155,3 +161,51 @@ def test_a_nodes_limit_is_shared_by_its_processes_and_kept_under_half_of_ulimit_
     assert per_process(1024, 1, nofile=1 << 20) == 1024
     assert per_process(0, 4) == 0 and per_process(0, 4, nofile=1024) == 512  # no flag limit: ulimit's half
     assert per_process(1024, 1000) == 16  # a floor: each process keeps a few
+
+
+def test_a_request_pins_its_segments_at_once_and_the_bound_holds(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request over at most half the bound pins its segments' descriptors at once (one lock),
+    a larger one takes them a block at a time: either way no more than the bound are open, every
+    pin is let go, and a disk that fills in the middle of a pinned request undoes all of it."""
+    repo = Repository(WalConfig(tmp_path / "wal", max_open_segments=8))
+    repo.start()
+    want: dict[str, list[bytes]] = {}
+    most = 0
+    for i in range(30):
+        tables = 4 if i % 3 else 20  # 4: pinned at once; 20, over half of 8: one at a time
+        blocks = [Block("Db", f"T{(i * 7 + t) % 40}", fmt.KIND_METRIC, rows_for(i * 100 + t, 2), 2)
+                  for t in range(tables)]
+        repo.write_many(blocks)
+        for b in blocks:
+            want.setdefault(b.table, []).extend(b.value.splitlines())
+        most = max(most, open_in(repo.active_directory))
+    assert most <= 8
+    writers = [w.writer for w in repo._wals.values()]
+    assert all(w is not None and w.pins == 0 for w in writers)
+    before = {p.name: p.stat().st_size for p in repo.active_directory.iterdir()}
+    calls = disk_fills_at_write(monkeypatch, 3)
+    with pytest.raises(OverLimitsError, match="disk full"):
+        repo.write_many([Block("Db", f"T{t}", fmt.KIND_METRIC, rows_for(9000 + t, 1), 1) for t in range(4)])
+    monkeypatch.undo()
+    assert calls[0] == 3
+    assert {p.name: p.stat().st_size for p in repo.active_directory.iterdir()} == before
+    assert all(w is not None and w.pins == 0 for w in writers)
+    repo.rotate_all()
+    assert stored(repo) == want
+
+
+def test_pinning_several_is_all_or_nothing(tmp_path: Path) -> None:
+    files = OpenFiles(8)
+    a, b, c = (SegmentWriter(tmp_path / f"{n}.wal", FsyncPolicy.NEVER, files) for n in "abc")
+    os.close(b.fd)
+    files.forget(b)
+    b.fd = -1
+    b.path.unlink()  # its reopen fails
+    with pytest.raises(FileNotFoundError):
+        files.acquire_all([a, b, c])
+    assert (a.pins, b.pins, c.pins) == (0, 0, 0)
+    files.acquire_all([a, c])
+    assert (a.pins, c.pins) == (1, 1)
+    files.release_all([a, c])
+    assert (a.pins, c.pins) == (0, 0)
