@@ -15,6 +15,8 @@ this order, before anything is written:
     feed(chunk) ...           written to the part file, each block verified (framing, CRC,
                               decompression) as soon as it is complete; what a chunk will hold
                               decoded is reserved from the budget first, from its block headers
+                              (`submit(chunk)`: the same, in a thread the caller does not wait
+                              for, while it reads the next chunk; one chunk in flight at a time)
     commit()                  size and CRC-32 checked, fsync, published through the ledger (a
                               `publish` line, the rename, a DONE line); it runs to its end even if
                               the door's caller goes away meanwhile
@@ -79,8 +81,8 @@ def _log_orphan(what: str, step: str, work: asyncio.Future[Any]) -> None:
 
 
 class Incoming:
-    """One admitted segment: `feed()` its bytes, then `commit()`; `abort()` on any failure (a
-    no-op once the commit started: the commit settles the import and the claim itself)."""
+    """One admitted segment: `feed()` (or `submit()`) its bytes, then `commit()`; `abort()` on any
+    failure (a no-op once the commit started: the commit settles the import and the claim itself)."""
 
     def __init__(self, intake: Intake, imp: SegmentImport, claim: Claim, crc32: int, memory: Held, base: int,
                  what: str) -> None:

@@ -16,7 +16,8 @@ order, and before anything is written:
 
 Only then does the receiver send its initial metadata, the go-ahead the sender waits for before
 it streams the segment: a refused segment costs one message, not its bytes. The chunks are then
-written to a part file and each block is verified as it completes (`SegmentImport`); a bad block,
+written to a part file and each block is verified as it completes (`SegmentImport`), each chunk in
+a thread while the next one is received (at most one in flight, in order); a bad block,
 a short or long stream, or a CRC mismatch is INVALID_ARGUMENT and leaves nothing behind. Before
 each chunk is fed, what it will hold (the block it completes, decoded) is reserved from the
 budget, from the block headers alone. The segment is then published through the ledger
