@@ -89,7 +89,8 @@ MAX_CACHED_ATTRIBUTE_BYTES = 256
 holds a few megabytes at most."""
 
 _ZERO = b"\0"
-"""What `hex_id` strips, inlined in the loop."""
+"""What `hex_id` strips, inlined in the loop: only for an id whose last byte is zero (any other is
+not all zero)."""
 _MALFORMED = f"malformed {ExportLogsServiceRequest.DESCRIPTOR.full_name}"
 
 RawRequest = logs_raw_pb2.ExportLogsServiceRequest
@@ -285,16 +286,23 @@ class LogsConverter:
                         sev = severity.put(text, field(text))
                     body = value.string_value
                     if body or value.WhichOneof("value") == "string_value":
-                        body = encode_basestring(body).replace('"', '""')
+                        escaped = encode_basestring(body)
+                        if len(escaped) == len(body) + 2:  # nothing escaped: no `"` inside to double
+                            quote = '""'
+                        else:
+                            body = escaped.replace('"', '""')
+                            quote = ""
                     else:
                         body = encode_json(to_json(cast("AnyValue", value))).replace('"', '""')
+                        quote = ""
                     if dest is not last_dest:
                         rows = out.rows(dest)
                         last_dest = dest
                     rows.append(
-                        f"{stamp},{observed_stamp},{trace_id.hex() if trace_id.strip(_ZERO) else ''},"
-                        f"{span_id.hex() if span_id.strip(_ZERO) else ''},{sev},{number},"
-                        f'"{body}",{resource},"{{{",".join(parts.values())}}}"\n'
+                        f"{stamp},{observed_stamp},"
+                        f"{trace_id.hex() if trace_id[-1:] != _ZERO or trace_id.strip(_ZERO) else ''},"
+                        f"{span_id.hex() if span_id[-1:] != _ZERO or span_id.strip(_ZERO) else ''},{sev},{number},"
+                        f'"{quote}{body}{quote}",{resource},"{{{",".join(parts.values())}}}"\n'
                     )
 
     def _attributes_of(self, attrs: Iterable[bytes], strict: bool) -> tuple[dict[str, str], Choice, Choice]:
