@@ -104,8 +104,10 @@ class OpenFiles:
         """Close the descriptors written least recently until the limit holds (the pinned ones
         and `keep` aside)."""
         while self.limit and len(self._open) > self.limit:
-            victim = next((v for v in self._open if v is not keep and not v.pins), None)
-            if victim is None:
+            for victim in self._open:
+                if victim is not keep and not victim.pins:
+                    break
+            else:
                 return
             del self._open[victim]
             fd, victim.fd = victim.fd, -1

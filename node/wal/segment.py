@@ -70,10 +70,9 @@ class SegmentWriter:
             raise
 
     def reopen(self) -> int:
-        """A descriptor at the end of what was written (for `files`, after it closed ours)."""
-        fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
-        os.lseek(fd, self.size, os.SEEK_SET)
-        return fd
+        """A descriptor at the end of what was written (for `files`, after it closed ours): in append
+        mode, as the file ends where this writer's last write did (a failed write is cut back)."""
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
 
     def _give_up_fd(self) -> None:
         self.files.forget(self)
