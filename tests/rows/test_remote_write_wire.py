@@ -10,7 +10,7 @@ import struct
 
 import pytest
 from google.protobuf.message import DecodeError as ProtobufDecodeError
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from node.errors import DecodeError
@@ -62,10 +62,13 @@ def full_parse(conv: MetricsConverter, body: bytes) -> ConvertResult:
 
 
 def same(a: ConvertResult, b: ConvertResult) -> None:
+    """The same rows, counts and refusals per table. The order of the tables is not compared: a
+    request converted in pieces meets its tables in another order than a whole parse when the
+    first point of a table is refused (its row list is made at the first point kept), and nothing
+    reads that order (the WAL takes a request's tables in its own)."""
     assert (a.accepted, a.rejected, a.reasons) == (b.accepted, b.rejected, b.reasons)
     assert {k: (bytes(v.data), v.count) for k, v in a.tables.items()} == \
         {k: (bytes(v.data), v.count) for k, v in b.tables.items()}
-    assert list(a.tables) == list(b.tables)
 
 
 CFG = MetricsConfig(allowed_databases=frozenset({"Metrics", "Other"}), drop_metrics=("^dropped_",),
@@ -167,6 +170,7 @@ def test_a_request_of_every_shape_converts_as_the_full_parse_does(monkeypatch: p
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.sampled_from(sorted(UNUSUAL)), min_size=1, max_size=12), st.booleans(),
        st.sampled_from([40, 300, 1 << 20]))
+@example(["out of range", "another database", "1970"], False, 40)  # tables met in another order
 def test_any_mix_in_any_pieces_converts_as_the_full_parse_does(names: list[str], as_raw: bool, size: int) -> None:
     body = series_body(*(UNUSUAL[n] for n in names))
     msg = RawWriteRequest if as_raw else WriteRequest
