@@ -727,6 +727,23 @@ class Repository:
             return self._usage if database is None else self._usage_by_db.get(database, 0)
 
 
+_PREFIXES: dict[str, str] = {}
+"""Segment file name -> its prefix, for `directory_stats`: the same names are scanned again and
+again (an active segment lives for --max-segment-age), and a parse costs more than the scan."""
+MAX_CACHED_PREFIXES = 100_000
+
+
+def _prefix_of(filename: str) -> str:
+    """The prefix of a segment file name (InvalidNameError if it is not one)."""
+    prefix = _PREFIXES.get(filename)
+    if prefix is None:
+        prefix = parse_filename(filename).prefix
+        if len(_PREFIXES) >= MAX_CACHED_PREFIXES:
+            _PREFIXES.clear()
+        _PREFIXES[filename] = prefix
+    return prefix
+
+
 def directory_stats(directory: Path) -> WalStats:
     """Segments as the directory shows them, whichever process wrote them."""
     closed: dict[str, tuple[int, int]] = {}
@@ -741,7 +758,7 @@ def directory_stats(directory: Path) -> WalStats:
             if not entry.name.endswith(".wal"):
                 continue
             try:
-                prefix = parse_filename(entry.name).prefix
+                prefix = _prefix_of(entry.name)
                 size = entry.stat().st_size
             except (InvalidNameError, FileNotFoundError):
                 continue

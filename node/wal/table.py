@@ -213,6 +213,11 @@ class TableWal:
             return done, SegmentInfo(closed, name, active.size, active.blocks, active.rows)
 
     def rotate_if_expired(self) -> SegmentInfo | None:
+        # A look without the lock first: called for every table once a second, and most tables
+        # have neither an expired segment nor a closing to publish. What it reads may be a moment
+        # old; `rotate` looks again under the lock, and a table skipped now is looked at next time.
+        if not self._closing and (self._active is None or time.monotonic() - self._opened < self._max_age):
+            return None
         return self.rotate(older_than=self._max_age)
 
     def _close_locked(self, compact: bool) -> SegmentInfo:

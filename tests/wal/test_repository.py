@@ -14,7 +14,9 @@ import pytest
 
 from node.errors import InvalidInputError, InvalidNameError, OverLimitsError
 from node.wal import format as fmt
-from node.wal.repository import Block, Repository, WalConfig
+from node.wal import repository
+from node.wal.names import SegmentName
+from node.wal.repository import Block, Repository, WalConfig, directory_stats
 from node.wal.segment import FsyncPolicy, iter_rows
 from node.wal.table import SegmentInfo
 from tests.wal.helpers import make_segment, rows_for, wal_stats, write_block
@@ -528,3 +530,51 @@ def test_closing_every_table_at_once_syncs_the_file_system_once(tmp_path: Path,
     assert list((tmp_path / "wal" / "active").iterdir()) == []
     assert sorted(i.name.table for i in wal.closed_segments()) == sorted(f"T{i}" for i in range(500))
     assert all(list(iter_rows(i.path)) == [row] for i in closed)
+
+
+def test_a_failed_close_of_a_table_written_no_more_is_published_at_the_next_tick(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """rotate_expired looks at each table without its lock first: a table with no active segment
+    but a closing left to publish is not skipped."""
+    repo = _repo(tmp_path, max_segment_age=0.1)
+    write_block(repo, "Db", "A", fmt.KIND_METRIC, b"a1\n", 1)
+    time.sleep(0.15)
+    real_rename = os.rename
+
+    def full(src: object, dst: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "rename", full)
+    with pytest.raises(OSError):
+        repo.rotate_expired()
+    assert repo.closed_segments() == []
+    monkeypatch.setattr(os, "rename", real_rename)
+    [info] = repo.rotate_expired()
+    assert info.rows == 1 and list(iter_rows(info.path)) == [b"a1\n"]
+    assert list((tmp_path / "active").iterdir()) == []
+
+
+def test_directory_stats_reads_each_name_once_and_its_cache_is_bounded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = _repo(tmp_path)
+    for t in range(6):
+        write_block(repo, "Db", f"T{t}", fmt.KIND_METRIC, b"a\n", 1)
+    (tmp_path / "not_a_segment.wal").write_bytes(b"x")
+    monkeypatch.setattr(repository, "_PREFIXES", {})
+    monkeypatch.setattr(repository, "MAX_CACHED_PREFIXES", 4)
+    calls = [0]
+    real = repository.parse_filename
+
+    def counted(name: str) -> SegmentName:
+        calls[0] += 1
+        return real(name)
+
+    monkeypatch.setattr(repository, "parse_filename", counted)
+    first = directory_stats(tmp_path)
+    assert sorted(first.active) == [f"Db_T{t}" for t in range(6)] and first.closed == {}
+    assert len(repository._PREFIXES) <= 4  # cleared as it filled, never over the bound
+    calls[0] = 0
+    monkeypatch.setattr(repository, "MAX_CACHED_PREFIXES", 100)
+    directory_stats(tmp_path)
+    parsed = calls[0]
+    assert directory_stats(tmp_path) == first and calls[0] == parsed + 1  # only the non-segment again
