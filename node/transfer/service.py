@@ -77,6 +77,38 @@ def message_memory(size: int) -> int:
     return MESSAGE_FACTOR * (min(MAX_CHUNK, size) + MESSAGE_OVERHEAD)
 
 
+_CHUNK_TAG = b"\x12"
+"""`TransferSegmentRequest.chunk`'s tag: field 2, length-delimited."""
+
+
+def read_request(data: bytes) -> transfer_pb2.TransferSegmentRequest | memoryview:
+    """A request as the transfer service reads it off the wire (its `request_deserializer`, see
+    `add_to_server`): a message that is a chunk alone (the tag of `chunk`, the length, then exactly
+    that many bytes: what a sender's every message after the first is) comes as a view of the bytes
+    received; any other message is parsed by protobuf. Protobuf would parse the first into the same
+    chunk, at the cost of two copies of it (the parse, then `msg.chunk`): ~0.5 CPU s a GB."""
+    if data[:1] == _CHUNK_TAG:
+        n = shift = 0
+        for pos in range(1, min(len(data), 6)):  # the length: a varint of at most 5 bytes, as protobuf takes it
+            b = data[pos]
+            n |= (b & 0x7F) << shift
+            if not b & 0x80:
+                if n == len(data) - pos - 1:
+                    return memoryview(data)[pos + 1:]
+                break
+            shift += 7
+    return transfer_pb2.TransferSegmentRequest.FromString(data)
+
+
+def add_to_server(servicer: transfer_pb2_grpc.TransferServicer, server: grpc.aio.Server) -> None:
+    """`transfer_pb2_grpc.add_TransferServicer_to_server`, with the requests read by `read_request`."""
+    handlers = {"TransferSegment": grpc.stream_unary_rpc_method_handler(
+        servicer.TransferSegment, request_deserializer=read_request,
+        response_serializer=transfer_pb2.TransferSegmentResponse.SerializeToString)}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(TRANSFER_SERVICE, handlers),))
+    server.add_registered_method_handlers(TRANSFER_SERVICE, handlers)
+
+
 def _chunk_message_size(n: int) -> int:
     """`ByteSize()` of a message that holds a chunk of `n` bytes: its tag, its length (a varint), its bytes."""
     return 1 + max(1, (n.bit_length() + 6) // 7) + n
@@ -107,10 +139,11 @@ class Pace:
         return min(self.stall, max(self.stall, self.received / self.min_rate) - self.waited)
 
     async def next(self, context: grpc.aio.ServicerContext[Any, Any]
-                   ) -> transfer_pb2.TransferSegmentRequest | bytes | None:
+                   ) -> transfer_pb2.TransferSegmentRequest | bytes | memoryview | None:
         """The call's next message, None at the end of the stream; StalledError when it is too late.
-        A chunk comes as its bytes (`msg.chunk`, taken once: each access copies it), any other
-        message as it is.
+        A chunk comes as its bytes: the view `read_request` made of it, or `msg.chunk` (taken once:
+        each access copies it) when the service was added by the generated code; any other message
+        as it is.
 
         Read with `context.read()`, not the request iterator: an async generator left suspended
         by a refused call would be finalised later, on whatever loop is then running."""
@@ -127,6 +160,9 @@ class Pace:
         self.waited += self._clock() - t0
         if msg is grpc.aio.EOF:
             return None
+        if isinstance(msg, memoryview):
+            self.received += _chunk_message_size(len(msg))
+            return msg
         assert isinstance(msg, transfer_pb2.TransferSegmentRequest)
         if msg.WhichOneof("msg") == "chunk":
             chunk: bytes = msg.chunk
@@ -144,7 +180,7 @@ class Pace:
 
 
 async def _next_while_feeding(pace: Pace, context: grpc.aio.ServicerContext[Any, Any], incoming: Incoming
-                              ) -> transfer_pb2.TransferSegmentRequest | bytes | None:
+                              ) -> transfer_pb2.TransferSegmentRequest | bytes | memoryview | None:
     """`pace.next()` while the chunk before is fed (`Incoming.submit`). A chunk that fails ends the
     call at once with its own error, the read given up; a read that fails (a stall) waits for the
     chunk in flight, whose error, if any, comes first: the statuses are those of one chunk at a time."""
@@ -247,7 +283,7 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
             await context.send_initial_metadata(((READY_HEADER, "1"),))  # the sender may stream the bytes
             # Each chunk is fed (written, verified) in a thread while the next one is received.
             while (chunk := await _next_while_feeding(pace, context, incoming)) is not None:
-                if not isinstance(chunk, bytes):
+                if not isinstance(chunk, bytes | memoryview):
                     raise InvalidInputError("a transfer carries its metadata once, first")
                 # gRPC's Python server has one receive limit for every method of the port
                 # (--max-request-bytes, which OTLP needs): this method's is checked here.

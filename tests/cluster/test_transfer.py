@@ -36,7 +36,7 @@ from node.transfer.ledger import DEFAULT_RETENTION, Claim, TransferLedger, trans
 from node.transfer.plan import PlannedTransfer
 from node.transfer.protocol import READY_HEADER, Outcome
 from node.transfer.router import Router, TransferConfig
-from node.transfer.service import TRANSFER_SERVICE, PeerAuth, TransferService
+from node.transfer.service import TRANSFER_SERVICE, PeerAuth, TransferService, add_to_server
 from node.wal import format as fmt
 from node.wal import segment as wal_segment
 from node.wal.names import make_prefix
@@ -84,7 +84,7 @@ async def start_receiver(root: Path, credentials: grpc.ServerCredentials | None 
     conv = Converters(MetricsConverter(MetricsConfig()), LogsConverter(LogsConfig()), TracesConverter(TracesConfig()))
     server = GrpcServer("127.0.0.1:0", Ingest(wal, conv, state, metrics), state, metrics,
                         lambda: admin_pb2.NodeStatus(node_name="receiver"), max_request_bytes=64 << 20,
-                        extra=[(transfer_pb2_grpc.add_TransferServicer_to_server, service, TRANSFER_SERVICE)],
+                        extra=[(add_to_server, service, TRANSFER_SERVICE)],
                         credentials=credentials)
     await server.start()
     state.set_phase(Phase.SERVING)

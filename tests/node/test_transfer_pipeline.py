@@ -10,6 +10,7 @@ is seen.
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -18,6 +19,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.message import DecodeError
 
 from node.errors import InvalidInputError
 from node.gen.ingestor.v1 import transfer_pb2, transfer_pb2_grpc
@@ -25,6 +27,7 @@ from node.transfer import service as service_mod
 from node.wal import format as fmt
 from node.wal.importer import SegmentImport
 from node.wal.repository import Repository, WalConfig
+from tests.cluster import test_transfer
 from tests.cluster.test_transfer import (
     TOKEN,
     Receiver,
@@ -285,3 +288,80 @@ async def test_a_sender_that_goes_away_while_a_chunk_is_fed_leaves_nothing_and_m
     finally:
         release.set()
         await stop(r)
+
+
+# -- reading the chunks ----------------------------------------------------------------------------
+
+
+def _varint(n: int, pad: int = 0) -> bytes:
+    """`n` as a protobuf varint, with `pad` redundant continuation bytes (which protobuf accepts)."""
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b | 0x80 if pad else b)
+            break
+    for i in range(pad):
+        out.append(0x80 if i < pad - 1 else 0x00)
+    return bytes(out)
+
+
+def _messages() -> list[bytes]:
+    rng = random.Random(17)
+    chunk = rng.randbytes(3000)
+    meta = transfer_pb2.TransferSegmentRequest(metadata=transfer_pb2.SegmentMetadata(
+        name="Metrics_Cpu_0000000000000001.wal", size=10, crc32=5, sender="s")).SerializeToString()
+    out = [transfer_pb2.TransferSegmentRequest(chunk=chunk[:n]).SerializeToString() for n in (0, 1, 127, 128, 3000)]
+    out += [meta, b"", b"\x12", b"\x12\x05abc", b"\x12\x02abc", b"\x12\x03abc" + meta, meta + b"\x12\x03abc",
+            b"\x12\x03abc\x12\x02de", b"\x12\xff\xff\xff\xff\xff" + chunk, b"\x1a\x03abc", b"\x0a\x03abc",
+            *(b"\x12" + _varint(3, pad) + b"abc" for pad in range(1, 11))]  # protobuf takes 5 bytes at most
+    for m in list(out):  # and every message cut short, and with one byte changed
+        for _ in range(30):
+            i = rng.randrange(len(m)) if m else 0
+            out.append(m[:i])
+            if m:
+                out.append(m[:i] + bytes([m[i] ^ (1 << rng.randrange(8))]) + m[i + 1:])
+    return out
+
+
+def test_a_chunk_read_as_a_view_is_what_protobuf_parses() -> None:
+    """`read_request` gives a view exactly when protobuf parses the bytes into a chunk alone, and
+    then the same bytes; anything else is protobuf's own parse (or its error)."""
+    views = 0
+    for data in _messages():
+        try:
+            want: Any = transfer_pb2.TransferSegmentRequest.FromString(data)
+        except DecodeError:
+            want = None
+        try:
+            got = service_mod.read_request(data)
+        except DecodeError:
+            got = None
+        if isinstance(got, memoryview):
+            views += 1
+            assert want is not None and want.WhichOneof("msg") == "chunk", data[:12].hex()
+            assert want.ListFields() == [(want.DESCRIPTOR.fields_by_name["chunk"], bytes(got))]
+        else:
+            assert got == want, data[:12].hex()
+    assert views > 10
+
+
+async def test_a_receiver_added_by_the_generated_code_reads_chunks_as_protobuf_parses_them(
+        tmp_path: Path, sender: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service takes a chunk either way: as a view (`add_to_server`) or parsed."""
+    monkeypatch.setattr(test_transfer, "add_to_server", transfer_pb2_grpc.add_TransferServicer_to_server)
+    seg = segments(sender, count=1, blocks=4)[0]
+    data = seg.path.read_bytes()
+    r = await receiver_with(tmp_path)
+    s = Stream(r)
+    try:
+        s.send(metadata(seg.path.name, data), *chunks(data, 333), None)
+        code, details = await s.outcome()
+    finally:
+        await s.close()
+        await stop(r)
+    assert code is grpc.StatusCode.OK, details
+    assert r.rows() == all_rows([seg])
