@@ -23,7 +23,8 @@ def no_system_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     blocked.write_text("")
     monkeypatch.setattr(tempfile, "_candidate_tempdir_list", lambda: [str(blocked / "tmp")])
     monkeypatch.setattr(tempfile, "tempdir", None)
-    monkeypatch.delenv("TMPDIR", raising=False)
+    monkeypatch.setenv("TMPDIR", "")  # recorded as it was, so that the TMPDIR the node sets is undone too
+    monkeypatch.delenv("TMPDIR")
     yield tmp_path / "storage"
     tempfile.tempdir = None  # the fixture's monkeypatch restores the rest
 
