@@ -31,7 +31,7 @@ from node import statuspage
 from node.budget import MemoryBudget, per_process
 from node.config import NodeConfig
 from node.errors import BindError
-from node.gen.ingestor.v1 import admin_pb2, transfer_pb2_grpc
+from node.gen.ingestor.v1 import admin_pb2
 from node.ingest import Converters, Ingest
 from node.metrics import NodeMetrics
 from node.peers import cluster_of, peer_auth, server_credentials
@@ -51,7 +51,7 @@ from node.transfer.door import DoorConfig, door_off_warning
 from node.transfer.http import TransferDoor
 from node.transfer.intake import Intake
 from node.transfer.ledger import TransferLedger
-from node.transfer.service import TRANSFER_SERVICE, TransferService
+from node.transfer.service import TRANSFER_SERVICE, TransferService, add_to_server
 from node.upload.uploader import Uploader
 from node.wal.repository import Repository, SharedUsage, directory_stats
 
@@ -178,7 +178,7 @@ class Node:
         c = self.config
         self.grpc = GrpcServer(c.grpc_addr, self.ingest, self.state, self.metrics, self.status, c.max_request_bytes,
                                reuse_port=c.multiprocess,
-                               extra=[(transfer_pb2_grpc.add_TransferServicer_to_server, self.transfer,
+                               extra=[(add_to_server, self.transfer,
                                        TRANSFER_SERVICE)],
                                credentials=server_credentials(c), limits=GrpcLimits.of(c))
         host, port = parse_hostport(c.http_addr, default_host="0.0.0.0", allow_port_zero=True)
