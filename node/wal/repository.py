@@ -399,8 +399,7 @@ class Repository:
                                 "back out: nothing of it stays", e, undone)
                 raise
             self._settle(encoded, grown, need)
-            for w in wals:
-                w.close_if_full_held()
+            full = [w for w in wals if w.take_out_if_full_held()]
         finally:
             for w in reversed(held):
                 w.lock.release()
@@ -409,6 +408,11 @@ class Repository:
                     self._account(database, -nbytes, 0)
             if credits[0]:
                 self._account(next(iter(need), ""), 0, -credits[0])
+        for w in full:  # its compaction and fsyncs with no table's lock held
+            try:
+                w.publish()
+            except OSError as e:  # the rows are in the WAL: the request succeeded
+                log.warning("closing a full segment of %s failed (%s); tried again at the next tick", w.key, e)
 
     def _settle(self, encoded: Sequence[tuple[TableWal, bytes, bytes, int]], grown: list[int],
                 need: dict[str, int]) -> None:

@@ -95,6 +95,10 @@ class TableWal:
         self._on_close = on_close
         self._files = files
         self._lock = threading.Lock()
+        self._publishing = threading.Lock()
+        """Held while the segments taken out of service are closed and renamed into the WAL (a
+        compaction and fsyncs: milliseconds): not the table's lock, so that a write to the table
+        (into its next segment) never waits for them."""
         self._active: SegmentWriter | None = None
         self._active_name: SegmentName | None = None
         self._opened = 0.0
@@ -116,24 +120,17 @@ class TableWal:
 
     @property
     def lock(self) -> threading.Lock:
-        """Held by `append`, `rotate` and their kin; a caller that holds it (to write one request
-        to several tables as a whole) uses the `*_held` methods."""
+        """Held by a write (`Repository.write_many`, which holds the locks of all the tables of a
+        request, and uses the `*_held` methods), and while `rotate` and its kin take the active
+        segment out of service."""
         return self._lock
 
-    def append(self, header: bytes, payload: bytes, rows: int, *, new_segment: Callable[[int], None]) -> int:
-        """Append one block; return the bytes the file grew by.
-
-        `new_segment(1)` is called before a new segment file is created (it raises when the
-        repository is over its segment limit), `new_segment(-1)` if creating it then failed.
-        """
-        with self._lock:
-            grown = self.append_held(header, payload, rows, new_segment=new_segment)
-            self.close_if_full_held()
-            return grown
-
     def append_held(self, header: bytes, payload: bytes, rows: int, *, new_segment: Callable[[int], None]) -> int:
-        """`append` with the lock held by the caller, and without closing a full segment (the
-        caller may still undo the block: see `mark` and `undo`)."""
+        """Append one block, with the lock held by the caller (`Repository.write_many`, which may
+        still undo it: see `mark` and `undo`, and takes a full segment out afterwards); return the
+        bytes the file grew by. `new_segment(1)` is called before a new segment file is created (it
+        raises when the repository is over its segment limit), `new_segment(-1)` if creating it
+        then failed."""
         if self._active is None:
             new_segment(1)
             name = SegmentName(self.database, self.table, self.schema, self._ids.next())
@@ -172,23 +169,32 @@ class TableWal:
             a.truncate(mark.size, mark.blocks, mark.rows)
         return cut, 0
 
-    def close_if_full_held(self) -> SegmentInfo | None:
+    def take_out_if_full_held(self) -> bool:
+        """With the lock held: take a full active segment out of service (the next write opens a
+        new one); the caller then `publish`es it, once it has let go of the lock."""
         if self._active is not None and self._active.size >= self._max_size:
-            return self._close_locked(compact=True)
-        return None
+            self._take_out_locked(compact=True)
+            return True
+        return False
+
+    def publish(self) -> SegmentInfo | None:
+        """Close and rename into the WAL the segments taken out of service (lock not held: writes to
+        the table go on meanwhile); returns the last one published."""
+        with self._publishing:
+            return self._publish_closing()
 
     def rotate(self, *, older_than: float | None = None, compact: bool = True) -> SegmentInfo | None:
         """Close the active segment (only if open longer than `older_than` seconds, when given);
         first publish what an earlier close could not. `compact`: rewrite its small blocks as
         large ones as it closes (`segment.compact`); a node that stops closes every segment at
-        once and leaves that out, so that it stops in time."""
+        once and leaves that out, so that it stops in time. Only taking the segment out of service
+        holds the table's lock; its compaction, fsyncs and rename do not."""
         with self._lock:
-            done = self._publish_closing() if self._closing else None
-            if self._active is None:
-                return done
-            if older_than is not None and time.monotonic() - self._opened < older_than:
-                return done
-            return self._close_locked(compact)
+            if self._active is not None and (older_than is None or time.monotonic() - self._opened >= older_than):
+                self._take_out_locked(compact)
+            if not self._closing:
+                return None
+        return self.publish()
 
     def close_unsynced(self) -> tuple[SegmentInfo | None, SegmentInfo | None]:
         """For closing every table at once (`Repository.rotate_all(compact=False)`): take the active
@@ -197,7 +203,7 @@ class TableWal:
         them. Returns (the last segment an earlier failed closing published now, announced as
         usual; the segment taken, to announce). A failed rename keeps the segment for the usual
         path (`_publish_closing`, at the next rotate)."""
-        with self._lock:
+        with self._lock, self._publishing:
             done = self._publish_closing() if self._closing else None
             active, name = self._active, self._active_name
             if active is None or name is None:
@@ -220,18 +226,17 @@ class TableWal:
             return None
         return self.rotate(older_than=self._max_age)
 
-    def _close_locked(self, compact: bool) -> SegmentInfo:
+    def _take_out_locked(self, compact: bool) -> None:
         active, name = self._active, self._active_name
         assert active is not None and name is not None
         self._active = self._active_name = None  # the next write opens a new segment, whatever happens here
         self._closing.append(_Closing(active, name, compact))
-        info = self._publish_closing()
-        assert info is not None
-        return info
 
     def _publish_closing(self) -> SegmentInfo | None:
         """Close and rename into the WAL the segments taken out of service, oldest first; an
-        error leaves the rest for the next try. Returns the last one published.
+        error leaves the rest for the next try. Returns the last one published. `_publishing`
+        held (the table's lock may be: `close_unsynced`); a segment is taken out of service under
+        the table's lock, so `_closing` only grows at its end meanwhile.
 
         A segment to compact is rewritten before its writer closes: the rewrite is fsynced, so the
         old file's fsync is left out (one fsync a segment either way)."""

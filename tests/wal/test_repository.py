@@ -578,3 +578,39 @@ def test_directory_stats_reads_each_name_once_and_its_cache_is_bounded(
     directory_stats(tmp_path)
     parsed = calls[0]
     assert directory_stats(tmp_path) == first and calls[0] == parsed + 1  # only the non-segment again
+
+
+def test_a_write_does_not_wait_for_the_closing_of_its_tables_expired_segment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tick closes expired segments (a compaction, fsyncs: milliseconds each, 10,000 of them
+    at once with 10,000 tables); a request to such a table writes into its next segment meanwhile
+    instead of waiting under the table's lock (on the event loop, for small requests)."""
+    from node.wal import table as table_module
+
+    repo = _repo(tmp_path, max_segment_age=0.1)
+    write_block(repo, "Db", "T", fmt.KIND_METRIC, b"a1\n", 1)
+    time.sleep(0.15)
+    compacting, finish = threading.Event(), threading.Event()
+    real_compact = table_module.compact
+
+    def slow_compact(*args: object, **kwargs: object) -> object:
+        compacting.set()
+        assert finish.wait(10)
+        return real_compact(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(table_module, "compact", slow_compact)
+    ticking = threading.Thread(target=repo.rotate_expired)
+    ticking.start()
+    assert compacting.wait(5)
+    writing = threading.Thread(target=write_block, args=(repo, "Db", "T", fmt.KIND_METRIC, b"a2\n", 1))
+    writing.start()
+    writing.join(2)
+    written = not writing.is_alive()
+    finish.set()
+    ticking.join(10)
+    writing.join(10)
+    assert written, "the write waited for the closing of the expired segment"
+    [first] = repo.closed_segments()
+    assert list(iter_rows(first.path)) == [b"a1\n"]
+    [second] = repo.rotate_all()
+    assert list(iter_rows(second.path)) == [b"a2\n"] and second.name.segment_id > first.name.segment_id
