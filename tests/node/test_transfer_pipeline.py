@@ -88,6 +88,19 @@ async def stop(r: Receiver) -> None:
     r.ledger.close()
 
 
+async def send_whole(tmp_path: Path, name: str, data: bytes, parts: list[bytes]) -> tuple[Receiver, Any, str]:
+    """One segment sent whole to a new receiver, which is stopped after: (it, the status, its details)."""
+    r = await receiver_with(tmp_path)
+    s = Stream(r)
+    try:
+        s.send(metadata(name, data), *parts, None)
+        code, details = await s.outcome()
+    finally:
+        await s.close()
+        await stop(r)
+    return r, code, details
+
+
 def counting_reads(monkeypatch: pytest.MonkeyPatch) -> Callable[[], int]:
     """Count the messages the service has read (metadata included)."""
     reads = 0
@@ -137,14 +150,7 @@ async def test_the_next_chunk_is_received_while_the_one_before_is_fed(
     reads = counting_reads(monkeypatch)
     # The first chunk's feed waits in its thread for the service to read the second chunk.
     seen = hold_feed(monkeypatch, 1, lambda: reads() >= 3)
-    r = await receiver_with(tmp_path)
-    s = Stream(r)
-    try:
-        s.send(metadata(seg.path.name, data), *parts, None)
-        code, details = await s.outcome()
-    finally:
-        await s.close()
-        await stop(r)
+    r, code, details = await send_whole(tmp_path, seg.path.name, data, parts)
     assert seen == [True]  # read while the chunk before was being fed
     assert code is grpc.StatusCode.OK, details
     assert r.rows() == all_rows([seg])
@@ -175,14 +181,7 @@ async def test_at_most_one_chunk_is_in_flight_and_they_are_fed_in_order(
                 running -= 1
 
     monkeypatch.setattr(SegmentImport, "feed", feed)
-    r = await receiver_with(tmp_path)
-    s = Stream(r)
-    try:
-        s.send(metadata(seg.path.name, data), *parts, None)
-        code, details = await s.outcome()
-    finally:
-        await s.close()
-        await stop(r)
+    r, code, details = await send_whole(tmp_path, seg.path.name, data, parts)
     assert code is grpc.StatusCode.OK, details
     assert most == 1
     assert fed == list(range(0, len(data), 900))
@@ -355,13 +354,6 @@ async def test_a_receiver_added_by_the_generated_code_reads_chunks_as_protobuf_p
     monkeypatch.setattr(test_transfer, "add_to_server", transfer_pb2_grpc.add_TransferServicer_to_server)
     seg = segments(sender, count=1, blocks=4)[0]
     data = seg.path.read_bytes()
-    r = await receiver_with(tmp_path)
-    s = Stream(r)
-    try:
-        s.send(metadata(seg.path.name, data), *chunks(data, 333), None)
-        code, details = await s.outcome()
-    finally:
-        await s.close()
-        await stop(r)
+    r, code, details = await send_whole(tmp_path, seg.path.name, data, chunks(data, 333))
     assert code is grpc.StatusCode.OK, details
     assert r.rows() == all_rows([seg])
