@@ -88,7 +88,8 @@ async def stop(r: Receiver) -> None:
     r.ledger.close()
 
 
-async def send_whole(tmp_path: Path, name: str, data: bytes, parts: list[bytes]) -> tuple[Receiver, Any, str]:
+async def send_whole(tmp_path: Path, name: str, data: bytes,
+                     parts: list[transfer_pb2.TransferSegmentRequest]) -> tuple[Receiver, Any, str]:
     """One segment sent whole to a new receiver, which is stopped after: (it, the status, its details)."""
     r = await receiver_with(tmp_path)
     s = Stream(r)
