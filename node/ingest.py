@@ -364,7 +364,7 @@ class Ingest:
 
     def _write(self, batches: Collection[TableBatch]) -> None:
         t0 = time.perf_counter()
-        self._wal.write_many(batches if isinstance(batches, Sequence) else list(batches))
+        self._wal.write_many(batches)
         per_db: dict[tuple[str, str], int] = {}
         with self._counters_lock:
             dbs, tables = self._db_counters, self._table_counters

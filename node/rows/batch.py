@@ -26,7 +26,7 @@ MAX_REASONS = 10
 @dataclass(slots=True)
 class TableBatch:
     """The rows for one table: CSV, each row ending in "\\n", no header line. The WAL writes it as it
-    is (a `repository.Block` by its fields: one is made per table of every request)."""
+    is (`repository.BlockLike`: one is made per table of every request)."""
 
     database: str
     table: str
@@ -34,11 +34,6 @@ class TableBatch:
     schema: Schema
     data: bytearray
     count: int
-
-    @property
-    def value(self) -> bytearray:
-        """The rows, under the name the WAL's blocks give them."""
-        return self.data
 
 
 @dataclass

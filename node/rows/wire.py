@@ -66,12 +66,13 @@ OTLP_TRACES_LEVELS = OTLP_LOGS_LEVELS
 """resource_spans -> scope_spans -> spans (the same field numbers)."""
 
 
-class _Unsplittable(Exception):
+class _Unsplittable(ValueError):
     """Wire bytes the splitter does not take apart (malformed, groups, a oneof set twice): the
     request is parsed whole, and the parser says what is wrong with it, if anything."""
 
 
-def _read_uvarint(b: bytes | memoryview, i: int, end: int) -> tuple[int, int]:
+def read_uvarint(b: bytes | memoryview, i: int, end: int) -> tuple[int, int]:
+    """The varint at `b[i:end]` and where it ends; ValueError when it does not end before `end`."""
     n = shift = 0
     while i < end and shift < 64:
         byte = b[i]
@@ -120,14 +121,14 @@ def _plan(b: bytes | memoryview, level: Level, deeper: bool,
         if key < 0x80:
             i += 1
         else:
-            key, i = _read_uvarint(b, i, end)
+            key, i = read_uvarint(b, i, end)
         wire = key & 7
         if wire == 2:
             length = b[i] if i < end else 0x80
             if length < 0x80:
                 i += 1
             else:
-                length, i = _read_uvarint(b, i, end)
+                length, i = read_uvarint(b, i, end)
             value = i
             i += length
             if i > end:
@@ -149,7 +150,7 @@ def _plan(b: bytes | memoryview, level: Level, deeper: bool,
                     run_start, run_end = start, i
                 continue
         elif wire == 0:
-            _, i = _read_uvarint(b, i, end)
+            _, i = read_uvarint(b, i, end)
         elif wire == 1:
             i += 8
         elif wire == 5:

@@ -33,7 +33,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 from node.budget import MemoryBudget
 from node.errors import AlreadyExistsError, InvalidInputError, UnavailableError
@@ -46,6 +46,7 @@ from node.wal.repository import Repository
 from node.wal.table import SegmentInfo
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_TRANSFER_BYTES = 4 << 30
 """Largest segment accepted in one call (a peer transfers at most --max-transfer-size)."""
@@ -129,9 +130,7 @@ class Incoming:
         stop it half-way; its outcome then goes to the log."""
         await self.drain()
         self.committing = True
-        commit = asyncio.ensure_future(asyncio.to_thread(self._intake.commit, self._imp, self._crc32, self._claim))
-        self._intake.commits.add(commit)
-        commit.add_done_callback(self._intake.commits.discard)
+        commit = self._track(asyncio.to_thread(self._intake.commit, self._imp, self._crc32, self._claim))
         try:
             return await asyncio.shield(commit)
         except asyncio.CancelledError:
@@ -164,7 +163,8 @@ class Incoming:
             self.feeding = None
         await asyncio.to_thread(self._intake.abort, self._imp, self._claim)
 
-    def _track(self, work: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
+    def _track(self, work: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
+        """`work` as a task that `Intake.settle` waits for, whatever becomes of its call."""
         task = asyncio.ensure_future(work)
         self._intake.commits.add(task)
         task.add_done_callback(self._intake.commits.discard)

@@ -63,7 +63,7 @@ class BlockLike(Protocol):
     @property
     def kind(self) -> int: ...
     @property
-    def value(self) -> bytes | bytearray: ...
+    def data(self) -> bytes | bytearray: ...
     @property
     def count(self) -> int: ...
     @property
@@ -78,7 +78,7 @@ class Block:
     database: str
     table: str
     kind: int
-    value: bytes | bytearray
+    data: bytes | bytearray
     count: int
     schema: Schema | None = None
 
@@ -314,7 +314,7 @@ class Repository:
 
     # -- writing ----------------------------------------------------------------------------
 
-    def write_many(self, blocks: Sequence[BlockLike]) -> None:
+    def write_many(self, blocks: Iterable[BlockLike]) -> None:
         """Append each block to its table's active segment: all of them or none. A bad name or a
         limit refuses the request before the first append; a write that fails part way (a disk
         that fills in the middle of the request) cuts the blocks already appended back out. So a
@@ -342,7 +342,7 @@ class Repository:
                 if known is None:
                     known = self._schemas[b.schema] = (schema_hash(b.schema), schema_line(b.schema))
                 sid, line = known
-            header, payload = encode(b.kind, b.count, b.value, line)
+            header, payload = encode(b.kind, b.count, b.data, line)
             wal = wals_by_key.get((database, table, sid))
             if wal is None:
                 wal = self._wal(database, table, sid)

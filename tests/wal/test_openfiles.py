@@ -178,7 +178,7 @@ def test_a_request_pins_its_segments_at_once_and_the_bound_holds(tmp_path: Path,
                   for t in range(tables)]
         repo.write_many(blocks)
         for b in blocks:
-            want.setdefault(b.table, []).extend(b.value.splitlines())
+            want.setdefault(b.table, []).extend(b.data.splitlines())
         most = max(most, open_in(repo.active_directory))
     assert most <= 8
     writers = [w.writer for w in repo._wals.values()]
