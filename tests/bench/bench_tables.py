@@ -11,10 +11,14 @@ that the requests together cover every name. A last row sends 1,000 metrics of o
 over 10,000 names (1,000 tables in every request: a Prometheus shard when that many names are
 spread over its queues).
 
-Printed per row, each with its ratio to the 10-table row of the same run: points/s acknowledged,
-CPU seconds of the node (all its processes) per million points, p99 latency, the peak of open
-descriptors (all its processes), the active segments at the end of the load, and the seconds from
-SIGTERM to the node's exit.
+The four nodes run at once, idle but for the one driven, and are driven in turn, round after
+round (3 rounds of 5 s each by default), so that a slower minute of a shared machine hits every
+row alike: the 10-table figure alone moved by 15-25% between runs minutes apart.
+
+Printed per row: points/s acknowledged and CPU seconds of the node (all its processes) per million
+points over all rounds, each with its ratio to the 10-table row (the median of the rounds' ratios),
+p99 latency, the peak of open descriptors (all its processes), the active segments at the end of
+the load, and the seconds from SIGTERM to the node's exit.
 """
 
 from __future__ import annotations
@@ -24,11 +28,13 @@ import contextlib
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +48,7 @@ POINTS = 1000
 IN_FLIGHT = 8
 """Requests in flight over 2 connections (an OTLP exporter sends ~10 at once on one)."""
 MAX_BODIES = 200
+ROUNDS = 3
 EXPORT = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
 
 
@@ -104,9 +111,8 @@ async def main():
                 codes[k] = codes.get(k, 0) + 1
     await asyncio.gather(*(worker(calls[w % CONNECTIONS]) for w in range(in_flight)))
     took = time.monotonic() - start
-    latencies.sort()
-    p99 = latencies[int(len(latencies) * 0.99)] if latencies else 0.0
-    print(json.dumps({"acked": len(latencies), "failed": failed, "seconds": took, "p99": p99, "codes": codes}))
+    print(json.dumps({"acked": len(latencies), "failed": failed, "seconds": took,
+                      "latencies": [round(x, 4) for x in latencies], "codes": codes}))
     for ch in channels:
         await ch.close()
 asyncio.run(main())
@@ -146,67 +152,120 @@ def open_files(pid: int) -> int:
     return n
 
 
-def run(names: int, per_metric: int, seconds: float, tmp: Path) -> dict[str, Any]:
+@dataclass
+class Row:
+    """One row of the table: its node, its bodies, and what its timed windows measured."""
+
+    label: str
+    names: int
+    per_metric: int
+    node: NodeProcess
+    bodies: Path
+    acked: int = 0
+    seconds: float = 0.0
+    cpu: float = 0.0
+    fds: int = 0
+    latencies: list[float] = field(default_factory=list)
+    rates: list[float] = field(default_factory=list)
+    """Points/s of each round, for the ratio to the 10-table row of the same round."""
+    cpus: list[float] = field(default_factory=list)
+    """CPU seconds per million points of each round."""
+    failed: int = 0
+    codes: dict[str, int] = field(default_factory=dict)
+
+    def drive(self, mode: str, seconds: float) -> dict[str, Any]:
+        out = subprocess.run([sys.executable, "-c", DRIVER, self.node.grpc_addr, str(self.bodies), str(seconds),
+                              str(IN_FLIGHT), EXPORT, mode], capture_output=True, text=True, timeout=seconds + 300)
+        if out.returncode:
+            raise RuntimeError(f"driver failed: {out.stderr[-2000:]}")
+        return json.loads(out.stdout) if mode == "timed" else {}
+
+    def window(self, seconds: float) -> None:
+        """One timed window: the driver's load, the node's CPU over it, its descriptors sampled."""
+        assert self.node.proc is not None
+        pid = self.node.proc.pid
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.5):
+                self.fds = max(self.fds, open_files(pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        cpu0 = cpu_seconds(pid)
+        sampler.start()
+        try:
+            load = self.drive("timed", seconds)
+        finally:
+            done.set()
+            sampler.join()
+        cpu = cpu_seconds(pid) - cpu0
+        points = load["acked"] * POINTS
+        self.acked += load["acked"]
+        self.seconds += load["seconds"]
+        self.cpu += cpu
+        self.latencies += load["latencies"]
+        self.rates.append(points / load["seconds"])
+        self.cpus.append(cpu / points * 1e6 if points else 0.0)
+        self.failed += load["failed"]
+        for code, n in load["codes"].items():
+            self.codes[code] = self.codes.get(code, 0) + n
+
+
+def start(names: int, per_metric: int, label: str, tmp: Path) -> Row:
     metrics = POINTS // per_metric
     count = min(MAX_BODIES, max(1, names // metrics))
-    bodies = [body(names, i, per_metric) for i in range(count)]
     path = tmp / f"bodies-{names}-{per_metric}"
-    path.write_bytes(b"".join(len(b).to_bytes(4, "big") + b for b in bodies))
+    path.write_bytes(b"".join(len(b).to_bytes(4, "big") + b
+                              for b in (body(names, i, per_metric) for i in range(count))))
     node = NodeProcess(tmp / f"node-{names}-{per_metric}", "--storage-backend", "local")
     node.start()
-    assert node.proc is not None
-    pid = node.proc.pid
-    peak = [0]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.5):
-            peak[0] = max(peak[0], open_files(pid))
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    try:
-        for mode in ("warm", "timed"):
-            if mode == "timed":
-                cpu0 = cpu_seconds(pid)
-                sampler.start()
-            out = subprocess.run([sys.executable, "-c", DRIVER, node.grpc_addr, str(path), str(seconds),
-                                  str(IN_FLIGHT), EXPORT, mode], capture_output=True, text=True, timeout=seconds + 300)
-            if out.returncode:
-                raise RuntimeError(f"driver failed: {out.stderr[-2000:]}")
-        done.set()
-        sampler.join()
-        cpu = cpu_seconds(pid) - cpu0
-        load = json.loads(out.stdout)
-        active = len(os.listdir(node.storage_dir / "wal" / "active"))
-        t = time.monotonic()
-        node.stop(signal.SIGTERM, timeout=300)
-        stop = time.monotonic() - t
-    finally:
-        done.set()
-        if node.proc.poll() is None:
-            node.stop(signal.SIGKILL)
-    points = load["acked"] * POINTS
-    return {"points_s": points / load["seconds"], "cpu_per_m": cpu / points * 1e6 if points else 0.0,
-            "p99": load["p99"], "failed": load["failed"], "codes": load["codes"], "fds": peak[0], "active": active,
-            "stop": stop}
+    return Row(label, names, per_metric, node, path)
 
 
-def main(seconds: float = 10.0) -> None:
-    rows = [(10, 20, "10"), (1_000, 20, "1,000"), (10_000, 20, "10,000"), (10_000, 1, "10,000, 1,000 a request")]
+def main(seconds: float = 15.0, rounds: int = ROUNDS) -> None:
+    """Every row's node runs at once (idle but for the one driven); the rows are driven in turn,
+    `rounds` times `seconds / rounds` each, so that a slower minute of a shared machine hits them
+    alike. Ratios are the medians of each round's ratio to the 10-table row of that round."""
+    spec = [(10, 20, "10"), (1_000, 20, "1,000"), (10_000, 20, "10,000"), (10_000, 1, "10,000, 1,000 a request")]
     with tempfile.TemporaryDirectory(prefix="bench-tables-") as d:
-        print(f"{'distinct tables':>24} {'points/s':>9} {'ratio':>6} {'CPU s/M':>8} {'ratio':>6} {'p99 ms':>7} "
-              f"{'open fds':>8} {'active':>7} {'SIGTERM s':>9}")
-        ref: dict[str, Any] | None = None
-        for names, per, label in rows:
-            r = run(names, per, seconds, Path(d))
-            ref = ref or r
-            failed = f"  ({r['failed']} requests failed: {r['codes']})" if r["failed"] else ""
-            print(f"{label:>24} {r['points_s']:9,.0f} {r['points_s'] / ref['points_s']:6.2f} "
-                  f"{r['cpu_per_m']:8.1f} {r['cpu_per_m'] / ref['cpu_per_m']:6.2f} {r['p99'] * 1000:7.0f} "
-                  f"{r['fds']:8.0f} {r['active']:7.0f} {r['stop']:9.1f}{failed}", flush=True)
+        rows: list[Row] = []
+        try:
+            for names, per, label in spec:
+                rows.append(start(names, per, label, Path(d)))
+            for row in rows:  # every body once: the series and segments exist before the timed run
+                row.drive("warm", 0)
+            for _ in range(rounds):
+                for row in rows:
+                    row.window(seconds / rounds)
+            print(f"{'distinct tables':>24} {'points/s':>9} {'ratio':>6} {'CPU s/M':>8} {'ratio':>6} {'p99 ms':>7} "
+                  f"{'open fds':>8} {'active':>7} {'SIGTERM s':>9}")
+            ref = rows[0]
+            for row in rows:
+                assert row.node.proc is not None
+                active = len(os.listdir(row.node.storage_dir / "wal" / "active"))
+                t = time.monotonic()
+                row.node.stop(signal.SIGTERM, timeout=300)
+                stop = time.monotonic() - t
+                rate = row.acked * POINTS / row.seconds
+                ratio = statistics.median(r / q for r, q in zip(row.rates, ref.rates, strict=True))
+                cpu_ratio = statistics.median(c / q for c, q in zip(row.cpus, ref.cpus, strict=True))
+                lat = sorted(row.latencies)
+                p99 = lat[int(len(lat) * 0.99)] if lat else 0.0
+                failed = f"  ({row.failed} requests failed: {row.codes})" if row.failed else ""
+                print(f"{row.label:>24} {rate:9,.0f} {ratio:6.2f} {row.cpu / (row.acked * POINTS) * 1e6:8.1f} "
+                      f"{cpu_ratio:6.2f} {p99 * 1000:7.0f} {row.fds:8.0f} {active:7.0f} {stop:9.1f}{failed}",
+                      flush=True)
+            print(f"{rounds} rounds of {seconds / rounds:.0f} s a row, the rows in turn; ratios: median of the "
+                  f"rounds' ratios to the 10-table row (points/s and CPU: totals over the rounds)")
+        finally:
+            for row in rows:
+                if row.node.proc is not None and row.node.proc.poll() is None:
+                    row.node.stop(signal.SIGKILL)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=10.0)
-    main(parser.parse_args().seconds)
+    parser.add_argument("--seconds", type=float, default=15.0, help="timed seconds a row, over all rounds")
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
+    args = parser.parse_args()
+    main(args.seconds, args.rounds)
