@@ -21,6 +21,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import Protocol
 
@@ -51,6 +52,8 @@ log = logging.getLogger(__name__)
 MiB = 1 << 20
 OVER_LIMITS_HOLD_SECONDS = 5.0
 MAX_CACHED_NAMES = 100_000
+_BY_KEY = attrgetter("key")
+"""The order in which a request takes its tables' locks (`TableWal.key`)."""
 
 
 class BlockLike(Protocol):
@@ -177,7 +180,9 @@ class Repository:
         self._refused_at_db: dict[str, float] = {}
         self._shared = shared
         self._schemas: dict[Schema, tuple[str, bytes]] = {}  # a handful: one per table layout
-        self._valid_names: set[tuple[str, str]] = set()
+        self._routes: dict[tuple[str, str, Schema | None], tuple[TableWal, bytes]] = {}
+        """(database, table, schema) -> its WAL and schema line, for names already validated (at most
+        MAX_CACHED_NAMES): one lookup a block instead of a validation, a schema lookup and a WAL lookup."""
         self.blocked_databases: frozenset[str] = frozenset()
         """Databases over their share as another process (the supervisor) measured it."""
 
@@ -327,29 +332,19 @@ class Repository:
         """
         encoded: list[tuple[TableWal, bytes, bytes, int]] = []
         need: dict[str, int] = {}  # bytes per database
-        valid, wals_by_key, encode = self._valid_names, self._wals, fmt.encode_block
+        unique: dict[TableWal, None] = {}  # the request's tables, once each
+        routes, encode = self._routes, fmt.encode_block
         for b in blocks:
-            database, table = b.database, b.table
-            if (database, table) not in valid:
-                validate_name(database, "database", MAX_DATABASE_LEN)
-                validate_name(table, "table", MAX_TABLE_LEN)
-                if len(valid) < MAX_CACHED_NAMES:
-                    valid.add((database, table))
-            sid = None
-            line = b""
-            if b.schema:
-                known = self._schemas.get(b.schema)
-                if known is None:
-                    known = self._schemas[b.schema] = (schema_hash(b.schema), schema_line(b.schema))
-                sid, line = known
+            route = routes.get((b.database, b.table, b.schema))
+            if route is None:
+                route = self._route(b.database, b.table, b.schema)
+            wal, line = route
             header, payload = encode(b.kind, b.count, b.data, line)
-            wal = wals_by_key.get((database, table, sid))
-            if wal is None:
-                wal = self._wal(database, table, sid)
             encoded.append((wal, header, payload, b.count))
+            database = wal.database
             need[database] = need.get(database, 0) + len(header) + len(payload)
-        unique = {id(e[0]): e[0] for e in encoded}
-        new_segments = sum(1 for w in unique.values() if not w.is_open)
+            unique[wal] = None
+        new_segments = sum(1 for w in unique if w.writer is None)
         self._reserve(need, new_segments)
         credits = [new_segments]
 
@@ -359,7 +354,7 @@ class Repository:
             else:
                 self._count_segment(delta)
 
-        wals = sorted(unique.values(), key=lambda w: w.key)
+        wals = sorted(unique, key=_BY_KEY)
         held: list[TableWal] = []
         written = 0  # blocks appended
         grown: list[int] = []  # bytes each appended block grew its file by (a new file's magic too)
@@ -428,6 +423,22 @@ class Repository:
                 extra[database] = extra.get(database, 0) + n - size
         if extra:
             self._account_many(extra)
+
+    def _route(self, database: str, table: str, schema: Schema | None) -> tuple[TableWal, bytes]:
+        """A block's table WAL and schema line; InvalidNameError for a name that may not be one."""
+        validate_name(database, "database", MAX_DATABASE_LEN)
+        validate_name(table, "table", MAX_TABLE_LEN)
+        sid = None
+        line = b""
+        if schema:
+            known = self._schemas.get(schema)
+            if known is None:
+                known = self._schemas[schema] = (schema_hash(schema), schema_line(schema))
+            sid, line = known
+        route = (self._wal(database, table, sid), line)
+        if len(self._routes) < MAX_CACHED_NAMES:
+            self._routes[(database, table, schema)] = route
+        return route
 
     def _wal(self, database: str, table: str, sid: str | None) -> TableWal:
         key = (database, table, sid)

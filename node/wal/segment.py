@@ -50,11 +50,12 @@ class SegmentWriter:
     Its descriptor belongs to `files` (node/wal/openfiles.py): closed when the process holds too
     many, reopened at the next write."""
 
-    __slots__ = ("_fsync", "blocks", "closed", "fd", "files", "path", "pins", "rows", "size")
+    __slots__ = ("_fsync", "_sync_each", "blocks", "closed", "fd", "files", "path", "pins", "rows", "size")
 
     def __init__(self, path: Path, fsync: FsyncPolicy, files: OpenFiles = UNBOUNDED) -> None:
         self.path = path
         self._fsync = fsync
+        self._sync_each = fsync is FsyncPolicy.ALWAYS
         self.files = files
         self.pins = 0
         self.closed = False
@@ -117,9 +118,9 @@ class SegmentWriter:
         lock changes its pins, so a pin seen here stays until that thread lets it go."""
         total = len(header) + len(payload)
         if self.pins and self.fd >= 0:
-            self._write_fd(self.fd, [header, payload], total, self._fsync is FsyncPolicy.ALWAYS)
+            self._write_fd(self.fd, [header, payload], total, self._sync_each)
         else:
-            self._write([header, payload], self._fsync is FsyncPolicy.ALWAYS, total)
+            self._write([header, payload], self._sync_each, total)
         self.blocks += 1
         self.rows += rows
 

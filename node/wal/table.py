@@ -65,6 +65,7 @@ class Mark(NamedTuple):
 
 
 NO_SEGMENT = Mark(None, 0, 0, 0)
+_new_mark = tuple.__new__
 
 
 class TableWal:
@@ -151,7 +152,9 @@ class TableWal:
     def mark(self) -> Mark:
         """Where the active segment ends now (lock held)."""
         a = self._active
-        return Mark(a, a.size, a.blocks, a.rows) if a is not None else NO_SEGMENT
+        # tuple.__new__: a NamedTuple's own constructor is a Python function, and this runs for every
+        # table of every request
+        return _new_mark(Mark, (a, a.size, a.blocks, a.rows)) if a is not None else NO_SEGMENT
 
     def undo(self, mark: Mark) -> tuple[int, int]:
         """Cut what was appended since `mark` (lock held, no segment closed since); return the bytes

@@ -171,6 +171,20 @@ def test_write_many_is_all_or_nothing(tmp_path: Path) -> None:
     assert _rows_of(repo) == {"A": b"a\na4\n", "B": b"b\n"}
 
 
+def test_a_refused_name_is_refused_every_time_and_writes_nothing(tmp_path: Path) -> None:
+    """Names are validated once and the table remembered (`Repository._route`): a name refused once
+    must not be remembered as routed, and the request that carries it writes none of its blocks."""
+    repo = _repo(tmp_path)
+    for _ in range(2):
+        with pytest.raises(InvalidNameError):
+            repo.write_many([Block("Db", "A", fmt.KIND_METRIC, b"a\n", 1),
+                             Block("Db", "../B", fmt.KIND_METRIC, b"b\n", 1)])
+        assert wal_stats(repo).segment_count == 0
+    repo.write_many([Block("Db", "A", fmt.KIND_METRIC, b"a\n", 1)])
+    repo.write_many([Block("Db", "A", fmt.KIND_METRIC, b"a2\n", 1)])
+    assert _rows_of(repo) == {"A": b"a\na2\n"}
+
+
 def _rows_of(repo: Repository) -> dict[str, bytes]:
     repo.rotate_all()
     return {i.name.table: b"".join(iter_rows(i.path)) for i in repo.closed_segments()}
