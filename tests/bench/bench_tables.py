@@ -9,9 +9,13 @@ segments exist), for 10 / 1,000 / 10,000 distinct metric names. Every request ha
 shape: 1,000 gauge points, 50 metrics of 20 points, 8 attributes; only the names change, drawn so
 that the requests together cover every name. A last row sends 1,000 metrics of one point each
 over 10,000 names (1,000 tables in every request: a Prometheus shard when that many names are
-spread over its queues).
+spread over its queues), each request with names of its own, so that no two requests in flight
+share a table; and the last, "8 shards", sends the same with every 8 requests in a row holding the
+same 1,000 names, each with its own series, as the shards of one Prometheus do (each takes a slice
+of every scrape's series), so that requests in flight share their tables and group commit
+(node/groupcommit.py) can write one block a table for several of them.
 
-The four nodes run at once, idle but for the one driven, and are driven in turn, round after
+The nodes run at once, idle but for the one driven, and are driven in turn, round after
 round (3 rounds of 5 s each by default), so that a slower minute of a shared machine hits every
 row alike: the 10-table figure alone moved by 15-25% between runs minutes apart.
 
@@ -52,16 +56,21 @@ ROUNDS = 3
 EXPORT = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
 
 
-def body(names: int, index: int, per_metric: int) -> bytes:
+def body(names: int, index: int, per_metric: int, shared: int = 1) -> bytes:
     """Request `index`: 1,000 gauge points, `per_metric` per metric, names `m<k>` continuing where
-    request `index - 1` stopped (so `names // metrics` requests cover every name)."""
+    request `index - 1` stopped (so `names // metrics` requests cover every name). With `shared`
+    > 1, `shared` requests in a row hold the same names, each with series of its own (a `shard`
+    attribute): the shards of one Prometheus, which slice every scrape's series by hash."""
     metrics = POINTS // per_metric
+    group = index // shared
     req = ExportMetricsServiceRequest()
     rm = req.resource_metrics.add()
     rm.resource.attributes.add(key="service.name", value=AnyValue(string_value="bench"))
+    if shared > 1:
+        rm.resource.attributes.add(key="shard", value=AnyValue(string_value=str(index % shared)))
     sm = rm.scope_metrics.add()
     for m in range(metrics):
-        metric = sm.metrics.add(name=f"bench_metric_{(index * metrics + m) % names}")
+        metric = sm.metrics.add(name=f"bench_metric_{(group * metrics + m) % names}")
         for p in range(per_metric):
             dp = metric.gauge.data_points.add(time_unix_nano=T0 + index * 1_000_000)
             dp.as_double = p * 1.5
@@ -211,13 +220,13 @@ class Row:
             self.codes[code] = self.codes.get(code, 0) + n
 
 
-def start(names: int, per_metric: int, label: str, tmp: Path) -> Row:
+def start(names: int, per_metric: int, shared: int, label: str, tmp: Path) -> Row:
     metrics = POINTS // per_metric
-    count = min(MAX_BODIES, max(1, names // metrics))
-    path = tmp / f"bodies-{names}-{per_metric}"
+    count = min(MAX_BODIES, max(1, names // metrics) * shared)
+    path = tmp / f"bodies-{names}-{per_metric}-{shared}"
     path.write_bytes(b"".join(len(b).to_bytes(4, "big") + b
-                              for b in (body(names, i, per_metric) for i in range(count))))
-    node = NodeProcess(tmp / f"node-{names}-{per_metric}", "--storage-backend", "local")
+                              for b in (body(names, i, per_metric, shared) for i in range(count))))
+    node = NodeProcess(tmp / f"node-{names}-{per_metric}-{shared}", "--storage-backend", "local")
     node.start()
     return Row(label, names, per_metric, node, path)
 
@@ -226,12 +235,13 @@ def main(seconds: float = 15.0, rounds: int = ROUNDS) -> None:
     """Every row's node runs at once (idle but for the one driven); the rows are driven in turn,
     `rounds` times `seconds / rounds` each, so that a slower minute of a shared machine hits them
     alike. Ratios are the medians of each round's ratio to the 10-table row of that round."""
-    spec = [(10, 20, "10"), (1_000, 20, "1,000"), (10_000, 20, "10,000"), (10_000, 1, "10,000, 1,000 a request")]
+    spec = [(10, 20, 1, "10"), (1_000, 20, 1, "1,000"), (10_000, 20, 1, "10,000"),
+            (10_000, 1, 1, "10,000, 1,000 a request"), (10_000, 1, IN_FLIGHT, "the same, 8 shards")]
     with tempfile.TemporaryDirectory(prefix="bench-tables-") as d:
         rows: list[Row] = []
         try:
-            for names, per, label in spec:
-                rows.append(start(names, per, label, Path(d)))
+            for names, per, shared, label in spec:
+                rows.append(start(names, per, shared, label, Path(d)))
             for row in rows:  # every body once: the series and segments exist before the timed run
                 row.drive("warm", 0)
             for _ in range(rounds):
