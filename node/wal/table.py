@@ -109,11 +109,6 @@ class TableWal:
         until a restart."""
 
     @property
-    def is_open(self) -> bool:
-        """True while an active segment is open (the next append does not create a file)."""
-        return self._active is not None
-
-    @property
     def writer(self) -> SegmentWriter | None:
         """The active segment's writer (lock held), for a caller that pins the descriptors of a
         request's segments at once (`OpenFiles.acquire_all`)."""

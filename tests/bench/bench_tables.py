@@ -45,6 +45,7 @@ from typing import Any
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
+from tests.bench.bench_kinds import tree_cpu_seconds
 from tests.harness import NodeProcess
 
 T0 = 1_795_492_800_000_000_000
@@ -142,17 +143,6 @@ def tree(pid: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pid: int) -> float:
-    total = 0
-    for p in tree(pid):
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / os.sysconf("SC_CLK_TCK")
-
-
 def open_files(pid: int) -> int:
     n = 0
     for p in tree(pid):
@@ -200,14 +190,14 @@ class Row:
                 self.fds = max(self.fds, open_files(pid))
 
         sampler = threading.Thread(target=sample, daemon=True)
-        cpu0 = cpu_seconds(pid)
+        cpu0 = tree_cpu_seconds(pid)
         sampler.start()
         try:
             load = self.drive("timed", seconds)
         finally:
             done.set()
             sampler.join()
-        cpu = cpu_seconds(pid) - cpu0
+        cpu = tree_cpu_seconds(pid) - cpu0
         points = load["acked"] * POINTS
         self.acked += load["acked"]
         self.seconds += load["seconds"]
