@@ -136,6 +136,10 @@ class TransferClient:
         # Written message by message rather than from an iterator: a peer that answers before the
         # end (UNAUTHENTICATED, ALREADY_EXISTS, ...) ends the call, the next write fails, and the
         # call's own status says why (grpc reports "Internal error from Core" for an iterator).
+        # Not always: a write that fails just as the peer's status arrives can still replace that
+        # status with INTERNAL "Internal error from Core" (grpc/grpc#36066, open in grpcio 1.85; 19
+        # of 300 calls that write in a loop while the server aborts). Such a call ended before its
+        # last byte was sent, so the peer committed nothing: PEER_FAILED keeps the copy here.
         call: Any = stub.TransferSegment(timeout=self._timeout + total / self._min_rate, metadata=metadata)
         sent_all = False
         try:

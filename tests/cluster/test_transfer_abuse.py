@@ -173,15 +173,26 @@ async def outcome(c: Any) -> tuple[grpc.StatusCode, str, dict[str, Any]]:
     return grpc.StatusCode.OK, "", {}
 
 
-async def outcome_while(c: Any, writes: Any) -> grpc.StatusCode:
-    """The call's status as soon as the node gives it, while `writes` (a coroutine) goes on."""
+OVERWRITTEN = None
+"""What `outcome_while` says when grpc's client lost the node's status (grpc/grpc#36066, open in
+grpcio 1.85): a write that fails as the call ends sets the call's status to INTERNAL "Internal error
+from Core", whatever the node answered. Measured here: 19 of 300 calls whose client writes in a loop
+while the server aborts. The tests then read what the node answered from its own metrics."""
+
+
+async def outcome_while(c: Any, writes: Any) -> grpc.StatusCode | None:
+    """The call's status as soon as the node gives it, while `writes` (a coroutine) goes on;
+    OVERWRITTEN when grpc's client replaced it."""
     async def write() -> None:
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
             await writes
 
     task = asyncio.ensure_future(write())
     try:
-        return (await outcome(c))[0]
+        code, details, _ = await outcome(c)
+        if code is grpc.StatusCode.INTERNAL and details == "Internal error from Core":
+            return OVERWRITTEN
+        return code
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -216,7 +227,7 @@ def strangers(addr: str, count: int, size: int) -> None:
             c = transfer_pb2_grpc.TransferStub(ch).TransferSegment(metadata=metadata, timeout=30)
             t0 = time.monotonic()
             code = await outcome_while(c, c.write(message))
-            return code.name, time.monotonic() - t0
+            return code.name if code is not OVERWRITTEN else "OVERWRITTEN", time.monotonic() - t0
 
     async def run() -> None:
         for code, seconds in await asyncio.gather(*(stranger(i) for i in range(count))):
@@ -249,7 +260,8 @@ async def test_strangers_are_refused_before_their_first_message_is_read(tmp_path
               f"{cpu:.2f}s; each refused {min(t for _, t in results):.2f}-{max(t for _, t in results):.2f}s after its "
               f"call started (the hostile process building and serialising 600 MB: its own CPU); a peer and an OTLP "
               f"client served meanwhile in {served_in:.2f}s; {elapsed:.1f}s in all")
-        assert [code for code, _ in results] == ["UNAUTHENTICATED"] * 10
+        # What the node answered is counted below, from its metrics: a stranger's client may lose it (OVERWRITTEN)
+        assert {code for code, _ in results} <= {"UNAUTHENTICATED", "OVERWRITTEN"}, results
         assert accepted.outcome is Outcome.ACCEPTED and served_in < 2
         assert rss.growth < 64 * MiB  # 600 MB were written at it
         assert cpu < 2.0  # the node's whole work over the attack, the peer's transfer and the export included
@@ -430,7 +442,7 @@ async def test_senders_that_trickle_or_go_silent_are_cut_at_the_stall_timeout(
     segs = segments(sender, count=2)
     data = b"".join(s.path.read_bytes() for s in segs)
 
-    async def slow(name: str, trickle: bool) -> tuple[grpc.StatusCode, float]:
+    async def slow(name: str, trickle: bool) -> tuple[grpc.StatusCode | None, float]:
         async def writes(c: Any) -> None:
             for i in range(len(data)):
                 if not trickle:
@@ -455,7 +467,8 @@ async def test_senders_that_trickle_or_go_silent_are_cut_at_the_stall_timeout(
         print(f"6 slow senders cut after {min(t for _, t in cut):.2f}-{max(t for _, t in cut):.2f}s; a peer and an "
               f"OTLP client served meanwhile in {served_in:.2f}s")
         assert served[0].outcome is Outcome.ACCEPTED and served_in < 1.5
-        assert [code for code, _ in cut] == [grpc.StatusCode.DEADLINE_EXCEEDED] * 6
+        # What the node answered is counted below, from its metrics: a trickler's client may lose it (OVERWRITTEN)
+        assert {code for code, _ in cut} <= {grpc.StatusCode.DEADLINE_EXCEEDED, OVERWRITTEN}, cut
         assert all(1.9 < t < 4 for _, t in cut), cut
         assert leftovers(node) == []
         assert metric(node, 'ingestor_slow_clients_total{transport="transfer"}') == 6
