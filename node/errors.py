@@ -17,6 +17,7 @@
     ├── BindError                    a port the node was told to listen on cannot be bound (at start)
     └── SinkError                    a sink refused or failed a batch
         └── PermanentSinkError       it will never take this batch (bad schema): quarantine it
+            └── CorruptSegmentError  one segment of it does not read: quarantine that one alone
 
 Foreign exceptions (OSError from a full disk, protobuf's DecodeError, ...) are translated into
 these at the boundary where they happen, never further up.
@@ -143,6 +144,17 @@ class SinkError(IngestorError):
 
 class PermanentSinkError(SinkError):
     """A sink will never accept this batch as it is (e.g. a schema it rejects): quarantine it."""
+
+
+class CorruptSegmentError(PermanentSinkError):
+    """One segment of a batch does not read (a block whose CRC fails or that does not decode): that
+    segment is quarantined alone, and the batch's other segments go again without it.
+    `rows_before`: rows of the batch the sink had been handed before it (0 when none was)."""
+
+    def __init__(self, path: Path, reason: str, rows_before: int = 0) -> None:
+        super().__init__(f"segment {path.name} is corrupt: {reason}")
+        self.path = path
+        self.rows_before = rows_before
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from node.errors import CorruptionError, PermanentSinkError
+from node.errors import CorruptionError, CorruptSegmentError, PermanentSinkError
 from node.rows.csvtext import field as csv_field
 from node.rows.csvtext import quoted
 from node.rows.logs import LOGS_SCHEMA
@@ -239,22 +239,33 @@ class Batch:
         return sum(s.size for s in self.segments)
 
     def _blocks(self) -> Iterator[tuple[SegmentInfo, Block]]:
-        """Every block of every segment; a segment that turned corrupt on disk (after it was
-        checked when closed or received) is a PermanentSinkError: it will not read better later."""
+        """Every block of every segment; a segment that does not read (turned corrupt on disk, or
+        a peer's block that passed its CRC and does not decode: a peer's segment is not decoded on
+        receipt, node/transfer/intake.py) is a CorruptSegmentError naming it: it will not read
+        better later, and the uploader quarantines it alone."""
         for seg in self.segments:
             try:
                 for block in iter_blocks(seg.path):
                     yield seg, block
             except CorruptionError as e:
-                raise PermanentSinkError(f"segment {seg.path.name} is corrupt: {e}") from None
+                raise CorruptSegmentError(seg.path, f"offset {e.offset}: {e.reason}") from None
 
     def iter_csv(self) -> Iterator[bytes]:
         """The rows of every block of every segment, in order, schema header lines stripped
         (blocks without one read as `read_schema` says); sets `uncompressed_bytes` and `rows`."""
         if self.schema is None:
             self._resolve()
-        total = rows = 0
         metrics = self.schema is not None and self.schema[:len(BASE_SCHEMA)] == BASE_SCHEMA
+        counted = [0, 0]
+        try:
+            yield from self._csv(metrics, counted)
+        except CorruptSegmentError as e:
+            e.rows_before = counted[1]
+            raise
+        self.uncompressed_bytes, self.rows = counted
+
+    def _csv(self, metrics: bool, counted: list[int]) -> Iterator[bytes]:
+        """`iter_csv`'s blocks; `counted`: [bytes, rows] yielded so far."""
         for seg, block in self._blocks():
             header, value = fmt.strip_schema_line(block.value)
             if header is None and self.headerless:
@@ -267,10 +278,9 @@ class Batch:
                 n = block.count or count_records(value)
             if metrics:  # adx-mon's metrics rows, header line or not
                 value = go_infinities(value)
-            total += len(value)
-            rows += n
             yield value
-        self.uncompressed_bytes, self.rows = total, rows
+            counted[0] += len(value)
+            counted[1] += n
 
     def _resolve(self) -> None:
         """The schema and kind from the first block with a header line or a row (its header line, or
@@ -321,8 +331,12 @@ class Batch:
             self._resolve()
         if self.headerless and self.kind == fmt.KIND_LOG and not self._checked:
             self._checked = True
-            for _ in self.iter_csv():
-                pass
+            try:
+                for _ in self.iter_csv():
+                    pass
+            except CorruptSegmentError as e:
+                e.rows_before = 0  # read here, before the sink was handed any of it
+                raise
         return self.schema
 
 

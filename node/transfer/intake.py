@@ -13,8 +13,9 @@ this order, before anything is written:
                               (AlreadyExistsError if published meanwhile, SegmentBusyError while
                               another call holds it)
     feed(chunk) ...           written to the part file, each block verified (framing, CRC,
-                              decompression) as soon as it is complete; what a chunk will hold
-                              decoded is reserved from the budget first, from its block headers
+                              header; decompression with `decode`) as soon as it is complete; what
+                              a chunk will hold decoded is reserved from the budget first, from its
+                              block headers
                               (`submit(chunk)`: the same, in a thread the caller does not wait
                               for, while it reads the next chunk; one chunk in flight at a time)
     commit()                  size and CRC-32 checked, fsync, published through the ledger (a
@@ -24,6 +25,12 @@ this order, before anything is written:
 
 The published segment gets a new id of this node; it is indexed as a closed segment and batched,
 transferred to its owner or uploaded like any other (node/wal/importer.py, node/transfer/ledger.py).
+
+Which door decides how far blocks are checked (`admit(..., decode=)`): adx-mon's door decodes
+every block, since its bytes were written outside the cluster; the peers' service checks CRCs and
+headers only, since a peer's segment was checked where it entered the cluster (its WAL wrote it, or
+a door decoded it), and its upload decodes every block anyway. Decoding it on receipt as well cost
+the receiver ~2.5 of its ~5.5 CPU s a GB (docs/performance.md, transfer).
 """
 
 from __future__ import annotations
@@ -196,9 +203,10 @@ class Intake:
         return Held(self.budget, stack, what)
 
     async def admit(self, filename: str, size: int, crc32: int, memory: Held, *, reserve: int = 0,
-                    what: str = "transfer") -> Incoming:
+                    what: str = "transfer", decode: bool = True) -> Incoming:
         """Admit the segment `filename` of `size` bytes and CRC-32 `crc32` (see the module's
-        docstring); `reserve`: memory the door holds for itself while the segment is fed."""
+        docstring); `reserve`: memory the door holds for itself while the segment is fed; `decode`:
+        decode every block as it is fed, or check CRCs and headers only (the module's docstring)."""
         name = parse_filename(filename)
         if not 0 < size <= MAX_TRANSFER_BYTES:
             raise InvalidInputError(f"declared size {size} is not 1..{MAX_TRANSFER_BYTES}")
@@ -206,7 +214,7 @@ class Intake:
         if await asyncio.to_thread(self.ledger.seen, key):  # before the reservation: a full node says so too
             raise AlreadyExistsError(f"segment {filename} was accepted before")
         await memory.grow_to(reserve)  # before the space: a node out of memory refuses the bytes
-        imp = await asyncio.to_thread(self.wal.begin_import, name.prefix, size)
+        imp = await asyncio.to_thread(self.wal.begin_import, name.prefix, size, decode)
         try:
             claim = await self._claim(key, imp)
         except BaseException:

@@ -16,14 +16,15 @@ order, and before anything is written:
 
 Only then does the receiver send its initial metadata, the go-ahead the sender waits for before
 it streams the segment: a refused segment costs one message, not its bytes. The chunks are then
-written to a part file and each block is verified as it completes (`SegmentImport`), each chunk in
-a thread while the next one is received (at most one in flight, in order); a bad block,
-a short or long stream, or a CRC mismatch is INVALID_ARGUMENT and leaves nothing behind. Before
-each chunk is fed, what it will hold (the block it completes, decoded) is reserved from the
-budget, from the block headers alone. The segment is then published through the ledger
-(`TransferLedger.publish`: a `publish` line, the rename, a DONE line), and OK returned: also when
-only the DONE line failed, since the rows are published and a resend is ALREADY_EXISTS from the
-`publish` line.
+written to a part file and each block is checked as it completes (`SegmentImport`: framing, CRC
+and header, not decoded: a peer's segment was decoded where it entered the cluster, and its upload
+decodes it again, see `intake.py`), each chunk in a thread while the next one is received (at most
+one in flight, in order); a bad block, a short or long stream, or a CRC mismatch is
+INVALID_ARGUMENT and leaves nothing behind. Before each chunk is fed, what it will hold (the block
+it completes) is reserved from the budget, from the block headers alone. The segment is then
+published through the ledger (`TransferLedger.publish`: a `publish` line, the rename, a DONE line),
+and OK returned: also when only the DONE line failed, since the rows are published and a resend
+is ALREADY_EXISTS from the `publish` line.
 
 A sender that sends nothing for `stall_timeout`, or averages under `min_request_rate` once it has
 been waited on that long (`Pace`), is cut with DEADLINE_EXCEEDED: its part file removed, its
@@ -276,7 +277,8 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
             what = f"transfer of {meta.name[:300]!r} from {(meta.sender or '?')[:100]!r}"
             incoming = await self._intake.admit(meta.name, meta.size, meta.crc32,
                                                 self._intake.held(stack, BUDGET_WHAT),
-                                                reserve=message_memory(meta.size), what=what)
+                                                reserve=message_memory(meta.size), what=what,
+                                                decode=False)  # a peer's: CRCs and headers (intake.py)
             await context.send_initial_metadata(((READY_HEADER, "1"),))  # the sender may stream the bytes
             # Each chunk is fed (written, verified) in a thread while the next one is received.
             while (chunk := await _next_while_feeding(pace, context, incoming)) is not None:
@@ -311,6 +313,6 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
     def _accepted(self, info: SegmentInfo, what: str, t0: float) -> transfer_pb2.TransferSegmentResponse:
         self._metrics.transfers_received.labels("OK").inc()
         self._metrics.transfer_received_bytes.inc(info.size)
-        log.debug("accepted %s as %s: %d blocks, %d rows, %.1f MB in %.2fs", what, info.name.filename, info.blocks,
-                  info.rows, info.size / 1e6, time.perf_counter() - t0)
+        log.debug("accepted %s as %s: %d blocks, %.1f MB in %.2fs", what, info.name.filename, info.blocks,
+                  info.size / 1e6, time.perf_counter() - t0)
         return transfer_pb2.TransferSegmentResponse(blocks=info.blocks, bytes=info.size)

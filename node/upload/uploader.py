@@ -7,7 +7,9 @@ of:
 - release: the sink failed; the segments stay, and the prefix backs off (jittered exponential,
   capped) before it is tried again;
 - quarantine: the sink will never take it (PermanentSinkError); the segments are moved to
-  `quarantine/` with the reason logged and counted, never deleted silently.
+  `quarantine/` with the reason logged and counted, never deleted silently. When the reason is
+  one segment that does not read (CorruptSegmentError: a CRC that fails, a block that does not
+  decode), that segment goes alone, and the others are planned again as a new batch.
 
 Every delivery, to the sink or to a peer, is first recorded in `deliveries/` (`intents.py`): after
 a failure or a restart the prefix's next delivery is the same segments to the same destination,
@@ -26,7 +28,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from cluster.backoff import Backoff
 from cluster.tasks import cancel_and_wait
 from node.cache import BoundedCache
-from node.errors import PermanentSinkError
+from node.errors import CorruptSegmentError, PermanentSinkError
 from node.ratelog import DeliverySummary, ErrorLog, describe
 from node.sinks.base import Batch, Sink, batch_id, batch_limit
 from node.transfer.plan import PlannedTransfer
@@ -432,7 +434,15 @@ class Uploader:
         except PermanentSinkError as e:
             self._metrics.uploads.labels(sink, "quarantined").inc()
             self.summary.failed("quarantine")
-            await asyncio.to_thread(self._quarantine, planned, str(e))
+            alone = [s for s in planned.segments if isinstance(e, CorruptSegmentError) and s.path == e.path]
+            if alone and len(alone) < len(planned.segments):
+                # The rest go again at the next round as a new batch (a new id: the record goes
+                # first, so that a restart never sends them under the old one).
+                await asyncio.to_thread(self.intents.clear, planned.prefix)
+                await asyncio.to_thread(self._quarantine, planned.prefix, alone, str(e), _set_aside_note(
+                    len(planned.segments) - len(alone), e.rows_before if isinstance(e, CorruptSegmentError) else 0))
+                return
+            await asyncio.to_thread(self._quarantine, planned.prefix, planned.segments, str(e))
             await asyncio.to_thread(self.intents.clear, planned.prefix)
             return
         except Exception as e:
@@ -460,13 +470,22 @@ class Uploader:
                   len(planned.segments), batch.rows, batch.uncompressed_bytes / 1e6, elapsed, planned.reason)
         self.summary.uploaded(sink, f"{name.database}.{name.table}", batch.rows, batch.uncompressed_bytes, elapsed)
 
-    def _quarantine(self, planned: PlannedBatch, reason: str) -> None:
+    def _quarantine(self, prefix: str, segments: Sequence[SegmentInfo], reason: str, note: str = "") -> None:
         self.quarantine_dir.mkdir(parents=True, exist_ok=True)
-        for s in planned.segments:
+        for s in segments:
             with contextlib.suppress(FileNotFoundError):
                 os.rename(s.path, self.quarantine_dir / s.path.name)
-        (self.quarantine_dir / f"{planned.segments[0].path.stem}.reason.txt").write_text(reason + "\n")
-        self._wal.remove(planned.segments)
-        self._metrics.quarantined_bytes.inc(sum(s.size for s in planned.segments))
-        log.error("quarantined %d segments of %s in %s: %s", len(planned.segments), planned.prefix,
-                  self.quarantine_dir, reason)
+        (self.quarantine_dir / f"{segments[0].path.stem}.reason.txt").write_text(reason + "\n")
+        self._wal.remove(segments)
+        self._metrics.quarantined_bytes.inc(sum(s.size for s in segments))
+        log.error("quarantined %d segments of %s in %s: %s%s", len(segments), prefix, self.quarantine_dir, reason,
+                  note)
+
+
+def _set_aside_note(rest: int, rows_before: int) -> str:
+    """What becomes of a batch whose one corrupt segment was quarantined alone."""
+    note = f"; alone: the other {rest} segments of its batch go again as a new batch"
+    if rows_before:
+        note += (f" (the sink had been handed {rows_before} rows of the batch before it: a sink that inserts as it "
+                 f"reads, ClickHouse or the local store, may have kept some, and those then arrive twice)")
+    return note

@@ -1,13 +1,17 @@
 """A segment received from a peer, written as it streams in and verified block by block.
 
 The bytes go to `<final name>.part` as they arrive (memory stays at one block plus one chunk,
-whatever the segment's size); every block's framing, CRC and compression is checked as soon as it
-is complete, and decoded once, there (a block that declares more than the block limit is refused
-from its header, before anything is allocated). `memory_for()` says, before a chunk is fed and
-from the block headers alone, how much it will hold: the caller reserves that from its memory
-budget. `verify()` checks the declared size and CRC-32 and fsyncs; `publish()` renames to the
-final name and fsyncs the directory: the segment appears whole or not at all. `commit()` is both.
-`abort()` removes the part file.
+whatever the segment's size); every block's framing, CRC and header are checked as soon as it is
+complete (a block that declares more than the block limit is refused from its header, before
+anything is allocated). With `decode` every block is also decoded once, there: segments that enter
+the cluster from outside (adx-mon's HTTP door). Between peers the CRC is enough: what a peer sends
+was checked where it entered the cluster, and decoding it here would pay again for the decode its
+upload does anyway (a block that passes its CRC and still does not decode is set aside, alone, by
+the upload that reads it: `sinks/base.py`, `upload/uploader.py`). `memory_for()` says, before a
+chunk is fed and from the block headers alone, how much it will hold: the caller reserves that
+from its memory budget. `verify()` checks the declared size and CRC-32 and fsyncs; `publish()`
+renames to the final name and fsyncs the directory: the segment appears whole or not at all.
+`commit()` is both. `abort()` removes the part file.
 
 The part file is created by the first `feed()`, not before: a transfer claims its key in the
 transfer ledger first, and from then on the part file's existence is what says "not published"
@@ -69,7 +73,8 @@ class SegmentImport:
     def __init__(self, directory: Path, name: SegmentName, declared_size: int,
                  release: Callable[[], None], publish: Callable[[SegmentInfo], None], decode: bool = True) -> None:
         """`release` gives back the space reserved for it; `publish` indexes the committed segment.
-        `decode`: also decompress every block (and count its rows); otherwise the CRC alone."""
+        `decode`: also decompress every block (and count its rows); otherwise each block's CRC and
+        header alone (its declared length within the block limit), and `rows` stays 0."""
         self.decode = decode
         self.name = name
         self.declared_size = declared_size
@@ -149,11 +154,10 @@ class SegmentImport:
             end = pos + hs + length
             if length == 0 or length > fmt.MAX_BLOCK_LEN or end > size:
                 break
-            if self.decode:
-                n = _declared(view[pos + hs: end])
-                sizes.append(n)
-                if DECODE_FACTOR * n > peak and n <= codec.MAX_DECODED_LEN:
-                    peak = DECODE_FACTOR * n
+            n = _declared(view[pos + hs: end])
+            sizes.append(n)
+            if self.decode and DECODE_FACTOR * n > peak and n <= codec.MAX_DECODED_LEN:
+                peak = DECODE_FACTOR * n
             pos = end
         return max(peak, size - pos)
 
@@ -250,7 +254,20 @@ class SegmentImport:
             raise self._invalid(f"offset {self._offset}: CRC mismatch")
         if self.decode:
             self.rows += self._decodes(payload, declared)
+        else:
+            self._check_header(payload, declared)
         self.blocks += 1
+
+    def _check_header(self, payload: memoryview, declared: int | None) -> None:
+        """Without decoding: the block's header parses, and declares at most the block limit
+        (`codec.decompress` refuses the same from the header, before it allocates)."""
+        if declared is None:
+            declared = _declared(payload)
+        if declared < 0:
+            raise self._invalid(f"offset {self._offset}: payload does not decompress (its header does not parse)")
+        if declared > codec.MAX_DECODED_LEN:
+            raise self._invalid(f"offset {self._offset}: payload does not decompress: block declares {declared} "
+                                f"decoded bytes, over the block limit of {codec.MAX_DECODED_LEN}")
 
     def _decodes(self, payload: memoryview, declared: int | None = None) -> int:
         """Decode the block `payload` whole (InvalidInputError when it does not) and return its rows.

@@ -30,6 +30,8 @@ class SegmentInfo:
     size: int
     blocks: int
     rows: int
+    """Rows it holds, where known: 0 for a segment received from a peer (its blocks' CRCs checked,
+    not decoded: node/transfer/intake.py)."""
     shrunk: int = 0
     """Bytes compaction took off it as it closed (`segment.compact`): written, and so counted in
     the disk usage, as an active segment, but no longer on disk."""

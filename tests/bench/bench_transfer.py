@@ -4,7 +4,8 @@ interval).
 
 The receiver is a real `ingestor serve` process; the sender is the node's `TransferClient` in this
 process, sending closed segments of a real WAL. A transfer is counted when the receiver answered
-OK, that is after it verified every block, fsynced and renamed the segment.
+OK, that is after it checked every block's framing, CRC and header (a peer's blocks are not
+decoded on receipt: node/transfer/intake.py), fsynced and renamed the segment.
 
 The reference is a bare grpc.aio server in its own process serving the same method
 (`ingestor.v1.Transfer/TransferSegment`) that reads the metadata, says go, consumes every chunk

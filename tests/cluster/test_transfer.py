@@ -178,7 +178,8 @@ async def test_several_segments_arrive_as_one_with_every_row_in_order(receiver: 
         await client.close()
     assert (result.outcome, result.code) == (Outcome.ACCEPTED, "OK")
     [got] = receiver.wal.closed_segments()
-    assert got.prefix == segs[0].prefix and got.blocks == 9 and got.rows == 9 * 50
+    assert got.prefix == segs[0].prefix and got.blocks == 9
+    assert got.rows == 0  # not decoded on receipt: a peer's blocks are checked by their CRCs (intake.py)
     assert result.bytes == got.size == sum(s.size for s in segs) - 2 * len(fmt.MAGIC)
     assert receiver.rows() == all_rows(segs)
     assert receiver.files() == [got.path.name]
