@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import statistics
 import tempfile
 import time
 import tracemalloc
@@ -89,25 +90,45 @@ def tables_rate(names: int, per_metric: int, seconds: float) -> float:
     return r
 
 
-def series_rate(series: int, seconds: float) -> tuple[float, float]:
-    """(points/s, cache bytes per series) at `series` distinct label sets over 50 tables."""
-    cycle = max(1, series // POINTS)  # requests in one pass over every series
-    conv = MetricsConverter(MetricsConfig())
+def series_rates(counts: tuple[int, ...], seconds: float, rounds: int = 3) -> list[tuple[float, float, float]]:
+    """For each number of distinct label sets (over 50 tables): (points/s, its ratio to the first,
+    cache bytes per series). Each converter is warmed first (every series seen once), then they
+    are measured in turn, `rounds` times: a ratio is the median of the rounds' ratios, so that a
+    slow minute of the machine lands on every count, not on one (measured one after another, the
+    1,000-series reference moved 18% between two runs)."""
+    convs, bodies, held = [], [], []
+    for series in counts:
+        cycle = max(1, series // POINTS)  # requests in one pass over every series
+        conv = MetricsConverter(MetricsConfig())
+        gc.collect()
+        tracemalloc.start()
+        for i in range(cycle):
+            _convert(conv, request(50, i, 20, series))
+        held.append(tracemalloc.get_traced_memory()[0] / series)
+        tracemalloc.stop()
+        convs.append(conv)
+        bodies.append([request(50, cycle + i, 20, series) for i in range(200)])
+    measured: list[list[float]] = [[] for _ in counts]
+    for _ in range(rounds):
+        for k, conv in enumerate(convs):
+            measured[k].append(rate(_steps(conv, bodies[k]), seconds / rounds))
+    out = []
+    for k in range(len(counts)):
+        ratios = sorted(measured[k][r] / measured[0][r] for r in range(rounds))
+        out.append((statistics.median(measured[k]), ratios[len(ratios) // 2], held[k]))
+    return out
 
-    def convert(body: bytes) -> None:
-        m = ExportMetricsServiceRequest()
-        m.ParseFromString(body)
-        conv.convert_otlp_pieces([m])
 
-    gc.collect()
-    tracemalloc.start()
-    for i in range(cycle):
-        convert(request(50, i, 20, series))
-    held = tracemalloc.get_traced_memory()[0]
-    tracemalloc.stop()
-    bodies = [request(50, cycle + i, 20, series) for i in range(200)]
-    r = rate(lambda i: convert(bodies[i % len(bodies)]), seconds)
-    return r, held / series
+def _steps(conv: MetricsConverter, bodies: list[bytes]) -> Callable[[int], None]:
+    def step(i: int) -> None:
+        _convert(conv, bodies[i % len(bodies)])
+    return step
+
+
+def _convert(conv: MetricsConverter, body: bytes) -> None:
+    m = ExportMetricsServiceRequest()
+    m.ParseFromString(body)
+    conv.convert_otlp_pieces([m])
 
 
 def disk(names: int, per_metric: int) -> tuple[float, float]:
@@ -139,12 +160,10 @@ def main(seconds: float = 3.0) -> None:
         base = base or r
         print(f"  {names:>6,} tables, {POINTS // per_metric:>5,} a request: {r:10,.0f} points/s  "
               f"(ratio {r / base:.2f} of 10 tables, 50 a request)")
-    print("series (convert only, 50 tables, one core, CPU time):")
-    base = 0.0
-    for series in (1_000, 100_000, 1_000_000):
-        r, per_series = series_rate(series, seconds)
-        base = base or r
-        print(f"  {series:>9,} series: {r:10,.0f} points/s (ratio {r / base:.2f} of 1,000 series); "
+    print("series (convert only, 50 tables, one core, CPU time; the counts in turn, 3 rounds, median ratio):")
+    counts = (1_000, 100_000, 1_000_000)
+    for series, (r, ratio, per_series) in zip(counts, series_rates(counts, 3 * seconds), strict=True):
+        print(f"  {series:>9,} series: {r:10,.0f} points/s (ratio {ratio:.2f} of 1,000 series); "
               f"series caches {per_series:,.0f} B per series")
     print("disk per row (closed segments against Snappy in one piece per segment):")
     for names, per_metric in ((10, 20), (1000, 20), (1000, 1)):
