@@ -17,7 +17,8 @@
     ├── BindError                    a port the node was told to listen on cannot be bound (at start)
     └── SinkError                    a sink refused or failed a batch
         └── PermanentSinkError       it will never take this batch (bad schema): quarantine it
-            └── CorruptSegmentError  one segment of it does not read: quarantine that one alone
+            └── SegmentError         one segment of it can never be taken: quarantine that one alone
+                └── CorruptSegmentError  it does not read (a CRC, a block that does not decode)
 
 Foreign exceptions (OSError from a full disk, protobuf's DecodeError, ...) are translated into
 these at the boundary where they happen, never further up.
@@ -146,15 +147,22 @@ class PermanentSinkError(SinkError):
     """A sink will never accept this batch as it is (e.g. a schema it rejects): quarantine it."""
 
 
-class CorruptSegmentError(PermanentSinkError):
-    """One segment of a batch does not read (a block whose CRC fails or that does not decode): that
-    segment is quarantined alone, and the batch's other segments go again without it.
-    `rows_before`: rows of the batch the sink had been handed before it (0 when none was)."""
+class SegmentError(PermanentSinkError):
+    """One segment of a batch can never be taken (its rows do not fit the batch's columns, or it
+    does not read): that segment is quarantined alone, and the batch's other segments go again
+    without it. `rows_before`: rows of the batch the sink had been handed before it (0 when none was)."""
 
-    def __init__(self, path: Path, reason: str, rows_before: int = 0) -> None:
-        super().__init__(f"segment {path.name} is corrupt: {reason}")
+    def __init__(self, path: Path, message: str, rows_before: int = 0) -> None:
+        super().__init__(message)
         self.path = path
         self.rows_before = rows_before
+
+
+class CorruptSegmentError(SegmentError):
+    """A segment of a batch that does not read: a block whose CRC fails, or that does not decode."""
+
+    def __init__(self, path: Path, reason: str, rows_before: int = 0) -> None:
+        super().__init__(path, f"segment {path.name} is corrupt: {reason}", rows_before)
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,9 @@ schema), the block's sample type (`log` or `metric`), the first row (4 fields an
 SeriesId: metrics; 9 fields and an RFC 3339 ObservedTimestamp: logs). adx-mon's OTLP logs rows
 (`transform/otlp_logs_csv.go`) are rewritten on the way into what this node's own log rows hold
 (`_log_row`): ids as hex, the severity number as a number, the body as JSON. A block whose
-columns cannot be told, or whose rows do not fit them, makes the batch a PermanentSinkError that
-says which segment, block and row; so does a segment that turned corrupt on disk.
+columns cannot be told, or whose rows do not fit them, is a SegmentError that says which segment,
+block and row; a segment that does not read (corrupt on disk, or a peer's block that does not
+decode) a CorruptSegmentError. The uploader quarantines that segment alone.
 
 Row counts: a block declares its rows; blocks that declare 0 (adx-mon's metrics and native logs)
 are counted from their CSV records (`count_records`).
@@ -33,7 +34,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from node.errors import CorruptionError, CorruptSegmentError, PermanentSinkError
+from node.errors import CorruptionError, CorruptSegmentError, PermanentSinkError, SegmentError
 from node.rows.csvtext import field as csv_field
 from node.rows.csvtext import quoted
 from node.rows.logs import LOGS_SCHEMA
@@ -259,7 +260,7 @@ class Batch:
         counted = [0, 0]
         try:
             yield from self._csv(metrics, counted)
-        except CorruptSegmentError as e:
+        except SegmentError as e:
             e.rows_before = counted[1]
             raise
         self.uncompressed_bytes, self.rows = counted
@@ -268,14 +269,19 @@ class Batch:
         """`iter_csv`'s blocks; `counted`: [bytes, rows] yielded so far."""
         for seg, block in self._blocks():
             header, value = fmt.strip_schema_line(block.value)
-            if header is None and self.headerless:
-                value, n = self._headerless_rows(seg, block, value)
-            else:
-                if header is not None and self.headerless and parse_schema_line(header) != self.schema:
-                    raise PermanentSinkError(f"{_where(seg, block)}: header line {header.decode().strip()[:200]} in "
-                                             f"a batch whose first block has none (the default {KIND_NAMES[self.kind]} "
-                                             f"columns)")
-                n = block.count or count_records(value)
+            try:
+                if header is None and self.headerless:
+                    value, n = self._headerless_rows(seg, block, value)
+                else:
+                    if header is not None and self.headerless and parse_schema_line(header) != self.schema:
+                        raise PermanentSinkError(f"{_where(seg, block)}: header line {header.decode().strip()[:200]} "
+                                                 f"in a batch whose first block has none (the default "
+                                                 f"{KIND_NAMES[self.kind]} columns)")
+                    n = block.count or count_records(value)
+            except SegmentError:
+                raise
+            except PermanentSinkError as e:  # this segment's rows: it goes alone (the uploader)
+                raise SegmentError(seg.path, str(e)) from None
             if metrics:  # adx-mon's metrics rows, header line or not
                 value = go_infinities(value)
             yield value
@@ -294,9 +300,15 @@ class Batch:
             elif not value.strip():
                 continue  # a block without a header line or a row says nothing
             else:
-                self.kind = headerless_kind(seg.name, block.kind, value, _where(seg, block))
-                self.schema, self.headerless = DEFAULT_SCHEMAS[self.kind], True
-                self._headerless_rows(seg, block, value)  # the first block's rows fit, before anything is sent
+                try:
+                    self.kind = headerless_kind(seg.name, block.kind, value, _where(seg, block))
+                    self.schema, self.headerless = DEFAULT_SCHEMAS[self.kind], True
+                    self._headerless_rows(seg, block, value)  # the first block's rows fit, before anything is sent
+                except SegmentError:
+                    raise
+                except PermanentSinkError as e:  # this segment's rows: it goes alone (the uploader)
+                    self.schema, self.kind, self.headerless = None, fmt.KIND_UNKNOWN, False
+                    raise SegmentError(seg.path, str(e)) from None
             return
 
     def _headerless_rows(self, seg: SegmentInfo, block: Block, value: bytes) -> tuple[bytes, int]:
@@ -334,7 +346,7 @@ class Batch:
             try:
                 for _ in self.iter_csv():
                     pass
-            except CorruptSegmentError as e:
+            except SegmentError as e:
                 e.rows_before = 0  # read here, before the sink was handed any of it
                 raise
         return self.schema

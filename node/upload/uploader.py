@@ -8,8 +8,9 @@ of:
   capped) before it is tried again;
 - quarantine: the sink will never take it (PermanentSinkError); the segments are moved to
   `quarantine/` with the reason logged and counted, never deleted silently. When the reason is
-  one segment that does not read (CorruptSegmentError: a CRC that fails, a block that does not
-  decode), that segment goes alone, and the others are planned again as a new batch.
+  one segment (SegmentError: rows that do not fit the batch's columns; CorruptSegmentError: a CRC
+  that fails, a block that does not decode), that segment goes alone, and the others are planned
+  again as a new batch.
 
 Every delivery, to the sink or to a peer, is first recorded in `deliveries/` (`intents.py`): after
 a failure or a restart the prefix's next delivery is the same segments to the same destination,
@@ -36,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from cluster.backoff import Backoff
 from cluster.tasks import cancel_and_wait
 from node.cache import BoundedCache
-from node.errors import CorruptSegmentError, PermanentSinkError
+from node.errors import PermanentSinkError, SegmentError
 from node.ratelog import DeliverySummary, ErrorLog, describe
 from node.sinks.base import Batch, Sink, batch_id, batch_limit
 from node.transfer.plan import PlannedTransfer
@@ -434,13 +435,13 @@ class Uploader:
         except PermanentSinkError as e:
             self._metrics.uploads.labels(sink, "quarantined").inc()
             self.summary.failed("quarantine")
-            alone = [s for s in planned.segments if isinstance(e, CorruptSegmentError) and s.path == e.path]
+            alone = [s for s in planned.segments if isinstance(e, SegmentError) and s.path == e.path]
             if alone and len(alone) < len(planned.segments):
                 # The rest go again at the next round as a new batch (a new id: the record goes
                 # first, so that a restart never sends them under the old one).
                 await asyncio.to_thread(self.intents.clear, planned.prefix)
                 await asyncio.to_thread(self._quarantine, planned.prefix, alone, str(e), _set_aside_note(
-                    len(planned.segments) - len(alone), e.rows_before if isinstance(e, CorruptSegmentError) else 0))
+                    len(planned.segments) - len(alone), e.rows_before if isinstance(e, SegmentError) else 0))
                 return
             await asyncio.to_thread(self._quarantine, planned.prefix, planned.segments, str(e))
             await asyncio.to_thread(self.intents.clear, planned.prefix)

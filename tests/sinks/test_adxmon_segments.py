@@ -421,6 +421,39 @@ async def test_the_uploader_delivers_a_headerless_logs_segment_and_quarantines_a
     assert log_view(rows) == expected_logs(RECORD_ROWS)
 
 
+async def test_a_segment_whose_rows_do_not_fit_is_quarantined_alone_and_its_batch_delivered(
+        local: LocalSink, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Before, a collector's segment whose rows do not fit took the good segments of its table
+    (one batch) to the quarantine with it."""
+    wal_dir = tmp_path / "wal"
+    first = otlp_logs(wal_dir)
+    bad_name = seg.logs_filename("Logs", "App", _ids.next())
+    put(wal_dir, bad_name, seg.segment(seg.block(b"not,a,log\n", kind=seg.LOG, count=1)))
+    last = otlp_logs(wal_dir)
+    wal = Repository(WalConfig(wal_dir))
+    wal.start()
+    assert [s.path.name for s in wal.closed_segments()] == [first.path.name, bad_name, last.path.name]
+    cfg = UploadConfig(interval=0.05, policy=BatchPolicy(min_batch_bytes=0, max_wait=0), backoff_initial=0.05,
+                       backoff_max=0.1)
+    registry = CollectorRegistry()
+    up = Uploader(wal, local, cfg, NodeMetrics(registry))
+    await up.start()
+    try:
+        with caplog.at_level("ERROR", logger="node.upload.uploader"):
+            assert await up.drain(time.monotonic() + 60)
+    finally:
+        await up.stop()
+    quarantine = tmp_path / "quarantine"
+    assert sorted(p.name for p in quarantine.iterdir()) == sorted([bad_name, bad_name[:-4] + ".reason.txt"])
+    reason = (quarantine / (bad_name[:-4] + ".reason.txt")).read_text()
+    assert f"segment {bad_name}, block at offset 8, row 1: 3 fields, adx-mon's logs rows have 9" in reason
+    # read through before a byte was sent (a headerless logs batch): nothing handed to the sink
+    assert "alone: the other 2 segments of its batch go again as a new batch\n" in caplog.text
+    rows, _ = local_rows(local, "Logs", "App", LOGS_SCHEMA)
+    assert log_view(rows) == expected_logs(RECORD_ROWS + RECORD_ROWS)  # both good segments, once each
+    assert wal.closed_segments() == []
+
+
 # -- clickhouse-server 18.16 -----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
