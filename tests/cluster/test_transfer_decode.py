@@ -13,7 +13,6 @@ real uploader into the real local sink (chdb):
 
 from __future__ import annotations
 
-import time
 import zlib
 from pathlib import Path
 
@@ -21,19 +20,16 @@ import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
-from node.metrics import NodeMetrics
 from node.rows.series import BASE_SCHEMA
 from node.sinks.local import ChdbConn, LocalConfig, LocalSink, open_store, store_dir
 from node.transfer.client import TransferClient
 from node.transfer.protocol import Outcome
-from node.upload.batcher import BatchPolicy
-from node.upload.uploader import UploadConfig, Uploader
 from node.wal import format as fmt
 from node.wal.repository import Repository
 from node.wal.table import SegmentInfo
 from tests.cluster import test_transfer as base
 from tests.cluster.test_transfer import TOKEN, Receiver, all_rows, chunks, metadata, raw_call, segments
-from tests.sinks import read_back
+from tests.sinks import read_back, upload_all
 from tests.wal.test_import_decode import undecodable
 
 receiver, sender, _blocks_as_written = base.receiver, base.sender, base._blocks_as_written  # its fixtures
@@ -47,19 +43,11 @@ def with_block(data: bytes, index: int, payload: bytes) -> tuple[bytes, int]:
     return data[:block.offset] + framed + data[block.end:], block.offset
 
 
-async def upload_all(wal: Repository, root: Path) -> tuple[LocalSink, CollectorRegistry]:
+async def upload_into_local(wal: Repository, root: Path) -> tuple[LocalSink, CollectorRegistry]:
     """Every closed segment of `wal` delivered (or quarantined) by a real uploader into a local sink."""
     sink = LocalSink(store_dir(root / "storage"), LocalConfig(lock_wait=5))
     sink.start()
-    registry = CollectorRegistry()
-    up = Uploader(wal, sink, UploadConfig(interval=0.05, policy=BatchPolicy(min_batch_bytes=0, max_wait=0),
-                                          backoff_initial=0.05, backoff_max=0.1), NodeMetrics(registry))
-    await up.start()
-    try:
-        assert await up.drain(time.monotonic() + 60)
-    finally:
-        await up.stop()
-    return sink, registry
+    return sink, await upload_all(wal, sink)
 
 
 def stored(sink: LocalSink) -> list[tuple[str, ...]]:
@@ -98,7 +86,7 @@ async def test_a_segment_that_does_not_read_is_quarantined_alone_and_its_batch_d
         raw[offset + fmt.BLOCK_HEADER.size + 5] ^= 0x01
         bad.path.write_bytes(bytes(raw))
     with caplog.at_level("ERROR", logger="node.upload.uploader"):
-        sink, registry = await upload_all(receiver.wal, tmp_path)
+        sink, registry = await upload_into_local(receiver.wal, tmp_path)
     try:
         # The first segment's 250 rows and the bad one's first two blocks had gone to the sink; the
         # local store kept none of them (below)

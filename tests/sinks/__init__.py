@@ -11,20 +11,25 @@ from __future__ import annotations
 import csv
 import io
 import sys
+import time
 from pathlib import Path
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Gauge, Metric, NumberDataPoint
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from prometheus_client import CollectorRegistry
 
+from node.metrics import NodeMetrics
 from node.rows.batch import ConvertResult
 from node.rows.logs import LogsConfig, LogsConverter
 from node.rows.metrics import MetricsConfig, MetricsConverter
 from node.rows.traces import TracesConverter
-from node.sinks.base import Batch
+from node.sinks.base import Batch, Sink
 from node.sinks.chschema import Conn, base_type, table_columns
 from node.sinks.clickhouse import EpochNanos
+from node.upload.batcher import BatchPolicy
+from node.upload.uploader import UploadConfig, Uploader
 from node.wal import format as fmt
 from node.wal.names import Schema
 from node.wal.repository import Repository, WalConfig
@@ -32,6 +37,20 @@ from tests.rows.build import T_MS, T_NS, kvs, log_record, logs_request, metrics_
 from tests.wal.helpers import write_block
 
 INF, NAN = float("inf"), float("nan")
+
+
+async def upload_all(wal: Repository, sink: Sink) -> CollectorRegistry:
+    """Every closed segment of `wal` delivered (or quarantined) by a real uploader into `sink`, at
+    once (no batch waits to grow), then the uploader stopped; its metrics."""
+    registry = CollectorRegistry()
+    up = Uploader(wal, sink, UploadConfig(interval=0.05, policy=BatchPolicy(min_batch_bytes=0, max_wait=0),
+                                          backoff_initial=0.05, backoff_max=0.1), NodeMetrics(registry))
+    await up.start()
+    try:
+        assert await up.drain(time.monotonic() + 60)
+    finally:
+        await up.stop()
+    return registry
 
 
 def write_batch(wal_dir: Path, *results: ConvertResult, database: str | None = None) -> Batch:

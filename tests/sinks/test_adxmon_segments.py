@@ -21,24 +21,19 @@ logs segment is not. And an adx-mon logs segment POSTed to a node's transfer fro
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from node.errors import PermanentSinkError
-from node.metrics import NodeMetrics
 from node.rows.logs import LOGS_SCHEMA, LogsConfig, LogsConverter
 from node.rows.series import BASE_SCHEMA
 from node.sinks.base import Batch
 from node.sinks.chschema import Conn, table_columns
 from node.sinks.clickhouse import ClickHouseConfig, ClickHouseSink, EpochNanos, parse_dsns
 from node.sinks.local import ChdbConn, LocalConfig, LocalSink, open_store, store_dir
-from node.upload.batcher import BatchPolicy
-from node.upload.uploader import UploadConfig, Uploader
 from node.wal.format import count_records
 from node.wal.names import parse_filename, schema_hash
 from node.wal.repository import Repository, WalConfig
@@ -46,7 +41,7 @@ from node.wal.segment import scan
 from node.wal.table import SegmentInfo
 from tests.adxmon import segments as seg
 from tests.rows.build import log_record, logs_request
-from tests.sinks import read_back, write_batch
+from tests.sinks import read_back, upload_all, write_batch
 
 NS = 1_000_000_000
 T = 1_795_492_800_123_456_789  # 2026-11-24T04:00:00.123456789Z, in ns (past 2**53: read as ns)
@@ -399,16 +394,8 @@ async def test_the_uploader_delivers_a_headerless_logs_segment_and_quarantines_a
     wal = Repository(WalConfig(wal_dir))
     wal.start()
     assert {s.path.name for s in wal.closed_segments()} == {good.path.name, counted.path.name, bad_name}
-    cfg = UploadConfig(interval=0.05, policy=BatchPolicy(min_batch_bytes=0, max_wait=0), backoff_initial=0.05,
-                       backoff_max=0.1)
-    registry = CollectorRegistry()
-    up = Uploader(wal, local, cfg, NodeMetrics(registry))
-    await up.start()
-    try:
-        assert await up.drain(time.monotonic() + 60)
-    finally:
-        with caplog.at_level("INFO", logger="node.upload.uploader"):
-            await up.stop()
+    with caplog.at_level("INFO", logger="node.upload.uploader"):
+        registry = await upload_all(wal, local)
     # The rows counted, not the blocks' 0: in the metric and in the summary line.
     assert registry.get_sample_value("ingestor_upload_rows_total", {"sink": "local"}) == len(RECORDS) + len(SAMPLES)
     summary = [r.getMessage() for r in caplog.records if "uploaded 2 batches" in r.getMessage()]
@@ -433,16 +420,8 @@ async def test_a_segment_whose_rows_do_not_fit_is_quarantined_alone_and_its_batc
     wal = Repository(WalConfig(wal_dir))
     wal.start()
     assert [s.path.name for s in wal.closed_segments()] == [first.path.name, bad_name, last.path.name]
-    cfg = UploadConfig(interval=0.05, policy=BatchPolicy(min_batch_bytes=0, max_wait=0), backoff_initial=0.05,
-                       backoff_max=0.1)
-    registry = CollectorRegistry()
-    up = Uploader(wal, local, cfg, NodeMetrics(registry))
-    await up.start()
-    try:
-        with caplog.at_level("ERROR", logger="node.upload.uploader"):
-            assert await up.drain(time.monotonic() + 60)
-    finally:
-        await up.stop()
+    with caplog.at_level("ERROR", logger="node.upload.uploader"):
+        await upload_all(wal, local)
     quarantine = tmp_path / "quarantine"
     assert sorted(p.name for p in quarantine.iterdir()) == sorted([bad_name, bad_name[:-4] + ".reason.txt"])
     reason = (quarantine / (bad_name[:-4] + ".reason.txt")).read_text()
