@@ -24,6 +24,7 @@ are counted from their CSV records (`count_records`).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -203,6 +204,18 @@ def _log_rows(value: bytes, where: str) -> tuple[bytes, int]:
         return rows.encode("utf-8", "surrogateescape").decode("utf-8", "replace").encode(), len(out)
 
 
+@contextlib.contextmanager
+def _alone(seg: SegmentInfo) -> Iterator[None]:
+    """A refusal of `seg`'s rows (PermanentSinkError) as a SegmentError: the uploader then
+    quarantines that segment alone, not its batch."""
+    try:
+        yield
+    except SegmentError:
+        raise
+    except PermanentSinkError as e:
+        raise SegmentError(seg.path, str(e)) from None
+
+
 @dataclass
 class Batch:
     """Closed segments of one prefix, to be delivered together."""
@@ -269,7 +282,7 @@ class Batch:
         """`iter_csv`'s blocks; `counted`: [bytes, rows] yielded so far."""
         for seg, block in self._blocks():
             header, value = fmt.strip_schema_line(block.value)
-            try:
+            with _alone(seg):
                 if header is None and self.headerless:
                     value, n = self._headerless_rows(seg, block, value)
                 else:
@@ -278,10 +291,6 @@ class Batch:
                                                  f"in a batch whose first block has none (the default "
                                                  f"{KIND_NAMES[self.kind]} columns)")
                     n = block.count or count_records(value)
-            except SegmentError:
-                raise
-            except PermanentSinkError as e:  # this segment's rows: it goes alone (the uploader)
-                raise SegmentError(seg.path, str(e)) from None
             if metrics:  # adx-mon's metrics rows, header line or not
                 value = go_infinities(value)
             yield value
@@ -300,15 +309,10 @@ class Batch:
             elif not value.strip():
                 continue  # a block without a header line or a row says nothing
             else:
-                try:
+                with _alone(seg):
                     self.kind = headerless_kind(seg.name, block.kind, value, _where(seg, block))
                     self.schema, self.headerless = DEFAULT_SCHEMAS[self.kind], True
                     self._headerless_rows(seg, block, value)  # the first block's rows fit, before anything is sent
-                except SegmentError:
-                    raise
-                except PermanentSinkError as e:  # this segment's rows: it goes alone (the uploader)
-                    self.schema, self.kind, self.headerless = None, fmt.KIND_UNKNOWN, False
-                    raise SegmentError(seg.path, str(e)) from None
             return
 
     def _headerless_rows(self, seg: SegmentInfo, block: Block, value: bytes) -> tuple[bytes, int]:

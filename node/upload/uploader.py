@@ -435,13 +435,13 @@ class Uploader:
         except PermanentSinkError as e:
             self._metrics.uploads.labels(sink, "quarantined").inc()
             self.summary.failed("quarantine")
-            alone = [s for s in planned.segments if isinstance(e, SegmentError) and s.path == e.path]
-            if alone and len(alone) < len(planned.segments):
+            alone = [s for s in planned.segments if s.path == e.path] if isinstance(e, SegmentError) else []
+            if isinstance(e, SegmentError) and alone and len(alone) < len(planned.segments):
                 # The rest go again at the next round as a new batch (a new id: the record goes
                 # first, so that a restart never sends them under the old one).
                 await asyncio.to_thread(self.intents.clear, planned.prefix)
-                await asyncio.to_thread(self._quarantine, planned.prefix, alone, str(e), _set_aside_note(
-                    len(planned.segments) - len(alone), e.rows_before if isinstance(e, SegmentError) else 0))
+                await asyncio.to_thread(self._quarantine, planned.prefix, alone, str(e),
+                                        _set_aside_note(len(planned.segments) - len(alone), e.rows_before))
                 return
             await asyncio.to_thread(self._quarantine, planned.prefix, planned.segments, str(e))
             await asyncio.to_thread(self.intents.clear, planned.prefix)
