@@ -214,6 +214,11 @@ class NodeConfig:
                                   "receiver processes share them); past it, the one written least recently is "
                                   "closed and reopened at its next write, so that thousands of tables stay under "
                                   "ulimit -n", parse="int", default_note=f"{_W.max_open_segments}; 0: no limit")
+    wal_journal_tables: int = flag(_W.journal_tables, "a request that writes this many tables or more is "
+                                   "acknowledged once it is one block of a journal, which is split into the tables' "
+                                   "segments every 2 s (docs/wal.md)", parse="int",
+                                   default_note=f"{_W.journal_tables}; 0: every table's block straight into its "
+                                   "segment")
     wal_fsync: FsyncPolicy = flag(_W.fsync, "never | on-rotate | always (see docs/wal.md for the durability each "
                                   "gives); adx-mon's --enable-wal-fsync[=true] is on-rotate, =false never",
                                   parse="choice", choices=tuple(x.value for x in FsyncPolicy),
@@ -369,7 +374,7 @@ class NodeConfig:
                          max_open_segments=open_files_per_process(self.max_open_segments, self.receivers,
                                                                    descriptor_limit()),
                          max_disk_usage_per_database=self.max_disk_usage_per_database,
-                         min_free_disk=self.min_free_disk)
+                         min_free_disk=self.min_free_disk, journal_tables=self.wal_journal_tables)
 
     def batching(self) -> BatchPolicy:
         return BatchPolicy(min_batch_bytes=self.min_batch_size, max_batch_bytes=self.max_batch_size,

@@ -51,6 +51,8 @@ class SegmentWriter:
     many, reopened at the next write."""
 
     __slots__ = ("_fsync", "_sync_each", "blocks", "closed", "fd", "files", "path", "pins", "rows", "size")
+    MAGIC = fmt.MAGIC
+    """What the file begins with (a journal's writer writes its own: node/wal/journal.py)."""
 
     def __init__(self, path: Path, fsync: FsyncPolicy, files: OpenFiles = UNBOUNDED) -> None:
         self.path = path
@@ -64,7 +66,7 @@ class SegmentWriter:
         self.blocks = 0
         self.rows = 0
         try:
-            self._write([fmt.MAGIC])
+            self._write([self.MAGIC])
         except BaseException:
             self._give_up_fd()
             path.unlink(missing_ok=True)

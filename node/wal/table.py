@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from node.storage import ACTIVE_DIR, fsync_dir
+from node.wal import journal
 from node.wal.names import FlakeIds, SegmentName
 from node.wal.openfiles import UNBOUNDED, OpenFiles
 from node.wal.segment import FsyncPolicy, SegmentWriter, compact
@@ -89,6 +90,8 @@ class TableWal:
         self.database, self.table, self.schema = database, table, schema
         self.key = (database, table, schema or "")
         """The order in which a request takes the locks of several tables."""
+        self.journal_key = journal.table_key(database, table, schema)
+        """Its names as a journal entry holds them (node/wal/journal.py)."""
         self._dir = directory
         self._active_dir = directory / ACTIVE_DIR
         self._ids = ids
@@ -129,22 +132,28 @@ class TableWal:
         bytes the file grew by. `new_segment(1)` is called before a new segment file is created (it
         raises when the repository is over its segment limit), `new_segment(-1)` if creating it
         then failed."""
-        if self._active is None:
-            new_segment(1)
-            name = SegmentName(self.database, self.table, self.schema, self._ids.next())
-            try:
-                self._active = SegmentWriter(self._active_dir / name.filename, self._fsync, self._files)
-            except BaseException:
-                new_segment(-1)
-                raise
-            self._active_name = name
-            self._opened = time.monotonic()
-            grown = self._active.size
-        else:
-            grown = 0
-        before = self._active.size
-        self._active.append(header, payload, rows)
-        return grown + self._active.size - before
+        grown = self.ensure_active_held(new_segment) if self._active is None else 0
+        active = self._active
+        assert active is not None
+        before = active.size
+        active.append(header, payload, rows)
+        return grown + active.size - before
+
+    def ensure_active_held(self, new_segment: Callable[[int], None]) -> int:
+        """With the lock held: open an active segment if there is none; return the bytes written
+        (its magic, or 0). `new_segment` as for `append_held`."""
+        if self._active is not None:
+            return 0
+        new_segment(1)
+        name = SegmentName(self.database, self.table, self.schema, self._ids.next())
+        try:
+            self._active = SegmentWriter(self._active_dir / name.filename, self._fsync, self._files)
+        except BaseException:
+            new_segment(-1)
+            raise
+        self._active_name = name
+        self._opened = time.monotonic()
+        return self._active.size
 
     def mark(self) -> Mark:
         """Where the active segment ends now (lock held)."""

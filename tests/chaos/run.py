@@ -83,10 +83,14 @@ class Shape:
     prometheus: bool
     adxmon: int = 0
     """adx-mon collectors POSTing segments to the nodes' transfer front doors (adxmon.py); 0: none."""
+    wide: float = 0.0
+    """Share of the metrics requests that carry a row for every metric table (a Prometheus shard's
+    shape: the node writes them through its WAL journal, `--wal-journal-tables`), not 20 rows."""
 
 
 SHAPES = {
-    "user": Shape("user", receivers=2, tables=300, log_tables=10, ages=(1.0, 3.0), prometheus=True, adxmon=2),
+    "user": Shape("user", receivers=2, tables=300, log_tables=10, ages=(1.0, 3.0), prometheus=True, adxmon=2,
+                  wide=0.25),
     "narrow": Shape("narrow", receivers=1, tables=10, log_tables=3, ages=(1.0, 1.0), prometheus=False),
 }
 SERIES = 500
@@ -346,7 +350,9 @@ class Chaos:
         while not self._stop.is_set():
             up = [n for n in self.nodes if n.name not in self.down]
             if up:
-                self.send_one(self.load_rng.choice(up), channel=self.load_rng.choice(CHANNELS))
+                channel = self.load_rng.choice(CHANNELS)
+                wide = channel != "otlp-logs" and self.load_rng.random() < self.shape.wide
+                self.send_one(self.load_rng.choice(up), points=self.shape.tables if wide else 20, channel=channel)
             time.sleep(0.02)
 
     # -- processes --------------------------------------------------------------------------

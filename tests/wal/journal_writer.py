@@ -22,7 +22,7 @@ from node.wal import repository
 from node.wal.repository import Block, Repository, WalConfig
 from node.wal.table import TableWal
 
-TABLES = 40
+TABLES = 100
 DATABASE = "Db"
 
 

@@ -121,7 +121,8 @@ def test_a_request_of_many_tables_goes_through_the_journal_and_its_round(tmp_pat
     assert wal_stats(repo).segment_count == TABLES
 
 
-@pytest.mark.parametrize(("journal_tables", "tables", "journaled"), [(32, 31, False), (32, 32, True), (0, 40, False)])
+@pytest.mark.parametrize(("journal_tables", "tables", "journaled"),
+                         [(100, 99, False), (100, 100, True), (32, 32, True), (0, 100, False)])
 def test_only_requests_of_journal_tables_tables_or_more_use_the_journal(
         tmp_path: Path, make: Make, journal_tables: int, tables: int, journaled: bool) -> None:
     wal = tmp_path / "wal"

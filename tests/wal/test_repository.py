@@ -490,8 +490,10 @@ def test_stop_does_not_wait_behind_a_burst_of_expired_segments(tmp_path: Path, m
         return slow(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(table, "compact", compact)
-    # No fsyncs, so that the figure is the wait alone, not stop's own closing of the rest.
-    wal = Repository(WalConfig(directory=tmp_path / "wal", max_segment_age=0.0, fsync=FsyncPolicy.NEVER))
+    # No fsyncs, so that the figure is the wait alone, not stop's own closing of the rest. Every
+    # table's block straight into its segment (no journal), so that all 300 expire at once.
+    wal = Repository(WalConfig(directory=tmp_path / "wal", max_segment_age=0.0, fsync=FsyncPolicy.NEVER,
+                               journal_tables=0))
     wal.start()
     row = b"2026-11-24T04:00:00Z,1,{},1.5\n"
     wal.write_many([Block("Metrics", f"T{i}", fmt.KIND_METRIC, row, 1) for i in range(300)])
