@@ -52,6 +52,9 @@ class NodeMetrics:
                                   multiprocess_mode="max")
         self.wal_bytes = Gauge(f"{NS}_wal_bytes", "Bytes of segments on disk", registry=registry,
                                multiprocess_mode="max")
+        self.wal_journal_bytes = Gauge(f"{NS}_wal_journal_bytes", "Bytes of rows acknowledged in the WAL journal and "
+                                       "not yet split into their tables' segments", registry=registry,
+                                       multiprocess_mode="livesum")
         self.ready = Gauge(f"{NS}_ready", "1 when the node is ready to take data", registry=registry,
                            multiprocess_mode="livemin")
         self.uploads = Counter(f"{NS}_uploads", "Batches handed to a sink, by result (ok, failed, quarantined)",

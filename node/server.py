@@ -227,6 +227,7 @@ class Node:
 
     async def _tick_once(self) -> None:
         await asyncio.to_thread(self.wal.rotate_expired)
+        self.metrics.wal_journal_bytes.set(self.wal.journal_bytes)
         await self.role.tick()
         ready = not self.state.not_ready_reason()
         self.metrics.ready.set(1 if ready else 0)

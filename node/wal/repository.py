@@ -290,9 +290,9 @@ class Repository:
         self._replay_journals(None, report)
         fsync_dir(self.active_directory)
         fsync_dir(self.directory)
-        log.info("WAL %s: %d segments, %d repaired (%d bytes cut), %d empty and %d temporary deleted",
-                 self.directory, report.segments, report.repaired, report.truncated_bytes,
-                 report.deleted_empty, report.deleted_tmp)
+        log.info("WAL %s: %d segments, %d repaired (%d bytes cut), %d empty and %d temporary deleted, "
+                 "journals split: %d", self.directory, report.segments, report.repaired, report.truncated_bytes,
+                 report.deleted_empty, report.deleted_tmp, report.journals)
         return report
 
     def _recover_file(self, path: Path, report: RecoveryReport) -> SegmentInfo | None:
@@ -580,6 +580,11 @@ class Repository:
                 failed_at = time.monotonic()
                 log.warning("splitting the WAL journal into the tables' segments failed (%s); %d bytes of rows "
                             "wait in it, tried again in a second", e, self._pending)
+
+    @property
+    def journal_bytes(self) -> int:
+        """Bytes of rows in journals, not yet split into their tables' segments."""
+        return self._pending
 
     def split_journal(self) -> int:
         """Append every journal's rows to their tables' segments (node/wal/journal.py), oldest
