@@ -253,6 +253,10 @@ class Repository:
         """Journals taken out for their round and not yet split (a failed round: tried again)."""
         self._pending = 0
         """Bytes of rows in journals not yet split."""
+        self._awaiting: set[TableWal] = set()
+        """Tables with rows in a journal and no active segment when their request came: the segment
+        their round will open is counted already, against --max-segment-count, as a request
+        written straight into segments counts the ones it opens."""
         self._round_lock = threading.Lock()
         self._splitter: threading.Thread | None = None
         self._wake = threading.Event()
@@ -506,6 +510,7 @@ class Repository:
         parts: list[bytes | bytearray] = []
         entries: list[_Entry] = []
         raw: dict[str, int] = {}  # bytes of rows per database
+        unique: dict[TableWal, None] = {}
         count = 0
         for b in blocks:
             route = routes.get((b.database, b.table, b.schema))
@@ -516,6 +521,7 @@ class Repository:
             parts += (wal.journal_key, pack(b.kind, b.count, len(line), len(data)), line, data)
             entries.append((wal, b.kind, b.count, line, data))
             raw[wal.database] = raw.get(wal.database, 0) + len(data)
+            unique[wal] = None
             count += b.count
         header, payload = journal.encode_record(parts)
         size = len(header) + len(payload)
@@ -527,10 +533,16 @@ class Repository:
         need = {db: size * n // max(total, 1) for db, n in raw.items()}  # the block's bytes, shared out
         first = next(iter(need))
         need[first] += size - sum(need.values())
-        self._reserve(need, 0)
         magic = 0
+        fresh: list[TableWal] = []
+        reserved = False
         try:
             with self._jlock:
+                # the segments its round will open, counted now (under the journal's lock: once a table)
+                awaiting = self._awaiting
+                fresh = [w for w in unique if w.writer is None and w not in awaiting]
+                self._reserve(need, len(fresh))
+                reserved = True
                 j = self._journal
                 if j is None:
                     path = self.active_directory / f"{self._ids.next()}{journal.SUFFIX}"
@@ -545,11 +557,15 @@ class Repository:
                     j.accounted[db] = j.accounted.get(db, 0) + n
                 j.accounted[first] += magic
                 self._pending += total
+                awaiting.update(fresh)
                 due = self._pending >= JOURNAL_ROUND_BYTES
         except BaseException as e:
-            self._account_many({db: -n for db, n in need.items()})
-            if isinstance(e, OverLimitsError):
-                self._note_refused()
+            if reserved:
+                self._account_many({db: -n for db, n in need.items()})
+                if fresh:
+                    self._account(first, 0, -len(fresh))
+                if isinstance(e, OverLimitsError):  # the disk filled (_reserve says its own refusals)
+                    self._note_refused()
             raise
         if magic:
             self._account(first, magic, 0)
@@ -615,7 +631,13 @@ class Repository:
         wals = sorted(groups, key=_BY_KEY)
         sync = self.config.fsync is FsyncPolicy.ALWAYS
 
-        def new_segment(delta: int, database: str = "") -> None:  # rows acknowledged already: no limit
+        awaiting = self._awaiting
+        opened: set[TableWal] = set()
+
+        def new_segment(delta: int, database: str = "", wal: TableWal | None = None) -> None:
+            # rows acknowledged already: no limit; a segment counted when its request came, not again
+            if wal in awaiting:
+                return
             self._account(database, 0, delta)
 
         held: list[TableWal] = []
@@ -631,15 +653,17 @@ class Repository:
             try:
                 listed = []
                 for w, m in zip(wals, marks, strict=True):
-                    n = w.ensure_active_held(partial(new_segment, database=w.database))
+                    n = w.ensure_active_held(partial(new_segment, database=w.database, wal=w))
                     if n:
                         grown[w.database] = grown.get(w.database, 0) + n
+                        opened.add(w)
                     assert w.writer is not None
                     listed.append((w.writer.path.name, m.size if m.writer is not None else w.writer.size))
                 manifest = journal.write_manifest(j.path, listed, sync)
                 for w in wals:
                     for header, payload, count in _round_blocks(groups[w]):
-                        n = w.append_held(header, payload, count, new_segment=partial(new_segment, database=w.database))
+                        n = w.append_held(header, payload, count,
+                                          new_segment=partial(new_segment, database=w.database, wal=w))
                         grown[w.database] = grown.get(w.database, 0) + n
                 j.path.unlink()  # the commit
                 if sync:
@@ -648,11 +672,16 @@ class Repository:
                 for w, m in zip(wals, marks, strict=False):
                     _, segments = w.undo(m)
                     if segments:
-                        new_segment(-segments, w.database)
+                        new_segment(-segments, w.database, w)
                 if manifest is not None:
                     manifest.unlink(missing_ok=True)
                 raise
             full = [w for w in wals if w.take_out_if_full_held()]
+            with self._jlock:  # what was counted for the segments it opened is theirs now
+                surplus = [w for w in wals if w in awaiting and w not in opened]
+                awaiting.difference_update(wals)
+            for w in surplus:  # counted for a segment another write opened first
+                self._account(w.database, 0, -1)
         finally:
             for w in reversed(held):
                 w.lock.release()

@@ -472,3 +472,27 @@ def test_a_journaled_request_with_a_bad_name_writes_nothing(
     assert repo.split_journal() == 1
     repo.rotate_all()
     assert _closed_lines(repo) == _expected(["good"])
+
+
+def test_the_segments_a_round_will_open_count_against_the_segment_limit_when_the_request_comes(
+        tmp_path: Path, make: Make) -> None:
+    # A request written straight into segments counts the segments it opens against
+    # --max-segment-count; one in the journal counts those its round will open, as it is taken:
+    # otherwise requests would pile up in journals past the limit, and the round open them all.
+    wal = tmp_path / "wal"
+    repo = make(wal, max_segment_count=TABLES + 50)
+    repo.write_many(request("a"))
+    assert _files(wal, "*.wal") == []  # no segment on disk yet...
+    assert wal_stats(repo).segment_count == TABLES  # ...and the 100 its round will open counted
+    other = [Block(DATABASE, f"U{t}", fmt.KIND_LOG, b"u\n", 1) for t in range(TABLES)]
+    with pytest.raises(OverLimitsError, match="max-segment-count"):
+        repo.write_many(other)  # 100 more would pass the limit
+    assert repo.over_limits() == ""  # a refusal for the segment limit holds no readiness
+    repo.write_many(request("b"))  # the same tables: no new segment
+    assert repo.split_journal() == 1
+    assert wal_stats(repo).segment_count == TABLES
+    repo.write_many(other[:50])  # what is left of the limit
+    repo.split_journal()
+    repo.rotate_all()
+    assert len(repo.closed_segments()) == TABLES + 50 == wal_stats(repo).segment_count
+    assert _closed_lines(repo) == _expected(["a", "b"]) + Counter({b"u": 50})
