@@ -131,6 +131,9 @@ class Report:
     lost: int = 0
     unknown: int = 0
     duplicates: int = 0
+    duplicates_by: Counter[str] = field(default_factory=Counter)
+    """The duplicates by how their request was sent: its channel, and "wide" for a metrics request
+    over every table (through the nodes' WAL journal)."""
     faults: Counter[str] = field(default_factory=Counter)
     channels: Counter[str] = field(default_factory=Counter)
     """Acknowledged rows by how they were sent."""
@@ -174,7 +177,9 @@ class Report:
         return (f"seed {self.seed} ({self.shape} shape, segment ages {ages} s): sent {self.sent} rows, "
                 f"acknowledged {self.acked} "
                 f"({dict(sorted(self.channels.items()))}), delivered {self.delivered} distinct, lost {self.lost}, "
-                f"never sent {self.unknown}, duplicates {self.duplicates}; faults {dict(sorted(self.faults.items()))}; "
+                f"never sent {self.unknown}, duplicates {self.duplicates}"
+                f"{f' {dict(sorted(self.duplicates_by.items()))}' if self.duplicates else ''}; "
+                f"faults {dict(sorted(self.faults.items()))}; "
                 f"drained in {self.drain_seconds:.1f}s; segments left {self.segments_left} ({self.disk_left} bytes); "
                 f"live after: {self.live_after}{prom}{left}")
 
@@ -729,7 +734,12 @@ class Chaos:
         if self.adxmon is not None:  # copies of a segment in doubt at another node are reported apart
             explained = self.adxmon.judge(seen, {n.name: published_keys(n.storage_dir) for n in self.nodes})
             r.adxmon = self.adxmon.report
-        r.duplicates = sum(n - 1 for s, n in seen.items() if n > 1 and s not in explained)
+        doubled = {s: n - 1 for s, n in seen.items() if n > 1 and s not in explained}
+        r.duplicates = sum(doubled.values())
+        for first, n, channel, _, _ in self.requests:
+            if extra := sum(doubled.get(s, 0) for s in range(first, first + n)):
+                wide = n == self.shape.tables and channel in ("otlp-metrics", "remote-write")
+                r.duplicates_by[f"{channel}{' wide' if wide else ''}"] += extra
         r.segments_left = self.segments_left()
         r.disk_left = self.disk_left()
         return r
