@@ -3,6 +3,12 @@ repository, and what a repository counts."""
 
 from __future__ import annotations
 
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from node.wal import format as fmt
@@ -48,3 +54,19 @@ def wal_stats(repo: Repository) -> WalStats:
         if size:
             active[f"{db}_{table}_{sid}" if sid else f"{db}_{table}"] = size
     return WalStats(usage, count, closed, active)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def killed_at_random(module: str, args: list[str], rng: random.Random, most: float) -> list[bytes]:
+    """Run `python -m module args` (a writer that prints "ready", then a line for each write once it
+    returned), kill -9 it after a random 0 to `most` seconds, and return the lines it printed."""
+    child = subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.PIPE,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    assert child.stdout is not None
+    assert child.stdout.readline() == b"ready\n"
+    time.sleep(rng.uniform(0.0, most))
+    child.send_signal(signal.SIGKILL)
+    out, _ = child.communicate()
+    return out.splitlines()

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 from node.wal.repository import Repository, WalConfig
 from node.wal.segment import iter_rows
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.wal.helpers import killed_at_random
 
 
 def _recovered(directory: Path) -> set[tuple[int, int]]:
@@ -46,16 +41,8 @@ def test_sigkill_loses_no_written_block(tmp_path: Path) -> None:
     rng = random.Random(seed)
     print(f"crash test seed {seed} (CRASH_SEED={seed} replays it)")
     acked: set[tuple[int, int]] = set()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for run in range(50):
-        child = subprocess.Popen([sys.executable, "-m", "tests.wal.crash_writer", str(tmp_path), str(run)],
-                                 stdout=subprocess.PIPE, env=env, cwd=ROOT)
-        assert child.stdout is not None
-        assert child.stdout.readline() == b"ready\n"
-        time.sleep(rng.uniform(0.0, 0.08))
-        child.send_signal(signal.SIGKILL)
-        out, _ = child.communicate()
-        for line in out.splitlines():
+        for line in killed_at_random("tests.wal.crash_writer", [str(tmp_path), str(run)], rng, 0.08):
             run_s, i_s = line.split(b",")
             acked.add((int(run_s), int(i_s)))
         run_acked = {k for k in acked if k[0] == run}

@@ -27,7 +27,7 @@ from node.wal.repository import Block, Repository, WalConfig
 from node.wal.segment import iter_rows, scan
 from node.wal.table import TableWal
 from tests.harness import fill, tmpfs
-from tests.wal.helpers import wal_stats
+from tests.wal.helpers import killed_at_random, wal_stats
 from tests.wal.journal_writer import DATABASE, TABLES, request, rows, table_name
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -337,19 +337,12 @@ def test_sigkill_during_journaled_writes_and_rounds_keeps_every_acked_row_once(t
     seed = int(os.environ.get("JOURNAL_CRASH_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
     print(f"journal crash test seed {seed} (JOURNAL_CRASH_SEED={seed} replays it)")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     seen: set[bytes] = set()
     acked_total = 0
     left: Counter[str] = Counter()  # what the kills left in active/: journals, manifests (killed in a round)
     for run in range(30):
-        child = subprocess.Popen([sys.executable, "-m", "tests.wal.journal_writer", "loop", str(tmp_path), str(run)],
-                                 stdout=subprocess.PIPE, env=env, cwd=ROOT)
-        assert child.stdout is not None
-        assert child.stdout.readline() == b"ready\n"
-        time.sleep(rng.uniform(0.0, 0.15))
-        child.send_signal(signal.SIGKILL)
-        out, _ = child.communicate()
-        acked = [line.decode() for line in out.splitlines()]
+        out = killed_at_random("tests.wal.journal_writer", ["loop", str(tmp_path), str(run)], rng, 0.15)
+        acked = [line.decode() for line in out]
         acked_total += len(acked)
         left.update({p.name.rsplit(".", 1)[-1] for p in (tmp_path / ACTIVE_DIR).iterdir()})
         got = _recovered(tmp_path)
