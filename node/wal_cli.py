@@ -10,7 +10,8 @@ from pathlib import Path
 
 from node.errors import CorruptionError, InvalidNameError
 from node.storage import ACTIVE_DIR
-from node.wal.names import parse_filename
+from node.wal import journal
+from node.wal.names import created_ms, parse_filename
 from node.wal.segment import iter_rows, repair, scan
 
 
@@ -82,7 +83,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
     now = time.time()
     closed = sorted(args.dir.glob("*.wal"))
     active = sorted((args.dir / ACTIVE_DIR).glob("*.wal"))  # still being written: the rows not closed yet
-    if not closed and not active and (args.dir / "wal").is_dir():
+    journals = sorted((args.dir / ACTIVE_DIR).glob("*" + journal.SUFFIX))
+    if not closed and not active and not journals and (args.dir / "wal").is_dir():
         print(f"ingestor wal ls: no segments in {args.dir}, a storage directory: its WAL is {args.dir / 'wal'}",
               file=sys.stderr)
     for path in [*closed, *active]:
@@ -98,6 +100,19 @@ def cmd_ls(args: argparse.Namespace) -> int:
             state = "ok" if result.error is None else f"corrupt@{result.error.offset}"
         rows.append((name.database, name.table, name.schema or "-", name.segment_id, str(result.size),
                      f"{age:.0f}s", str(result.blocks), str(result.rows), state))
+    for path in journals:  # requests over many tables, acknowledged, not yet split into segments
+        try:
+            found = journal.read(path)
+            size = path.stat().st_size
+        except FileNotFoundError:  # split and deleted since the listing
+            continue
+        jid = journal.journal_id(path)
+        tables = {(e.database, e.table) for e in found.entries}
+        state = "journal" + (",in-round" if journal.manifest_path(path).exists() else "")
+        state += f",torn@{found.good_end}" if found.error is not None else ""
+        age = now - created_ms(jid) / 1000
+        rows.append(("*", f"({len(tables)} tables)", "-", jid, str(size), f"{age:.0f}s", str(found.blocks),
+                     str(sum(e.count for e in found.entries)), state))
     header = ("DATABASE", "TABLE", "SCHEMA", "SEGMENT", "BYTES", "AGE", "BLOCKS", "ROWS", "STATE")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:

@@ -123,6 +123,8 @@ class JournalRead:
     """Where its last whole block ends."""
     error: str | None = None
     """Why it stops there, when it does not end with a whole block (a torn tail)."""
+    blocks: int = 0
+    """Whole blocks: requests."""
 
 
 def read(path: Path) -> JournalRead:
@@ -133,6 +135,7 @@ def read(path: Path) -> JournalRead:
         return JournalRead([], 0, "no journal magic")
     entries: list[Entry] = []
     good_end = len(MAGIC)
+    blocks = 0
     try:
         for block in fmt.iter_raw_blocks(buf, len(MAGIC)):
             try:
@@ -141,9 +144,10 @@ def read(path: Path) -> JournalRead:
                 raise fmt.FormatError(block.offset, f"payload does not decompress: {e}") from e
             entries.extend(decode_record(raw, block.offset))
             good_end = block.end
+            blocks += 1
     except fmt.FormatError as e:
-        return JournalRead(entries, good_end, str(e))
-    return JournalRead(entries, good_end)
+        return JournalRead(entries, good_end, str(e), blocks)
+    return JournalRead(entries, good_end, None, blocks)
 
 
 def journal_id(path: Path) -> str:

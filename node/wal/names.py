@@ -128,7 +128,12 @@ class SegmentName:
     @property
     def created_ms(self) -> int:
         """Unix time in ms at which the segment id was made."""
-        return (int(self.segment_id, 16) >> (_SEQ_BITS + _HOST_BITS)) + FLAKE_EPOCH_MS
+        return created_ms(self.segment_id)
+
+
+def created_ms(segment_id: str) -> int:
+    """Unix time in ms at which a segment id (or a journal's) was made."""
+    return (int(segment_id, 16) >> (_SEQ_BITS + _HOST_BITS)) + FLAKE_EPOCH_MS
 
 
 def parse_filename(name: str) -> SegmentName:

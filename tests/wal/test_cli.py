@@ -6,8 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from node.wal import format as fmt
-from node.wal.repository import Repository, WalConfig
+from node.wal import repository
+from node.wal.repository import Block, Repository, WalConfig
 from tests.wal.helpers import make_segment, rows_for, write_block
 
 SCHEMA = (("Timestamp", "datetime"), ("Value", "real"))
@@ -69,3 +72,24 @@ def test_ls_lists_the_active_segments_too(tmp_path: Path) -> None:
     rows = {cols[1]: cols for cols in (line.split() for line in r.stdout.decode().splitlines()[1:])}
     assert rows["Closed"][-3:] == ["1", "1", "ok"]
     assert rows["Open"][-3:] == ["1", "2", "active"]
+
+
+def test_ls_lists_the_journal_with_its_requests_tables_and_rows(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows acknowledged in the WAL's journal (a request over 100 tables or more) are in no segment
+    until their round: `wal ls` shows the journal too, with its requests, tables and rows."""
+    monkeypatch.setattr(repository, "JOURNAL_ROUND_SECONDS", 1e6)  # no round before the listing
+    repo = Repository(WalConfig(tmp_path))
+    repo.start()
+    for k in range(2):
+        repo.write_many([Block("Db", f"T{t}", fmt.KIND_METRIC, b"2026-01-01T00:00:00Z,1\n" * (1 + k), 1 + k, SCHEMA)
+                         for t in range(120)])
+    r = _run("wal", "ls", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.decode().splitlines()
+    assert len(lines) == 2, lines  # the header, the journal: no segment yet
+    cols = lines[1].split()
+    assert cols[:3] == ["*", "(120", "tables)"] and cols[-3:] == ["2", "360", "journal"], cols
+    repo.stop()
+    r = _run("wal", "ls", str(tmp_path))
+    assert "journal" not in r.stdout.decode() and len(r.stdout.decode().splitlines()) == 121
