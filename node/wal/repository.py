@@ -495,11 +495,7 @@ class Repository:
                     self._account(database, -nbytes, 0)
             if credits[0]:
                 self._account(next(iter(need), ""), 0, -credits[0])
-        for w in full:  # its compaction and fsyncs with no table's lock held
-            try:
-                w.publish()
-            except OSError as e:  # the rows are in the WAL: the request succeeded
-                log.warning("closing a full segment of %s failed (%s); tried again at the next tick", w.key, e)
+        _publish_full(full)  # its compaction and fsyncs with no table's lock held
 
     # -- the journal (node/wal/journal.py) ---------------------------------------------------
 
@@ -691,11 +687,7 @@ class Repository:
         for db, n in j.accounted.items():
             grown_back[db] = grown_back.get(db, 0) - n
         self._account_many(grown_back)
-        for w in full:
-            try:
-                w.publish()
-            except OSError as e:
-                log.warning("closing a full segment of %s failed (%s); tried again at the next tick", w.key, e)
+        _publish_full(full)
 
     def _journal_files(self, suffix: str, host: int | None) -> list[Path]:
         """This directory's journals (or manifests), of one process's host id when given, oldest first."""
@@ -1148,6 +1140,16 @@ def directory_stats(directory: Path) -> WalStats:
                 n, b = closed.get(prefix, (0, 0))
                 closed[prefix] = (n + 1, b + size)
     return WalStats(usage, count, closed, active)
+
+
+def _publish_full(full: list[TableWal]) -> None:
+    """Close the full segments a write took out of service (no table's lock held: a compaction and
+    fsyncs); one that fails is tried again at the next tick: its rows are in the WAL already."""
+    for w in full:
+        try:
+            w.publish()
+        except OSError as e:
+            log.warning("closing a full segment of %s failed (%s); tried again at the next tick", w.key, e)
 
 
 def _round_blocks(groups: list[tuple[int, _Rows]]) -> Iterator[tuple[bytes, bytes, int]]:
