@@ -205,7 +205,7 @@ _MALLOC_TRIM = _malloc_trim()
 
 
 def trim_memory() -> None:
-    """Hand freed memory back to the system: glibc's malloc_trim(0) (node/server.py's tune_malloc
+    """Hand freed memory back to the system: glibc's malloc_trim(0) (node/runtime.py's tune_malloc
     has glibc keep up to 256 MiB of it otherwise); nothing elsewhere. It runs without the GIL."""
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)

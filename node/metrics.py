@@ -44,6 +44,10 @@ class NodeMetrics:
         self.wal_write_seconds = Histogram(
             f"{NS}_wal_write_seconds", "Time to append one request's rows to the WAL", registry=registry,
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0))
+        self.gc_pause_seconds = Histogram(
+            f"{NS}_gc_pause_seconds", "Pauses of Python's garbage collector (every thread waits), by generation "
+            "(2: a full collection)", ["generation"], registry=registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0))
         self.wal_repairs = Counter(f"{NS}_wal_repaired_bytes", "Bytes truncated from torn segment tails at start",
                                    registry=registry)
         self.wal_vanished = Counter(f"{NS}_wal_vanished_segments", "Closed segments whose file disappeared without "

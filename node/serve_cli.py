@@ -188,6 +188,7 @@ async def run(config: node_config.NodeConfig, sink: Sink, membership: Membership
     """Run the node `config` describes, around the sink and peer source `cmd_serve` built and
     checked, until SIGTERM or SIGINT. `door_optional`: --transfer-addr is the default, and a port
     taken between the check and the bind is a warning, not a failure."""
+    from node import runtime
     from node.server import Node
 
     receivers = None
@@ -247,6 +248,7 @@ async def run(config: node_config.NodeConfig, sink: Sink, membership: Membership
         if isinstance(e, BindError):
             raise
         raise StartFailed(f"cannot start serving: {e}") from e
+    runtime.freeze()
     await stop.wait()
     await shutdown(config.shutdown_grace)
 
@@ -294,10 +296,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         membership = check(config)  # so is a peer source without credentials, or half a TLS set
     except ValueError as e:
         parser.error(str(e))
-    from node.server import tune_malloc  # after the config: importing the node is not free
+    from node import runtime  # after the config: importing the node is not free
     from node.wal.openfiles import raise_descriptor_limit
 
-    tune_malloc()
+    runtime.tune()
     raise_descriptor_limit()  # before the WAL sizes its pool of open segments from it
     debug.install()
     try:

@@ -16,9 +16,6 @@ finish, close the active segments, then the role uploads what it can until the g
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
-import ctypes.util
 import logging
 import time
 
@@ -42,6 +39,7 @@ from node.roles import Receiver, Role, Supervisor
 from node.rows.logs import LogsConfig, LogsConverter
 from node.rows.metrics import MetricsConfig, MetricsConverter, cached_series
 from node.rows.traces import TracesConfig, TracesConverter
+from node.runtime import GcPauses
 from node.siblings import Siblings
 from node.sinks.base import Sink
 from node.sinks.factory import allowed_databases
@@ -64,24 +62,6 @@ the sink finishing, the ledger, the exit (a tenth of the grace when that is less
 process is gone within --shutdown-grace whatever is left to upload."""
 TICK_ERROR_LOG_SECONDS = 60.0
 """A tick that keeps failing (a full disk) is logged once a minute."""
-MALLOC_TRIM_THRESHOLD = 256 << 20
-MALLOC_MMAP_THRESHOLD = 64 << 20
-
-
-def tune_malloc() -> None:
-    """Keep glibc from returning freed memory to the OS and faulting it back on every request.
-
-    With large protobuf objects alive this halved parse speed here; it is what the environment
-    variable MALLOC_TRIM_THRESHOLD_ does, set from inside the process.
-    """
-    name = ctypes.util.find_library("c")
-    if not name:
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(name)
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        libc.mallopt(m_trim_threshold, MALLOC_TRIM_THRESHOLD)
-        libc.mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD)
 
 
 def converters_of(config: NodeConfig) -> Converters:
@@ -135,6 +115,8 @@ class Node:
         """When --transfer-addr is the default: a port taken is one WARNING line, not a failure."""
         self._ticker: asyncio.Task[None] | None = None
         self._was_ready: bool | None = None
+        self.gc_pauses = GcPauses()
+        """This process's collector pauses, drained into ingestor_gc_pause_seconds every tick."""
 
     @classmethod
     def supervisor(cls, config: NodeConfig, sink: Sink, membership: Membership | None,
@@ -191,6 +173,7 @@ class Node:
         await self._start_door()
         self.state.set_phase(Phase.SERVING)
         await self.grpc.health.update()
+        self.gc_pauses.start()
         self._ticker = asyncio.create_task(self._tick(), name="node-tick")
         if self.supervising is not None and c.drain_on_annotation:
             await self.supervising.watch_annotation(self.leave)
@@ -228,12 +211,18 @@ class Node:
     async def _tick_once(self) -> None:
         await asyncio.to_thread(self.wal.rotate_expired)
         self.metrics.wal_journal_bytes.set(self.wal.journal_bytes)
+        self.observe_gc_pauses()
         await self.role.tick()
         ready = not self.state.not_ready_reason()
         self.metrics.ready.set(1 if ready else 0)
         if ready != self._was_ready and self.grpc is not None:
             await self.grpc.health.update()
             self._was_ready = ready
+
+    def observe_gc_pauses(self) -> None:
+        pauses = self.metrics.gc_pause_seconds
+        for generation, seconds in self.gc_pauses.drain():
+            pauses.labels(str(generation)).observe(seconds)
 
     async def stop_taking_data(self, why: str) -> None:
         """Not ready, health NOT_SERVING: load balancers and clients go elsewhere. The servers
@@ -254,6 +243,7 @@ class Node:
         if self.supervising is not None:
             await self.supervising.stop_watching()
         await cancel_and_wait(self._ticker)
+        self.gc_pauses.stop()
         if self.grpc is not None:
             await self.grpc.health.update()
         await asyncio.gather(

@@ -70,9 +70,10 @@ def child_main(config: NodeConfig, index: int, array: Any, ready: Any) -> None:
     """Entry point of receiver process `index` (spawned, so it imports everything afresh)."""
     _die_with_parent()
     logformat.setup(config.log_format, config.log_level, receiver=index)
-    from node.server import Node, tune_malloc
+    from node import runtime
+    from node.server import Node
 
-    tune_malloc()
+    runtime.tune()
     debug.install()
 
     async def run() -> None:
@@ -83,6 +84,7 @@ def child_main(config: NodeConfig, index: int, array: Any, ready: Any) -> None:
             loop.add_signal_handler(s, stop.set)
         debug.install_task_dump(loop)
         await node.start()
+        runtime.freeze()
         ready[index] = 1
         await stop.wait()
         ready[index] = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from node import runtime
 from tests.bench import (
     bench_kinds,
     bench_node,
@@ -20,6 +21,7 @@ from tests.bench import (
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
+    runtime.tune()  # the in-process benches run the node's code as a node process runs it (node/runtime.py)
     print("== WAL ==")
     bench_wal.main()
     print("== rows: parse + convert, one core ==")

@@ -4,8 +4,8 @@ Run: .venv/bin/python -m tests.bench.bench_scale [--seconds S]
 
 One process, one core, CPU time (`time.process_time`), warm caches: OTLP metrics requests of 1,000
 gauge points with 8 attributes, parsed, converted and appended to a WAL (`Repository.write_many`,
-`--max-open-segments` 1,024, as a node writes them). Each figure is printed with its ratio to the
-first row of its table, measured in the same run:
+`--max-open-segments` 1,024, the collector's thresholds of node/runtime.py, as a node writes them).
+Each figure is printed with its ratio to the first row of its table, measured in the same run:
 
 * tables: 10 / 1,000 / 10,000 distinct metric names, 20 points per metric in a request (50 tables
   a request), then 1 point per metric (1,000 tables a request: a Prometheus shard at 10,000 names);
@@ -30,6 +30,7 @@ import cramjam
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
+from node import runtime
 from node.rows.metrics import MetricsConfig, MetricsConverter
 from node.wal.repository import Block, Repository, WalConfig
 from node.wal.segment import iter_rows
@@ -181,4 +182,5 @@ def main(seconds: float = 3.0) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=3.0)
+    runtime.tune()  # the collector's thresholds of a node process (node/runtime.py), as `make bench` sets them
     main(ap.parse_args().seconds)
