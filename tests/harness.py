@@ -54,10 +54,20 @@ def fill(directory: Path, leave: int = 0) -> Path:
     return filler
 
 
+_GIVEN_PORTS: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free now, and never one this process was given before: two ports asked for
+    in a row are not bound until the node starts, and the kernel may hand out the same one twice
+    (a bench's node once got it for both --http-addr and --transfer-addr)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
 
 
 class NodeProcess:
