@@ -93,19 +93,20 @@ def test_pauses_kept_are_bounded(monkeypatch) -> None:  # type: ignore[no-untype
     assert len(pauses.drain()) == 3
 
 
-def test_a_node_process_reports_its_collector_pauses(tmp_path: Path) -> None:
-    """`ingestor serve` collects and freezes once it serves (a full collection, after the pauses
-    are watched): its tick puts it on /metrics, with the processes' own generation label."""
-    node = NodeProcess(tmp_path / "data").start()
+def test_each_node_process_reports_its_collector_pauses(tmp_path: Path) -> None:
+    """`ingestor serve` and each receiver process it spawns collect and freeze once they serve (a
+    full collection, after the pauses are watched): their ticks put it on /metrics, summed over
+    the processes."""
+    node = NodeProcess(tmp_path / "data", "--receivers", "2").start()
     try:
         key = 'ingestor_gc_pause_seconds_count{generation="2"}'
         deadline = time.monotonic() + 20
         seen = 0.0
         while time.monotonic() < deadline:
             seen = scrape(f"{node.http_url}/metrics").get(key, 0.0)
-            if seen >= 1:
+            if seen >= 2:
                 break
             time.sleep(0.3)
-        assert seen >= 1, "the full collection of freeze() is not on /metrics"
+        assert seen >= 2, f"{seen} full collections on /metrics: freeze() did not run in both processes"
     finally:
         node.stop()
