@@ -18,12 +18,13 @@ Thread-safe: one lock guards the order and the pins; opening and closing happen 
 
 from __future__ import annotations
 
-import os
 import resource
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Protocol
+
+from node.wal import syscalls
 
 DEFAULT_LIMIT = 1024
 """A node's default (--max-open-segments), shared by its receiver processes: well under the
@@ -111,7 +112,7 @@ class OpenFiles:
                 return
             del self._open[victim]
             fd, victim.fd = victim.fd, -1
-            os.close(fd)
+            syscalls.close(fd)
 
 
 def per_process(limit: int, processes: int, nofile: int | None = None) -> int:

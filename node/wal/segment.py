@@ -23,6 +23,7 @@ from pathlib import Path
 from node.errors import CorruptionError, OverLimitsError
 from node.storage import fsync_dir
 from node.wal import format as fmt
+from node.wal import syscalls
 from node.wal.openfiles import UNBOUNDED, OpenFiles
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class SegmentWriter:
         self.files = files
         self.pins = 0
         self.closed = False
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        self.fd = syscalls.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         self.size = 0
         self.blocks = 0
         self.rows = 0
@@ -75,13 +76,13 @@ class SegmentWriter:
     def reopen(self) -> int:
         """A descriptor at the end of what was written (for `files`, after it closed ours): in append
         mode, as the file ends where this writer's last write did (a failed write is cut back)."""
-        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        return syscalls.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
 
     def _give_up_fd(self) -> None:
         self.files.forget(self)
         if self.fd >= 0:
             fd, self.fd = self.fd, -1
-            os.close(fd)
+            syscalls.close(fd)
 
     def _write(self, parts: list[bytes], sync: bool = False, total: int = -1) -> None:
         if total < 0:
@@ -95,7 +96,7 @@ class SegmentWriter:
     def _write_fd(self, fd: int, parts: list[bytes], total: int, sync: bool) -> None:
         """Write `parts` at the end through `fd` (pinned by the caller), all of them or none."""
         try:
-            written = os.writev(fd, parts)
+            written = syscalls.writev(fd, parts)
             while written < total:  # short writes are rare on files, but legal
                 rest = b"".join(parts)[written:]
                 n = os.write(fd, rest)

@@ -13,6 +13,7 @@ import pytest
 
 from node.errors import OverLimitsError
 from node.wal import format as fmt
+from node.wal import syscalls
 from node.wal.openfiles import OpenFiles, per_process
 from node.wal.repository import Block, Repository, WalConfig
 from node.wal.segment import FsyncPolicy, SegmentWriter, iter_rows
@@ -32,8 +33,9 @@ def open_in(directory: Path) -> int:
 
 
 def disk_fills_at_write(monkeypatch: pytest.MonkeyPatch, n: int) -> list[int]:
-    """Make the `n`th `os.writev` from now fail as a full disk does; returns the count of calls."""
-    real, calls = os.writev, [0]
+    """Make the `n`th segment write from now (`syscalls.writev`) fail as a full disk does; returns
+    the count of calls."""
+    real, calls = syscalls.writev, [0]
 
     def fills(fd: int, parts: list[bytes]) -> int:
         calls[0] += 1
@@ -41,7 +43,7 @@ def disk_fills_at_write(monkeypatch: pytest.MonkeyPatch, n: int) -> list[int]:
             raise OSError(28, "No space left on device")
         return real(fd, parts)
 
-    monkeypatch.setattr(os, "writev", fills)
+    monkeypatch.setattr(syscalls, "writev", fills)
     return calls
 
 
@@ -148,7 +150,7 @@ def test_disk_full_on_an_evicted_segment_leaves_no_partial_block(tmp_path: Path,
     def full(fd: int, parts: list[bytes]) -> int:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(os, "writev", full)
+    monkeypatch.setattr(syscalls, "writev", full)
     with pytest.raises(OverLimitsError, match="disk full"):
         a.append(header, payload, 1)
     assert a.size == size and (tmp_path / "a.wal").stat().st_size == size
