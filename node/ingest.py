@@ -39,8 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 import threading
 import time
@@ -53,6 +51,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from node import libc
 from node.budget import MemoryBudget
 from node.cache import BoundedCache, Generations
 from node.errors import DecodeError, RequestTooLargeError
@@ -192,16 +191,7 @@ def _rows_bytes(item: tuple[str, ConvertResult]) -> int:
     return sum(len(b.data) for b in item[1].tables.values())
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    with contextlib.suppress(OSError, AttributeError):
-        if name:
-            fn: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
-            return fn
-    return None
-
-
-_MALLOC_TRIM = _malloc_trim()
+_MALLOC_TRIM: Callable[[int], int] | None = libc.function("malloc_trim")
 
 
 def trim_memory() -> None:

@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
-import ctypes.util
 import gc
 import time
 from typing import Any
+
+from node import libc
 
 MALLOC_TRIM_THRESHOLD = 256 << 20
 MALLOC_MMAP_THRESHOLD = 64 << 20
@@ -63,14 +63,12 @@ def tune_malloc() -> None:
     With large protobuf objects alive this halved parse speed here; it is what the environment
     variable MALLOC_TRIM_THRESHOLD_ does, set from inside the process.
     """
-    name = ctypes.util.find_library("c")
-    if not name:
+    mallopt = libc.function("mallopt")
+    if mallopt is None:
         return
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(name)
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        libc.mallopt(m_trim_threshold, MALLOC_TRIM_THRESHOLD)
-        libc.mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD)
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_trim_threshold, MALLOC_TRIM_THRESHOLD)
+    mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD)
 
 
 class GcPauses:

@@ -32,6 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from node import libc
+
 ACTIVE_DIR = "active"
 
 
@@ -110,16 +112,7 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _syncfs() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    try:
-        fn: Callable[[int], int] = ctypes.CDLL(name, use_errno=True).syncfs if name else None  # type: ignore[assignment]
-    except (OSError, AttributeError):
-        return None
-    return fn
-
-
-_SYNCFS = _syncfs()
+_SYNCFS: Callable[[int], int] | None = libc.function("syncfs")
 
 
 def sync_filesystem(directory: Path) -> None:

@@ -15,9 +15,6 @@ row waits for the next restart of the node.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
-import ctypes.util
 import logging
 import multiprocessing
 import multiprocessing.context
@@ -26,7 +23,7 @@ import signal
 from typing import Any
 
 from cluster.tasks import cancel_and_wait
-from node import debug, logformat
+from node import debug, libc, logformat
 from node.config import NodeConfig
 from node.wal.names import host_id
 
@@ -60,10 +57,9 @@ class SlotUsage:
 
 def _die_with_parent() -> None:
     """Ask Linux to SIGTERM this process when its parent dies (PR_SET_PDEATHSIG)."""
-    name = ctypes.util.find_library("c")
-    if name:
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(name).prctl(1, signal.SIGTERM)
+    prctl = libc.function("prctl")
+    if prctl is not None:
+        prctl(1, signal.SIGTERM)
 
 
 def child_main(config: NodeConfig, index: int, array: Any, ready: Any) -> None:

@@ -18,28 +18,19 @@ let go). Where libc cannot be loaded, they are `os`'s own.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-
-def _libc() -> Any:
-    name = ctypes.util.find_library("c")
-    if not name:
-        return None
-    try:
-        return ctypes.PyDLL(name, use_errno=True)
-    except OSError:
-        return None
+from node import libc
 
 
 def _bind() -> tuple[Callable[[int, Sequence[bytes]], int], Callable[..., int], Callable[[int], None]]:
-    libc = _libc()
-    if libc is None:
+    lib = libc.libc(keep_gil=True)
+    if lib is None:
         return os.writev, os.open, os.close
-    c_write, c_open, c_close = libc.write, libc.open, libc.close
+    c_write, c_open, c_close = lib.write, lib.open, lib.close
     c_write.argtypes, c_write.restype = (ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t), ctypes.c_ssize_t
     c_open.argtypes, c_open.restype = (ctypes.c_char_p, ctypes.c_int, ctypes.c_int), ctypes.c_int
     c_close.argtypes, c_close.restype = (ctypes.c_int,), ctypes.c_int

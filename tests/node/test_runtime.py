@@ -110,3 +110,12 @@ def test_each_node_process_reports_its_collector_pauses(tmp_path: Path) -> None:
         assert seen >= 2, f"{seen} full collections on /metrics: freeze() did not run in both processes"
     finally:
         node.stop()
+
+
+def test_the_c_library_is_loaded_once_and_a_missing_function_is_none() -> None:
+    from node import libc
+
+    assert libc.libc() is libc.libc() and libc.libc() is not libc.libc(keep_gil=True)
+    assert libc.function("no_such_function_in_libc") is None
+    malloc_trim = libc.function("malloc_trim")
+    assert malloc_trim is not None and malloc_trim(0) in (0, 1)
