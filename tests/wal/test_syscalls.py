@@ -4,6 +4,7 @@ letting go of the GIL."""
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import sys
 import threading
@@ -115,12 +116,12 @@ def test_the_journal_round_keeps_up_beside_a_thread_that_converts_without_a_paus
 
     wal._split = timed  # type: ignore[method-assign]
     wal.start()
-    thresholds = runtime.gc.get_threshold()
-    runtime.gc.set_threshold(*runtime.GC_THRESHOLDS)  # a node process's: the converting thread at full speed
+    thresholds = gc.get_threshold()
+    gc.set_threshold(*runtime.GC_THRESHOLDS)  # a node process's: the converting thread at full speed
     try:
         for i in range(1200):  # ~400 MB of rows: past the 256 MiB limit unless rounds keep up
             wal.write_many(list(conv.convert_otlp_pieces([parse_request(bodies[i % 10])]).tables.values()))
     finally:
-        runtime.gc.set_threshold(*thresholds)
+        gc.set_threshold(*thresholds)
         wal.stop()
     assert len(rounds) >= 4, rounds  # every request above was taken: none refused as over limits
