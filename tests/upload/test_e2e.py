@@ -198,7 +198,8 @@ def test_one_database_sink_down_does_not_stop_another(tmp_path: Path, clickhouse
     dead = f"Dead=clickhouse://default@127.0.0.1:{free_port()}/Dead"
     node = NodeProcess(tmp_path / "data", *FAST_UPLOAD, "--storage-backend", "clickhouse",
                        "--metrics-kusto-endpoints", clickhouse.dsn("Metrics"), "--metrics-kusto-endpoints", dead,
-                       "--max-disk-usage-per-database", "20KB").start()
+                       "--max-disk-usage-per-database", "20KB",
+                       "--shutdown-grace", "5s").start()  # the last one counts: Dead's rows cannot drain
     try:
         with grpc.insecure_channel(node.grpc_addr) as ch:
             stub = metrics_service_pb2_grpc.MetricsServiceStub(ch)
@@ -222,8 +223,13 @@ def test_one_database_sink_down_does_not_stop_another(tmp_path: Path, clickhouse
                 stub.Export(gauge_request("alive_metric", points=10, start=i * 10), timeout=10)
         wait_for(lambda: ch_counts(clickhouse, "Metrics").get("AliveMetric") == 50)
         assert list((node.storage_dir / "wal").glob("Dead_*.wal"))  # the dead one's data is kept
+        t0 = time.monotonic()
+        assert node.stop(timeout=60) == 0
+        assert time.monotonic() - t0 < 20, "SIGTERM waited past the grace for a sink that is down"
+        assert list((node.storage_dir / "wal").glob("Dead_*.wal")), "the dead one's rows left the disk undelivered"
     finally:
-        node.stop(timeout=90)
+        if node.proc is not None and node.proc.poll() is None:
+            node.stop(timeout=90)
 
 
 # -- ADX (Azurite + a local Kusto management endpoint) ----------------------------------------
