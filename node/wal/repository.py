@@ -659,8 +659,10 @@ class Repository:
                 for w in wals:
                     for header, payload, count in _round_blocks(groups[w]):
                         n = w.append_held(header, payload, count,
-                                          new_segment=partial(new_segment, database=w.database, wal=w))
+                                          new_segment=partial(new_segment, database=w.database, wal=w), sync=False)
                         grown[w.database] = grown.get(w.database, 0) + n
+                if sync:  # the round's blocks and new files durable before its commit: one call, not an fsync a block
+                    sync_filesystem(self.active_directory)
                 j.path.unlink()  # the commit
                 if sync:
                     fsync_dir(self.active_directory)

@@ -113,17 +113,20 @@ class SegmentWriter:
             raise
         self.size += total
 
-    def append(self, header: bytes, payload: bytes, rows: int) -> None:
-        """Append one framed block; returns once it is written (and fsynced under `always`).
+    def append(self, header: bytes, payload: bytes, rows: int, sync: bool | None = None) -> None:
+        """Append one framed block; returns once it is written (and fsynced under `always`, unless
+        `sync` says otherwise: False for a caller that makes many appends durable at once).
 
         A writer the caller pinned (`OpenFiles.acquire_all`, for all the segments of a request at
         once) is written through its descriptor as it is: only the thread that holds the table's
         lock changes its pins, so a pin seen here stays until that thread lets it go."""
         total = len(header) + len(payload)
+        if sync is None:
+            sync = self._sync_each
         if self.pins and self.fd >= 0:
-            self._write_fd(self.fd, [header, payload], total, self._sync_each)
+            self._write_fd(self.fd, [header, payload], total, sync)
         else:
-            self._write([header, payload], self._sync_each, total)
+            self._write([header, payload], sync, total)
         self.blocks += 1
         self.rows += rows
 

@@ -24,7 +24,7 @@ from node.wal import format as fmt
 from node.wal import journal, repository
 from node.wal.names import host_id, parse_filename, segment_host
 from node.wal.repository import Block, Repository, WalConfig
-from node.wal.segment import iter_rows, scan
+from node.wal.segment import FsyncPolicy, iter_rows, scan
 from node.wal.table import TableWal
 from tests.harness import fill, tmpfs
 from tests.wal.helpers import killed_at_random, wal_stats
@@ -152,6 +152,41 @@ def test_a_round_writes_one_block_per_table_for_all_its_requests(tmp_path: Path,
         assert found.error is None
         assert (found.blocks, found.rows) == (1, sum(n for _, n in want)), path.name
         assert list(iter_rows(path)) == [b"".join(data for data, _ in want)]  # in the requests' order
+
+
+def test_under_always_a_round_is_made_durable_at_once_before_its_commit(
+        tmp_path: Path, make: Make, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--wal-fsync always`: a round of 100 tables made 100 fsyncs, one a block (at 10,000 tables
+    a round took 6 times as long, and many seconds on a disk whose fsync takes milliseconds). Its
+    appends are now made durable by one syncfs of the file system, before the journal is deleted."""
+    wal = tmp_path / "wal"
+    repo = make(wal, fsync=FsyncPolicy.ALWAYS)
+    for tag in ("a", "b"):
+        repo.write_many(request(tag))
+    events: list[str] = []
+    real_fsync, real_syncfs, real_unlink = os.fsync, repository.sync_filesystem, Path.unlink
+
+    def fsync(fd: int) -> None:
+        events.append("fsync")
+        real_fsync(fd)
+
+    def syncfs(directory: Path) -> None:
+        events.append("syncfs")
+        real_syncfs(directory)
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        if self.name.endswith(journal.SUFFIX):
+            events.append("commit")
+        real_unlink(self, missing_ok=missing_ok)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "fsync", fsync)
+        m.setattr(repository, "sync_filesystem", syncfs)
+        m.setattr(Path, "unlink", unlink)
+        assert repo.split_journal() == 1
+    assert events.count("syncfs") == 1 and events.index("syncfs") < events.index("commit"), events
+    assert events.count("fsync") <= 4, f"{events.count('fsync')} fsyncs for a round of {TABLES} tables"
+    assert _lines(_files(wal, "*.wal")) == _expected(["a", "b"])
 
 
 def test_the_background_round_and_stop_split_the_journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
