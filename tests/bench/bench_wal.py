@@ -1,16 +1,22 @@
-"""WAL alone: append throughput with 64 KB blocks (fsync on-rotate) and read-back throughput."""
+"""WAL alone: append throughput with 64 KB blocks (fsync on-rotate) and read-back throughput; the
+journal's round under `--wal-fsync always` against `on-rotate` (requests of 1,000 tables over
+10,000), and a request's 50 fsyncs against one syncfs of the same writes."""
 
 from __future__ import annotations
 
+import os
 import resource
 import shutil
+import statistics
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+from node.storage import sync_filesystem
 from node.wal import format as fmt
-from node.wal.repository import Repository, WalConfig
+from node.wal import repository
+from node.wal.repository import Block, Repository, WalConfig
 from node.wal.segment import FsyncPolicy, iter_blocks
 from tests.wal.helpers import write_block
 
@@ -67,6 +73,66 @@ def bench_read(directory: Path) -> float:
     return total / (time.perf_counter() - t0) / 1e6
 
 
+ROUND_TABLES, ROUND_NAMES, ROUND_REQUESTS = 1000, 10_000, 100
+
+
+def _round_request(r: int) -> list[Block]:
+    """A request of ROUND_TABLES tables of one ~150-byte row each, the names cycling over ROUND_NAMES."""
+    out = []
+    for i in range(ROUND_TABLES):
+        t = (r * ROUND_TABLES + i) % ROUND_NAMES
+        row = f'2026-11-24T04:00:{r % 60:02d}.000000000Z,{t * 7919 + r},"{{""pod"":""app-{t % 50}-7f9c""}}",{r}.5\n'
+        out.append(Block("Metrics", f"m{t}", fmt.KIND_METRIC, row.encode(), 1, SCHEMA))
+    return out
+
+
+def bench_round(directory: Path, fsync: FsyncPolicy, rounds: int) -> float:
+    """Wall-clock µs a point of the journal's round (ROUND_REQUESTS requests of ROUND_TABLES tables a
+    round), the median of `rounds` rounds after a first that creates every table's segment."""
+    saved = repository.JOURNAL_ROUND_SECONDS
+    repository.JOURNAL_ROUND_SECONDS = 1e6  # no round in the background: each is timed here
+    repo = Repository(WalConfig(directory, fsync=fsync, max_segment_age=3600))
+    repo.start()
+    try:
+        times = []
+        for k in range(rounds + 1):
+            for r in range(ROUND_REQUESTS):
+                repo.write_many(_round_request(k * ROUND_REQUESTS + r))
+            t0 = time.perf_counter()
+            repo.split_journal()
+            if k:
+                times.append((time.perf_counter() - t0) / (ROUND_REQUESTS * ROUND_TABLES) * 1e6)
+        return statistics.median(times)
+    finally:
+        repo.stop()
+        repository.JOURNAL_ROUND_SECONDS = saved
+
+
+def bench_request_sync(directory: Path, files: int = 50, reps: int = 20) -> tuple[float, float]:
+    """Milliseconds for a request's `files` writes of 3 KB made durable with an fsync each, and
+    with one syncfs of the file system."""
+    directory.mkdir()
+    fds = [os.open(directory / f"f{i}", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644) for i in range(files)]
+    data = b"x" * 3000
+    try:
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            for fd in fds:
+                os.write(fd, data)
+                os.fsync(fd)
+        each = (time.perf_counter() - t0) / reps * 1e3
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            for fd in fds:
+                os.write(fd, data)
+            sync_filesystem(directory)
+        once = (time.perf_counter() - t0) / reps * 1e3
+    finally:
+        for fd in fds:
+            os.close(fd)
+    return each, once
+
+
 def main(seconds: float = 3.0) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-wal-"))
     try:
@@ -79,6 +145,13 @@ def main(seconds: float = 3.0) -> None:
         mbs2, bps2, _ = bench_append(tmp / "two", seconds, 2)
         print(f"wal append, 2 threads (GIL-bound Python):              {mbs2:8.1f} MB/s of rows, "
               f"{bps2:8.0f} blocks/s")
+        ref = bench_round(tmp / "round-on-rotate", FsyncPolicy.ON_ROTATE, 3)
+        always = bench_round(tmp / "round-always", FsyncPolicy.ALWAYS, 3)
+        print(f"journal round, {ROUND_TABLES:,} of {ROUND_NAMES:,} tables a request, {ROUND_REQUESTS} requests "
+              f"a round: on-rotate {ref:.2f} us a point (reference), always {always:.2f} us ({always / ref:.2f}x)")
+        each, once = bench_request_sync(tmp / "sync")
+        print(f"a request's 50 writes of 3 KB made durable: an fsync each {each:.1f} ms (reference), "
+              f"one syncfs {once:.1f} ms ({once / each:.2f}x)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
