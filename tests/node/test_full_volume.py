@@ -152,7 +152,10 @@ def test_a_node_that_faults_dies_at_once_and_its_restart_delivers_every_row(tmp_
     assert node.proc is not None
     t0 = time.monotonic()
     node.proc.send_signal(signal.SIGBUS)
-    assert node.proc.wait(30) == -signal.SIGBUS
+    # it dies of the signal, re-raised once the stacks are written; or of a SIGSEGV inside that
+    # dump: faulthandler reads the other threads' frames while they run, which can fault (seen once
+    # in a fresh clone's suite: the Bus error's stacks half written, then a Segmentation fault)
+    assert node.proc.wait(30) in (-signal.SIGBUS, -signal.SIGSEGV)
     assert time.monotonic() - t0 < 10
     assert "Fatal Python error: Bus error" in node.log()
     node.start(timeout=60)
