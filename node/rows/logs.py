@@ -250,8 +250,10 @@ class LogsConverter:
         attributes of a stream of records repeat: methods, routes, codes, pods), so a known
         attribute costs one lookup; a record with an attribute not known or a `kusto.*` one is
         read attribute by attribute (`_attributes_of`)."""
-        tget = self._ts.cache.get
-        tformat = self._ts.format
+        pget = self._ts.prefixes.get  # a record's times are nearly all new, their seconds not (Timestamps.text);
+        ttext = self._ts.text  # a time the same as the record before's (a batch stamped at once) is not formatted again
+        last_t = last_observed = -1
+        stamp = observed_stamp = ""
         resolve = self._router.resolve
         severity = self._severity
         known = self._attributes.get
@@ -275,9 +277,21 @@ class LogsConverter:
                     if isinstance(dest, str):
                         out.reject(dest)
                         continue
-                    try:
-                        stamp = tget(t or observed) or tformat(t or observed)
-                        observed_stamp = tget(observed or t) or tformat(observed or t)
+                    if not t:
+                        t = observed
+                    elif not observed:
+                        observed = t
+                    try:  # Timestamps.text, inlined: the date text of its second, then its last 9 digits
+                        if t != last_t:
+                            s = str(t)
+                            prefix = pget(s[:-9])  # never "" (t under 10**9: ttext)
+                            stamp = f"{prefix}.{s[-9:]}Z" if prefix is not None else ttext(t)
+                            last_t = t
+                        if observed != last_observed:
+                            s = str(observed)
+                            prefix = pget(s[:-9])
+                            observed_stamp = f"{prefix}.{s[-9:]}Z" if prefix is not None else ttext(observed)
+                            last_observed = observed
                     except ValueError as err:
                         out.reject(str(err))
                         continue

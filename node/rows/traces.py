@@ -78,7 +78,8 @@ class TracesConverter:
         self._ts = Timestamps(9)
 
     def _stamp(self, t: int) -> str:
-        return self._ts.cache.get(t) or self._ts.format(t)
+        """A span's or event's time: nearly every one is new (Timestamps.text)."""
+        return self._ts.text(t)
 
     def turn(self) -> None:
         """Forget the destinations not used since the previous turn (node/cache.py)."""

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import math
+import random
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -117,6 +119,29 @@ def test_timestamps_out_of_range() -> None:
     with pytest.raises(ValueError, match=r"outside years 1\.\.9999"):
         ts.format(-(10**17))
     assert ts.format(253_402_300_799_999) == "9999-12-31T23:59:59.999Z"
+
+
+@pytest.mark.parametrize("digits", [3, 9])
+def test_text_of_a_new_timestamp_is_the_calendar_s(digits: int) -> None:
+    """`text` reads a time's second off its decimal digits (the hot path of log records and spans):
+    the same text as the calendar's, at every length of those digits and on each side of a second,
+    the epoch and year 9999; not kept in `cache`, and its seconds' cache bounded."""
+    unit = 10**digits
+    rng = random.Random(17)
+    last = 253_402_300_800 * unit - 1  # 9999-12-31T23:59:59.999...
+    values = [0, 1, unit - 1, unit, unit + 1, 10 * unit - 1, 10 * unit, last, -1, -unit, -unit - 1]
+    values += [rng.randrange(-62_135_596_800 * unit, last + 1) for _ in range(2000)]
+    values += [rng.randrange(10**k, min(10 ** (k + 1), last + 1)) for k in range(21) if 10**k <= last
+               for _ in range(20)]
+    ts = Timestamps(digits, max_entries=64)
+    for t in values:
+        sec, frac = divmod(t, unit)
+        want = f"{(datetime(1970, 1, 1) + timedelta(seconds=sec)).isoformat()}.{frac:0{digits}d}Z"
+        assert ts.text(t) == ts.text(t) == want, t
+        assert len(ts.prefixes) <= 64
+    assert not ts.cache
+    with pytest.raises(ValueError, match=rf"outside years 1\.\.9999: {last + 1}$"):
+        ts.text(last + 1)
 
 
 def test_timestamp_cache_is_bounded() -> None:
