@@ -28,6 +28,7 @@ About 2.5 minutes with the default BENCH_SECONDS.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -79,6 +80,10 @@ HIST_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 
 HIST_ROWS = 2 + len(HIST_BOUNDS) + 1
 """Rows of one histogram point: _count, _sum, a _bucket per bound and +Inf."""
 LOG_RECORDS = 1000
+LOG_BODIES = CLIENTS
+"""Logs requests sent in turn, one connection each: 16,000 distinct record times, more than a
+converter's cache of timestamps keeps (8,192), as a real stream of records, whose times are all
+new, would."""
 _ROUTES = ("/api/v1/items/{id}", "/api/v1/users/{id}", "/api/v1/orders", "/healthz", "/api/v1/search")
 _METHODS = ("GET", "POST", "PUT", "DELETE")
 
@@ -112,8 +117,9 @@ def histogram_request() -> bytes:
     return req.SerializeToString()
 
 
-def logs_request() -> bytes:
-    """LOG_RECORDS records, short bodies, 7 attributes, kusto.table on the resource."""
+def logs_request(k: int = 0) -> bytes:
+    """LOG_RECORDS records, short bodies, 7 attributes, kusto.table on the resource; the `k`th of
+    LOG_BODIES, whose records' times are 10 ms after those of the one before."""
     req = ExportLogsServiceRequest()
     rl = req.resource_logs.add()
     for key, value in (("service.name", "api"), ("k8s.pod.name", "api-7d9f-x2"), ("kusto.table", "BenchLogs")):
@@ -121,7 +127,8 @@ def logs_request() -> bytes:
     sl = rl.scope_logs.add()
     for r in range(LOG_RECORDS):
         rec = sl.log_records.add(
-            time_unix_nano=T0 + r * 1000, observed_time_unix_nano=T0 + r * 1000 + 500, severity_text="INFO",
+            time_unix_nano=T0 + k * 10**7 + r * 1000, observed_time_unix_nano=T0 + k * 10**7 + r * 1000 + 500,
+            severity_text="INFO",
             severity_number=SEVERITY_NUMBER_INFO, trace_id=r.to_bytes(16, "big"), span_id=(r + 1).to_bytes(8, "big"))
         route = _ROUTES[r % len(_ROUTES)]
         rec.body.string_value = f"{_METHODS[r % 4]} {route} {200 + r % 3} in {r % 97} ms"
@@ -185,6 +192,7 @@ class Kind:
     name: str
     path: str
     body: bytes
+    """One request; the driver sends `bodies`."""
     items: int
     """Items (points, records) in one request."""
     rows: int
@@ -194,6 +202,13 @@ class Kind:
     """What parses the request as the node parses it (node/ingest.py's kinds: the raw messages)."""
     convert: Callable[[Any], ConvertResult]
     """A converter of its own (warm caches), as a node's receiver converts it."""
+    varied: tuple[bytes, ...] = ()
+    """Requests that differ where a real client's do (logs: every record's time is new), sent in
+    turn, each by its own h2load (bench_node.h2load); none: `body` alone, again and again."""
+
+    @property
+    def bodies(self) -> tuple[bytes, ...]:
+        return self.varied or (self.body,)
 
 
 @dataclass
@@ -214,7 +229,7 @@ class Figures:
 def drive(port: int, pid: int, kind: Kind, figures: Figures) -> None:
     """One run of h2load against `port`, with the CPU of `pid`'s process tree over its measured seconds."""
     with ThreadPoolExecutor(1) as pool:
-        run = pool.submit(h2load, port, kind.path, kind.body, RUN)
+        run = pool.submit(h2load, port, kind.path, kind.bodies, RUN)
         time.sleep(WARM_UP + 0.2)
         c0, t0 = tree_cpu_seconds(pid), time.monotonic()
         time.sleep(RUN - 0.4)
@@ -248,7 +263,7 @@ def kinds() -> list[Kind]:
         Kind("histogram", METRICS_PATH, histogram_request(), HIST_POINTS, HIST_POINTS * HIST_ROWS + 1, "points",
              OTLP_METRICS.message, lambda req: metrics[1].convert_otlp_pieces((req,))),
         Kind("logs", LOGS_PATH, logs_request(), LOG_RECORDS, LOG_RECORDS, "records", OTLP_LOGS.message,
-             lambda req: logs.convert_pieces((req,))),
+             lambda req: logs.convert_pieces((req,)), tuple(logs_request(k) for k in range(LOG_BODIES))),
     ]
 
 
@@ -341,9 +356,10 @@ def in_process(kind: Kind, wal: Repository, figures: dict[tuple[str, str], Figur
     """CPU per item of parse, parse + convert, and parse + convert + WAL append (as a node appends a
     request's rows), in this process (one core, warm caches)."""
     figures[("parse", kind.name)].cpu.append(cpu_per_item(partial(kind.message.FromString, kind.body), kind.items, 0.2))
+    bodies = itertools.cycle(kind.bodies)
 
     def parse_and_convert() -> ConvertResult:
-        return kind.convert(kind.message.FromString(kind.body))
+        return kind.convert(kind.message.FromString(next(bodies)))
 
     def and_append() -> None:
         result = parse_and_convert()

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
@@ -70,24 +71,37 @@ def logs_request(records: int = 1000) -> bytes:
     return req.SerializeToString()
 
 
-def h2load(port: int, path: str, body: bytes, seconds: float) -> tuple[float, int]:
-    """Drive `path` for `seconds`; return (requests/s of 2xx, failed requests)."""
-    with tempfile.NamedTemporaryFile(suffix=".grpc", delete=False) as f:
-        f.write(b"\x00" + struct.pack(">I", len(body)) + body)
-        data = f.name
+def h2load(port: int, path: str, body: bytes | Sequence[bytes], seconds: float) -> tuple[float, int]:
+    """Drive `path` for `seconds`; return (requests/s of 2xx, failed requests). Several bodies (h2load
+    sends one body only): one h2load each, at once, the CLIENTS connections shared among them, and
+    their rates summed: requests that differ as a real client's do (a log record's time is new in
+    every request), not one request again and again."""
+    bodies = [body] if isinstance(body, bytes) else list(body)
+    clients = max(1, CLIENTS // len(bodies))
+    data: list[str] = []
     try:
-        out = subprocess.run(
-            ["h2load", f"http://127.0.0.1:{port}{path}", "-d", data, "-c", str(CLIENTS), "-m", str(STREAMS),
+        for b in bodies:
+            with tempfile.NamedTemporaryFile(suffix=".grpc", delete=False) as f:
+                f.write(b"\x00" + struct.pack(">I", len(b)) + b)
+                data.append(f.name)
+        procs = [subprocess.Popen(
+            ["h2load", f"http://127.0.0.1:{port}{path}", "-d", d, "-c", str(clients), "-m", str(STREAMS),
              "-D", str(int(seconds)), "-H", "content-type: application/grpc", "-H", "te: trailers",
              "--warm-up-time=1"],
-            capture_output=True, text=True, timeout=seconds + 60).stdout
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for d in data]
+        outs = [proc.communicate(timeout=seconds + 60)[0] for proc in procs]
     finally:
-        os.unlink(data)
-    m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
-    failed = re.search(r"requests: \d+ total, \d+ started, \d+ done, \d+ succeeded, (\d+) failed", out)
-    if m is None or failed is None:
-        raise RuntimeError(f"h2load output not understood:\n{out}")
-    return float(m[1]), int(failed[1])
+        for d in data:
+            os.unlink(d)
+    rps, failed = 0.0, 0
+    for out in outs:
+        m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
+        n = re.search(r"requests: \d+ total, \d+ started, \d+ done, \d+ succeeded, (\d+) failed", out)
+        if m is None or n is None:
+            raise RuntimeError(f"h2load output not understood:\n{out}")
+        rps += float(m[1])
+        failed += int(n[1])
+    return rps, failed
 
 
 def parse_only_server(port: int) -> subprocess.Popen[bytes]:
