@@ -11,7 +11,8 @@ median of 3 runs of BENCH_SECONDS / 2 seconds, after a second of warm-up)
   server address, scheme, protocol version) and a resource of 3 attributes: 17 rows a point
   (`_count`, `_sum`, 15 `_bucket`s), plus one TargetInfo row a request.
 * logs: 1000 records of short bodies (about 40 characters), 7 attributes each, trace and span ids,
-  routed by `kusto.table` on the resource.
+  routed by `kusto.table` on the resource; 16 such requests whose records' times all differ, sent in
+  turn (one h2load each), as a real stream of records has new times in every request.
 
 For each: the parse-only server (a bare grpc.aio server of that service that parses each request
 and answers), then a node with 1 receiver process and one with 2 (`--receivers 2`), all running at
