@@ -20,6 +20,7 @@ import time
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from operator import attrgetter
@@ -46,7 +47,7 @@ from node.wal.names import (
 )
 from node.wal.openfiles import DEFAULT_LIMIT as OPEN_FILES_LIMIT
 from node.wal.openfiles import OpenFiles
-from node.wal.segment import COMPACT_BLOCK_BYTES, FsyncPolicy, repair, scan
+from node.wal.segment import COMPACT_BLOCK_BYTES, FsyncPolicy, SegmentWriter, repair, scan
 from node.wal.table import Mark, SegmentInfo, TableWal
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,10 @@ OVER_LIMITS_HOLD_SECONDS = 5.0
 MAX_CACHED_NAMES = 100_000
 _BY_KEY = attrgetter("key")
 """The order in which a request takes its tables' locks (`TableWal.key`)."""
+SYNC_THREADS = 16
+"""Under `always`, a request's segments are fsynced at once in up to this many threads: the file
+system commits them together. 50 segments of 3 KB each here: 11.6 ms one after the other, 3.6 ms in
+8 threads, 2.8 ms in 16 (a `syncfs` 1.0 ms, but it also waits for every other write on the volume)."""
 JOURNAL_ROUND_SECONDS = 5.0
 """A journal is split into its tables' segments this long after its first request at most... A
 round costs ~50 us for each table it writes (the block, and with thousands of tables the reopen of
@@ -258,6 +263,10 @@ class Repository:
         their round will open is counted already, against --max-segment-count, as a request
         written straight into segments counts the ones it opens."""
         self._round_lock = threading.Lock()
+        self._sync_pool: ThreadPoolExecutor | None = None
+        """Threads for the fsyncs of a request's segments under `always` (`_sync_segments`), made
+        on first use and let go of by `stop`."""
+        self._sync_pool_lock = threading.Lock()
         self._splitter: threading.Thread | None = None
         self._wake = threading.Event()
 
@@ -398,7 +407,13 @@ class Repository:
         except OSError as e:  # a full disk: its rows stay in the journal, split at the next start
             log.error("stopping: the WAL journal could not be split into the tables' segments (%s); its %d bytes "
                       "of rows stay in %s, split at the next start", e, self._pending, self.active_directory)
-        return self.rotate_all(compact=False, split=False)
+        try:
+            return self.rotate_all(compact=False, split=False)
+        finally:
+            with self._sync_pool_lock:
+                pool, self._sync_pool = self._sync_pool, None
+            if pool is not None:
+                pool.shutdown()
 
     def add_listener(self, fn: Callable[[SegmentInfo], None]) -> None:
         """Call `fn` with every segment that gets closed or imported."""
@@ -465,8 +480,10 @@ class Repository:
                 self.files.acquire_all(pinned)
                 try:
                     for wal, header, payload, count in encoded:
-                        grown.append(wal.append_held(header, payload, count, new_segment=new_segment))
+                        grown.append(wal.append_held(header, payload, count, new_segment=new_segment, sync=False))
                         written += 1
+                    if self.config.fsync is FsyncPolicy.ALWAYS:
+                        self._sync_segments([w.writer for w in wals if w.writer is not None], new_segments > 0)
                 finally:
                     self.files.release_all(pinned)
             except BaseException as e:
@@ -496,6 +513,25 @@ class Repository:
             if credits[0]:
                 self._account(next(iter(need), ""), 0, -credits[0])
         _publish_full(full)  # its compaction and fsyncs with no table's lock held
+
+    def _sync_segments(self, writers: Sequence[SegmentWriter], created: bool) -> None:
+        """Under `always`: the segments a request appended to made durable before it is
+        acknowledged, their fsyncs at once (SYNC_THREADS), and the directory of those it created
+        (their names). Raises the first failure, once all are done: `write_many` then cuts the
+        request back out."""
+        if len(writers) == 1:
+            writers[0].sync()
+        elif writers:
+            with self._sync_pool_lock:
+                pool = self._sync_pool
+                if pool is None:
+                    pool = self._sync_pool = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="wal-fsync")
+            failures = [f.exception() for f in [pool.submit(w.sync) for w in writers]]
+            for failure in failures:
+                if failure is not None:
+                    raise failure
+        if created:
+            fsync_dir(self.active_directory)
 
     # -- the journal (node/wal/journal.py) ---------------------------------------------------
 

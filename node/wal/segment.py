@@ -108,10 +108,32 @@ class SegmentWriter:
         except OSError as e:
             os.ftruncate(fd, self.size)
             os.lseek(fd, self.size, os.SEEK_SET)
-            if e.errno in (28, 122):  # ENOSPC, EDQUOT
-                raise OverLimitsError(f"disk full writing {self.path.name}: {e.strerror}") from e
+            full = self._disk_full(e)
+            if full is not None:
+                raise full from e
             raise
         self.size += total
+
+    def _disk_full(self, e: OSError) -> OverLimitsError | None:
+        if e.errno in (28, 122):  # ENOSPC, EDQUOT
+            return OverLimitsError(f"disk full writing {self.path.name}: {e.strerror}")
+        return None
+
+    def sync(self) -> None:
+        """fsync what was appended with `sync=False`: the caller (`Repository.write_many` under
+        `always`) then cuts those appends back out if this fails, as a failed `append` does its own.
+        Safe from another thread while the caller holds the table's lock (the descriptor is pinned
+        meanwhile, as for a write)."""
+        fd = self.files.acquire(self)
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            full = self._disk_full(e)
+            if full is not None:
+                raise full from e
+            raise
+        finally:
+            self.files.release(self)
 
     def append(self, header: bytes, payload: bytes, rows: int, sync: bool | None = None) -> None:
         """Append one framed block; returns once it is written (and fsynced under `always`, unless
@@ -139,7 +161,12 @@ class SegmentWriter:
             os.lseek(fd, size, os.SEEK_SET)
             self.size, self.blocks, self.rows = size, blocks, rows
             if self._fsync is FsyncPolicy.ALWAYS:
-                os.fsync(fd)
+                try:
+                    os.fsync(fd)
+                except OSError as e:  # the request is refused all the same; the other tables are undone too
+                    log.warning("%s: cut back to %d bytes (a refused request), but the cut could not be fsynced "
+                                "(%s): after a crash its rows may be back, then sent twice, never lost",
+                                self.path.name, size, e)
         finally:
             self.files.release(self)
 
