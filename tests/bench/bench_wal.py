@@ -1,6 +1,7 @@
 """WAL alone: append throughput with 64 KB blocks (fsync on-rotate) and read-back throughput; the
 journal's round under `--wal-fsync always` against `on-rotate` (requests of 1,000 tables over
-10,000), and a request's 50 fsyncs against one syncfs of the same writes."""
+10,000); a request of 50 tables on the direct path under `always` against `on-rotate`, and its 50
+fsyncs in turn against the same at once and against one syncfs of the same writes."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import statistics
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from node.storage import sync_filesystem
@@ -108,9 +110,31 @@ def bench_round(directory: Path, fsync: FsyncPolicy, rounds: int) -> float:
         repository.JOURNAL_ROUND_SECONDS = saved
 
 
-def bench_request_sync(directory: Path, files: int = 50, reps: int = 20) -> tuple[float, float]:
-    """Milliseconds for a request's `files` writes of 3 KB made durable with an fsync each, and
-    with one syncfs of the file system."""
+def bench_direct(directory: Path, fsync: FsyncPolicy, tables: int = 50, reps: int = 40) -> float:
+    """Wall-clock milliseconds of `write_many` for a request of `tables` tables of about 3 KB of rows
+    each (the direct path: fewer than --wal-journal-tables), the median of `reps` after a first
+    request that creates the segments."""
+    repo = Repository(WalConfig(directory, fsync=fsync, max_segment_age=3600))
+    repo.start()
+    try:
+        times = []
+        for r in range(reps + 1):
+            rows = "".join(f"2026-11-24T04:00:{r % 60:02d}.000000000Z,{r * 100 + i},\"{{}}\",{i}.5\n"
+                           for i in range(60)).encode()
+            blocks = [Block("Metrics", f"m{t}", fmt.KIND_METRIC, rows, 60, SCHEMA) for t in range(tables)]
+            t0 = time.perf_counter()
+            repo.write_many(blocks)
+            if r:
+                times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
+    finally:
+        repo.stop()
+
+
+def bench_request_sync(directory: Path, files: int = 50, reps: int = 20) -> tuple[float, float, float]:
+    """Milliseconds for a request's `files` writes of 3 KB made durable with an fsync each in turn,
+    with those fsyncs at once (repository.SYNC_THREADS threads, as `write_many` makes them under
+    `always`), and with one syncfs of the file system."""
     directory.mkdir()
     fds = [os.open(directory / f"f{i}", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644) for i in range(files)]
     data = b"x" * 3000
@@ -121,6 +145,13 @@ def bench_request_sync(directory: Path, files: int = 50, reps: int = 20) -> tupl
                 os.write(fd, data)
                 os.fsync(fd)
         each = (time.perf_counter() - t0) / reps * 1e3
+        with ThreadPoolExecutor(repository.SYNC_THREADS) as pool:
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                for fd in fds:
+                    os.write(fd, data)
+                list(pool.map(os.fsync, fds))
+            together = (time.perf_counter() - t0) / reps * 1e3
         t0 = time.perf_counter()
         for _ in range(reps):
             for fd in fds:
@@ -130,7 +161,7 @@ def bench_request_sync(directory: Path, files: int = 50, reps: int = 20) -> tupl
     finally:
         for fd in fds:
             os.close(fd)
-    return each, once
+    return each, together, once
 
 
 def main(seconds: float = 3.0) -> None:
@@ -149,9 +180,14 @@ def main(seconds: float = 3.0) -> None:
         always = bench_round(tmp / "round-always", FsyncPolicy.ALWAYS, 3)
         print(f"journal round, {ROUND_TABLES:,} of {ROUND_NAMES:,} tables a request, {ROUND_REQUESTS} requests "
               f"a round: on-rotate {ref:.2f} us a point (reference), always {always:.2f} us ({always / ref:.2f}x)")
-        each, once = bench_request_sync(tmp / "sync")
-        print(f"a request's 50 writes of 3 KB made durable: an fsync each {each:.1f} ms (reference), "
-              f"one syncfs {once:.1f} ms ({once / each:.2f}x)")
+        ref = bench_direct(tmp / "direct-on-rotate", FsyncPolicy.ON_ROTATE)
+        always = bench_direct(tmp / "direct-always", FsyncPolicy.ALWAYS)
+        print(f"a request of 50 tables (3 KB of rows each), the direct path: on-rotate {ref:.2f} ms (reference), "
+              f"always {always:.2f} ms ({always / ref:.2f}x)")
+        each, together, once = bench_request_sync(tmp / "sync")
+        print(f"its 50 writes of 3 KB made durable: an fsync each in turn {each:.1f} ms (reference), at once in "
+              f"{repository.SYNC_THREADS} threads {together:.1f} ms ({together / each:.2f}x), one syncfs {once:.1f} ms "
+              f"({once / each:.2f}x)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
