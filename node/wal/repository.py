@@ -526,7 +526,8 @@ class Repository:
                 pool = self._sync_pool
                 if pool is None:
                     pool = self._sync_pool = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="wal-fsync")
-            failures = [f.exception() for f in [pool.submit(w.sync) for w in writers]]
+            k = min(SYNC_THREADS, len(writers))  # a task a thread, not a task a segment: each costs a wake-up
+            failures = [f.exception() for f in [pool.submit(_sync_all, writers[i::k]) for i in range(k)]]
             for failure in failures:
                 if failure is not None:
                     raise failure
@@ -1178,6 +1179,11 @@ def directory_stats(directory: Path) -> WalStats:
                 n, b = closed.get(prefix, (0, 0))
                 closed[prefix] = (n + 1, b + size)
     return WalStats(usage, count, closed, active)
+
+
+def _sync_all(writers: Sequence[SegmentWriter]) -> None:
+    for w in writers:
+        w.sync()
 
 
 def _publish_full(full: list[TableWal]) -> None:
