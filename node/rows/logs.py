@@ -203,6 +203,27 @@ def _attribute(b: bytes, strict: bool) -> tuple[Attribute, bool]:
     return (key, encode_json({key: to_json(kv.value)})[1:-1].replace('"', '""')), checked
 
 
+class _Attributes(BoundedCache[bytes, Attribute]):
+    """The attributes' cache: `cache[kb]` is the `Attribute` of serialized KeyValue `kb`, read on a
+    miss (`_attribute`, as `strict` says) and kept when it was checked and is short. A record's
+    attributes are looked up at once (`dict(map(cache.__getitem__, ...))`): a miss costs its read,
+    not a second pass over the record's other attributes (a record with one attribute new in
+    every record, a request id, say, took twice the time of one without)."""
+
+    __slots__ = ("strict",)
+
+    def __init__(self, max_entries: int) -> None:
+        super().__init__(max_entries)
+        self.strict = True
+        """Set by the converter for each request: as `_attribute`'s `strict`."""
+
+    def __missing__(self, kb: bytes) -> Attribute:
+        entry, checked = _attribute(kb, self.strict)
+        if checked and len(kb) <= MAX_CACHED_ATTRIBUTE_BYTES:
+            self.put(kb, entry)
+        return entry
+
+
 class LogsConverter:
     """Converts `ExportLogsServiceRequest`s to rows."""
 
@@ -211,7 +232,7 @@ class LogsConverter:
         self._router = Router(cfg.default_database or None, cfg.default_table or None, cfg.allowed_databases)
         self._ts = Timestamps(9)
         self._severity: BoundedCache[str, str] = BoundedCache(1024)
-        self._attributes: BoundedCache[bytes, Attribute] = BoundedCache(MAX_CACHED_ATTRIBUTES)
+        self._attributes = _Attributes(MAX_CACHED_ATTRIBUTES)
 
     def turn(self) -> None:
         """Forget the destinations not used since the previous turn (node/cache.py)."""
@@ -248,15 +269,16 @@ class LogsConverter:
     def _convert(self, req: RawRequest, out: ResultBuilder, strict: bool) -> None:
         """The rows of `req`. A record's attributes are looked up by their bytes at once (most
         attributes of a stream of records repeat: methods, routes, codes, pods), so a known
-        attribute costs one lookup; a record with an attribute not known or a `kusto.*` one is
-        read attribute by attribute (`_attributes_of`)."""
+        attribute costs one lookup and a new one its read (`_Attributes`); a record with a
+        `kusto.*` attribute is read attribute by attribute (`_attributes_of`)."""
         pget = self._ts.prefixes.get  # a record's times are nearly all new, their seconds not (Timestamps.text);
         ttext = self._ts.text  # a time the same as the record before's (a batch stamped at once) is not formatted again
         last_t = last_observed = -1
         stamp = observed_stamp = ""
         resolve = self._router.resolve
         severity = self._severity
-        known = self._attributes.get
+        self._attributes.strict = strict
+        known = self._attributes.__getitem__
         last_dest: tuple[str, str] | None = None
         rows: list[str] = []
         for rl in req.resource_logs:
@@ -265,12 +287,9 @@ class LogsConverter:
             resource_dest = resolve(None, None, rdb, rtable)
             for sl in rl.scope_logs:
                 for attrs, t, observed, text, value, trace_id, span_id, number in map(_FIELDS, sl.log_records):
-                    try:
-                        parts: dict[str, str] = dict(map(known, attrs[:]))  # type: ignore[arg-type]  # [:]: faster than iter
-                    except TypeError:  # an attribute not in the cache (None)
-                        parts = {_ROUTING: ""}
+                    parts: dict[str, str] = dict(map(known, attrs[:]))  # type: ignore[arg-type]  # [:]: faster than iter
                     if _ROUTING in parts:
-                        parts, db, table = self._attributes_of(attrs, strict)
+                        parts, db, table = self._attributes_of(attrs)
                         dest = resource_dest if db is None and table is None else resolve(db, table, rdb, rtable)
                     else:
                         dest = resource_dest
@@ -319,7 +338,7 @@ class LogsConverter:
                         f'"{quote}{body}{quote}",{resource},"{{{",".join(parts.values())}}}"\n'
                     )
 
-    def _attributes_of(self, attrs: Iterable[bytes], strict: bool) -> tuple[dict[str, str], Choice, Choice]:
+    def _attributes_of(self, attrs: Iterable[bytes]) -> tuple[dict[str, str], Choice, Choice]:
         """The `"key":value` texts of a record's attributes by key (a repeated key: its first place,
         its last value) without `kusto.*`, and the database and table they choose."""
         cache = self._attributes
@@ -327,12 +346,7 @@ class LogsConverter:
         db: Choice = None
         table: Choice = None
         for kb in attrs:
-            entry = cache.get(kb)
-            if entry is None:
-                entry, checked = _attribute(kb, strict)
-                if checked and len(kb) <= MAX_CACHED_ATTRIBUTE_BYTES:
-                    cache.put(kb, entry)
-            key, text = entry
+            key, text = cache[kb]
             if isinstance(text, str):
                 parts[key] = text
             elif text[0] == DATABASE_KEY:
