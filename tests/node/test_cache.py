@@ -34,7 +34,7 @@ def test_timestamps_and_epoch_nanos_stay_within_their_size() -> None:
     ts = Timestamps(9, max_entries=4)
     texts = [ts.format(i * 1_500_000_000) for i in range(10)]
     assert texts[1] == "1970-01-01T00:00:01.500000000Z"
-    assert len(ts.cache) <= 4 and len(ts._seconds) <= 4
+    assert len(ts.cache) <= 4 and len(ts.prefixes) <= 4
     assert [ts.format(i * 1_500_000_000) for i in range(10)] == texts  # what went is computed again alike
     epoch = EpochNanos(max_entries=2)
     stamps = [f"2026-11-24T00:00:0{i}.5Z" for i in range(5)]
