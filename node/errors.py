@@ -77,6 +77,14 @@ class OverLimitsError(IngestorError):
         self.retry_after_seconds = retry_after_seconds
 
 
+def disk_full(e: OSError, what: str) -> OSError | OverLimitsError:
+    """`e` as the over-limits error of a full disk ("disk full <what>: <strerror>") when it is one
+    (ENOSPC, EDQUOT: the write is refused as a limit is, RESOURCE_EXHAUSTED / 429), else `e`."""
+    if e.errno in (28, 122):  # ENOSPC, EDQUOT
+        return OverLimitsError(f"disk full {what}: {e.strerror}")
+    return e
+
+
 class OverMemoryError(OverLimitsError):
     """The node's memory budget for requests in flight is taken (node/budget.py); nothing was
     read or written for this request. Unlike the disk limits, it says nothing about readiness:

@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import errno
 import fcntl
 import logging
 import os
@@ -73,7 +72,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, TypeVar
 
-from node.errors import AlreadyExistsError, OverLimitsError, UnavailableError
+from node.errors import AlreadyExistsError, OverLimitsError, UnavailableError, disk_full
 from node.storage import atomic_write
 from node.wal.importer import PART_SUFFIX
 
@@ -172,9 +171,7 @@ class ClaimLostError(UnavailableError):
 
 
 def _translate(e: OSError, what: str) -> Exception:
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return OverLimitsError(f"disk full writing the transfer ledger ({what}): {e.strerror}")
-    return e
+    return disk_full(e, f"writing the transfer ledger ({what})")
 
 
 class TransferLedger:

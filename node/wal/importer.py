@@ -29,7 +29,7 @@ from pathlib import Path
 import cramjam
 from isal import isal_zlib
 
-from node.errors import InvalidInputError, OverLimitsError
+from node.errors import InvalidInputError, disk_full
 from node.storage import fsync_dir
 from node.wal import codec, s2
 from node.wal import format as fmt
@@ -352,9 +352,7 @@ class SegmentImport:
             raise
 
     def _disk_error(self, e: OSError) -> Exception:
-        if e.errno in (28, 122):  # ENOSPC, EDQUOT
-            return OverLimitsError(f"disk full receiving {self.name.filename}: {e.strerror}")
-        return e
+        return disk_full(e, f"receiving {self.name.filename}")
 
     def abort(self) -> None:
         """Remove the part file and give back the reserved space (idempotent)."""

@@ -480,7 +480,7 @@ class Repository:
                 self.files.acquire_all(pinned)
                 try:
                     for wal, header, payload, count in encoded:
-                        grown.append(wal.append_held(header, payload, count, new_segment=new_segment, sync=False))
+                        grown.append(wal.append_held(header, payload, count, new_segment=new_segment))
                         written += 1
                     if self.config.fsync is FsyncPolicy.ALWAYS:
                         self._sync_segments([w.writer for w in wals if w.writer is not None], new_segments > 0)
@@ -696,7 +696,7 @@ class Repository:
                 for w in wals:
                     for header, payload, count in _round_blocks(groups[w]):
                         n = w.append_held(header, payload, count,
-                                          new_segment=partial(new_segment, database=w.database, wal=w), sync=False)
+                                          new_segment=partial(new_segment, database=w.database, wal=w))
                         grown[w.database] = grown.get(w.database, 0) + n
                 if sync:  # the round's blocks and new files durable before its commit: one call, not an fsync a block
                     sync_filesystem(self.active_directory)

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.errors import CorruptionError, OverLimitsError
+from node.errors import CorruptionError, OverLimitsError, disk_full
 from node.storage import fsync_dir
 from node.wal import format as fmt
 from node.wal import syscalls
@@ -108,16 +108,15 @@ class SegmentWriter:
         except OSError as e:
             os.ftruncate(fd, self.size)
             os.lseek(fd, self.size, os.SEEK_SET)
-            full = self._disk_full(e)
-            if full is not None:
-                raise full from e
+            self._raise_full(e)
             raise
         self.size += total
 
-    def _disk_full(self, e: OSError) -> OverLimitsError | None:
-        if e.errno in (28, 122):  # ENOSPC, EDQUOT
-            return OverLimitsError(f"disk full writing {self.path.name}: {e.strerror}")
-        return None
+    def _raise_full(self, e: OSError) -> None:
+        """Raise `e` as the over-limits error of a full disk when it is one (node.errors.disk_full)."""
+        full = disk_full(e, f"writing {self.path.name}")
+        if full is not e:
+            raise full from e
 
     def sync(self) -> None:
         """fsync what was appended with `sync=False`: the caller (`Repository.write_many` under
@@ -128,9 +127,7 @@ class SegmentWriter:
         try:
             os.fsync(fd)
         except OSError as e:
-            full = self._disk_full(e)
-            if full is not None:
-                raise full from e
+            self._raise_full(e)
             raise
         finally:
             self.files.release(self)

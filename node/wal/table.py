@@ -126,18 +126,18 @@ class TableWal:
         segment out of service."""
         return self._lock
 
-    def append_held(self, header: bytes, payload: bytes, rows: int, *, new_segment: Callable[[int], None],
-                    sync: bool | None = None) -> int:
+    def append_held(self, header: bytes, payload: bytes, rows: int, *, new_segment: Callable[[int], None]) -> int:
         """Append one block, with the lock held by the caller (`Repository.write_many`, which may
         still undo it: see `mark` and `undo`, and takes a full segment out afterwards); return the
         bytes the file grew by. `new_segment(1)` is called before a new segment file is created (it
         raises when the repository is over its segment limit), `new_segment(-1)` if creating it
-        then failed. `sync`: as `SegmentWriter.append`'s."""
+        then failed. Not fsynced, whatever the policy: its callers make a request's or a round's
+        appends durable at once (`Repository.write_many`, the journal's round)."""
         grown = self.ensure_active_held(new_segment) if self._active is None else 0
         active = self._active
         assert active is not None
         before = active.size
-        active.append(header, payload, rows, sync)
+        active.append(header, payload, rows, sync=False)
         return grown + active.size - before
 
     def ensure_active_held(self, new_segment: Callable[[int], None]) -> int:
