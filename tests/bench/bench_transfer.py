@@ -13,6 +13,16 @@ message and answers OK: no verification, no write. The same sender sends it the 
 with the same number of streams, in turns with the node, so both see the same machine. For each:
 MB/s of segment bytes, the node's ratio to the bare stream, and CPU seconds per GB of the
 receiving process tree (utime + stime of every process and thread, from /proc) and of the sender.
+
+The receiver writes every byte it takes into the page cache; the bare stream writes nothing. On a
+virtual machine that hands idle memory back to its host (this one runs DAMON reclaim), the first
+write into such memory faults it back page by page: measured with `dd`, 2.9 kernel CPU s per GB
+where the same write into memory just freed costs 0.3-0.5. Which of the two the receiver meets
+depended on what the machine did minutes before (0.34-0.47 of the bare stream cold, 0.76-0.81
+warm, one run after the other). So before each of the node's turns the bench writes and deletes
+as many bytes as the turn will send, in the receiver's file system: the receiver then writes into
+memory in use, as on a node that keeps writing, uploading and deleting segments. What that
+warm-up cost is printed too ("cold page cache"): the price of the first write on this machine.
 """
 
 from __future__ import annotations
@@ -57,6 +67,20 @@ def write_segments(directory: Path, count: int, segment_bytes: int) -> list[Segm
         k += 1
     repo.rotate_all()
     return repo.closed_segments()[:count]
+
+
+def warm_page_cache(directory: Path, nbytes: int) -> tuple[int, float]:
+    """Write `nbytes` into a file under `directory` and delete it: the pages the next writer there
+    takes are then in use, not handed back to a hypervisor. (bytes written, kernel CPU seconds)."""
+    block = b"\0" * (4 << 20)
+    path = directory / "warm-page-cache"
+    sys0 = resource.getrusage(resource.RUSAGE_SELF).ru_stime
+    written = 0
+    with open(path, "wb", buffering=0) as f:
+        while written < nbytes:
+            written += f.write(block)
+    path.unlink()
+    return written, resource.getrusage(resource.RUSAGE_SELF).ru_stime - sys0
 
 
 def rss_peak_mb(pid: int) -> float:
@@ -171,6 +195,7 @@ def bench_throughput() -> None:
         try:
             assert receiver.proc is not None
             node_peer, bare_peer = Peer("receiver", receiver.grpc_addr), Peer("bare", bare_addr)
+            warm = Run()
             for parallel, segs in sets.items():
                 node, ref = Run(), Run()
                 # In turns, halves of the set each: the node and the bare stream see the same machine.
@@ -178,6 +203,9 @@ def bench_throughput() -> None:
                 half = len(segs) // 2
                 for part in (segs[:half], segs[half:]):
                     measure(ref, bare.pid, bare_peer, part, parallel)
+                    written, kernel = warm_page_cache(root / "receiver", sum(s.size for s in part))
+                    warm.bytes += written
+                    warm.cpu += kernel
                     measure(node, receiver.proc.pid, node_peer, part, parallel)
                 print(f"transfer, {parallel} stream(s): node {node.rate:5.0f} MB/s of segment bytes, bare gRPC "
                       f"stream {ref.rate:5.0f} MB/s, ratio {node.rate / ref.rate:.2f} (target >= 0.5); receiver "
@@ -185,7 +213,9 @@ def bench_throughput() -> None:
                       f"{node.per_gb(node.sender_cpu):.2f} / {ref.per_gb(ref.sender_cpu):.2f} "
                       f"({len(segs)} segments, {sum(s.size for s in segs) / MB:.0f} MB)")
             print(f"peak RSS: receiver {rss_peak_mb(receiver.proc.pid):.0f} MB, sender "
-                  f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+                  f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB; cold page cache before "
+                  f"each node turn: {warm.per_gb(warm.cpu):.2f} kernel CPU s per GB written (the bench's own "
+                  "warm-up; ~0.3-0.5 where memory is in use)")
         finally:
             bare.kill()
             bare.wait()
