@@ -41,7 +41,9 @@ POINTS = 1000
 
 def request(names: int, first: int, per_metric: int, series: int = 0) -> bytes:
     """1,000 gauge points: metrics `m<(first + i) % names>`, `per_metric` points each, 8 attributes;
-    with `series`, attribute 0 cycles through `series // metrics` values per metric."""
+    with `series`, attribute 0 cycles through `series // metrics` values per metric. Attribute 0
+    names the metric's place in the request too: each point of a request is a series of its own
+    (with 10 names, a name's 5 metrics are 100 series, not 5 copies of 20 identical rows)."""
     metrics = POINTS // per_metric
     req = ExportMetricsServiceRequest()
     rm = req.resource_metrics.add()
@@ -54,7 +56,8 @@ def request(names: int, first: int, per_metric: int, series: int = 0) -> bytes:
             dp = metric.gauge.data_points.add(time_unix_nano=T0 + p)
             dp.as_double = p * 1.5
             for a in range(8):
-                dp.attributes.add(key=f"attribute.{a}", value=AnyValue(string_value=f"value-{a}-{s if a == 0 else a}"))
+                dp.attributes.add(key=f"attribute.{a}", value=AnyValue(string_value=f"value-{a}-{s}-{m}" if a == 0 else
+                                                                             f"value-{a}-{a}"))
     return req.SerializeToString()
 
 

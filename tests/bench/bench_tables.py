@@ -65,7 +65,9 @@ EXPORT = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
 
 def body(names: int, index: int, per_metric: int, shared: int = 1) -> bytes:
     """Request `index`: 1,000 gauge points, `per_metric` per metric, names `m<k>` continuing where
-    request `index - 1` stopped (so `names // metrics` requests cover every name). With `shared`
+    request `index - 1` stopped (so `names // metrics` requests cover every name). Every point of
+    a request is a series of its own (`label_0` names its metric's place too): with 10 names, a
+    name's 5 metrics in a request are 100 series, not 5 copies of 20 identical rows. With `shared`
     > 1, `shared` requests in a row hold the same names, each with series of its own (a `shard`
     attribute): the shards of one Prometheus, which slice every scrape's series by hash."""
     metrics = POINTS // per_metric
@@ -82,7 +84,8 @@ def body(names: int, index: int, per_metric: int, shared: int = 1) -> bytes:
             dp = metric.gauge.data_points.add(time_unix_nano=T0 + index * 1_000_000)
             dp.as_double = p * 1.5
             for a in range(8):
-                dp.attributes.add(key=f"label_{a}", value=AnyValue(string_value=f"value_{a}_{p}"))
+                dp.attributes.add(key=f"label_{a}", value=AnyValue(string_value=f"value_{a}_{p}_{m}" if a == 0 else
+                                                                   f"value_{a}_{p}"))
     return req.SerializeToString()
 
 
