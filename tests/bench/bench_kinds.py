@@ -218,6 +218,10 @@ class Figures:
 
     rps: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
+    cores: list[float] = field(default_factory=list)
+    """Cores the server's processes used, on average over each run."""
+    busy: list[float] = field(default_factory=list)
+    """Cores the whole machine used over each run (/proc/stat): the server, the driver, the rest."""
     failed: int = 0
 
     def items(self, kind: Kind) -> float:
@@ -227,17 +231,26 @@ class Figures:
         return statistics.median(self.cpu)
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (every core, all but idle and iowait), from /proc/stat."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def drive(port: int, pid: int, kind: Kind, figures: Figures) -> None:
-    """One run of h2load against `port`, with the CPU of `pid`'s process tree over its measured seconds."""
+    """One run of h2load against `port`, with the CPU of `pid`'s process tree, and of the machine,
+    over its measured seconds."""
     with ThreadPoolExecutor(1) as pool:
         run = pool.submit(h2load, port, kind.path, kind.bodies, RUN)
         time.sleep(WARM_UP + 0.2)
-        c0, t0 = tree_cpu_seconds(pid), time.monotonic()
+        c0, m0, t0 = tree_cpu_seconds(pid), machine_busy_seconds(), time.monotonic()
         time.sleep(RUN - 0.4)
-        c1, t1 = tree_cpu_seconds(pid), time.monotonic()
+        c1, m1, t1 = tree_cpu_seconds(pid), machine_busy_seconds(), time.monotonic()
         rps, failed = run.result()
     figures.rps.append(rps)
     figures.cpu.append((c1 - c0) / (t1 - t0) / max(rps * kind.items, 1e-9) * 1e6)
+    figures.cores.append((c1 - c0) / (t1 - t0))
+    figures.busy.append((m1 - m0) / (t1 - t0))
     figures.failed += failed
 
 
@@ -347,6 +360,15 @@ def report(all_kinds: list[Kind], figures: dict[tuple[str, str], Figures], rss: 
     for target in ("1 receiver", "2 receivers"):
         ratio = rows_per_s[(target, "histogram")] / rows_per_s[(target, "gauge")]
         print(f"histogram rows/s against gauge rows/s, {target}: {ratio:.2f}")
+    cores = os.cpu_count() or 1
+    for kind in all_kinds:
+        one, two = figures[("1 receiver", kind.name)], figures[("2 receivers", kind.name)]
+        c1, c2 = statistics.median(one.cores), statistics.median(two.cores)
+        b1, b2 = statistics.median(one.busy), statistics.median(two.busy)
+        print(f"2 receivers against 1, {kind.name}: {two.items(kind) / one.items(kind):.2f}x the {kind.unit} with "
+              f"{c2 / c1:.2f}x the node's cores ({c1:.2f} -> {c2:.2f}; the machine busy {b1:.2f} -> {b2:.2f} of "
+              f"{cores}, the driver and the rest {b1 - c1:.2f} -> {b2 - c2:.2f}); {kind.unit} per node core "
+              f"{(two.items(kind) / c2) / (one.items(kind) / c1):.2f}x")
     failed = {key: f.failed for key, f in figures.items() if f.failed}
     if failed:
         print(f"failed requests: {failed}")
