@@ -35,10 +35,11 @@ ages (the load itself is timing-dependent).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
+import errno
 import io
 import json
+import os
 import random
 import shutil
 import signal
@@ -183,6 +184,28 @@ class Report:
                 f"drained in {self.drain_seconds:.1f}s; segments left {self.segments_left} ({self.disk_left} bytes); "
                 f"live after: {self.live_after}{prom}{left}")
 
+
+
+def fill_disk(path: Path, size: int) -> None:
+    """Write `size` bytes into a new file `path`, or as many as the file system takes: the nodes
+    write beside it, so the space counted a moment before may be gone, and a disk they filled
+    already may not take even the file's name. Unbuffered, so that no byte the disk refused is
+    left in a buffer for the close to try again."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        return
+    try:
+        chunk = b"\0" * (1 << 20)
+        while size > 0:
+            size -= os.write(fd, chunk[:min(size, len(chunk))])
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+    finally:
+        os.close(fd)
 
 class Chaos:
     def __init__(self, root: Path, seed: int, clickhouse: ClickHouseServer | None = None, netns: bool = True,
@@ -414,19 +437,13 @@ class Chaos:
             assert self.small_disk is not None
             filler = self.small_disk / "filler"
             free = shutil.disk_usage(self.small_disk).free
-            with open(filler, "wb") as f, contextlib.suppress(OSError):  # every byte but the last 64 KB
-                left = max(0, free - DISK_FREE)
-                while left > 0:
-                    chunk = min(left, 1 << 20)
-                    f.write(b"\0" * chunk)
-                    left -= chunk
-                f.flush()
+            fill_disk(filler, max(0, free - DISK_FREE))  # every byte but the last 64 KB
             pause = self.rng.uniform(1.0, 4.0)
             t0 = time.monotonic()
             if self.adxmon is not None:  # adx-mon's collector meets the full disk: 429, retried later
                 self.adxmon.probe(kind, self.nodes[-1])
             time.sleep(max(0.0, pause - (time.monotonic() - t0)))
-            filler.unlink()
+            filler.unlink(missing_ok=True)  # not made when the nodes had filled the disk already
             self.report.faults[kind] += 1
             return
         if kind == "peer_unreachable":  # its link cut (or, without namespaces, the processes frozen)
