@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import signal
@@ -22,14 +23,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextlib.contextmanager
-def tmpfs(mnt: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of `size` (mount's syntax: 16m) on `mnt`, unmounted at the end; the test is skipped
-    where mounting is impossible (root and CAP_SYS_ADMIN needed)."""
+def tmpfs(mnt: Path, size: str, inodes: int = 0) -> Iterator[Path]:
+    """A tmpfs of `size` (mount's syntax: 16m) on `mnt`, and of `inodes` files at most when given,
+    unmounted at the end; the test is skipped where mounting is impossible (root and
+    CAP_SYS_ADMIN needed)."""
     import pytest
 
     mnt.mkdir(parents=True, exist_ok=True)
     try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True,
+        options = f"size={size}" + (f",nr_inodes={inodes}" if inodes else "")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)], capture_output=True,
                               text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as e:
         pytest.skip(f"cannot mount a tmpfs: {e}")
@@ -42,15 +45,28 @@ def tmpfs(mnt: Path, size: str) -> Iterator[Path]:
 
 
 def fill(directory: Path, leave: int = 0) -> Path:
-    """Fill `directory`'s volume but `leave` bytes with one file (returned: unlink it to free)."""
+    """Fill `directory`'s volume but `leave` bytes with one file (returned: unlink it to free, with
+    `missing_ok`: a volume full already may refuse even its name). Writers beside it may take the
+    space it counted before it writes, so it stops at ENOSPC, at the open too, and writes
+    unbuffered: no refused byte is left in a buffer for the close to raise again (what ended a
+    chaos run of the suite: seed 1029091968)."""
     filler = directory / "filler"
-    with open(filler, "wb") as f, contextlib.suppress(OSError):
-        left = max(0, shutil.disk_usage(directory).free - leave)
+    left = max(0, shutil.disk_usage(directory).free - leave)
+    try:
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        return filler
+    try:
+        chunk = memoryview(bytes(1 << 20))
         while left > 0:
-            chunk = min(left, 1 << 20)
-            f.write(b"\0" * chunk)
-            left -= chunk
-        f.flush()
+            left -= os.write(fd, chunk[:min(left, len(chunk))])
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+    finally:
+        os.close(fd)
     return filler
 
 

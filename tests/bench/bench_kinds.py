@@ -69,6 +69,7 @@ from tests.bench.bench_node import (
     tree_rss_mb,
     wait_port,
 )
+from tests.bench.bench_remote_write import machine_busy
 from tests.harness import NodeProcess, free_port
 
 RUN = max(2, round(SECONDS / 2))
@@ -231,21 +232,15 @@ class Figures:
         return statistics.median(self.cpu)
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds the whole machine has spent busy (every core, all but idle and iowait), from /proc/stat."""
-    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-
-
 def drive(port: int, pid: int, kind: Kind, figures: Figures) -> None:
     """One run of h2load against `port`, with the CPU of `pid`'s process tree, and of the machine,
     over its measured seconds."""
     with ThreadPoolExecutor(1) as pool:
         run = pool.submit(h2load, port, kind.path, kind.bodies, RUN)
         time.sleep(WARM_UP + 0.2)
-        c0, m0, t0 = tree_cpu_seconds(pid), machine_busy_seconds(), time.monotonic()
+        c0, m0, t0 = tree_cpu_seconds(pid), machine_busy(), time.monotonic()
         time.sleep(RUN - 0.4)
-        c1, m1, t1 = tree_cpu_seconds(pid), machine_busy_seconds(), time.monotonic()
+        c1, m1, t1 = tree_cpu_seconds(pid), machine_busy(), time.monotonic()
         rps, failed = run.result()
     figures.rps.append(rps)
     figures.cpu.append((c1 - c0) / (t1 - t0) / max(rps * kind.items, 1e-9) * 1e6)

@@ -36,10 +36,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import errno
 import io
 import json
-import os
 import random
 import shutil
 import signal
@@ -66,7 +64,7 @@ from tests.chaos import procs
 from tests.chaos.adxmon import AdxmonLoad, AdxmonReport, Segment, published_keys
 from tests.chaos.netns import NetnsError, Network
 from tests.chaos.prom import Key, PrometheusLoad, PromReport, compare, expected
-from tests.harness import ROOT, NodeProcess
+from tests.harness import ROOT, NodeProcess, fill
 from tests.sinks.clickhouse_server import ClickHouseServer, find_binary
 
 
@@ -184,28 +182,6 @@ class Report:
                 f"drained in {self.drain_seconds:.1f}s; segments left {self.segments_left} ({self.disk_left} bytes); "
                 f"live after: {self.live_after}{prom}{left}")
 
-
-
-def fill_disk(path: Path, size: int) -> None:
-    """Write `size` bytes into a new file `path`, or as many as the file system takes: the nodes
-    write beside it, so the space counted a moment before may be gone, and a disk they filled
-    already may not take even the file's name. Unbuffered, so that no byte the disk refused is
-    left in a buffer for the close to try again."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    except OSError as e:
-        if e.errno != errno.ENOSPC:
-            raise
-        return
-    try:
-        chunk = b"\0" * (1 << 20)
-        while size > 0:
-            size -= os.write(fd, chunk[:min(size, len(chunk))])
-    except OSError as e:
-        if e.errno != errno.ENOSPC:
-            raise
-    finally:
-        os.close(fd)
 
 class Chaos:
     def __init__(self, root: Path, seed: int, clickhouse: ClickHouseServer | None = None, netns: bool = True,
@@ -435,9 +411,7 @@ class Chaos:
     def fault(self, kind: str) -> None:
         if kind == "disk_full":
             assert self.small_disk is not None
-            filler = self.small_disk / "filler"
-            free = shutil.disk_usage(self.small_disk).free
-            fill_disk(filler, max(0, free - DISK_FREE))  # every byte but the last 64 KB
+            filler = fill(self.small_disk, leave=DISK_FREE)  # every byte but the last 64 KB
             pause = self.rng.uniform(1.0, 4.0)
             t0 = time.monotonic()
             if self.adxmon is not None:  # adx-mon's collector meets the full disk: 429, retried later

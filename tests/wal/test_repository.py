@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from node.wal.names import SegmentName
 from node.wal.repository import Block, Repository, WalConfig, directory_stats
 from node.wal.segment import FsyncPolicy, iter_rows
 from node.wal.table import SegmentInfo
+from tests.harness import tmpfs
 from tests.wal.helpers import make_segment, rows_for, wal_stats, write_block
 
 
@@ -239,17 +239,8 @@ def test_fsync_policies_write_the_same_bytes(tmp_path: Path, policy: FsyncPolicy
 
 @pytest.fixture
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root; the full-disk test cannot run here")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "mnt", "256k") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_full_disk_is_over_limits_and_loses_nothing(tiny_fs: Path) -> None:
