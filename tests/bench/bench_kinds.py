@@ -23,7 +23,8 @@ process and its receivers, from /proc, over the measured seconds), 2 receivers /
 rows/s against gauge rows/s; then where the node's CPU per item goes: parse (as the node parses,
 node/ingest.py's raw messages), parse + convert and parse + convert + WAL append, measured in this
 process (one core, warm caches) in the same rounds, and the rest of the node's figure (gRPC, the
-event loop, counters).
+event loop, counters); last, the logs with a request id, and the floor under the logs' conversion
+in Python (`logs_floor`: a record's fields and attributes read, before any text).
 About 2.5 minutes with the default BENCH_SECONDS.
 """
 
@@ -53,7 +54,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import AGGREGATION_TEMPORALITY_C
 
 from node.ingest import OTLP_LOGS, OTLP_METRICS
 from node.rows.batch import ConvertResult
-from node.rows.logs import LogsConfig, LogsConverter
+from node.rows.logs import _FIELDS, LogsConfig, LogsConverter, parse_request
 from node.rows.metrics import MetricsConverter
 from node.wal.repository import Block, Repository, WalConfig
 from tests.bench.bench_node import (
@@ -331,6 +332,7 @@ def main() -> None:
     report(all_kinds, figures, rss)
     breakdown(all_kinds, figures)
     request_ids()
+    logs_floor()
 
 
 def report(all_kinds: list[Kind], figures: dict[tuple[str, str], Figures], rss: list[float]) -> None:
@@ -410,6 +412,42 @@ def request_ids() -> None:
         costs[unique] = statistics.median(cpu_per_item(run, LOG_RECORDS, 0.5) for _ in range(3))
     print(f"logs with a request id, parse + convert in one process: the same id in every record {costs[False]:.2f} "
           f"us a record (reference), a new id in every record {costs[True]:.2f} us ({costs[True] / costs[False]:.2f}x)")
+
+
+def logs_floor() -> None:
+    """What the logs conversion costs before it makes any text, in this process, CPU µs a record
+    (medians of 3, the requests parsed beforehand, the attributes' cache warm): reading a record's
+    fields as the converter does (`_FIELDS`), then also its attributes' list and their lookups in
+    the converter's cache into a dict; beside the whole conversion. In Python these two are the
+    floor under any converter of these records: the ratio of 0.25 asks the whole node for about
+    3 µs a record (docs/performance.md)."""
+    converter = LogsConverter(LogsConfig())
+    parsed = [parse_request(logs_request(k)) for k in range(LOG_BODIES)]
+    for p in parsed:
+        converter.convert_pieces((p,))
+    known = converter._attributes.__getitem__
+    requests = itertools.cycle(parsed)
+
+    def fields() -> None:
+        for rl in next(requests).request.resource_logs:
+            for sl in rl.scope_logs:
+                for _ in map(_FIELDS, sl.log_records):
+                    pass
+
+    def and_attributes() -> None:
+        for rl in next(requests).request.resource_logs:
+            for sl in rl.scope_logs:
+                for attrs, *_ in map(_FIELDS, sl.log_records):
+                    dict(map(known, attrs[:]))
+
+    def whole() -> None:
+        converter.convert_pieces((next(requests),))
+
+    costs = [statistics.median(cpu_per_item(run, LOG_RECORDS, 0.3) for _ in range(3))
+             for run in (fields, and_attributes, whole)]
+    print(f"logs conversion's floor, in one process: a record's fields read {costs[0]:.2f} us, and its attributes "
+          f"looked up {costs[1]:.2f} us ({costs[1] / costs[2]:.0%} of the whole conversion's {costs[2]:.2f} us, "
+          "before any text)")
 
 
 def breakdown(all_kinds: list[Kind], figures: dict[tuple[str, str], Figures]) -> None:
