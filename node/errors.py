@@ -11,6 +11,7 @@
     ├── OverLimitsError              disk or segment limits reached: backpressure, retry later
     │   └── OverMemoryError          the memory budget (--max-memory) is taken: retry later
     ├── UnavailableError             the node is starting or draining: retry elsewhere/later
+    │   └── VanishedSegmentError     a segment being written was deleted outside the node: retry
     ├── CorruptionError              a segment is damaged at (path, offset), with a reason
     ├── UnauthenticatedError         a caller that is not a peer
     ├── AlreadyExistsError           a transferred segment that was accepted before
@@ -97,6 +98,16 @@ class UnavailableError(IngestorError):
     def __init__(self, message: str, retry_after_seconds: float = 5.0) -> None:
         super().__init__(message)
         self.retry_after_seconds = retry_after_seconds
+
+
+class VanishedSegmentError(UnavailableError):
+    """The file of a segment being written was deleted by something other than the node (a person
+    freeing space, say): the request is refused, nothing of it kept, and its retry goes to a new
+    segment (the vanished one is taken out of service: node/wal/table.py)."""
+
+    def __init__(self, path: os.PathLike[str] | str) -> None:
+        super().__init__(f"segment {os.fspath(path)} was deleted outside the node while it was written; "
+                         "it is replaced by a new one: retry", retry_after_seconds=1.0)
 
 
 class UnauthenticatedError(IngestorError):

@@ -50,8 +50,9 @@ class NodeMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0))
         self.wal_repairs = Counter(f"{NS}_wal_repaired_bytes", "Bytes truncated from torn segment tails at start",
                                    registry=registry)
-        self.wal_vanished = Counter(f"{NS}_wal_vanished_segments", "Closed segments whose file disappeared without "
-                                    "being delivered (deleted by something other than the node)", registry=registry)
+        self.wal_vanished = Counter(f"{NS}_wal_vanished_segments", "Segments whose file disappeared without being "
+                                    "delivered, closed or while written (deleted by something other than the node)",
+                                    registry=registry)
         self.wal_segments = Gauge(f"{NS}_wal_segments", "Segments on disk (active and closed)", registry=registry,
                                   multiprocess_mode="max")
         self.wal_bytes = Gauge(f"{NS}_wal_bytes", "Bytes of segments on disk", registry=registry,

@@ -31,8 +31,11 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from node import libc
+
+T = TypeVar("T")
 
 ACTIVE_DIR = "active"
 
@@ -110,6 +113,24 @@ def fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def in_remade_dir(directory: Path, make: Callable[[], T], durable: bool) -> T:
+    """`make()`, which creates a file in `directory`; when that fails because the directory was
+    deleted outside the node (a person freeing space: `rm -rf` of the WAL), the directory and its
+    missing parents are made again (each fsynced into its parent, unless not `durable`) and
+    `make()` is called once more."""
+    try:
+        return make()
+    except FileNotFoundError:
+        missing = [directory]
+        while not missing[-1].parent.exists() and missing[-1].parent != missing[-1]:
+            missing.append(missing[-1].parent)
+        directory.mkdir(parents=True, exist_ok=True)
+        if durable:
+            for d in missing:
+                fsync_dir(d.parent)
+        return make()
 
 
 _SYNCFS: Callable[[int], int] | None = libc.function("syncfs")

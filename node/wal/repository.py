@@ -27,9 +27,10 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Protocol
 
-from node.errors import CorruptionError, InvalidInputError, InvalidNameError, OverLimitsError
+from node.errors import CorruptionError, InvalidInputError, InvalidNameError, OverLimitsError, VanishedSegmentError
 from node.names import MAX_DATABASE_LEN, MAX_TABLE_LEN, validate_name
-from node.storage import ACTIVE_DIR, fsync_dir, sync_filesystem
+from node.ratelog import RateLimitedLog
+from node.storage import ACTIVE_DIR, fsync_dir, in_remade_dir, sync_filesystem
 from node.wal import adopt, journal
 from node.wal import format as fmt
 from node.wal.importer import SegmentImport
@@ -48,9 +49,12 @@ from node.wal.names import (
 from node.wal.openfiles import DEFAULT_LIMIT as OPEN_FILES_LIMIT
 from node.wal.openfiles import OpenFiles
 from node.wal.segment import COMPACT_BLOCK_BYTES, FsyncPolicy, SegmentWriter, repair, scan
-from node.wal.table import Mark, SegmentInfo, TableWal
+from node.wal.table import VANISHED, Mark, SegmentInfo, TableWal
 
 log = logging.getLogger(__name__)
+
+VANISHED_LOG_SECONDS = 10.0
+"""Segments given up as deleted outside the node while written are logged at most once this often."""
 
 MiB = 1 << 20
 OVER_LIMITS_HOLD_SECONDS = 5.0
@@ -232,6 +236,7 @@ class Repository:
         self._segments = 0
         self._on_repair = on_repair
         self._on_vanished = on_vanished
+        self._vanished_log = RateLimitedLog(log, VANISHED_LOG_SECONDS)
         self._listeners: list[Callable[[SegmentInfo], None]] = []
         self._indexing = True
         self._stopping = False
@@ -498,6 +503,9 @@ class Repository:
                     self._account(w.database, -counted[id(w)], -segments)
                 if isinstance(e, OverLimitsError):
                     self._note_refused()
+                if isinstance(e, VanishedSegmentError):  # the sender's retry goes to new segments
+                    for w in wals:
+                        w.drop_if_vanished_held()
                 if undone:
                     log.warning("write of a request failed part way (%s); the %d bytes it had appended were cut "
                                 "back out: nothing of it stays", e, undone)
@@ -579,7 +587,9 @@ class Repository:
                 j = self._journal
                 if j is None:
                     path = self.active_directory / f"{self._ids.next()}{journal.SUFFIX}"
-                    j = _Journal(path, JournalWriter(path, self.config.fsync))
+                    fsync = self.config.fsync
+                    j = _Journal(path, in_remade_dir(self.active_directory, lambda: JournalWriter(path, fsync),
+                                                     fsync is not FsyncPolicy.NEVER))
                     self._journal = j
                     magic = len(journal.MAGIC)
                 assert j.writer is not None
@@ -692,7 +702,8 @@ class Repository:
                         opened.add(w)
                     assert w.writer is not None
                     listed.append((w.writer.path.name, m.size if m.writer is not None else w.writer.size))
-                manifest = journal.write_manifest(j.path, listed, sync)
+                manifest = in_remade_dir(self.active_directory, lambda: journal.write_manifest(j.path, listed, sync),
+                                         self.config.fsync is not FsyncPolicy.NEVER)
                 for w in wals:
                     for header, payload, count in _round_blocks(groups[w]):
                         n = w.append_held(header, payload, count,
@@ -700,16 +711,20 @@ class Repository:
                         grown[w.database] = grown.get(w.database, 0) + n
                 if sync:  # the round's blocks and new files durable before its commit: one call, not an fsync a block
                     sync_filesystem(self.active_directory)
-                j.path.unlink()  # the commit
+                # the commit; a journal deleted outside the node left its rows in memory, now in their segments
+                j.path.unlink(missing_ok=True)
                 if sync:
                     fsync_dir(self.active_directory)
-            except BaseException:
+            except BaseException as e:
                 for w, m in zip(wals, marks, strict=False):
                     _, segments = w.undo(m)
                     if segments:
                         new_segment(-segments, w.database, w)
                 if manifest is not None:
                     manifest.unlink(missing_ok=True)
+                if isinstance(e, VanishedSegmentError):  # the next round writes past it, into new segments
+                    for w in held:
+                        w.drop_if_vanished_held()
                 raise
             full = [w for w in wals if w.take_out_if_full_held()]
             with self._jlock:  # what was counted for the segments it opened is theirs now
@@ -839,7 +854,8 @@ class Repository:
                 if wal is None:
                     c = self.config
                     wal = TableWal(self.directory, database, table, sid, self._ids, c.fsync,
-                                   c.max_segment_size, c.max_segment_age, self._index_new, self.files)
+                                   c.max_segment_size, c.max_segment_age, self._index_new, self.files,
+                                   self._active_vanished)
                     self._wals[key] = wal
         return wal
 
@@ -1058,6 +1074,17 @@ class Repository:
         self._usage_by_db[info.database] -= info.size
         self._segments -= 1
         self._publish()
+
+    def _active_vanished(self, info: SegmentInfo) -> None:
+        """A segment given up while written, its file deleted outside the node (node/wal/table.py
+        logs it): what it was counted for goes, as a removed segment's does, and it is counted as
+        a closed one that vanished is. Logged once every VANISHED_LOG_SECONDS (a deleted directory
+        gives up every table's segment at once; the line after says how many were left out)."""
+        self._account(info.database, -info.size, -1)
+        self._vanished_log.log(logging.ERROR, "vanished", VANISHED, info.path, info.rows, info.size,
+                               info.database, info.name.table)
+        if self._on_vanished is not None:
+            self._on_vanished(info)
 
     def drop_vanished(self, segments: Iterable[SegmentInfo]) -> list[SegmentInfo]:
         """Drop from the index the segments whose file is gone although the node never removed

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.errors import CorruptionError, OverLimitsError, disk_full
+from node.errors import CorruptionError, OverLimitsError, VanishedSegmentError, disk_full
 from node.storage import fsync_dir
 from node.wal import format as fmt
 from node.wal import syscalls
@@ -75,8 +75,29 @@ class SegmentWriter:
 
     def reopen(self) -> int:
         """A descriptor at the end of what was written (for `files`, after it closed ours): in append
-        mode, as the file ends where this writer's last write did (a failed write is cut back)."""
-        return syscalls.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        mode, as the file ends where this writer's last write did (a failed write is cut back).
+        Raises VanishedSegmentError when the file was deleted outside the node."""
+        try:
+            return syscalls.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        except FileNotFoundError as e:
+            raise VanishedSegmentError(self.path) from e
+
+    def vanished(self) -> bool:
+        """Whether the file was deleted outside the node: its open descriptor's file has no name
+        left, or, its descriptor closed by `files`, its path is gone. The answer about a descriptor
+        read without the table's lock may be stale (another file's, reused): a caller acts on it
+        only through `TableWal.drop_if_vanished_held` or a look at the path."""
+        fd = self.fd
+        try:
+            return os.fstat(fd).st_nlink == 0 if fd >= 0 else not os.path.exists(self.path)
+        except OSError:
+            return False
+
+    def abandon(self) -> None:
+        """Give up a writer whose file was deleted outside the node: its descriptor closed (the
+        space the deleted file held goes back to the volume), nothing synced."""
+        self.closed = True
+        self._give_up_fd()
 
     def _give_up_fd(self) -> None:
         self.files.forget(self)

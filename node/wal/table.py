@@ -3,10 +3,21 @@
 The active segment lives in `<wal dir>/active/` (node/storage.py `ACTIVE_DIR`); closing it renames
 it into the WAL directory, so every `*.wal` file directly in the WAL directory is a closed segment,
 for any process to see.
+
+A segment deleted by something other than the node while it is written (a person freeing space
+on a full disk, `rm -rf` of the WAL directory) is given up, never waited for: the rows it held are
+gone with it, and the table goes on in a new segment. An open descriptor keeps a deleted file's
+blocks, and writes into it would succeed, so each table's open segment is looked at once a second
+(`rotate_if_expired`: its descriptor's file has no name left); a write that must reopen it finds
+it gone and is refused with VanishedSegmentError (retried by its sender, into a new segment). The
+one given up is logged and counted (`on_vanished`), its descriptor closed so that its space goes
+back to the volume, and the table's later segments are published past it. The WAL's directories
+are made again when a new segment finds them gone.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -15,11 +26,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from node.storage import ACTIVE_DIR, fsync_dir
+from node.storage import ACTIVE_DIR, fsync_dir, in_remade_dir
 from node.wal import journal
 from node.wal.names import FlakeIds, SegmentName
 from node.wal.openfiles import UNBOUNDED, OpenFiles
 from node.wal.segment import FsyncPolicy, SegmentWriter, compact
+
+log = logging.getLogger(__name__)
+
+VANISHED = ("segment %s was deleted by something other than this node while it was written: the %d rows (%d "
+            "bytes) it held are lost; table %s.%s goes on in a new segment")
+"""What is logged of a segment given up (`on_vanished` logs it when given)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +103,7 @@ class TableWal:
         max_segment_age: float,
         on_close: Callable[[SegmentInfo], None],
         files: OpenFiles = UNBOUNDED,
+        on_vanished: Callable[[SegmentInfo], None] | None = None,
     ) -> None:
         self.database, self.table, self.schema = database, table, schema
         self.key = (database, table, schema or "")
@@ -99,6 +117,8 @@ class TableWal:
         self._max_size = max_segment_size
         self._max_age = max_segment_age
         self._on_close = on_close
+        self._on_vanished = on_vanished
+        """Called for a segment given up as deleted outside the node (what it held as written)."""
         self._files = files
         self._lock = threading.Lock()
         self._publishing = threading.Lock()
@@ -148,7 +168,9 @@ class TableWal:
         new_segment(1)
         name = SegmentName(self.database, self.table, self.schema, self._ids.next())
         try:
-            self._active = SegmentWriter(self._active_dir / name.filename, self._fsync, self._files)
+            path = self._active_dir / name.filename
+            self._active = in_remade_dir(self._active_dir, lambda: SegmentWriter(path, self._fsync, self._files),
+                                         self._fsync is not FsyncPolicy.NEVER)
         except BaseException:
             new_segment(-1)
             raise
@@ -178,6 +200,14 @@ class TableWal:
         if cut:
             a.truncate(mark.size, mark.blocks, mark.rows)
         return cut, 0
+
+    def drop_if_vanished_held(self) -> bool:
+        """With the lock held: take the active segment out of service if its file was deleted
+        outside the node (the next write opens a new one); the next `publish` gives it up."""
+        if self._active is not None and self._active.vanished():
+            self._take_out_locked(compact=False)
+            return True
+        return False
 
     def take_out_if_full_held(self) -> bool:
         """With the lock held: take a full active segment out of service (the next write opens a
@@ -222,6 +252,9 @@ class TableWal:
             closed = self._dir / name.filename
             try:
                 active.close(sync=False, sync_dir=False)
+                if not active.path.exists():  # deleted outside the node
+                    self._give_up(active, name)
+                    return done, None
                 os.rename(active.path, closed)
             except BaseException:
                 self._closing.append(_Closing(active, name, False))
@@ -232,8 +265,13 @@ class TableWal:
         # A look without the lock first: called for every table once a second, and most tables
         # have neither an expired segment nor a closing to publish. What it reads may be a moment
         # old; `rotate` looks again under the lock, and a table skipped now is looked at next time.
-        if not self._closing and (self._active is None or time.monotonic() - self._opened < self._max_age):
-            return None
+        active = self._active
+        if not self._closing and (active is None or time.monotonic() - self._opened < self._max_age):
+            if active is None or active.fd < 0 or not active.vanished():  # an fstat: open descriptors only
+                return None
+            with self._lock:
+                self.drop_if_vanished_held()
+            return self.publish()
         return self.rotate(older_than=self._max_age)
 
     def _take_out_locked(self, compact: bool) -> None:
@@ -241,6 +279,16 @@ class TableWal:
         assert active is not None and name is not None
         self._active = self._active_name = None  # the next write opens a new segment, whatever happens here
         self._closing.append(_Closing(active, name, compact))
+
+    def _give_up(self, active: SegmentWriter, name: SegmentName) -> None:
+        """A segment taken out of service whose file was deleted outside the node: its descriptor
+        closed, the loss logged (VANISHED) and counted (`on_vanished`, with what it held as written)."""
+        active.abandon()
+        info = SegmentInfo(active.path, name, active.size, active.blocks, active.rows)
+        if self._on_vanished is not None:
+            self._on_vanished(info)
+        else:
+            log.error(VANISHED, active.path, active.rows, active.size, self.database, self.table)
 
     def _publish_closing(self) -> SegmentInfo | None:
         """Close and rename into the WAL the segments taken out of service, oldest first; an
@@ -256,6 +304,10 @@ class TableWal:
             active, name = c.writer, c.name
             closed = self._dir / name.filename
             renamed = not active.path.exists() and closed.exists()  # by an earlier try
+            if not renamed and not active.path.exists():  # deleted outside the node
+                self._closing.pop(0)
+                self._give_up(active, name)
+                continue
             if c.compact and not renamed and c.compacted is None and not active.closed:
                 c.compacted = compact(active.path, active.blocks, name.schema is not None)
             active.close(sync=c.compacted is None)

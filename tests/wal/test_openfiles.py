@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from node.errors import OverLimitsError
+from node.errors import OverLimitsError, VanishedSegmentError
 from node.wal import format as fmt
 from node.wal import syscalls
 from node.wal.openfiles import OpenFiles, per_process
@@ -204,7 +204,7 @@ def test_pinning_several_is_all_or_nothing(tmp_path: Path) -> None:
     files.forget(b)
     b.fd = -1
     b.path.unlink()  # its reopen fails
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(VanishedSegmentError):
         files.acquire_all([a, b, c])
     assert (a.pins, b.pins, c.pins) == (0, 0, 0)
     files.acquire_all([a, c])
