@@ -49,7 +49,7 @@ from node.wal.names import (
 from node.wal.openfiles import DEFAULT_LIMIT as OPEN_FILES_LIMIT
 from node.wal.openfiles import OpenFiles
 from node.wal.segment import COMPACT_BLOCK_BYTES, FsyncPolicy, SegmentWriter, repair, scan
-from node.wal.table import VANISHED, Mark, SegmentInfo, TableWal
+from node.wal.table import Mark, SegmentInfo, TableWal
 
 log = logging.getLogger(__name__)
 
@@ -1076,13 +1076,14 @@ class Repository:
         self._publish()
 
     def _active_vanished(self, info: SegmentInfo) -> None:
-        """A segment given up while written, its file deleted outside the node (node/wal/table.py
-        logs it): what it was counted for goes, as a removed segment's does, and it is counted as
-        a closed one that vanished is. Logged once every VANISHED_LOG_SECONDS (a deleted directory
+        """A segment given up while written, its file deleted outside the node (node/wal/table.py):
+        what it was counted for goes, as a removed segment's does, and it is counted as
+        a closed one that vanished is. Logged here, once every VANISHED_LOG_SECONDS (a deleted directory
         gives up every table's segment at once; the line after says how many were left out)."""
         self._account(info.database, -info.size, -1)
-        self._vanished_log.log(logging.ERROR, "vanished", VANISHED, info.path, info.rows, info.size,
-                               info.database, info.name.table)
+        self._vanished_log.log(logging.ERROR, "vanished", "segment %s was deleted by something other than this node "
+                               "while it was written: the %d rows (%d bytes) it held are lost; table %s.%s goes on "
+                               "in a new segment", info.path, info.rows, info.size, info.database, info.name.table)
         if self._on_vanished is not None:
             self._on_vanished(info)
 

@@ -17,7 +17,6 @@ are made again when a new segment finds them gone.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -29,14 +28,8 @@ from typing import NamedTuple
 from node.storage import ACTIVE_DIR, fsync_dir, in_remade_dir
 from node.wal import journal
 from node.wal.names import FlakeIds, SegmentName
-from node.wal.openfiles import UNBOUNDED, OpenFiles
+from node.wal.openfiles import OpenFiles
 from node.wal.segment import FsyncPolicy, SegmentWriter, compact
-
-log = logging.getLogger(__name__)
-
-VANISHED = ("segment %s was deleted by something other than this node while it was written: the %d rows (%d "
-            "bytes) it held are lost; table %s.%s goes on in a new segment")
-"""What is logged of a segment given up (`on_vanished` logs it when given)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +95,8 @@ class TableWal:
         max_segment_size: int,
         max_segment_age: float,
         on_close: Callable[[SegmentInfo], None],
-        files: OpenFiles = UNBOUNDED,
-        on_vanished: Callable[[SegmentInfo], None] | None = None,
+        files: OpenFiles,
+        on_vanished: Callable[[SegmentInfo], None],
     ) -> None:
         self.database, self.table, self.schema = database, table, schema
         self.key = (database, table, schema or "")
@@ -118,7 +111,8 @@ class TableWal:
         self._max_age = max_segment_age
         self._on_close = on_close
         self._on_vanished = on_vanished
-        """Called for a segment given up as deleted outside the node (what it held as written)."""
+        """Called for a segment given up as deleted outside the node (what it held as written), to
+        log and count it."""
         self._files = files
         self._lock = threading.Lock()
         self._publishing = threading.Lock()
@@ -252,10 +246,13 @@ class TableWal:
             closed = self._dir / name.filename
             try:
                 active.close(sync=False, sync_dir=False)
-                if not active.path.exists():  # deleted outside the node
-                    self._give_up(active, name)
+                try:
+                    os.rename(active.path, closed)
+                except FileNotFoundError:
+                    if active.path.exists():
+                        raise
+                    self._give_up(active, name)  # deleted outside the node
                     return done, None
-                os.rename(active.path, closed)
             except BaseException:
                 self._closing.append(_Closing(active, name, False))
                 raise
@@ -282,13 +279,9 @@ class TableWal:
 
     def _give_up(self, active: SegmentWriter, name: SegmentName) -> None:
         """A segment taken out of service whose file was deleted outside the node: its descriptor
-        closed, the loss logged (VANISHED) and counted (`on_vanished`, with what it held as written)."""
+        closed, the loss logged and counted (`on_vanished`, with what it held as written)."""
         active.abandon()
-        info = SegmentInfo(active.path, name, active.size, active.blocks, active.rows)
-        if self._on_vanished is not None:
-            self._on_vanished(info)
-        else:
-            log.error(VANISHED, active.path, active.rows, active.size, self.database, self.table)
+        self._on_vanished(SegmentInfo(active.path, name, active.size, active.blocks, active.rows))
 
     def _publish_closing(self) -> SegmentInfo | None:
         """Close and rename into the WAL the segments taken out of service, oldest first; an
@@ -303,8 +296,9 @@ class TableWal:
             c = self._closing[0]
             active, name = c.writer, c.name
             closed = self._dir / name.filename
-            renamed = not active.path.exists() and closed.exists()  # by an earlier try
-            if not renamed and not active.path.exists():  # deleted outside the node
+            here = active.path.exists()
+            renamed = not here and closed.exists()  # by an earlier try
+            if not here and not renamed:  # deleted outside the node
                 self._closing.pop(0)
                 self._give_up(active, name)
                 continue
